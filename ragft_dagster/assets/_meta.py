@@ -1,0 +1,32 @@
+"""Metadata helpers shared by the asset modules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dagster as dg
+
+documents_partitions = dg.DynamicPartitionsDefinition(name="documents")
+
+
+def preview_table(rows: list[dict[str, Any]], columns: list[str], limit: int = 10,
+                  width: int = 120) -> dg.MetadataValue:
+    """First rows of a record list as a UI table (long strings shortened)."""
+
+    def cell(value: Any) -> Any:
+        if isinstance(value, list):
+            value = " > ".join(map(str, value))
+        if isinstance(value, float):
+            return round(value, 4)
+        if isinstance(value, str) and len(value) > width:
+            return value[: width - 1] + "…"
+        return value if isinstance(value, int | bool | str) else str(value)
+
+    records = [dg.TableRecord({c: cell(r.get(c, "")) for c in columns}) for r in rows[:limit]]
+    schema = dg.TableSchema(columns=[dg.TableColumn(c) for c in columns])
+    return dg.MetadataValue.table(records=records, schema=schema)
+
+
+def current_documents(context: dg.AssetExecutionContext) -> list[str]:
+    """The document partition keys that exist now (removed documents are not read)."""
+    return sorted(context.instance.get_dynamic_partitions(documents_partitions.name))

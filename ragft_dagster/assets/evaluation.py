@@ -1,0 +1,128 @@
+"""Benchmark assets: per-question scores for every model x context, then the report."""
+
+
+import base64
+import json
+
+import dagster as dg
+
+from ragft_dagster.artifacts import atomic_dir, atomic_write_text, read_jsonl, write_jsonl
+from ragft_dagster.assets._meta import preview_table
+from ragft_dagster.evaluation import load_scoring_model, score_cell
+from ragft_dagster.indexing import Retriever, load_embedder
+from ragft_dagster.mcq import load_questions
+from ragft_dagster.model_refs import resolve_model_ref
+from ragft_dagster.recipe import Recipe
+from ragft_dagster.report import (
+    accuracy_chart,
+    comparison_markdown,
+    summarise_scores,
+    wilson_interval,
+)
+from ragft_dagster.resources import ArtifactStoreResource, ComputeResource, VectorStoreResource
+
+
+def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
+    ev = recipe.evaluation
+    partitions = dg.MultiPartitionsDefinition({
+        "model": dg.StaticPartitionsDefinition(list(ev.models)),
+        "context": dg.StaticPartitionsDefinition(list(ev.contexts)),
+    })
+
+    @dg.asset(
+        deps=["merged_model", "dpo_model", "lora_adapter", "vector_index"],
+        partitions_def=partitions,
+        group_name="evaluation",
+        pool="gpu",
+        kinds={"pytorch"},
+        code_version=recipe.section_version("evaluation", "retrieval", "base_model",
+                                            files=(recipe.questions_path,)),
+    )
+    def mcq_scores(
+        context: dg.AssetExecutionContext,
+        artifacts: ArtifactStoreResource,
+        compute: ComputeResource,
+        vector_store: VectorStoreResource,
+    ) -> dg.MaterializeResult:
+        """Per-question multiple-choice results of one model, closed-book or with RAG."""
+        keys = partitions.get_partition_key_from_str(context.partition_key).keys_by_dimension
+        model_key, ctx = keys["model"], keys["context"]
+        layout = artifacts.layout()
+        settings = compute.settings()
+        device = settings.torch_device()
+        model_dir = {
+            "base": lambda: resolve_model_ref(recipe.base_model, layout.root, recipe.root),
+            "merged": lambda: str(layout.merged_model),
+            "dpo": lambda: str(layout.dpo_model),
+            "sft": lambda: str(layout.dpo_model),
+        }[model_key]()
+        adapter = str(layout.lora_adapter) if model_key == "sft" else None
+        model, tokenizer = load_scoring_model(
+            model_dir, adapter, device=device, dtype=settings.torch_dtype(),
+            chat_template=recipe.chat_template, trust_remote_code=recipe.trust_remote_code,
+        )
+        questions = load_questions(recipe.questions_path)
+        kwargs = dict(system_prompt=ev.system_prompt, user_template=ev.user_template,
+                      context_template=ev.context_template, batch_size=ev.batch_size,
+                      device=device)
+        if ctx == "rag":
+            embedder = load_embedder(
+                resolve_model_ref(recipe.retrieval.embedding_model, layout.root, recipe.root),
+                device,
+            )
+            with vector_store.collection(recipe.retrieval.collection,
+                                         layout.vector_index) as col:
+                retriever = Retriever(col, embedder, recipe.retrieval.top_k)
+                records = score_cell(questions, model, tokenizer, retriever=retriever, **kwargs)
+        else:
+            records = score_cell(questions, model, tokenizer, retriever=None, **kwargs)
+        path = layout.scores(model_key, ctx)
+        write_jsonl(path, records)
+        k, n = sum(r["is_correct"] for r in records), len(records)
+        lo, hi = wilson_interval(k, n)
+        return dg.MaterializeResult(metadata={
+            "path": dg.MetadataValue.path(str(path)),
+            "accuracy": k / n,
+            "ci95_low": lo,
+            "ci95_high": hi,
+            "questions": n,
+            "correct": k,
+            "mean_letter_mass": sum(r["mass"] for r in records) / n,
+            "per_question": preview_table(
+                records, ["row", "correct", "predicted", "is_correct", "mass"], limit=50),
+        })
+
+    @dg.asset(
+        deps=[dg.AssetDep(mcq_scores, partition_mapping=dg.AllPartitionMapping())],
+        group_name="evaluation",
+        kinds={"pandas", "matplotlib"},
+        code_version=recipe.section_version("evaluation"),
+    )
+    def mcq_report(artifacts: ArtifactStoreResource) -> dg.MaterializeResult:
+        """Accuracy per model x context with 95% intervals, as a table and a bar chart."""
+        layout = artifacts.layout()
+        cells = [(m, c) for m in ev.models for c in ev.contexts]
+        missing = [f"{m}|{c}" for m, c in cells if not layout.scores(m, c).is_file()]
+        if missing:
+            raise dg.Failure(f"mcq_scores is not materialized for {missing}; materialize "
+                             "every mcq_scores partition first")
+        rows = summarise_scores({(m, c): read_jsonl(layout.scores(m, c)) for m, c in cells})
+        table_md = comparison_markdown(rows, list(ev.models), list(ev.contexts))
+        with atomic_dir(layout.report) as tmp:
+            chart = accuracy_chart(rows, list(ev.models), list(ev.contexts), tmp / "accuracy.png")
+            atomic_write_text(tmp / "report.md", table_md)
+            atomic_write_text(tmp / "summary.json", json.dumps(rows, indent=2))
+            png = base64.b64encode(chart.read_bytes()).decode()
+        metadata: dict = {
+            "path": dg.MetadataValue.path(str(layout.report)),
+            "comparison": dg.MetadataValue.md(table_md),
+            "summary": preview_table(
+                rows, ["model", "context", "n", "correct", "accuracy", "ci_low", "ci_high",
+                       "mean_letter_mass"], limit=len(rows)),
+            "chart": dg.MetadataValue.md(f"![accuracy](data:image/png;base64,{png})"),
+        }
+        for r in rows:  # numeric, so the UI plots each cell's history
+            metadata[f"accuracy_{r['model']}_{r['context']}"] = r["accuracy"]
+        return dg.MaterializeResult(metadata=metadata)
+
+    return [mcq_scores, mcq_report]

@@ -1,0 +1,46 @@
+"""Device and dtype choice: CUDA when present, else CPU (Dagster-free)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ComputeSettings:
+    device: str = "auto"
+    dtype: str = "auto"
+
+    def torch_device(self) -> str:
+        import torch
+
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(
+                "profile asks for compute.device=cuda but torch sees no CUDA device; use the "
+                "local profile or check the driver"
+            )
+        return self.device
+
+    def torch_dtype(self) -> Any:
+        import torch
+
+        if self.dtype != "auto":
+            return getattr(torch, self.dtype)
+        if self.torch_device() == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+
+    def trainer_args(self) -> dict[str, Any]:
+        """Precision/device fields for trl configs; recipe args may override them."""
+        import torch
+
+        on_cpu = self.torch_device() == "cpu"
+        dtype = self.torch_dtype()
+        return {
+            "use_cpu": on_cpu,
+            "bf16": (not on_cpu) and dtype == torch.bfloat16,
+            "fp16": (not on_cpu) and dtype == torch.float16,
+            "report_to": "none",
+        }

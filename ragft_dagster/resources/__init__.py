@@ -1,0 +1,71 @@
+"""Dagster resources: the *where/how* of a run, built from an environment profile."""
+
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from ragft_dagster.artifacts import ArtifactLayout
+from ragft_dagster.compute import ComputeSettings
+
+
+class ArtifactStoreResource(dg.ConfigurableResource):
+    """Root directory of every model, adapter, index and data file the assets write."""
+
+    root: str
+
+    def layout(self) -> ArtifactLayout:
+        return ArtifactLayout(Path(self.root))
+
+
+class ComputeResource(dg.ConfigurableResource):
+    """Device and precision: ``auto`` picks CUDA when present, else CPU."""
+
+    device: str = "auto"
+    dtype: str = "auto"
+
+    def settings(self) -> ComputeSettings:
+        return ComputeSettings(device=self.device, dtype=self.dtype)
+
+
+class LlmEndpointResource(dg.ConfigurableResource):
+    """Any OpenAI-compatible endpoint (OpenAI, vLLM, Ollama, llama.cpp server).
+
+    The key arrives through ``dg.EnvVar`` only; it is never logged or stored in metadata.
+    """
+
+    base_url: str | None = None
+    api_key: str | None = None
+
+    def client(self, *, timeout: float, max_retries: int) -> Any:
+        import openai
+
+        if not self.api_key:
+            raise RuntimeError(
+                "no API key for the LLM endpoint: export the variable named by llm.api_key_env "
+                "in the profile (default OPENAI_API_KEY), or use qa.generator: offline"
+            )
+        return openai.OpenAI(base_url=self.base_url, api_key=self.api_key, timeout=timeout,
+                             max_retries=max_retries)
+
+
+class VectorStoreResource(dg.ConfigurableResource):
+    """Chroma: embedded (a directory under the artifact root) or a server through HttpClient."""
+
+    mode: str = "embedded"
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    @contextmanager
+    def collection(self, name: str, path: Path) -> Iterator[Any]:
+        from ragft_dagster.indexing import open_collection
+
+        if self.mode == "http":
+            with open_collection(name, host=self.host, port=self.port) as col:
+                yield col
+        else:
+            with open_collection(name, path=path) as col:
+                yield col

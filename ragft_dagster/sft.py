@@ -1,0 +1,146 @@
+"""SFT dataset building and LoRA fine-tuning with trl + peft (Dagster-free)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Any
+
+from ragft_dagster.artifacts import write_jsonl
+from ragft_dagster.model_refs import count_parameters, load_tokenizer
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"\s+", " ", text.strip().lower())
+
+
+def build_sft_dataset(
+    qa_rows: list[dict[str, Any]],
+    out_dir: Path,
+    *,
+    validation_fraction: float,
+    seed: int,
+    system_prompt: str | None,
+) -> dict[str, Any]:
+    """Dedupe Q&A rows, split train/validation deterministically and write chat-format JSONL.
+
+    A row goes to validation when the hash of (seed, normalised question) falls below the
+    fraction, so adding a document never reshuffles the rows already assigned.
+
+    Args:
+        qa_rows: Rows from every ``synthetic_qa`` partition.
+        out_dir: Receives ``train.jsonl`` and ``validation.jsonl`` (``messages`` + provenance).
+        validation_fraction: Share of questions held out.
+        seed: Salt of the split hash.
+        system_prompt: Optional system message for every conversation.
+
+    Returns:
+        Counts for metadata.
+    """
+    seen: set[tuple[str, str]] = set()
+    train, validation = [], []
+    duplicates = 0
+    for row in sorted(qa_rows, key=lambda r: (r["doc"], r["id"])):
+        key = (_norm(row["question"]), _norm(row["answer"]))
+        if key in seen:
+            duplicates += 1
+            continue
+        seen.add(key)
+        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        messages += [
+            {"role": "user", "content": row["question"]},
+            {"role": "assistant", "content": row["answer"]},
+        ]
+        record = {"messages": messages, "id": row["id"], "chunk_id": row["chunk_id"],
+                  "doc": row["doc"], "generator": row["generator"]}
+        h = hashlib.sha256(f"{seed}\n{key[0]}".encode()).digest()
+        bucket = int.from_bytes(h[:8], "big") / 2**64
+        (validation if bucket < validation_fraction else train).append(record)
+    write_jsonl(Path(out_dir) / "train.jsonl", train)
+    write_jsonl(Path(out_dir) / "validation.jsonl", validation)
+    return {"input_rows": len(qa_rows), "duplicates_removed": duplicates,
+            "train_rows": len(train), "validation_rows": len(validation)}
+
+
+def train_lora(
+    model_dir: str,
+    dataset_dir: Path,
+    out_dir: Path,
+    *,
+    lora: dict[str, Any],
+    args: dict[str, Any],
+    compute_args: dict[str, Any],
+    dtype: Any = None,
+    chat_template: str | None = None,
+    trust_remote_code: bool = False,
+) -> dict[str, Any]:
+    """LoRA SFT on the chat dataset with assistant-only loss; saves a PEFT adapter.
+
+    Args:
+        model_dir: The model to adapt (the DPO model).
+        dataset_dir: Folder with ``train.jsonl`` and ``validation.jsonl``.
+        out_dir: Receives the adapter (``adapter_config.json``, weights) and the tokenizer.
+        lora: peft ``LoraConfig`` fields from the recipe.
+        args: trl ``SFTConfig`` fields from the recipe.
+        compute_args: Precision/device fields from the compute profile (recipe args win).
+        dtype: Torch dtype for the base weights.
+        chat_template: Template for tokenizers without one.
+        trust_remote_code: Only when the recipe opts in.
+
+    Returns:
+        Metrics for metadata: losses, steps, parameter counts.
+    """
+    from datasets import load_dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    tokenizer = load_tokenizer(model_dir, chat_template, trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=dtype, trust_remote_code=trust_remote_code
+    )
+    files = {"train": str(Path(dataset_dir) / "train.jsonl")}
+    has_validation = (Path(dataset_dir) / "validation.jsonl").stat().st_size > 0
+    if has_validation:
+        files["validation"] = str(Path(dataset_dir) / "validation.jsonl")
+    data = load_dataset("json", data_files=files)
+    data = data.select_columns(["messages"])
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="ragft-train-", dir=Path(out_dir).parent) as scratch:
+        config = SFTConfig(
+            **{
+                **compute_args,
+                "assistant_only_loss": True,
+                "save_strategy": "no",
+                "logging_steps": 1,
+                "eval_strategy": "epoch" if has_validation else "no",
+                **args,
+            },
+            output_dir=scratch,
+        )
+        trainer = SFTTrainer(
+            model=model,
+            args=config,
+            train_dataset=data["train"],
+            eval_dataset=data["validation"] if has_validation else None,
+            processing_class=tokenizer,
+            peft_config=LoraConfig(task_type="CAUSAL_LM", **lora),
+        )
+        total, trainable = count_parameters(trainer.model)
+        result = trainer.train()
+        eval_loss = trainer.evaluate()["eval_loss"] if has_validation else float("nan")
+    trainer.model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    losses = [float(e["loss"]) for e in trainer.state.log_history if "loss" in e]
+    return {
+        "train_loss": float(result.training_loss),
+        "final_loss": losses[-1] if losses else float(result.training_loss),
+        "eval_loss": float(eval_loss),
+        "steps": int(result.global_step),
+        "train_rows": len(data["train"]),
+        "parameters": total,
+        "trainable_parameters": trainable,
+        "loss_curve": losses,
+    }
