@@ -1,0 +1,206 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from ragft_dagster.artifacts import atomic_dir, read_jsonl, write_jsonl
+from ragft_dagster.chunking import DocumentError, chunk_document, read_document, split_sections
+from ragft_dagster.mcq import McqError, load_questions, score_letters
+from ragft_dagster.qa_generation import generate_offline_qa, parse_qa_reply, render_prompt
+from ragft_dagster.report import wilson_interval
+from ragft_dagster.sft import build_sft_dataset
+
+from .conftest import QUICKSTART
+
+DOC = """# Guide
+
+Intro text about the tool.
+
+## Install
+
+The installer is a script that sets things up.
+
+```bash
+make run
+```
+
+## Usage
+
+### Flags
+
+**verbose**: prints more output while running.
+""" + ("More words about usage. " * 400)
+
+
+def test_atomic_dir_keeps_previous_artifact_on_failure(tmp_path):
+    final = tmp_path / "model"
+    with atomic_dir(final) as d:
+        (d / "weights").write_text("v1")
+    with pytest.raises(RuntimeError), atomic_dir(final) as d:
+        (d / "weights").write_text("half")
+        raise RuntimeError("killed")
+    assert (final / "weights").read_text() == "v1"
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_tiny_models_are_deterministic(tiny_cache, tmp_path):
+    from safetensors.torch import load_file
+
+    from ragft_dagster.tiny import build_tiny_model
+
+    a = build_tiny_model("base", tiny_cache / "tiny")
+    b = build_tiny_model("base", tmp_path / "tiny")
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert wa.keys() == wb.keys() and all((wa[k] == wb[k]).all() for k in wa)
+    c = build_tiny_model("math", tmp_path / "tiny")
+    wc = load_file(c / "model.safetensors")
+    assert not all((wa[k] == wc[k]).all() for k in wa)
+    assert (a / "tokenizer.json").read_bytes() == (c / "tokenizer.json").read_bytes()
+    assert "{% generation %}" in (a / "chat_template.jinja").read_text()
+
+
+def test_sections_keep_heading_paths_and_ignore_code_fences():
+    text = "# A\nx\n```\n# not a heading\n```\n## B\ny\n### C\nz\n## D\nw\n"
+    paths = [s.heading_path for s in split_sections(text)]
+    assert paths == [["A"], ["A", "B"], ["A", "B", "C"], ["A", "D"]]
+
+
+def test_chunks_respect_size_overlap_and_ids(tiny_tokenizer):
+    chunks = chunk_document(DOC, "guide.md", tiny_tokenizer, chunk_size=300, chunk_overlap=30)
+    assert all(c.n_tokens <= 300 for c in chunks)
+    assert len({c.id for c in chunks}) == len(chunks)
+    flags = [c for c in chunks if c.heading_path == ["Guide", "Usage", "Flags"]]
+    assert len(flags) > 2  # the long section is windowed
+    a, b = flags[0], flags[1]
+    assert a.end_char > b.start_char  # consecutive windows overlap
+    again = chunk_document(DOC, "guide.md", tiny_tokenizer)
+    assert [c.id for c in again] == [c.id for c in chunks]
+    other = chunk_document(DOC, "other.md", tiny_tokenizer)
+    assert not {c.id for c in other} & {c.id for c in chunks}
+
+
+def test_read_document_errors_name_the_file(tmp_path):
+    (tmp_path / "bad.md").write_bytes(b"caf\xe9")
+    with pytest.raises(DocumentError, match="bad.md.*UTF-8"):
+        read_document(tmp_path / "bad.md", "bad.md")
+    (tmp_path / "bin.md").write_bytes(b"\x00\x01\x02")
+    with pytest.raises(DocumentError, match="binary"):
+        read_document(tmp_path / "bin.md", "bin.md")
+
+
+def test_offline_generator_is_grounded(tiny_tokenizer):
+    chunks = chunk_document(DOC, "guide.md", tiny_tokenizer)
+    pairs = [p for c in chunks for p in generate_offline_qa(c.to_dict(), "Guide", 3)]
+    kinds = {p["kind"] for p in pairs}
+    assert {"definition", "bold_term", "code", "section"} <= kinds
+    assert any(p["question"] == "What is the installer?" for p in pairs)
+    flat = " ".join(DOC.split()).replace("**", "")
+    for p in pairs:  # every answer is quoted from the document
+        assert " ".join(p["answer"].split()).split(": ", 1)[-1][:40] in flat or p["kind"] == "code"
+
+
+@pytest.mark.parametrize(
+    ("reply", "how", "n"),
+    [
+        ('[{"question": "Q1?", "answer": "A1"}]', "json", 1),
+        ('```json\n[{"question": "Q1?", "answer": "A1"}, {"q": "Q2?", "a": "A2"}]\n```', "json", 2),
+        ('Sure! Here they are:\n[{"question": "Q1?", "answer": "A1"}]\nHope it helps', "json_fragment", 1),
+        ('{"questions": [{"question": "Q1?", "answer": "A1"}]}', "json", 1),
+        ("1. Q: What is X?\nA: X is Y.\n2. Q: What is Z?\nA: Z is W.", "text", 2),
+        ('[{"question": "Q1?", "answer": "A1"', "failed", 0),
+        ("", "failed", 0),
+    ],
+)
+def test_parse_qa_reply_is_tolerant(reply, how, n):
+    pairs, got = parse_qa_reply(reply)
+    assert (got, len(pairs)) == (how, n)
+
+
+def test_render_prompt_leaves_other_braces():
+    out = render_prompt('Use {context}; reply like {"question": "..."} x{n}', context="C", n="3")
+    assert out == 'Use C; reply like {"question": "..."} x3'
+
+
+def test_sft_dataset_dedupes_and_splits_stably(tmp_path):
+    rows = [
+        {"id": f"r{i}", "chunk_id": "c", "doc": "d.md", "generator": "offline",
+         "question": f"Question {i}?", "answer": f"Answer {i}."}
+        for i in range(200)
+    ]
+    rows.append({**rows[0], "id": "dup", "question": "  question 0? "})
+    counts = build_sft_dataset(rows, tmp_path / "a", validation_fraction=0.2, seed=0,
+                               system_prompt="sys")
+    assert counts["duplicates_removed"] == 1
+    assert counts["train_rows"] + counts["validation_rows"] == 200
+    assert 20 < counts["validation_rows"] < 60
+    train = read_jsonl(tmp_path / "a" / "train.jsonl")
+    assert [m["role"] for m in train[0]["messages"]] == ["system", "user", "assistant"]
+    build_sft_dataset(rows[:150], tmp_path / "b", validation_fraction=0.2, seed=0,
+                      system_prompt="sys")
+    val_a = {r["id"] for r in read_jsonl(tmp_path / "a" / "validation.jsonl")}
+    val_b = {r["id"] for r in read_jsonl(tmp_path / "b" / "validation.jsonl")}
+    assert val_b <= val_a  # adding rows never moves existing rows across the split
+
+
+def test_shipped_mcq_parses():
+    qs = load_questions(QUICKSTART.parent / "mcq.csv")
+    assert len(qs) >= 30
+    assert any("\n" in o for q in qs for o in q.options)
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        ("question,a,b,c,correct\nQ,1,2,3,A\n", "missing column.*'d'"),
+        ("question,a,b,c,d,correct\nQ,1,2,3,4,E\n", "row 1.*'correct'.*A, B, C, D"),
+        ("question,a,b,c,d,correct\nQ,1,,3,4,A\n", "row 1.*column 'b' is empty"),
+        ("question,a,b,c,d,correct\nQ,1,2,3,4,A\nq ,5,6,7,8,B\n", "row 2.*duplicate of row 1"),
+    ],
+)
+def test_bad_mcq_csv_names_row_and_column(tmp_path, content, match):
+    p = tmp_path / "mcq.csv"
+    p.write_text(content)
+    with pytest.raises(McqError, match=match):
+        load_questions(p)
+
+
+def test_bad_mcq_encoding(tmp_path):
+    p = tmp_path / "mcq.csv"
+    p.write_bytes("question,a,b,c,d,correct\nCaf\xe9?,1,2,3,4,A\n".encode("latin-1"))
+    with pytest.raises(McqError, match="UTF-8"):
+        load_questions(p)
+
+
+def test_letter_scoring_batched_equals_single(tiny_base, tiny_tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_base)
+    prompts = [
+        tiny_tokenizer.apply_chat_template(
+            [{"role": "user", "content": f"Question {'x' * i}? A. a B. b C. c D. d Answer:"}],
+            tokenize=False, add_generation_prompt=True)
+        for i in range(5)
+    ]
+    batched = score_letters(model, tiny_tokenizer, prompts, batch_size=5)
+    single = [score_letters(model, tiny_tokenizer, [p], batch_size=1)[0] for p in prompts]
+    for b, s in zip(batched, single, strict=True):
+        assert b["predicted"] == s["predicted"]
+        for letter in "ABCD":
+            assert abs(b["logprobs"][letter] - s["logprobs"][letter]) < 1e-4
+        assert abs(sum(b["probs"].values()) - 1) < 1e-6
+        assert 0 < b["mass"] < 1
+
+
+def test_wilson_interval_against_hand_computed():
+    lo, hi = wilson_interval(18, 36)
+    assert abs(lo - 0.3445) < 1e-3 and abs(hi - 0.6555) < 1e-3
+    lo, hi = wilson_interval(0, 10)
+    assert lo == 0 and abs(hi - 0.2775) < 1e-3
+
+
+def test_jsonl_roundtrip(tmp_path):
+    rows = [{"a": 1, "t": "é\nx"}]
+    assert write_jsonl(tmp_path / "x.jsonl", rows) == 1
+    assert read_jsonl(tmp_path / "x.jsonl") == rows
+    assert json.loads((tmp_path / "x.jsonl").read_text().splitlines()[0]) == rows[0]
+    assert not list(Path(tmp_path).glob(".x.jsonl.tmp-*"))
