@@ -57,8 +57,10 @@ def read_document(path: Path, doc_key: str) -> str:
     except FileNotFoundError:
         raise DocumentError(f"{doc_key}: document not found at {path} (was it deleted?)") from None
     if b"\x00" in raw[:8192]:
-        raise DocumentError(f"{doc_key}: looks like a binary file, not markdown; remove it from "
-                            "the docs folder or narrow docs.glob")
+        raise DocumentError(
+            f"{doc_key}: looks like a binary file, not markdown; remove it from "
+            "the docs folder or narrow docs.glob"
+        )
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -126,16 +128,18 @@ def chunk_document(
             piece = section.text[lo:hi].strip()
             if not piece:
                 continue
-            chunks.append(Chunk(
-                id=chunk_id(doc, piece),
-                doc=doc,
-                heading_path=section.heading_path,
-                text=piece,
-                n_tokens=e - s,
-                start_char=section.start + lo,
-                end_char=section.start + hi,
-                position=len(chunks),
-            ))
+            chunks.append(
+                Chunk(
+                    id=chunk_id(doc, piece),
+                    doc=doc,
+                    heading_path=section.heading_path,
+                    text=piece,
+                    n_tokens=e - s,
+                    start_char=section.start + lo,
+                    end_char=section.start + hi,
+                    position=len(chunks),
+                )
+            )
     # Identical text twice in one document is one chunk (same id, same content).
     unique: dict[str, Chunk] = {}
     for c in chunks:

@@ -28,8 +28,13 @@ def sync_document_partitions(instance, recipe) -> tuple[list[str], list[str], li
     return sorted(found), added, removed
 
 
-def run_pipeline(recipe_path: str | None, profile_path: str | None, instance=None,
-                 artifact_root: Path | None = None, echo=print) -> bool:
+def run_pipeline(
+    recipe_path: str | None,
+    profile_path: str | None,
+    instance=None,
+    artifact_root: Path | None = None,
+    echo=print,
+) -> bool:
     """Materialize every asset, job by job in graph order, recording runs in ``instance``.
 
     Returns:
@@ -40,8 +45,11 @@ def run_pipeline(recipe_path: str | None, profile_path: str | None, instance=Non
     from ragft_dagster.definitions import build_definitions
     from ragft_dagster.recipe import load_recipe
 
-    recipe = load_recipe(recipe_path or os.environ.get("RAGFT_RECIPE")
-                         or Path(__file__).resolve().parent.parent / "assets/quickstart/recipe.yaml")
+    recipe = load_recipe(
+        recipe_path
+        or os.environ.get("RAGFT_RECIPE")
+        or Path(__file__).resolve().parent.parent / "assets/quickstart/recipe.yaml"
+    )
     defs = build_definitions(recipe.path, profile_path, artifact_root)
     instance = instance or dg.DagsterInstance.get()
     docs, added, removed = sync_document_partitions(instance, recipe)
@@ -56,12 +64,18 @@ def run_pipeline(recipe_path: str | None, profile_path: str | None, instance=Non
     for job_name, partition in plan:
         t0 = time.monotonic()
         job = defs.resolve_job_def(job_name)
-        result = job.execute_in_process(instance=instance, partition_key=partition,
-                                        raise_on_error=False)
+        result = job.execute_in_process(
+            instance=instance,
+            partition_key=partition,
+            raise_on_error=False,
+            # Step events stay in the instance (see them with `make ui`); the console gets one
+            # line per run.
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        )
         label = f"{job_name}" + (f" [{partition}]" if partition else "")
         if not result.success:
             for event in result.all_events:
-                if event.is_failure and event.step_failure_data:
+                if event.is_failure and event.step_failure_data and event.step_failure_data.error:
                     echo(f"FAILED {label}: {event.step_failure_data.error.message.strip()}")
             echo(f"run {result.run_id} failed; see it with `make ui`")
             return False
@@ -70,8 +84,12 @@ def run_pipeline(recipe_path: str | None, profile_path: str | None, instance=Non
     from ragft_dagster.definitions import DEFAULT_PROFILE
     from ragft_dagster.profile import load_profile
 
-    root = artifact_root or load_profile(
-        profile_path or os.environ.get("RAGFT_PROFILE") or DEFAULT_PROFILE).artifact_root
+    root = (
+        artifact_root
+        or load_profile(
+            profile_path or os.environ.get("RAGFT_PROFILE") or DEFAULT_PROFILE
+        ).artifact_root
+    )
     report = Path(root) / "report" / "report.md"
     if report.is_file():
         echo(report.read_text())
@@ -83,11 +101,16 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="materialize the whole pipeline for a recipe")
     run.add_argument("--recipe", help="recipe YAML (default: RAGFT_RECIPE or the quickstart)")
-    run.add_argument("--profile", help="profile YAML (default: RAGFT_PROFILE or resources/local.yaml)")
+    run.add_argument(
+        "--profile", help="profile YAML (default: RAGFT_PROFILE or resources/local.yaml)"
+    )
     args = parser.parse_args(argv)
     if not os.environ.get("DAGSTER_HOME"):
-        print("DAGSTER_HOME is not set: runs would be recorded nowhere. `make run` sets it to "
-              ".dagster_home; or export DAGSTER_HOME=/some/dir", file=sys.stderr)
+        print(
+            "DAGSTER_HOME is not set: runs would be recorded nowhere. `make run` sets it to "
+            ".dagster_home; or export DAGSTER_HOME=/some/dir",
+            file=sys.stderr,
+        )
         return 2
     from ragft_dagster.profile import ProfileError
     from ragft_dagster.recipe import RecipeError

@@ -38,15 +38,14 @@ JOB_SELECTIONS = {
 
 
 def build_resources(recipe: Recipe, profile: Profile, artifact_root: Path | None = None) -> dict:
-    llm_key = (
-        dg.EnvVar(profile.llm.api_key_env) if recipe.qa.generator == "openai" else None
-    )
+    llm_key = dg.EnvVar(profile.llm.api_key_env) if recipe.qa.generator == "openai" else None
     return {
         "artifacts": ArtifactStoreResource(root=str(artifact_root or profile.artifact_root)),
         "compute": ComputeResource(device=profile.compute.device, dtype=profile.compute.dtype),
         "llm": LlmEndpointResource(base_url=profile.llm.base_url, api_key=llm_key),
         "vector_store": VectorStoreResource(
-            mode=profile.vector_store.mode, host=profile.vector_store.host,
+            mode=profile.vector_store.mode,
+            host=profile.vector_store.host,
             port=profile.vector_store.port,
         ),
     }
@@ -70,8 +69,9 @@ def build_definitions(
     recipe = load_recipe(recipe_path or os.environ.get("RAGFT_RECIPE") or DEFAULT_RECIPE)
     profile = load_profile(profile_path or os.environ.get("RAGFT_PROFILE") or DEFAULT_PROFILE)
     jobs = [
-        dg.define_asset_job(name, selection=selection,
-                            description=f"Materialize {', '.join(selection)}.")
+        dg.define_asset_job(
+            name, selection=selection, description=f"Materialize {', '.join(selection)}."
+        )
         for name, selection in JOB_SELECTIONS.items()
     ]
     executor = dg.in_process_executor if profile.executor == "in_process" else None

@@ -7,15 +7,22 @@ from typing import Any
 from ragft_dagster.mcq import Question, build_messages, score_letters
 
 
-def load_scoring_model(model_dir: str, adapter_dir: str | None, *, device: str, dtype: Any,
-                       chat_template: str | None, trust_remote_code: bool = False):
+def load_scoring_model(
+    model_dir: str,
+    adapter_dir: str | None,
+    *,
+    device: str,
+    dtype: Any,
+    chat_template: str | None,
+    trust_remote_code: bool = False,
+):
     """Load a causal LM (optionally with a PEFT adapter merged in) and its tokenizer."""
     from transformers import AutoModelForCausalLM
 
     from ragft_dagster.model_refs import load_tokenizer
 
     tokenizer = load_tokenizer(adapter_dir or model_dir, chat_template, trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(
+    model: Any = AutoModelForCausalLM.from_pretrained(
         model_dir, dtype=dtype, trust_remote_code=trust_remote_code
     )
     if adapter_dir:
@@ -59,8 +66,9 @@ def score_cell(
         hits = retriever.retrieve(q.question) if retriever is not None else []
         context = "\n\n".join(h["text"] for h in hits) if hits else None
         messages = build_messages(q, system_prompt, user_template, context_template, context)
-        prompts.append(tokenizer.apply_chat_template(messages, tokenize=False,
-                                                     add_generation_prompt=True))
+        prompts.append(
+            tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        )
         hits_per_q.append(hits)
     scores = score_letters(model, tokenizer, prompts, batch_size=batch_size, device=device)
     return [

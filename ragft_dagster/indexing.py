@@ -46,9 +46,7 @@ def open_collection(
         SharedSystemClient.clear_system_cache()
 
 
-def sync_index(
-    collection: Any, chunks: list[dict[str, Any]], embedder: Any
-) -> dict[str, int]:
+def sync_index(collection: Any, chunks: list[dict[str, Any]], embedder: Any) -> dict[str, int]:
     """Make the collection hold exactly ``chunks``: embed new ids, delete vanished ones.
 
     Args:
@@ -59,7 +57,7 @@ def sync_index(
     Returns:
         Counts: added, deleted, kept, total.
     """
-    from llama_index.core.schema import TextNode
+    from llama_index.core.schema import BaseNode, TextNode
     from llama_index.vector_stores.chroma import ChromaVectorStore
 
     current = {c["id"]: c for c in chunks}
@@ -70,7 +68,7 @@ def sync_index(
         collection.delete(ids=stale)
     if new:
         vectors = embedder.get_text_embedding_batch([c["text"] for c in new])
-        nodes = [
+        nodes: list[BaseNode] = [
             TextNode(
                 id_=c["id"],
                 text=c["text"],
@@ -80,8 +78,12 @@ def sync_index(
             for c, vec in zip(new, vectors, strict=True)
         ]
         ChromaVectorStore(chroma_collection=collection).add(nodes)
-    return {"added": len(new), "deleted": len(stale), "kept": len(existing) - len(stale),
-            "total": collection.count()}
+    return {
+        "added": len(new),
+        "deleted": len(stale),
+        "kept": len(existing) - len(stale),
+        "total": collection.count(),
+    }
 
 
 class Retriever:

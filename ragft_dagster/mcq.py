@@ -45,13 +45,16 @@ def load_questions(path: Path) -> list[Question]:
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise McqError(f"{path}: not valid UTF-8 (byte {exc.start}); re-save the CSV as UTF-8")
+        raise McqError(
+            f"{path}: not valid UTF-8 (byte {exc.start}); re-save the CSV as UTF-8"
+        ) from None
     reader = csv.DictReader(io.StringIO(text, newline=""))
     header = [h.strip().lower() for h in (reader.fieldnames or [])]
     missing = [c for c in COLUMNS if c not in header]
     if missing:
-        raise McqError(f"{path}: missing column(s) {missing}; the header must be "
-                       f"{','.join(COLUMNS)}")
+        raise McqError(
+            f"{path}: missing column(s) {missing}; the header must be {','.join(COLUMNS)}"
+        )
     reader.fieldnames = header
     questions: list[Question] = []
     seen: dict[str, int] = {}
@@ -65,27 +68,46 @@ def load_questions(path: Path) -> list[Question]:
                 raise McqError(f"{where}: column '{col}' is empty; fill it in or remove the row")
         correct = values["correct"].upper()
         if correct not in LETTERS:
-            raise McqError(f"{where}: column 'correct' is {values['correct']!r}; it must be "
-                           "one of A, B, C, D")
+            raise McqError(
+                f"{where}: column 'correct' is {values['correct']!r}; it must be one of A, B, C, D"
+            )
         key = " ".join(values["question"].lower().split())
         if key in seen:
             raise McqError(f"{where}: duplicate of row {seen[key]}; remove one of them")
         seen[key] = n
         qid = hashlib.sha256(key.encode()).hexdigest()[:16]
-        questions.append(Question(qid, n, values["question"],
-                                  (values["a"], values["b"], values["c"], values["d"]), correct))
+        questions.append(
+            Question(
+                qid,
+                n,
+                values["question"],
+                (values["a"], values["b"], values["c"], values["d"]),
+                correct,
+            )
+        )
     if not questions:
         raise McqError(f"{path}: no questions")
     return questions
 
 
-def build_messages(question: Question, system_prompt: str, user_template: str,
-                   context_template: str, context: str | None) -> list[dict[str, str]]:
+def build_messages(
+    question: Question,
+    system_prompt: str,
+    user_template: str,
+    context_template: str,
+    context: str | None,
+) -> list[dict[str, str]]:
     """The same prompt for every model; ``context`` is None for closed-book."""
     block = context_template.replace("{context}", context) if context else ""
     a, b, c, d = question.options
-    user = (user_template.replace("{context_block}", block).replace("{question}", question.question)
-            .replace("{a}", a).replace("{b}", b).replace("{c}", c).replace("{d}", d))
+    user = (
+        user_template.replace("{context_block}", block)
+        .replace("{question}", question.question)
+        .replace("{a}", a)
+        .replace("{b}", b)
+        .replace("{c}", c)
+        .replace("{d}", d)
+    )
     return [{"role": "system", "content": system_prompt}, {"role": "user", "content": user}]
 
 
@@ -96,14 +118,17 @@ def letter_token_ids(tokenizer: Any, prompt: str) -> list[int]:
     for letter in LETTERS:
         full = tokenizer(prompt + letter, add_special_tokens=False)["input_ids"]
         if full[: len(base)] != base or len(full) == len(base):
-            raise McqError(f"tokenizer merges the answer letter {letter!r} into the prompt; "
-                           "end the user template with a separator such as 'Answer:'")
+            raise McqError(
+                f"tokenizer merges the answer letter {letter!r} into the prompt; "
+                "end the user template with a separator such as 'Answer:'"
+            )
         ids.append(full[len(base)])
     return ids
 
 
-def score_letters(model: Any, tokenizer: Any, prompts: list[str], batch_size: int = 8,
-                  device: str = "cpu") -> list[dict[str, Any]]:
+def score_letters(
+    model: Any, tokenizer: Any, prompts: list[str], batch_size: int = 8, device: str = "cpu"
+) -> list[dict[str, Any]]:
     """Next-token log-probabilities of A-D after each prompt, batched with left padding.
 
     Args:
@@ -135,10 +160,12 @@ def score_letters(model: Any, tokenizer: Any, prompts: list[str], batch_size: in
             top = max(lps)
             norm = sum(math.exp(lp - top) for lp in lps)
             probs = [math.exp(lp - top) / norm for lp in lps]
-            out.append({
-                "logprobs": dict(zip(LETTERS, lps, strict=True)),
-                "probs": dict(zip(LETTERS, probs, strict=True)),
-                "mass": sum(math.exp(lp) for lp in lps),
-                "predicted": LETTERS[max(range(4), key=lambda i: lps[i])],
-            })
+            out.append(
+                {
+                    "logprobs": dict(zip(LETTERS, lps, strict=True)),
+                    "probs": dict(zip(LETTERS, probs, strict=True)),
+                    "mass": sum(math.exp(lp) for lp in lps),
+                    "predicted": LETTERS[max(range(4), key=lambda i: lps[i])],
+                }
+            )
     return out

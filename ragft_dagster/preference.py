@@ -40,8 +40,11 @@ def load_preference_pairs(
     rows = []
     for i, rec in enumerate(raw[:max_rows] if max_rows else raw, start=1):
         prompt = rec.get("prompt", rec.get("question"))
-        for field, value in (("prompt", prompt), ("chosen", rec.get("chosen")),
-                             ("rejected", rec.get("rejected"))):
+        for field, value in (
+            ("prompt", prompt),
+            ("chosen", rec.get("chosen")),
+            ("rejected", rec.get("rejected")),
+        ):
             if not isinstance(value, str) or not value.strip():
                 raise PreferenceDataError(
                     f"{where}: row {i}: field '{field}' is missing or empty; every row needs "
@@ -51,11 +54,13 @@ def load_preference_pairs(
         if isinstance(rec.get("system"), str) and rec["system"].strip():
             messages.append({"role": "system", "content": rec["system"]})
         messages.append({"role": "user", "content": prompt})
-        rows.append({
-            "prompt": messages,
-            "chosen": [{"role": "assistant", "content": rec["chosen"]}],
-            "rejected": [{"role": "assistant", "content": rec["rejected"]}],
-        })
+        rows.append(
+            {
+                "prompt": messages,
+                "chosen": [{"role": "assistant", "content": rec["chosen"]}],
+                "rejected": [{"role": "assistant", "content": rec["rejected"]}],
+            }
+        )
     if not rows:
         raise PreferenceDataError(f"{where}: no preference pairs found")
     return rows
@@ -128,7 +133,8 @@ def train_dpo(
         )
         result = trainer.train()
         logs = [entry for entry in trainer.state.log_history if "loss" in entry]
-    trainer.model.save_pretrained(out_dir, safe_serialization=True)
+    trained: Any = trainer.model
+    trained.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     last = logs[-1] if logs else {}
     total, _ = count_parameters(trainer.model)

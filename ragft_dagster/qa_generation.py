@@ -42,7 +42,7 @@ def _prose(text: str) -> str:
 
 def _sentences(text: str) -> list[str]:
     flat = re.sub(r"\s*\n\s*(?![-*] )", " ", _prose(text))
-    out = []
+    out: list[str] = []
     for block in flat.split("\n"):
         out.extend(s.strip() for s in _SENTENCE_END.split(block) if s.strip())
     return out
@@ -71,26 +71,49 @@ def generate_offline_qa(chunk: dict[str, Any], doc_title: str, limit: int) -> li
             pairs.append({"question": question, "answer": answer, "kind": kind})
 
     for term, rest in _BOLD_DEF.findall(_prose(text)):
-        add(f"In {doc_title}, what is meant by {term.strip()}?", _plain(f"{term}: {rest}"),
-            "bold_term")
+        add(
+            f"In {doc_title}, what is meant by {term.strip()}?",
+            _plain(f"{term}: {rest}"),
+            "bold_term",
+        )
     for sentence in _sentences(text):
         m = _DEFINITION.match(_plain(sentence))
         subject = m.group(1).strip() if m else ""
-        if m and subject.split()[0].lower() not in ("it", "its", "this", "that", "there", "these", "they", "their", "we", "you", "our"):
-            subject = subject[0].lower() + subject[1:] if subject[:4] in ("The ", "An ") or \
-                subject[:2] == "A " else subject
+        if m and subject.split()[0].lower() not in (
+            "it",
+            "its",
+            "this",
+            "that",
+            "there",
+            "these",
+            "they",
+            "their",
+            "we",
+            "you",
+            "our",
+        ):
+            subject = (
+                subject[0].lower() + subject[1:]
+                if subject[:4] in ("The ", "An ") or subject[:2] == "A "
+                else subject
+            )
             add(f"What {m.group(2)} {subject}?", _plain(sentence), "definition")
     for block in _FENCE_BLOCK.findall(text):
         lines = [ln.rstrip() for ln in block.strip().splitlines() if ln.strip()][:6]
         if lines and sum(len(ln) for ln in lines) < 400:
-            add(f"What example does the '{heading}' section of {doc_title} give?",
-                "\n".join(lines), "code")
+            add(
+                f"What example does the '{heading}' section of {doc_title} give?",
+                "\n".join(lines),
+                "code",
+            )
     sentences = _sentences(text)
     if sentences:
-        where = (f"the introduction of {doc_title}" if heading == doc_title
-                 else f"the '{heading}' section of {doc_title}")
-        add(f"What does {where} explain?",
-            _plain(" ".join(sentences[:2])), "section")
+        where = (
+            f"the introduction of {doc_title}"
+            if heading == doc_title
+            else f"the '{heading}' section of {doc_title}"
+        )
+        add(f"What does {where} explain?", _plain(" ".join(sentences[:2])), "section")
     return pairs
 
 
@@ -216,8 +239,9 @@ def generate_llm_qa(
         ``[{"question", "answer", "kind"}]``.
     """
     heading = " > ".join(chunk["heading_path"]) or doc_title
-    prompt = render_prompt(prompt_template, n=str(n), document=doc_title, heading=heading,
-                           context=chunk["text"])
+    prompt = render_prompt(
+        prompt_template, n=str(n), document=doc_title, heading=heading, context=chunk["text"]
+    )
     key = cache.key(
         model=model,
         template=hashlib.sha256(prompt_template.encode()).hexdigest(),
@@ -261,8 +285,9 @@ def doc_title_of(chunks: list[dict[str, Any]], doc_key: str) -> str:
     return Path(doc_key).stem.replace("-", " ")
 
 
-def qa_rows_for_chunk(chunk: dict[str, Any], pairs: list[dict[str, str]], generator: str,
-                      model: str | None) -> list[dict[str, Any]]:
+def qa_rows_for_chunk(
+    chunk: dict[str, Any], pairs: list[dict[str, str]], generator: str, model: str | None
+) -> list[dict[str, Any]]:
     """Turn pairs into stored rows: every row records its chunk id and generator."""
     return [
         {

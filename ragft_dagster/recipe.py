@@ -87,7 +87,7 @@ class DocsRecipe(_Section):
 
 class DpoRecipe(_Section):
     dataset: str
-    """A local JSONL file (relative to the recipe) or a hub dataset id with prompt/chosen/rejected."""
+    """A local JSONL file (relative to the recipe) or a hub dataset id (prompt/chosen/rejected)."""
     split: str = "train"
     max_rows: int | None = Field(default=None, gt=0)
     args: dict[str, Any] = Field(default_factory=dict)
@@ -117,7 +117,7 @@ class ChunkingRecipe(_Section):
 
 class QaRecipe(_Section):
     generator: Literal["offline", "openai"] = "offline"
-    """``offline`` mines the markdown structure (no LLM); ``openai`` calls the profile's endpoint."""
+    """``offline`` mines the markdown (no LLM); ``openai`` calls the profile's endpoint."""
     model: str | None = None
     """Model name at the OpenAI-compatible endpoint (required for ``openai``)."""
     prompt: str = DEFAULT_QA_PROMPT
@@ -274,7 +274,7 @@ def _format_errors(path: Path, err: ValidationError) -> str:
         key = ".".join(str(p) for p in e["loc"]) or "<top level>"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling against the recipe schema in ragft_dagster/recipe.py)"
+            msg = "unknown key (check its spelling against ragft_dagster/recipe.py)"
         elif e["type"] == "missing":
             msg = "required key is missing"
         lines.append(f"  - key '{key}': {msg}")

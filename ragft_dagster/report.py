@@ -25,11 +25,18 @@ def summarise_scores(records: dict[tuple[str, str], list[dict[str, Any]]]) -> li
         n = len(recs)
         k = sum(1 for r in recs if r["is_correct"])
         lo, hi = wilson_interval(k, n)
-        rows.append({
-            "model": model, "context": context, "n": n, "correct": k,
-            "accuracy": k / n if n else float("nan"), "ci_low": lo, "ci_high": hi,
-            "mean_letter_mass": sum(r["mass"] for r in recs) / n if n else float("nan"),
-        })
+        rows.append(
+            {
+                "model": model,
+                "context": context,
+                "n": n,
+                "correct": k,
+                "accuracy": k / n if n else float("nan"),
+                "ci_low": lo,
+                "ci_high": hi,
+                "mean_letter_mass": sum(r["mass"] for r in recs) / n if n else float("nan"),
+            }
+        )
     return rows
 
 
@@ -44,14 +51,17 @@ def comparison_markdown(rows: list[dict[str, Any]], models: list[str], contexts:
             r = cell.get((m, c))
             parts.append(
                 f"{100 * r['accuracy']:.1f}% [{100 * r['ci_low']:.0f}–{100 * r['ci_high']:.0f}] "
-                f"(n={r['n']})" if r else "–"
+                f"(n={r['n']})"
+                if r
+                else "–"
             )
         body += f"| {m} | " + " | ".join(parts) + " |\n"
     return head + body
 
 
-def accuracy_chart(rows: list[dict[str, Any]], models: list[str], contexts: list[str],
-                   path: Path) -> Path:
+def accuracy_chart(
+    rows: list[dict[str, Any]], models: list[str], contexts: list[str], path: Path
+) -> Path:
     """Grouped bars of accuracy with 95% CI error bars, saved as PNG."""
     import matplotlib
 
@@ -62,7 +72,9 @@ def accuracy_chart(rows: list[dict[str, Any]], models: list[str], contexts: list
     width = 0.8 / max(len(contexts), 1)
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     for j, c in enumerate(contexts):
-        xs, ys, err = [], [], [[], []]
+        xs: list[float] = []
+        ys: list[float] = []
+        err: list[list[float]] = [[], []]
         for i, m in enumerate(models):
             r = cell.get((m, c))
             if r is None:

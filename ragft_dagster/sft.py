@@ -39,7 +39,8 @@ def build_sft_dataset(
         Counts for metadata.
     """
     seen: set[tuple[str, str]] = set()
-    train, validation = [], []
+    train: list[dict[str, Any]] = []
+    validation: list[dict[str, Any]] = []
     duplicates = 0
     for row in sorted(qa_rows, key=lambda r: (r["doc"], r["id"])):
         key = (_norm(row["question"]), _norm(row["answer"]))
@@ -52,15 +53,24 @@ def build_sft_dataset(
             {"role": "user", "content": row["question"]},
             {"role": "assistant", "content": row["answer"]},
         ]
-        record = {"messages": messages, "id": row["id"], "chunk_id": row["chunk_id"],
-                  "doc": row["doc"], "generator": row["generator"]}
+        record = {
+            "messages": messages,
+            "id": row["id"],
+            "chunk_id": row["chunk_id"],
+            "doc": row["doc"],
+            "generator": row["generator"],
+        }
         h = hashlib.sha256(f"{seed}\n{key[0]}".encode()).digest()
         bucket = int.from_bytes(h[:8], "big") / 2**64
         (validation if bucket < validation_fraction else train).append(record)
     write_jsonl(Path(out_dir) / "train.jsonl", train)
     write_jsonl(Path(out_dir) / "validation.jsonl", validation)
-    return {"input_rows": len(qa_rows), "duplicates_removed": duplicates,
-            "train_rows": len(train), "validation_rows": len(validation)}
+    return {
+        "input_rows": len(qa_rows),
+        "duplicates_removed": duplicates,
+        "train_rows": len(train),
+        "validation_rows": len(validation),
+    }
 
 
 def train_lora(
@@ -131,7 +141,8 @@ def train_lora(
         total, trainable = count_parameters(trainer.model)
         result = trainer.train()
         eval_loss = trainer.evaluate()["eval_loss"] if has_validation else float("nan")
-    trainer.model.save_pretrained(out_dir)
+    trained: Any = trainer.model
+    trained.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     losses = [float(e["loss"]) for e in trainer.state.log_history if "loss" in e]
     return {

@@ -104,7 +104,11 @@ def test_offline_generator_is_grounded(tiny_tokenizer):
     [
         ('[{"question": "Q1?", "answer": "A1"}]', "json", 1),
         ('```json\n[{"question": "Q1?", "answer": "A1"}, {"q": "Q2?", "a": "A2"}]\n```', "json", 2),
-        ('Sure! Here they are:\n[{"question": "Q1?", "answer": "A1"}]\nHope it helps', "json_fragment", 1),
+        (
+            'Sure! Here they are:\n[{"question": "Q1?", "answer": "A1"}]\nHope it helps',
+            "json_fragment",
+            1,
+        ),
         ('{"questions": [{"question": "Q1?", "answer": "A1"}]}', "json", 1),
         ("1. Q: What is X?\nA: X is Y.\n2. Q: What is Z?\nA: Z is W.", "text", 2),
         ('[{"question": "Q1?", "answer": "A1"', "failed", 0),
@@ -123,20 +127,28 @@ def test_render_prompt_leaves_other_braces():
 
 def test_sft_dataset_dedupes_and_splits_stably(tmp_path):
     rows = [
-        {"id": f"r{i}", "chunk_id": "c", "doc": "d.md", "generator": "offline",
-         "question": f"Question {i}?", "answer": f"Answer {i}."}
+        {
+            "id": f"r{i}",
+            "chunk_id": "c",
+            "doc": "d.md",
+            "generator": "offline",
+            "question": f"Question {i}?",
+            "answer": f"Answer {i}.",
+        }
         for i in range(200)
     ]
     rows.append({**rows[0], "id": "dup", "question": "  question 0? "})
-    counts = build_sft_dataset(rows, tmp_path / "a", validation_fraction=0.2, seed=0,
-                               system_prompt="sys")
+    counts = build_sft_dataset(
+        rows, tmp_path / "a", validation_fraction=0.2, seed=0, system_prompt="sys"
+    )
     assert counts["duplicates_removed"] == 1
     assert counts["train_rows"] + counts["validation_rows"] == 200
     assert 20 < counts["validation_rows"] < 60
     train = read_jsonl(tmp_path / "a" / "train.jsonl")
     assert [m["role"] for m in train[0]["messages"]] == ["system", "user", "assistant"]
-    build_sft_dataset(rows[:150], tmp_path / "b", validation_fraction=0.2, seed=0,
-                      system_prompt="sys")
+    build_sft_dataset(
+        rows[:150], tmp_path / "b", validation_fraction=0.2, seed=0, system_prompt="sys"
+    )
     val_a = {r["id"] for r in read_jsonl(tmp_path / "a" / "validation.jsonl")}
     val_b = {r["id"] for r in read_jsonl(tmp_path / "b" / "validation.jsonl")}
     assert val_b <= val_a  # adding rows never moves existing rows across the split
@@ -178,7 +190,9 @@ def test_letter_scoring_batched_equals_single(tiny_base, tiny_tokenizer):
     prompts = [
         tiny_tokenizer.apply_chat_template(
             [{"role": "user", "content": f"Question {'x' * i}? A. a B. b C. c D. d Answer:"}],
-            tokenize=False, add_generation_prompt=True)
+            tokenize=False,
+            add_generation_prompt=True,
+        )
         for i in range(5)
     ]
     batched = score_letters(model, tiny_tokenizer, prompts, batch_size=5)

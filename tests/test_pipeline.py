@@ -14,8 +14,17 @@ from ragft_dagster.definitions import JOB_SELECTIONS, build_definitions
 from .conftest import LOCAL_PROFILE, QUICKSTART
 from .openai_stub import OpenAIStub
 
-ALL_ASSETS = {"merged_model", "dpo_model", "doc_chunks", "synthetic_qa", "sft_dataset",
-              "lora_adapter", "vector_index", "mcq_scores", "mcq_report"}
+ALL_ASSETS = {
+    "merged_model",
+    "dpo_model",
+    "doc_chunks",
+    "synthetic_qa",
+    "sft_dataset",
+    "lora_adapter",
+    "vector_index",
+    "mcq_scores",
+    "mcq_report",
+}
 
 
 def test_definitions_load_with_the_asset_graph():
@@ -24,8 +33,9 @@ def test_definitions_load_with_the_asset_graph():
     graph = defs.resolve_asset_graph()
     keys = {k.path[0] for k in graph.get_all_asset_keys()}
     assert keys == ALL_ASSETS
-    parents = {k.path[0]: {p.path[0] for p in graph.get(k).parent_keys}
-               for k in graph.get_all_asset_keys()}
+    parents = {
+        k.path[0]: {p.path[0] for p in graph.get(k).parent_keys} for k in graph.get_all_asset_keys()
+    }
     assert parents["dpo_model"] == {"merged_model"}
     assert parents["synthetic_qa"] == {"doc_chunks"}
     assert parents["lora_adapter"] == {"dpo_model", "sft_dataset"}
@@ -44,8 +54,13 @@ def _openai_recipe(tmp_path: Path) -> Path:
     raw["docs"]["path"] = str(QUICKSTART.parent / "docs")
     raw["evaluation"]["questions"] = str(QUICKSTART.parent / "mcq.csv")
     raw["dpo"]["dataset"] = str(QUICKSTART.parent / "preference_pairs.jsonl")
-    raw["qa"] = {"generator": "openai", "model": "stub-model", "questions_per_chunk": 2,
-                 "max_retries": 0, "request_timeout": 10}
+    raw["qa"] = {
+        "generator": "openai",
+        "model": "stub-model",
+        "questions_per_chunk": 2,
+        "max_retries": 0,
+        "request_timeout": 10,
+    }
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -54,8 +69,11 @@ def _openai_recipe(tmp_path: Path) -> Path:
 def _profile(tmp_path: Path, base_url: str) -> Path:
     p = tmp_path / "resources" / "stub.yaml"
     p.parent.mkdir(exist_ok=True)
-    p.write_text(yaml.safe_dump({"name": "stub", "llm": {"base_url": base_url,
-                                                         "api_key_env": "RAGFT_TEST_KEY"}}))
+    p.write_text(
+        yaml.safe_dump(
+            {"name": "stub", "llm": {"base_url": base_url, "api_key_env": "RAGFT_TEST_KEY"}}
+        )
+    )
     return p
 
 
@@ -71,8 +89,9 @@ def test_synthetic_qa_through_an_openai_compatible_endpoint(tmp_path, tiny_base,
     with OpenAIStub(replies) as stub:
         root = tmp_path / "artifacts"
         shutil.copytree(tiny_base.parent, root / "tiny")  # reuse the session's tiny model
-        defs = build_definitions(_openai_recipe(tmp_path), _profile(tmp_path, stub.base_url),
-                                 artifact_root=root)
+        defs = build_definitions(
+            _openai_recipe(tmp_path), _profile(tmp_path, stub.base_url), artifact_root=root
+        )
         job = defs.resolve_job_def("document_job")
         with dg.instance_for_test() as instance:
             instance.add_dynamic_partitions("documents", [doc])
@@ -101,19 +120,26 @@ def test_synthetic_qa_through_an_openai_compatible_endpoint(tmp_path, tiny_base,
 
             for event in instance.all_logs(result.run_id) + instance.all_logs(again.run_id):
                 assert secret not in json.dumps(str(event))
-    assert not any(secret in p.read_text(errors="ignore")
-                   for p in root.rglob("*") if p.is_file() and p.stat().st_size < 2**20)
+    assert not any(
+        secret in p.read_text(errors="ignore")
+        for p in root.rglob("*")
+        if p.is_file() and p.stat().st_size < 2**20
+    )
 
 
 def test_missing_api_key_fails_clearly(tmp_path, monkeypatch):
     monkeypatch.delenv("RAGFT_TEST_KEY", raising=False)
-    defs = build_definitions(_openai_recipe(tmp_path), _profile(tmp_path, "http://127.0.0.1:9/v1"),
-                             artifact_root=tmp_path / "a")
+    defs = build_definitions(
+        _openai_recipe(tmp_path),
+        _profile(tmp_path, "http://127.0.0.1:9/v1"),
+        artifact_root=tmp_path / "a",
+    )
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("documents", ["overview.md"])
         with pytest.raises(dg.DagsterInvalidConfigError, match="RAGFT_TEST_KEY.*not set"):
             defs.resolve_job_def("document_job").execute_in_process(
-                instance=instance, partition_key="overview.md")
+                instance=instance, partition_key="overview.md"
+            )
 
 
 @pytest.mark.slow
@@ -124,8 +150,13 @@ def test_quickstart_end_to_end(tmp_path):
     root = tmp_path / "artifacts"
     lines: list[str] = []
     with dg.instance_for_test() as instance:
-        assert run_pipeline(str(QUICKSTART), str(LOCAL_PROFILE), instance=instance,
-                            artifact_root=root, echo=lines.append), "\n".join(lines)
+        assert run_pipeline(
+            str(QUICKSTART),
+            str(LOCAL_PROFILE),
+            instance=instance,
+            artifact_root=root,
+            echo=lines.append,
+        ), "\n".join(lines)
         layout = ArtifactLayout(root)
         docs = sorted(p.name for p in (QUICKSTART.parent / "docs").glob("*.md"))
         assert sorted(instance.get_dynamic_partitions("documents")) == docs
@@ -149,8 +180,11 @@ def test_quickstart_end_to_end(tmp_path):
         assert (layout.report / "accuracy.png").stat().st_size > 5000
 
         def meta(name, partition=None):
-            ev = instance.get_latest_materialization_event(dg.AssetKey(name)) \
-                if partition is None else None
+            ev = (
+                instance.get_latest_materialization_event(dg.AssetKey(name))
+                if partition is None
+                else None
+            )
             return ev.asset_materialization.metadata
 
         assert meta("vector_index")["vectors"].value == len(chunks)

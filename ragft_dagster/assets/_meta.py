@@ -9,8 +9,9 @@ import dagster as dg
 documents_partitions = dg.DynamicPartitionsDefinition(name="documents")
 
 
-def preview_table(rows: list[dict[str, Any]], columns: list[str], limit: int = 10,
-                  width: int = 120) -> dg.MetadataValue:
+def preview_table(
+    rows: list[dict[str, Any]], columns: list[str], limit: int = 10, width: int = 120
+) -> dg.MetadataValue:
     """First rows of a record list as a UI table (long strings shortened)."""
 
     def cell(value: Any) -> Any:

@@ -1,6 +1,5 @@
 """Per-document data assets: chunks, then synthetic Q&A (one dynamic partition per document)."""
 
-
 from collections import Counter
 
 import dagster as dg
@@ -37,19 +36,26 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
         text = read_document(recipe.docs_dir / key, key)
         tokenizer = load_tokenizer(
             resolve_model_ref(recipe.base_model, layout.root, recipe.root),
-            recipe.chat_template, recipe.trust_remote_code,
+            recipe.chat_template,
+            recipe.trust_remote_code,
         )
-        chunks = [c.to_dict() for c in chunk_document(
-            text, key, tokenizer, recipe.chunking.chunk_size, recipe.chunking.chunk_overlap)]
+        chunks = [
+            c.to_dict()
+            for c in chunk_document(
+                text, key, tokenizer, recipe.chunking.chunk_size, recipe.chunking.chunk_overlap
+            )
+        ]
         write_jsonl(layout.chunks(key), chunks)
         tokens = [c["n_tokens"] for c in chunks]
-        return dg.MaterializeResult(metadata={
-            "path": dg.MetadataValue.path(str(layout.chunks(key))),
-            "chunks": len(chunks),
-            "tokens": sum(tokens),
-            "max_chunk_tokens": max(tokens, default=0),
-            "preview": preview_table(chunks, ["id", "heading_path", "n_tokens", "text"]),
-        })
+        return dg.MaterializeResult(
+            metadata={
+                "path": dg.MetadataValue.path(str(layout.chunks(key))),
+                "chunks": len(chunks),
+                "tokens": sum(tokens),
+                "max_chunk_tokens": max(tokens, default=0),
+                "preview": preview_table(chunks, ["id", "heading_path", "n_tokens", "text"]),
+            }
+        )
 
     @dg.asset(
         deps=[doc_chunks],
@@ -71,16 +77,25 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
         qa = recipe.qa
         stats = LlmStats()
         rows = []
-        client = (llm.client(timeout=qa.request_timeout, max_retries=qa.max_retries)
-                  if qa.generator == "openai" else None)
+        client = (
+            llm.client(timeout=qa.request_timeout, max_retries=qa.max_retries)
+            if qa.generator == "openai"
+            else None
+        )
         for chunk in chunks:
             if client is None:
                 pairs = generate_offline_qa(chunk, title, qa.questions_per_chunk)
             else:
                 pairs = generate_llm_qa(
-                    chunk, title, client=client, model=qa.model or "", n=qa.questions_per_chunk,
-                    prompt_template=qa.prompt, temperature=qa.temperature,
-                    max_tokens=qa.max_tokens, cache=ReplyCache(layout.root / "llm_cache"),
+                    chunk,
+                    title,
+                    client=client,
+                    model=qa.model or "",
+                    n=qa.questions_per_chunk,
+                    prompt_template=qa.prompt,
+                    temperature=qa.temperature,
+                    max_tokens=qa.max_tokens,
+                    cache=ReplyCache(layout.root / "llm_cache"),
                     stats=stats,
                 )
             rows += qa_rows_for_chunk(chunk, pairs, qa.generator, qa.model)
@@ -94,12 +109,15 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
             "preview": preview_table(rows, ["question", "answer", "kind", "chunk_id"]),
         }
         if client is not None:
-            metadata.update({
-                "llm_requests": stats.requests, "llm_cache_hits": stats.cache_hits,
-                "prompt_tokens": stats.prompt_tokens,
-                "completion_tokens": stats.completion_tokens,
-                "parse_outcomes": dg.MetadataValue.json(stats.parse),
-            })
+            metadata.update(
+                {
+                    "llm_requests": stats.requests,
+                    "llm_cache_hits": stats.cache_hits,
+                    "prompt_tokens": stats.prompt_tokens,
+                    "completion_tokens": stats.completion_tokens,
+                    "parse_outcomes": dg.MetadataValue.json(stats.parse),
+                }
+            )
         return dg.MaterializeResult(metadata=metadata)
 
     return [doc_chunks, synthetic_qa]

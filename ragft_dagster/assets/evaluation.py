@@ -1,8 +1,8 @@
 """Benchmark assets: per-question scores for every model x context, then the report."""
 
-
 import base64
 import json
+from typing import Any
 
 import dagster as dg
 
@@ -24,10 +24,12 @@ from ragft_dagster.resources import ArtifactStoreResource, ComputeResource, Vect
 
 def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
     ev = recipe.evaluation
-    partitions = dg.MultiPartitionsDefinition({
-        "model": dg.StaticPartitionsDefinition(list(ev.models)),
-        "context": dg.StaticPartitionsDefinition(list(ev.contexts)),
-    })
+    partitions = dg.MultiPartitionsDefinition(
+        {
+            "model": dg.StaticPartitionsDefinition(list(ev.models)),
+            "context": dg.StaticPartitionsDefinition(list(ev.contexts)),
+        }
+    )
 
     @dg.asset(
         deps=["merged_model", "dpo_model", "lora_adapter", "vector_index"],
@@ -35,8 +37,9 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
         group_name="evaluation",
         pool="gpu",
         kinds={"pytorch"},
-        code_version=recipe.section_version("evaluation", "retrieval", "base_model",
-                                            files=(recipe.questions_path,)),
+        code_version=recipe.section_version(
+            "evaluation", "retrieval", "base_model", files=(recipe.questions_path,)
+        ),
     )
     def mcq_scores(
         context: dg.AssetExecutionContext,
@@ -58,20 +61,27 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
         }[model_key]()
         adapter = str(layout.lora_adapter) if model_key == "sft" else None
         model, tokenizer = load_scoring_model(
-            model_dir, adapter, device=device, dtype=settings.torch_dtype(),
-            chat_template=recipe.chat_template, trust_remote_code=recipe.trust_remote_code,
+            model_dir,
+            adapter,
+            device=device,
+            dtype=settings.torch_dtype(),
+            chat_template=recipe.chat_template,
+            trust_remote_code=recipe.trust_remote_code,
         )
         questions = load_questions(recipe.questions_path)
-        kwargs = dict(system_prompt=ev.system_prompt, user_template=ev.user_template,
-                      context_template=ev.context_template, batch_size=ev.batch_size,
-                      device=device)
+        kwargs: dict[str, Any] = dict(
+            system_prompt=ev.system_prompt,
+            user_template=ev.user_template,
+            context_template=ev.context_template,
+            batch_size=ev.batch_size,
+            device=device,
+        )
         if ctx == "rag":
             embedder = load_embedder(
                 resolve_model_ref(recipe.retrieval.embedding_model, layout.root, recipe.root),
                 device,
             )
-            with vector_store.collection(recipe.retrieval.collection,
-                                         layout.vector_index) as col:
+            with vector_store.collection(recipe.retrieval.collection, layout.vector_index) as col:
                 retriever = Retriever(col, embedder, recipe.retrieval.top_k)
                 records = score_cell(questions, model, tokenizer, retriever=retriever, **kwargs)
         else:
@@ -80,17 +90,20 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
         write_jsonl(path, records)
         k, n = sum(r["is_correct"] for r in records), len(records)
         lo, hi = wilson_interval(k, n)
-        return dg.MaterializeResult(metadata={
-            "path": dg.MetadataValue.path(str(path)),
-            "accuracy": k / n,
-            "ci95_low": lo,
-            "ci95_high": hi,
-            "questions": n,
-            "correct": k,
-            "mean_letter_mass": sum(r["mass"] for r in records) / n,
-            "per_question": preview_table(
-                records, ["row", "correct", "predicted", "is_correct", "mass"], limit=50),
-        })
+        return dg.MaterializeResult(
+            metadata={
+                "path": dg.MetadataValue.path(str(path)),
+                "accuracy": k / n,
+                "ci95_low": lo,
+                "ci95_high": hi,
+                "questions": n,
+                "correct": k,
+                "mean_letter_mass": sum(r["mass"] for r in records) / n,
+                "per_question": preview_table(
+                    records, ["row", "correct", "predicted", "is_correct", "mass"], limit=50
+                ),
+            }
+        )
 
     @dg.asset(
         deps=[dg.AssetDep(mcq_scores, partition_mapping=dg.AllPartitionMapping())],
@@ -104,8 +117,10 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
         cells = [(m, c) for m in ev.models for c in ev.contexts]
         missing = [f"{m}|{c}" for m, c in cells if not layout.scores(m, c).is_file()]
         if missing:
-            raise dg.Failure(f"mcq_scores is not materialized for {missing}; materialize "
-                             "every mcq_scores partition first")
+            raise dg.Failure(
+                f"mcq_scores is not materialized for {missing}; materialize "
+                "every mcq_scores partition first"
+            )
         rows = summarise_scores({(m, c): read_jsonl(layout.scores(m, c)) for m, c in cells})
         table_md = comparison_markdown(rows, list(ev.models), list(ev.contexts))
         with atomic_dir(layout.report) as tmp:
@@ -117,8 +132,19 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
             "path": dg.MetadataValue.path(str(layout.report)),
             "comparison": dg.MetadataValue.md(table_md),
             "summary": preview_table(
-                rows, ["model", "context", "n", "correct", "accuracy", "ci_low", "ci_high",
-                       "mean_letter_mass"], limit=len(rows)),
+                rows,
+                [
+                    "model",
+                    "context",
+                    "n",
+                    "correct",
+                    "accuracy",
+                    "ci_low",
+                    "ci_high",
+                    "mean_letter_mass",
+                ],
+                limit=len(rows),
+            ),
             "chart": dg.MetadataValue.md(f"![accuracy](data:image/png;base64,{png})"),
         }
         for r in rows:  # numeric, so the UI plots each cell's history

@@ -1,6 +1,5 @@
 """Model assets: the merge of the source models, then its DPO alignment."""
 
-
 import dagster as dg
 
 from ragft_dagster.artifacts import atomic_dir, dir_size_bytes
@@ -28,27 +27,34 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
         layout = artifacts.layout()
         with atomic_dir(layout.merged_model) as tmp:
             info = merge_models(
-                recipe.merge, tmp, artifact_root=layout.root, base_dir=recipe.root,
-                device=compute.settings().torch_device(), chat_template=recipe.chat_template,
+                recipe.merge,
+                tmp,
+                artifact_root=layout.root,
+                base_dir=recipe.root,
+                device=compute.settings().torch_device(),
+                chat_template=recipe.chat_template,
                 trust_remote_code=recipe.trust_remote_code,
             )
         context.log.info(f"merged {info['sources']} with {info['merge_method']}")
-        return dg.MaterializeResult(metadata={
-            "path": dg.MetadataValue.path(str(layout.merged_model)),
-            "merge_method": info["merge_method"],
-            "sources": ", ".join(info["sources"]),
-            "architecture": info["architecture"],
-            "num_hidden_layers": info["num_hidden_layers"],
-            "size_mb": round(dir_size_bytes(layout.merged_model) / 2**20, 2),
-        })
+        return dg.MaterializeResult(
+            metadata={
+                "path": dg.MetadataValue.path(str(layout.merged_model)),
+                "merge_method": info["merge_method"],
+                "sources": ", ".join(info["sources"]),
+                "architecture": info["architecture"],
+                "num_hidden_layers": info["num_hidden_layers"],
+                "size_mb": round(dir_size_bytes(layout.merged_model) / 2**20, 2),
+            }
+        )
 
     @dg.asset(
         deps=[merged_model],
         group_name="models",
         pool="gpu",
         kinds={"trl", "pytorch"},
-        code_version=recipe.section_version("dpo", "chat_template",
-                                            files=(dpo_file,) if dpo_file else ()),
+        code_version=recipe.section_version(
+            "dpo", "chat_template", files=(dpo_file,) if dpo_file else ()
+        ),
     )
     def dpo_model(
         context: dg.AssetExecutionContext,
@@ -57,26 +63,34 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
     ) -> dg.MaterializeResult:
         """The merged model aligned with DPO (trl DPOTrainer) on the recipe's preference pairs."""
         layout = artifacts.layout()
-        rows = load_preference_pairs(dpo_file or recipe.dpo.dataset, split=recipe.dpo.split,
-                                     max_rows=recipe.dpo.max_rows)
+        rows = load_preference_pairs(
+            dpo_file or recipe.dpo.dataset, split=recipe.dpo.split, max_rows=recipe.dpo.max_rows
+        )
         settings = compute.settings()
         with atomic_dir(layout.dpo_model) as tmp:
             m = train_dpo(
-                str(layout.merged_model), rows, tmp, args=recipe.dpo.args,
-                compute_args=settings.trainer_args(), dtype=settings.torch_dtype(),
-                chat_template=recipe.chat_template, trust_remote_code=recipe.trust_remote_code,
+                str(layout.merged_model),
+                rows,
+                tmp,
+                args=recipe.dpo.args,
+                compute_args=settings.trainer_args(),
+                dtype=settings.torch_dtype(),
+                chat_template=recipe.chat_template,
+                trust_remote_code=recipe.trust_remote_code,
             )
         context.log.info(f"DPO: {m['steps']} steps, final loss {m['final_loss']:.4f}")
-        return dg.MaterializeResult(metadata={
-            "path": dg.MetadataValue.path(str(layout.dpo_model)),
-            "pairs": m["pairs"],
-            "steps": m["steps"],
-            "train_loss": m["train_loss"],
-            "final_loss": m["final_loss"],
-            "reward_accuracy": m["reward_accuracy"],
-            "reward_margin": m["reward_margin"],
-            "parameters": m["parameters"],
-            "loss_curve": dg.MetadataValue.json([round(x, 4) for x in m["loss_curve"]]),
-        })
+        return dg.MaterializeResult(
+            metadata={
+                "path": dg.MetadataValue.path(str(layout.dpo_model)),
+                "pairs": m["pairs"],
+                "steps": m["steps"],
+                "train_loss": m["train_loss"],
+                "final_loss": m["final_loss"],
+                "reward_accuracy": m["reward_accuracy"],
+                "reward_margin": m["reward_margin"],
+                "parameters": m["parameters"],
+                "loss_curve": dg.MetadataValue.json([round(x, 4) for x in m["loss_curve"]]),
+            }
+        )
 
     return [merged_model, dpo_model]

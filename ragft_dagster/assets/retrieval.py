@@ -1,6 +1,5 @@
 """The RAG index over every document's chunks."""
 
-
 import shutil
 from collections import Counter
 
@@ -34,8 +33,10 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
         docs = current_documents(context)
         missing = [d for d in docs if not layout.chunks(d).is_file()]
         if missing:
-            raise dg.Failure(f"doc_chunks is not materialized for {missing}; materialize "
-                             "doc_chunks for every document partition first")
+            raise dg.Failure(
+                f"doc_chunks is not materialized for {missing}; materialize "
+                "doc_chunks for every document partition first"
+            )
         chunks = [c for d in docs for c in read_jsonl(layout.chunks(d))]
         model_dir = resolve_model_ref(r.embedding_model, layout.root, recipe.root)
         embedder = load_embedder(model_dir, compute.settings().torch_device(), r.embed_batch_size)
@@ -47,14 +48,16 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
             with vector_store.collection(r.collection, tmp) as collection:
                 counts = sync_index(collection, chunks, embedder)
         per_doc = Counter(c["doc"] for c in chunks)
-        return dg.MaterializeResult(metadata={
-            "path": dg.MetadataValue.path(str(final)),
-            "collection": r.collection,
-            "embedding_model": r.embedding_model,
-            "vectors": counts["total"],
-            "embedded_now": counts["added"],
-            "deleted_now": counts["deleted"],
-            "documents": len(per_doc),
-        })
+        return dg.MaterializeResult(
+            metadata={
+                "path": dg.MetadataValue.path(str(final)),
+                "collection": r.collection,
+                "embedding_model": r.embedding_model,
+                "vectors": counts["total"],
+                "embedded_now": counts["added"],
+                "deleted_now": counts["deleted"],
+                "documents": len(per_doc),
+            }
+        )
 
     return [vector_index]

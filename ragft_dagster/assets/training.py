@@ -1,6 +1,5 @@
 """Training assets: the SFT dataset from every document's Q&A, then the LoRA adapter."""
 
-
 import dagster as dg
 
 from ragft_dagster.artifacts import atomic_dir, read_jsonl
@@ -25,22 +24,37 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
         docs = current_documents(context)
         missing = [d for d in docs if not layout.qa(d).is_file()]
         if missing:
-            raise dg.Failure(f"synthetic_qa is not materialized for {missing}; materialize "
-                             "synthetic_qa for every document partition first")
+            raise dg.Failure(
+                f"synthetic_qa is not materialized for {missing}; materialize "
+                "synthetic_qa for every document partition first"
+            )
         rows = [r for d in docs for r in read_jsonl(layout.qa(d))]
         cfg = recipe.sft_dataset
         with atomic_dir(layout.sft_dataset) as tmp:
-            counts = build_sft_dataset(rows, tmp, validation_fraction=cfg.validation_fraction,
-                                       seed=cfg.seed, system_prompt=cfg.system_prompt)
+            counts = build_sft_dataset(
+                rows,
+                tmp,
+                validation_fraction=cfg.validation_fraction,
+                seed=cfg.seed,
+                system_prompt=cfg.system_prompt,
+            )
         sample = read_jsonl(layout.sft_dataset / "train.jsonl")[:10]
-        preview = [{"question": r["messages"][-2]["content"], "answer": r["messages"][-1]["content"],
-                    "doc": r["doc"]} for r in sample]
-        return dg.MaterializeResult(metadata={
-            "path": dg.MetadataValue.path(str(layout.sft_dataset)),
-            "documents": len(docs),
-            **counts,
-            "preview": preview_table(preview, ["question", "answer", "doc"]),
-        })
+        preview = [
+            {
+                "question": r["messages"][-2]["content"],
+                "answer": r["messages"][-1]["content"],
+                "doc": r["doc"],
+            }
+            for r in sample
+        ]
+        return dg.MaterializeResult(
+            metadata={
+                "path": dg.MetadataValue.path(str(layout.sft_dataset)),
+                "documents": len(docs),
+                **counts,
+                "preview": preview_table(preview, ["question", "answer", "doc"]),
+            }
+        )
 
     @dg.asset(
         deps=["dpo_model", sft_dataset],
@@ -59,24 +73,31 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
         settings = compute.settings()
         with atomic_dir(layout.lora_adapter) as tmp:
             m = train_lora(
-                str(layout.dpo_model), layout.sft_dataset, tmp,
-                lora=recipe.lora.model_dump(), args=recipe.sft.args,
-                compute_args=settings.trainer_args(), dtype=settings.torch_dtype(),
-                chat_template=recipe.chat_template, trust_remote_code=recipe.trust_remote_code,
+                str(layout.dpo_model),
+                layout.sft_dataset,
+                tmp,
+                lora=recipe.lora.model_dump(),
+                args=recipe.sft.args,
+                compute_args=settings.trainer_args(),
+                dtype=settings.torch_dtype(),
+                chat_template=recipe.chat_template,
+                trust_remote_code=recipe.trust_remote_code,
             )
         context.log.info(f"SFT: {m['steps']} steps, eval loss {m['eval_loss']:.4f}")
-        return dg.MaterializeResult(metadata={
-            "path": dg.MetadataValue.path(str(layout.lora_adapter)),
-            "train_rows": m["train_rows"],
-            "steps": m["steps"],
-            "train_loss": m["train_loss"],
-            "final_loss": m["final_loss"],
-            "eval_loss": m["eval_loss"],
-            "parameters": m["parameters"],
-            "trainable_parameters": m["trainable_parameters"],
-            "lora_r": recipe.lora.r,
-            "lora_alpha": recipe.lora.lora_alpha,
-            "loss_curve": dg.MetadataValue.json([round(x, 4) for x in m["loss_curve"]]),
-        })
+        return dg.MaterializeResult(
+            metadata={
+                "path": dg.MetadataValue.path(str(layout.lora_adapter)),
+                "train_rows": m["train_rows"],
+                "steps": m["steps"],
+                "train_loss": m["train_loss"],
+                "final_loss": m["final_loss"],
+                "eval_loss": m["eval_loss"],
+                "parameters": m["parameters"],
+                "trainable_parameters": m["trainable_parameters"],
+                "lora_r": recipe.lora.r,
+                "lora_alpha": recipe.lora.lora_alpha,
+                "loss_curve": dg.MetadataValue.json([round(x, 4) for x in m["loss_curve"]]),
+            }
+        )
 
     return [sft_dataset, lora_adapter]

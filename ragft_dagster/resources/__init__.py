@@ -1,6 +1,5 @@
 """Dagster resources: the *where/how* of a run, built from an environment profile."""
 
-
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,8 +47,9 @@ class LlmEndpointResource(dg.ConfigurableResource):
                 "no API key for the LLM endpoint: export the variable named by llm.api_key_env "
                 "in the profile (default OPENAI_API_KEY), or use qa.generator: offline"
             )
-        return openai.OpenAI(base_url=self.base_url, api_key=self.api_key, timeout=timeout,
-                             max_retries=max_retries)
+        return openai.OpenAI(
+            base_url=self.base_url, api_key=self.api_key, timeout=timeout, max_retries=max_retries
+        )
 
 
 class VectorStoreResource(dg.ConfigurableResource):
