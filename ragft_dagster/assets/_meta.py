@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
+
+from ragft_dagster.artifacts import read_jsonl
 
 documents_partitions = dg.DynamicPartitionsDefinition(name="documents")
 
@@ -31,3 +35,21 @@ def preview_table(
 def current_documents(context: dg.AssetExecutionContext) -> list[str]:
     """The document partition keys that exist now (removed documents are not read)."""
     return sorted(context.instance.get_dynamic_partitions(documents_partitions.name))
+
+
+def read_all_documents(
+    context: dg.AssetExecutionContext, upstream: str, path_of: Callable[[str], Path]
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """Rows of an upstream per-document asset for every current document, in document order.
+
+    Raises:
+        dg.Failure: Naming the documents whose partition of ``upstream`` is not materialized.
+    """
+    docs = current_documents(context)
+    missing = [d for d in docs if not path_of(d).is_file()]
+    if missing:
+        raise dg.Failure(
+            f"{upstream} is not materialized for {missing}; materialize {upstream} for every "
+            "document partition first"
+        )
+    return docs, [row for d in docs for row in read_jsonl(path_of(d))]

@@ -5,8 +5,8 @@ from collections import Counter
 
 import dagster as dg
 
-from ragft_dagster.artifacts import atomic_dir, read_jsonl
-from ragft_dagster.assets._meta import current_documents
+from ragft_dagster.artifacts import atomic_dir
+from ragft_dagster.assets._meta import read_all_documents
 from ragft_dagster.indexing import load_embedder, sync_index
 from ragft_dagster.model_refs import resolve_model_ref
 from ragft_dagster.recipe import Recipe
@@ -30,14 +30,7 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
     ) -> dg.MaterializeResult:
         """A chroma collection holding an embedding of every current chunk (llama-index)."""
         layout = artifacts.layout()
-        docs = current_documents(context)
-        missing = [d for d in docs if not layout.chunks(d).is_file()]
-        if missing:
-            raise dg.Failure(
-                f"doc_chunks is not materialized for {missing}; materialize "
-                "doc_chunks for every document partition first"
-            )
-        chunks = [c for d in docs for c in read_jsonl(layout.chunks(d))]
+        _, chunks = read_all_documents(context, "doc_chunks", layout.chunks)
         model_dir = resolve_model_ref(r.embedding_model, layout.root, recipe.root)
         embedder = load_embedder(model_dir, compute.settings().torch_device(), r.embed_batch_size)
         final = layout.vector_index

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from ragft_dagster.artifacts import atomic_dir, read_jsonl
-from ragft_dagster.assets._meta import current_documents, preview_table
+from ragft_dagster.assets._meta import preview_table, read_all_documents
 from ragft_dagster.recipe import Recipe
 from ragft_dagster.resources import ArtifactStoreResource, ComputeResource
 from ragft_dagster.sft import build_sft_dataset, train_lora
@@ -21,14 +21,7 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
     ) -> dg.MaterializeResult:
         """All documents' Q&A, deduplicated and split train/validation, in chat format."""
         layout = artifacts.layout()
-        docs = current_documents(context)
-        missing = [d for d in docs if not layout.qa(d).is_file()]
-        if missing:
-            raise dg.Failure(
-                f"synthetic_qa is not materialized for {missing}; materialize "
-                "synthetic_qa for every document partition first"
-            )
-        rows = [r for d in docs for r in read_jsonl(layout.qa(d))]
+        docs, rows = read_all_documents(context, "synthetic_qa", layout.qa)
         cfg = recipe.sft_dataset
         with atomic_dir(layout.sft_dataset) as tmp:
             counts = build_sft_dataset(
