@@ -78,6 +78,15 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
+@contextmanager
+def scratch_dir(beside: Path) -> Iterator[Path]:
+    """A throw-away working directory next to ``beside`` (trainer checkpoints and logs), kept
+    out of the final artifact and removed afterwards."""
+    Path(beside).parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="ragft-train-", dir=Path(beside).parent) as tmp:
+        yield Path(tmp)
+
+
 def dir_size_bytes(path: Path) -> int:
     """Total size of the regular files below ``path``."""
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
@@ -115,14 +124,6 @@ class ArtifactLayout:
 
     def qa(self, doc_key: str) -> Path:
         return self.root / "qa" / partition_file_name(doc_key)
-
-    @property
-    def chunks_dir(self) -> Path:
-        return self.root / "chunks"
-
-    @property
-    def qa_dir(self) -> Path:
-        return self.root / "qa"
 
     @property
     def sft_dataset(self) -> Path:

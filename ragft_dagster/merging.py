@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from ragft_dagster.model_refs import resolve_model_ref
+from ragft_dagster.model_refs import load_tokenizer, resolve_model_ref
 
 _MODEL_KEYS = ("model", "base_model", "tokenizer_source")
 
@@ -82,9 +82,6 @@ def merge_models(
     run_merge(merge_config, out_path=str(out_dir), options=options)
     # Keep the recipe's (unresolved) config beside the weights: it is what the user wrote.
     (Path(out_dir) / "ragft_merge_recipe.yml").write_text(yaml.safe_dump(config, sort_keys=False))
-
-    from ragft_dagster.model_refs import load_tokenizer
-
     tok = load_tokenizer(str(out_dir), chat_template, trust_remote_code)
     tok.save_pretrained(out_dir)
     out_cfg = AutoConfig.from_pretrained(str(out_dir), trust_remote_code=trust_remote_code)

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ragft_dagster.artifacts import ArtifactLayout
 from ragft_dagster.tiny import build_tiny_model
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -27,7 +28,8 @@ def resolve_model_ref(ref: str, artifact_root: Path, base_dir: Path | None = Non
         A local directory path, or the hub id unchanged (loaded by transformers on a GPU host).
     """
     if ref.startswith("tiny:"):
-        return str(build_tiny_model(ref.removeprefix("tiny:"), Path(artifact_root) / "tiny"))
+        cache = ArtifactLayout(artifact_root).tiny_models
+        return str(build_tiny_model(ref.removeprefix("tiny:"), cache))
     if ref.startswith("pkg:"):
         return str(packaged_model_dir(ref.removeprefix("pkg:")))
     local = Path(ref) if Path(ref).is_absolute() else (base_dir or Path.cwd()) / ref
@@ -85,6 +87,11 @@ def load_tokenizer(path: str, chat_template: str | None = None, trust_remote_cod
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     ensure_chat_template(tok, chat_template)
     return tok
+
+
+def loss_history(trainer: Any) -> list[dict[str, Any]]:
+    """The trainer's logged training steps (entries that carry a ``loss``)."""
+    return [entry for entry in trainer.state.log_history if "loss" in entry]
 
 
 def count_parameters(model: Any) -> tuple[int, int]:

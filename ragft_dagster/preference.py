@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ragft_dagster.model_refs import count_parameters, load_tokenizer
+from ragft_dagster.artifacts import scratch_dir
+from ragft_dagster.model_refs import count_parameters, load_tokenizer, loss_history
 
 
 class PreferenceDataError(ValueError):
@@ -119,7 +120,7 @@ def train_dpo(
     model = AutoModelForCausalLM.from_pretrained(
         model_dir, dtype=dtype, trust_remote_code=trust_remote_code
     )
-    with _scratch_dir(out_dir) as scratch:
+    with scratch_dir(out_dir) as scratch:
         config = DPOConfig(
             **{**compute_args, "save_strategy": "no", "logging_steps": 1, **args},
             output_dir=str(scratch),
@@ -132,7 +133,7 @@ def train_dpo(
             processing_class=tokenizer,
         )
         result = trainer.train()
-        logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+        logs = loss_history(trainer)
     trained: Any = trainer.model
     trained.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
@@ -148,18 +149,3 @@ def train_dpo(
         "parameters": total,
         "loss_curve": [float(e["loss"]) for e in logs],
     }
-
-
-class _scratch_dir:
-    """Trainer output (checkpoints, logs) kept outside the final artifact directory."""
-
-    def __init__(self, out_dir: Path):
-        import tempfile
-
-        self._tmp = tempfile.TemporaryDirectory(prefix="ragft-train-", dir=Path(out_dir).parent)
-
-    def __enter__(self) -> Path:
-        return Path(self._tmp.name)
-
-    def __exit__(self, *exc: object) -> None:
-        self._tmp.cleanup()

@@ -7,8 +7,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ragft_dagster.artifacts import write_jsonl
-from ragft_dagster.model_refs import count_parameters, load_tokenizer
+from ragft_dagster.artifacts import scratch_dir, write_jsonl
+from ragft_dagster.model_refs import count_parameters, load_tokenizer, loss_history
 
 
 def _norm(text: str) -> str:
@@ -116,9 +116,7 @@ def train_lora(
         files["validation"] = str(Path(dataset_dir) / "validation.jsonl")
     data = load_dataset("json", data_files=files)
     data = data.select_columns(["messages"])
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="ragft-train-", dir=Path(out_dir).parent) as scratch:
+    with scratch_dir(out_dir) as scratch:
         config = SFTConfig(
             **{
                 **compute_args,
@@ -128,7 +126,7 @@ def train_lora(
                 "eval_strategy": "epoch" if has_validation else "no",
                 **args,
             },
-            output_dir=scratch,
+            output_dir=str(scratch),
         )
         trainer = SFTTrainer(
             model=model,
@@ -144,7 +142,7 @@ def train_lora(
     trained: Any = trainer.model
     trained.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    losses = [float(e["loss"]) for e in trainer.state.log_history if "loss" in e]
+    losses = [float(e["loss"]) for e in loss_history(trainer)]
     return {
         "train_loss": float(result.training_loss),
         "final_loss": losses[-1] if losses else float(result.training_loss),

@@ -32,6 +32,21 @@ def preview_table(
     return dg.MetadataValue.table(records=records, schema=schema)
 
 
+def training_result(path: Path, metrics: dict[str, Any], **extra: Any) -> dg.MaterializeResult:
+    """A trained artifact's metadata: its path, every metric the trainer reported (numbers are
+    plotted over time in the UI) and the loss curve as JSON."""
+    curve = [round(x, 4) for x in metrics.get("loss_curve", [])]
+    scalars = {k: v for k, v in metrics.items() if k != "loss_curve"}
+    return dg.MaterializeResult(
+        metadata={
+            "path": dg.MetadataValue.path(str(path)),
+            **scalars,
+            **extra,
+            "loss_curve": dg.MetadataValue.json(curve),
+        }
+    )
+
+
 def current_documents(context: dg.AssetExecutionContext) -> list[str]:
     """The document partition keys that exist now (removed documents are not read)."""
     return sorted(context.instance.get_dynamic_partitions(documents_partitions.name))

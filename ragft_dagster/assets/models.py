@@ -3,6 +3,7 @@
 import dagster as dg
 
 from ragft_dagster.artifacts import atomic_dir, dir_size_bytes
+from ragft_dagster.assets._meta import training_result
 from ragft_dagster.merging import merge_models
 from ragft_dagster.preference import load_preference_pairs, train_dpo
 from ragft_dagster.recipe import Recipe
@@ -79,18 +80,6 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
                 trust_remote_code=recipe.trust_remote_code,
             )
         context.log.info(f"DPO: {m['steps']} steps, final loss {m['final_loss']:.4f}")
-        return dg.MaterializeResult(
-            metadata={
-                "path": dg.MetadataValue.path(str(layout.dpo_model)),
-                "pairs": m["pairs"],
-                "steps": m["steps"],
-                "train_loss": m["train_loss"],
-                "final_loss": m["final_loss"],
-                "reward_accuracy": m["reward_accuracy"],
-                "reward_margin": m["reward_margin"],
-                "parameters": m["parameters"],
-                "loss_curve": dg.MetadataValue.json([round(x, 4) for x in m["loss_curve"]]),
-            }
-        )
+        return training_result(layout.dpo_model, m)
 
     return [merged_model, dpo_model]

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from ragft_dagster.artifacts import atomic_dir, read_jsonl
-from ragft_dagster.assets._meta import preview_table, read_all_documents
+from ragft_dagster.assets._meta import preview_table, read_all_documents, training_result
 from ragft_dagster.recipe import Recipe
 from ragft_dagster.resources import ArtifactStoreResource, ComputeResource
 from ragft_dagster.sft import build_sft_dataset, train_lora
@@ -77,20 +77,8 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
                 trust_remote_code=recipe.trust_remote_code,
             )
         context.log.info(f"SFT: {m['steps']} steps, eval loss {m['eval_loss']:.4f}")
-        return dg.MaterializeResult(
-            metadata={
-                "path": dg.MetadataValue.path(str(layout.lora_adapter)),
-                "train_rows": m["train_rows"],
-                "steps": m["steps"],
-                "train_loss": m["train_loss"],
-                "final_loss": m["final_loss"],
-                "eval_loss": m["eval_loss"],
-                "parameters": m["parameters"],
-                "trainable_parameters": m["trainable_parameters"],
-                "lora_r": recipe.lora.r,
-                "lora_alpha": recipe.lora.lora_alpha,
-                "loss_curve": dg.MetadataValue.json([round(x, 4) for x in m["loss_curve"]]),
-            }
+        return training_result(
+            layout.lora_adapter, m, lora_r=recipe.lora.r, lora_alpha=recipe.lora.lora_alpha
         )
 
     return [sft_dataset, lora_adapter]
