@@ -42,15 +42,10 @@ def run_pipeline(
     """
     import dagster as dg
 
-    from ragft_dagster.definitions import build_definitions
-    from ragft_dagster.recipe import load_recipe
+    from ragft_dagster.definitions import definitions_for, load_inputs
 
-    recipe = load_recipe(
-        recipe_path
-        or os.environ.get("RAGFT_RECIPE")
-        or Path(__file__).resolve().parent.parent / "assets/quickstart/recipe.yaml"
-    )
-    defs = build_definitions(recipe.path, profile_path, artifact_root)
+    recipe, profile = load_inputs(recipe_path, profile_path)
+    defs = definitions_for(recipe, profile, artifact_root)
     instance = instance or dg.DagsterInstance.get()
     docs, added, removed = sync_document_partitions(instance, recipe)
     echo(f"recipe {recipe.name}: {len(docs)} documents (+{len(added)} -{len(removed)})")
@@ -81,15 +76,7 @@ def run_pipeline(
             return False
         echo(f"ok  {label:<40} {time.monotonic() - t0:6.1f}s")
     echo(f"pipeline finished in {time.monotonic() - started:.1f}s")
-    from ragft_dagster.definitions import DEFAULT_PROFILE
-    from ragft_dagster.profile import load_profile
-
-    root = (
-        artifact_root
-        or load_profile(
-            profile_path or os.environ.get("RAGFT_PROFILE") or DEFAULT_PROFILE
-        ).artifact_root
-    )
+    root = artifact_root or profile.artifact_root
     report = Path(root) / "report" / "report.md"
     if report.is_file():
         echo(report.read_text())

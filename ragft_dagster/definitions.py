@@ -12,7 +12,6 @@ from pathlib import Path
 import dagster as dg
 
 from ragft_dagster.assets import build_all_assets
-from ragft_dagster.assets._meta import documents_partitions
 from ragft_dagster.profile import Profile, load_profile
 from ragft_dagster.recipe import Recipe, load_recipe
 from ragft_dagster.resources import (
@@ -51,23 +50,29 @@ def build_resources(recipe: Recipe, profile: Profile, artifact_root: Path | None
     }
 
 
-def build_definitions(
-    recipe_path: Path | str | None = None,
-    profile_path: Path | str | None = None,
-    artifact_root: Path | None = None,
+def load_inputs(
+    recipe_path: Path | str | None = None, profile_path: Path | str | None = None
+) -> tuple[Recipe, Profile]:
+    """The recipe and profile to use: explicit paths, else RAGFT_RECIPE / RAGFT_PROFILE, else
+    the quickstart recipe and the local profile."""
+    recipe = load_recipe(recipe_path or os.environ.get("RAGFT_RECIPE") or DEFAULT_RECIPE)
+    profile = load_profile(profile_path or os.environ.get("RAGFT_PROFILE") or DEFAULT_PROFILE)
+    return recipe, profile
+
+
+def definitions_for(
+    recipe: Recipe, profile: Profile, artifact_root: Path | None = None
 ) -> dg.Definitions:
     """Assemble assets, jobs and resources for one recipe and one profile.
 
     Args:
-        recipe_path: Recipe YAML (default: ``RAGFT_RECIPE`` or the quickstart recipe).
-        profile_path: Profile YAML (default: ``RAGFT_PROFILE`` or ``resources/local.yaml``).
+        recipe: The validated recipe.
+        profile: The validated profile.
         artifact_root: Override the profile's artifact root (tests).
 
     Returns:
         The Definitions.
     """
-    recipe = load_recipe(recipe_path or os.environ.get("RAGFT_RECIPE") or DEFAULT_RECIPE)
-    profile = load_profile(profile_path or os.environ.get("RAGFT_PROFILE") or DEFAULT_PROFILE)
     jobs = [
         dg.define_asset_job(
             name, selection=selection, description=f"Materialize {', '.join(selection)}."
@@ -83,6 +88,16 @@ def build_definitions(
     )
 
 
-__all__ = ["build_definitions", "documents_partitions", "defs"]
+def build_definitions(
+    recipe_path: Path | str | None = None,
+    profile_path: Path | str | None = None,
+    artifact_root: Path | None = None,
+) -> dg.Definitions:
+    """:func:`definitions_for` the recipe and profile that :func:`load_inputs` picks."""
+    return definitions_for(*load_inputs(recipe_path, profile_path), artifact_root)
 
-defs = build_definitions()
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    # Lazy: importing this module (tests, the CLI) does not load a recipe; Dagster calls it.
+    return build_definitions()

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
-from ragft_dagster.mcq import Question, build_messages, score_letters
+from ragft_dagster.artifacts import ArtifactLayout
+from ragft_dagster.compute import ComputeSettings
+from ragft_dagster.mcq import Question, build_messages, load_questions, score_letters
+from ragft_dagster.model_refs import resolve_model_ref
+from ragft_dagster.recipe import Recipe
 
 
 def load_scoring_model(
@@ -85,3 +91,65 @@ def score_cell(
         }
         for q, s, hits in zip(questions, scores, hits_per_q, strict=True)
     ]
+
+
+def model_paths(recipe: Recipe, layout: ArtifactLayout, model_key: str) -> tuple[str, str | None]:
+    """(weights, adapter) of a ``model`` partition: base, merged, dpo, or sft = dpo + adapter."""
+    if model_key == "base":
+        return resolve_model_ref(recipe.base_model, layout.root, recipe.root), None
+    if model_key == "sft":
+        return str(layout.dpo_model), str(layout.lora_adapter)
+    return str({"merged": layout.merged_model, "dpo": layout.dpo_model}[model_key]), None
+
+
+def evaluate_cell(
+    recipe: Recipe,
+    layout: ArtifactLayout,
+    model_key: str,
+    context_name: str,
+    *,
+    compute: ComputeSettings,
+    open_collection: Callable[[], AbstractContextManager[Any]],
+) -> list[dict[str, Any]]:
+    """Score the recipe's benchmark for one model x context cell.
+
+    Args:
+        recipe: The recipe (models, questions, prompts, retrieval settings).
+        layout: Where the upstream artifacts are.
+        model_key: ``base``, ``merged``, ``dpo`` or ``sft``.
+        context_name: ``closed_book`` or ``rag``.
+        compute: Device and dtype.
+        open_collection: Opens the index's chroma collection (used for ``rag`` only).
+
+    Returns:
+        Per-question records (see :func:`score_cell`).
+    """
+    ev = recipe.evaluation
+    device = compute.torch_device()
+    weights, adapter = model_paths(recipe, layout, model_key)
+    model, tokenizer = load_scoring_model(
+        weights,
+        adapter,
+        device=device,
+        dtype=compute.torch_dtype(),
+        chat_template=recipe.chat_template,
+        trust_remote_code=recipe.trust_remote_code,
+    )
+    questions = load_questions(recipe.questions_path)
+    kwargs: dict[str, Any] = dict(
+        system_prompt=ev.system_prompt,
+        user_template=ev.user_template,
+        context_template=ev.context_template,
+        batch_size=ev.batch_size,
+        device=device,
+    )
+    if context_name != "rag":
+        return score_cell(questions, model, tokenizer, retriever=None, **kwargs)
+    from ragft_dagster.indexing import Retriever, load_embedder
+
+    embedder = load_embedder(
+        resolve_model_ref(recipe.retrieval.embedding_model, layout.root, recipe.root), device
+    )
+    with open_collection() as collection:
+        retriever = Retriever(collection, embedder, recipe.retrieval.top_k)
+        return score_cell(questions, model, tokenizer, retriever=retriever, **kwargs)

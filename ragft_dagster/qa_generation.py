@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ragft_dagster.artifacts import atomic_write_text
+from ragft_dagster.recipe import QaRecipe
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z`*\"(])")
 _BOLD_DEF = re.compile(r"\*\*([^*\n]{2,60})\*\*\s*(?::|—|-|–)?\s*([^\n]{10,400})")
@@ -303,3 +304,48 @@ def qa_rows_for_chunk(
         }
         for p in pairs
     ]
+
+
+def generate_document_qa(
+    chunks: list[dict[str, Any]],
+    doc_key: str,
+    qa: QaRecipe,
+    *,
+    client: Any | None = None,
+    cache: ReplyCache | None = None,
+) -> tuple[list[dict[str, Any]], LlmStats]:
+    """Q&A rows for every chunk of one document with the recipe's generator.
+
+    Args:
+        chunks: The document's chunk records.
+        doc_key: The document key (its title falls back to the file name).
+        qa: The recipe's ``qa`` section.
+        client: An ``openai.OpenAI`` client; required for ``qa.generator == "openai"``.
+        cache: Where paid replies are kept; required with ``client``.
+
+    Returns:
+        (rows, stats): stored rows, and LLM counters (all zero for the offline generator).
+    """
+    title = doc_title_of(chunks, doc_key)
+    stats = LlmStats()
+    rows: list[dict[str, Any]] = []
+    for chunk in chunks:
+        if qa.generator == "offline":
+            pairs = generate_offline_qa(chunk, title, qa.questions_per_chunk)
+        else:
+            if client is None or cache is None:
+                raise ValueError("the openai generator needs a client and a reply cache")
+            pairs = generate_llm_qa(
+                chunk,
+                title,
+                client=client,
+                model=qa.model or "",
+                prompt_template=qa.prompt,
+                n=qa.questions_per_chunk,
+                temperature=qa.temperature,
+                max_tokens=qa.max_tokens,
+                cache=cache,
+                stats=stats,
+            )
+        rows += qa_rows_for_chunk(chunk, pairs, qa.generator, qa.model)
+    return rows, stats

@@ -30,6 +30,7 @@ ALL_ASSETS = {
 def test_definitions_load_with_the_asset_graph():
     from ragft_dagster.definitions import defs
 
+    defs = defs()  # @dg.definitions is lazy
     graph = defs.resolve_asset_graph()
     keys = {k.path[0] for k in graph.get_all_asset_keys()}
     assert keys == ALL_ASSETS

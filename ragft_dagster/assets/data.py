@@ -8,14 +8,7 @@ from ragft_dagster.artifacts import read_jsonl, write_jsonl
 from ragft_dagster.assets._meta import documents_partitions, preview_table
 from ragft_dagster.chunking import chunk_document, read_document
 from ragft_dagster.model_refs import load_tokenizer, resolve_model_ref
-from ragft_dagster.qa_generation import (
-    LlmStats,
-    ReplyCache,
-    doc_title_of,
-    generate_llm_qa,
-    generate_offline_qa,
-    qa_rows_for_chunk,
-)
+from ragft_dagster.qa_generation import ReplyCache, generate_document_qa
 from ragft_dagster.recipe import Recipe
 from ragft_dagster.resources import ArtifactStoreResource, LlmEndpointResource
 
@@ -72,33 +65,14 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
         """Question/answer pairs generated from every chunk of one document."""
         key = context.partition_key
         layout = artifacts.layout()
-        chunks = read_jsonl(layout.chunks(key))
-        title = doc_title_of(chunks, key)
         qa = recipe.qa
-        stats = LlmStats()
-        rows = []
-        client = (
-            llm.client(timeout=qa.request_timeout, max_retries=qa.max_retries)
-            if qa.generator == "openai"
-            else None
+        client = None
+        if qa.generator == "openai":
+            client = llm.client(timeout=qa.request_timeout, max_retries=qa.max_retries)
+        chunks = read_jsonl(layout.chunks(key))
+        rows, stats = generate_document_qa(
+            chunks, key, qa, client=client, cache=ReplyCache(layout.root / "llm_cache")
         )
-        for chunk in chunks:
-            if client is None:
-                pairs = generate_offline_qa(chunk, title, qa.questions_per_chunk)
-            else:
-                pairs = generate_llm_qa(
-                    chunk,
-                    title,
-                    client=client,
-                    model=qa.model or "",
-                    n=qa.questions_per_chunk,
-                    prompt_template=qa.prompt,
-                    temperature=qa.temperature,
-                    max_tokens=qa.max_tokens,
-                    cache=ReplyCache(layout.root / "llm_cache"),
-                    stats=stats,
-                )
-            rows += qa_rows_for_chunk(chunk, pairs, qa.generator, qa.model)
         write_jsonl(layout.qa(key), rows)
         metadata: dict = {
             "path": dg.MetadataValue.path(str(layout.qa(key))),

@@ -2,16 +2,12 @@
 
 import base64
 import json
-from typing import Any
 
 import dagster as dg
 
 from ragft_dagster.artifacts import atomic_dir, atomic_write_text, read_jsonl, write_jsonl
 from ragft_dagster.assets._meta import preview_table
-from ragft_dagster.evaluation import load_scoring_model, score_cell
-from ragft_dagster.indexing import Retriever, load_embedder
-from ragft_dagster.mcq import load_questions
-from ragft_dagster.model_refs import resolve_model_ref
+from ragft_dagster.evaluation import evaluate_cell
 from ragft_dagster.recipe import Recipe
 from ragft_dagster.report import (
     accuracy_chart,
@@ -51,41 +47,16 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
         keys = partitions.get_partition_key_from_str(context.partition_key).keys_by_dimension
         model_key, ctx = keys["model"], keys["context"]
         layout = artifacts.layout()
-        settings = compute.settings()
-        device = settings.torch_device()
-        model_dir = {
-            "base": lambda: resolve_model_ref(recipe.base_model, layout.root, recipe.root),
-            "merged": lambda: str(layout.merged_model),
-            "dpo": lambda: str(layout.dpo_model),
-            "sft": lambda: str(layout.dpo_model),
-        }[model_key]()
-        adapter = str(layout.lora_adapter) if model_key == "sft" else None
-        model, tokenizer = load_scoring_model(
-            model_dir,
-            adapter,
-            device=device,
-            dtype=settings.torch_dtype(),
-            chat_template=recipe.chat_template,
-            trust_remote_code=recipe.trust_remote_code,
+        records = evaluate_cell(
+            recipe,
+            layout,
+            model_key,
+            ctx,
+            compute=compute.settings(),
+            open_collection=lambda: vector_store.collection(
+                recipe.retrieval.collection, layout.vector_index
+            ),
         )
-        questions = load_questions(recipe.questions_path)
-        kwargs: dict[str, Any] = dict(
-            system_prompt=ev.system_prompt,
-            user_template=ev.user_template,
-            context_template=ev.context_template,
-            batch_size=ev.batch_size,
-            device=device,
-        )
-        if ctx == "rag":
-            embedder = load_embedder(
-                resolve_model_ref(recipe.retrieval.embedding_model, layout.root, recipe.root),
-                device,
-            )
-            with vector_store.collection(recipe.retrieval.collection, layout.vector_index) as col:
-                retriever = Retriever(col, embedder, recipe.retrieval.top_k)
-                records = score_cell(questions, model, tokenizer, retriever=retriever, **kwargs)
-        else:
-            records = score_cell(questions, model, tokenizer, retriever=None, **kwargs)
         path = layout.scores(model_key, ctx)
         write_jsonl(path, records)
         k, n = sum(r["is_correct"] for r in records), len(records)
