@@ -17,6 +17,22 @@ QUICKSTART = ROOT / "assets" / "quickstart" / "recipe.yaml"
 LOCAL_PROFILE = ROOT / "resources" / "local.yaml"
 
 
+def write_recipe(tmp_path: Path, mutate=None) -> Path:
+    """A copy of the quickstart recipe in ``tmp_path`` (data paths absolute), edited by
+    ``mutate(raw_dict)``."""
+    import yaml
+
+    raw = yaml.safe_load(QUICKSTART.read_text())
+    raw["docs"]["path"] = str(QUICKSTART.parent / "docs")
+    raw["evaluation"]["questions"] = str(QUICKSTART.parent / "mcq.csv")
+    raw["dpo"]["dataset"] = str(QUICKSTART.parent / "preference_pairs.jsonl")
+    if mutate is not None:
+        mutate(raw)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_cache(tmp_path_factory) -> Path:
     """One artifact root whose tiny/ models are shared by the unit tests of a session."""

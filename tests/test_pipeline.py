@@ -11,7 +11,7 @@ import yaml
 from ragft_dagster.artifacts import ArtifactLayout, read_jsonl
 from ragft_dagster.definitions import JOB_SELECTIONS, build_definitions
 
-from .conftest import LOCAL_PROFILE, QUICKSTART
+from .conftest import LOCAL_PROFILE, QUICKSTART, write_recipe
 from .openai_stub import OpenAIStub
 
 ALL_ASSETS = {
@@ -51,20 +51,14 @@ def test_definitions_load_with_the_asset_graph():
 
 
 def _openai_recipe(tmp_path: Path) -> Path:
-    raw = yaml.safe_load(QUICKSTART.read_text())
-    raw["docs"]["path"] = str(QUICKSTART.parent / "docs")
-    raw["evaluation"]["questions"] = str(QUICKSTART.parent / "mcq.csv")
-    raw["dpo"]["dataset"] = str(QUICKSTART.parent / "preference_pairs.jsonl")
-    raw["qa"] = {
+    qa = {
         "generator": "openai",
         "model": "stub-model",
         "questions_per_chunk": 2,
         "max_retries": 0,
         "request_timeout": 10,
     }
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    return write_recipe(tmp_path, lambda raw: raw.update(qa=qa))
 
 
 def _profile(tmp_path: Path, base_url: str) -> Path:

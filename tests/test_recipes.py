@@ -1,12 +1,9 @@
-from pathlib import Path
-
 import pytest
-import yaml
 
 from ragft_dagster.profile import ProfileError, load_profile
 from ragft_dagster.recipe import RecipeError, load_recipe
 
-from .conftest import QUICKSTART, ROOT
+from .conftest import ROOT, write_recipe
 
 RECIPES = sorted((ROOT / "assets").glob("*/recipe.yaml"))
 PROFILES = sorted((ROOT / "resources").glob("*.yaml"))
@@ -42,56 +39,29 @@ def test_7b_recipe_is_the_published_configuration():
     assert "WizardCoder" in (ROOT / "assets/mistral-7b/recipe.yaml").read_text()
 
 
-def _write(tmp_path: Path, mutate) -> Path:
-    raw = yaml.safe_load(QUICKSTART.read_text())
-    raw["docs"]["path"] = str(QUICKSTART.parent / "docs")
-    raw["evaluation"]["questions"] = str(QUICKSTART.parent / "mcq.csv")
-    raw["dpo"]["dataset"] = str(QUICKSTART.parent / "preference_pairs.jsonl")
-    mutate(raw)
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
-
-
 def test_unknown_key_names_file_and_key(tmp_path):
-    path = _write(tmp_path, lambda r: r["chunking"].update(chunk_sise=300))
+    path = write_recipe(tmp_path, lambda r: r["chunking"].update(chunk_sise=300))
     with pytest.raises(RecipeError) as err:
         load_recipe(path)
     assert str(path) in str(err.value) and "chunking.chunk_sise" in str(err.value)
     assert "unknown key" in str(err.value)
 
 
-def test_unknown_trl_field_is_rejected(tmp_path):
-    path = _write(tmp_path, lambda r: r["sft"]["args"].update(learning_rat=1e-3))
-    with pytest.raises(RecipeError, match="learning_rat"):
-        load_recipe(path)
-
-
-def test_wrong_type_and_bad_overlap(tmp_path):
-    path = _write(tmp_path, lambda r: r["chunking"].update(chunk_size="big"))
-    with pytest.raises(RecipeError, match="chunking.chunk_size"):
-        load_recipe(path)
-    path = _write(tmp_path, lambda r: r["chunking"].update(chunk_overlap=400))
-    with pytest.raises(RecipeError, match="chunk_overlap"):
-        load_recipe(path)
-
-
-def test_missing_referenced_file_names_the_key(tmp_path):
-    path = _write(tmp_path, lambda r: r["evaluation"].update(questions="nope.csv"))
-    with pytest.raises(RecipeError, match="evaluation.questions"):
-        load_recipe(path)
-
-
-def test_invalid_merge_config_is_rejected(tmp_path):
-    path = _write(tmp_path, lambda r: r["merge"].pop("merge_method"))
-    with pytest.raises(RecipeError, match="merge"):
-        load_recipe(path)
-
-
-def test_openai_generator_needs_a_model(tmp_path):
-    path = _write(tmp_path, lambda r: r["qa"].update(generator="openai"))
-    with pytest.raises(RecipeError, match="qa.model"):
-        load_recipe(path)
+@pytest.mark.parametrize(
+    ("mutate", "match"),
+    [
+        (lambda r: r["sft"]["args"].update(learning_rat=1e-3), "learning_rat"),
+        (lambda r: r["chunking"].update(chunk_size="big"), "chunking.chunk_size"),
+        (lambda r: r["chunking"].update(chunk_overlap=400), "chunk_overlap"),
+        (lambda r: r["evaluation"].update(questions="nope.csv"), "evaluation.questions"),
+        (lambda r: r["merge"].pop("merge_method"), "merge"),
+        (lambda r: r["qa"].update(generator="openai"), "qa.model"),
+    ],
+    ids=["trl-field", "wrong-type", "overlap", "missing-file", "merge-config", "qa-model"],
+)
+def test_bad_recipe_is_rejected_naming_the_key(tmp_path, mutate, match):
+    with pytest.raises(RecipeError, match=match):
+        load_recipe(write_recipe(tmp_path, mutate))
 
 
 def test_profile_unknown_key(tmp_path):
@@ -103,8 +73,8 @@ def test_profile_unknown_key(tmp_path):
 
 
 def test_code_version_changes_only_with_its_section(tmp_path):
-    base = load_recipe(_write(tmp_path, lambda r: None))
-    lora = load_recipe(_write(tmp_path, lambda r: r["lora"].update(r=16)))
+    base = load_recipe(write_recipe(tmp_path, lambda r: None))
+    lora = load_recipe(write_recipe(tmp_path, lambda r: r["lora"].update(r=16)))
     assert base.section_version("lora", "sft") != lora.section_version("lora", "sft")
     assert base.section_version("merge") == lora.section_version("merge")
     assert base.section_version("qa") == lora.section_version("qa")
