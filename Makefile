@@ -1,9 +1,9 @@
 # The two set-up commands are `make run` and `make test`; both create .venv when it is missing.
+# Tests force HF_HUB_OFFLINE=1 themselves (tests/conftest.py); `make run` on a GPU host may use the hub.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
-export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
 .PHONY: run ui test lint install
