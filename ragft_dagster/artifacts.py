@@ -126,6 +126,14 @@ class ArtifactLayout:
         return self.root / "qa" / partition_file_name(doc_key)
 
     @property
+    def llm_cache(self) -> Path:
+        return self.root / "llm_cache"
+
+    def document_files(self, doc_key: str) -> list[Path]:
+        """Every file a document partition owns (deleted with the partition)."""
+        return [self.chunks(doc_key), self.qa(doc_key)]
+
+    @property
     def sft_dataset(self) -> Path:
         return self.root / "sft_dataset"
 

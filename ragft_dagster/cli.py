@@ -6,60 +6,96 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from ragft_dagster.artifacts import ArtifactLayout
+from ragft_dagster.assets._meta import documents_partitions
+from ragft_dagster.definitions import JOB_SELECTIONS
+from ragft_dagster.documents import DocumentChanges, purge_document_files
 
 
-def sync_document_partitions(instance, recipe) -> tuple[list[str], list[str], list[str]]:
-    """Make the ``documents`` partitions match the docs folder: (all, added, removed)."""
-    from ragft_dagster.assets._meta import documents_partitions
-    from ragft_dagster.documents import scan_documents
+@dataclass
+class StepResult:
+    """One run of ``ragft run``: which job (partition), how long, what its assets reported."""
 
-    found = scan_documents(recipe.docs_dir, recipe.docs.glob)
-    if not found:
-        raise SystemExit(f"no documents matching {recipe.docs.glob!r} in {recipe.docs_dir}")
-    name = documents_partitions.name
-    existing = set(instance.get_dynamic_partitions(name))
-    added = sorted(set(found) - existing)
-    removed = sorted(existing - set(found))
-    if added:
-        instance.add_dynamic_partitions(name, added)
-    for key in removed:
-        instance.delete_dynamic_partition(name, key)
-    return sorted(found), added, removed
+    job: str
+    partition: str | None
+    seconds: float
+    metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class PipelineResult:
+    success: bool
+    changes: DocumentChanges
+    steps: list[StepResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def __bool__(self) -> bool:
+        return self.success
+
+    def total(self, asset: str, key: str) -> float:
+        """Sum of one numeric metadata entry over every run of this invocation."""
+        return sum(float(step.metadata.get(asset, {}).get(key, 0) or 0) for step in self.steps)
+
+    def seconds_of(self, *jobs: str) -> float:
+        return sum(step.seconds for step in self.steps if step.job in jobs)
 
 
 def run_pipeline(
     recipe_path: str | None,
     profile_path: str | None,
-    instance=None,
+    instance: Any = None,
     artifact_root: Path | None = None,
-    echo=print,
-) -> bool:
-    """Materialize every asset, job by job in graph order, recording runs in ``instance``.
+    echo: Callable[[str], Any] = print,
+    full: bool = False,
+) -> PipelineResult:
+    """Bring every asset up to date, job by job in graph order, recording runs in ``instance``.
+
+    Incremental unless ``full``: a document partition runs when its file is new or changed
+    (content hash) or its assets' code version changed; a downstream job runs when anything
+    upstream ran in this invocation, or when one of its assets is missing or has an outdated
+    code version. Removed documents lose their partition and files first.
 
     Returns:
-        True when every run succeeded.
+        What ran and what it reported; truthy when every run succeeded.
     """
     import dagster as dg
 
+    from ragft_dagster.automation import document_changes, is_current
     from ragft_dagster.definitions import definitions_for, load_inputs
 
     recipe, profile = load_inputs(recipe_path, profile_path)
     defs = definitions_for(recipe, profile, artifact_root)
     instance = instance or dg.DagsterInstance.get()
-    docs, added, removed = sync_document_partitions(instance, recipe)
-    echo(f"recipe {recipe.name}: {len(docs)} documents (+{len(added)} -{len(removed)})")
-    mcq = [f"{c}|{m}" for m in recipe.evaluation.models for c in recipe.evaluation.contexts]
-    plan: list[tuple[str, str | None]] = [("model_job", None)]
-    plan += [("document_job", d) for d in docs]
-    plan += [("training_job", None)]
-    plan += [("evaluation_job", k) for k in mcq]
-    plan += [("report_job", None)]
+    current, changes = document_changes(instance, recipe)
+    if not current:
+        raise SystemExit(f"no documents matching {recipe.docs.glob!r} in {recipe.docs_dir}")
+    name = documents_partitions.name
+    if changes.added:
+        instance.add_dynamic_partitions(name, changes.added)
+    for key in changes.removed:
+        instance.delete_dynamic_partition(name, key)
+    layout = ArtifactLayout(artifact_root or profile.artifact_root)
+    purge_document_files(layout.document_files, changes.removed)
+    echo(f"recipe {recipe.name}: {len(current)} documents ({changes.summary()})")
+
+    graph = defs.resolve_asset_graph()
+    code = {k.to_user_string(): graph.get(k).code_version for k in graph.get_all_asset_keys()}
+
+    def outdated(assets: list[str], partition: str | None = None) -> bool:
+        return full or any(not is_current(instance, a, code[a], partition) for a in assets)
+
+    result = PipelineResult(success=True, changes=changes)
     started = time.monotonic()
-    for job_name, partition in plan:
+
+    def run(job_name: str, partition: str | None = None) -> bool:
         t0 = time.monotonic()
         job = defs.resolve_job_def(job_name)
-        result = job.execute_in_process(
+        outcome = job.execute_in_process(
             instance=instance,
             partition_key=partition,
             raise_on_error=False,
@@ -68,19 +104,56 @@ def run_pipeline(
             run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
         )
         label = f"{job_name}" + (f" [{partition}]" if partition else "")
-        if not result.success:
-            for event in result.all_events:
+        if not outcome.success:
+            for event in outcome.all_events:
                 if event.is_failure and event.step_failure_data and event.step_failure_data.error:
                     echo(f"FAILED {label}: {event.step_failure_data.error.message.strip()}")
-            echo(f"run {result.run_id} failed; see it with `make ui`")
+            echo(f"run {outcome.run_id} failed; see it with `make ui`")
+            result.success = False
             return False
-        echo(f"ok  {label:<40} {time.monotonic() - t0:6.1f}s")
-    echo(f"pipeline finished in {time.monotonic() - started:.1f}s")
-    root = artifact_root or profile.artifact_root
-    report = Path(root) / "report" / "report.md"
-    if report.is_file():
+        step = StepResult(job_name, partition, time.monotonic() - t0)
+        for event in outcome.get_asset_materialization_events():
+            mat = event.step_materialization_data.materialization
+            step.metadata[mat.asset_key.to_user_string()] = {
+                k: getattr(v, "value", v) for k, v in mat.metadata.items()
+            }
+        result.steps.append(step)
+        echo(f"ok  {label:<40} {step.seconds:6.1f}s")
+        return True
+
+    selections = JOB_SELECTIONS
+    models_ran = outdated(selections["model_job"])
+    if models_ran and not run("model_job"):
+        return result
+    docs = sorted(
+        k for k in current if k in changes.to_run or outdated(selections["document_job"], k)
+    )
+    for key in docs:
+        if not run("document_job", key):
+            return result
+    training_ran = bool(models_ran or docs or changes.removed) or outdated(
+        selections["training_job"]
+    )
+    if training_ran and not run("training_job"):
+        return result
+    ev = recipe.evaluation
+    cells = [f"{c}|{m}" for m in ev.models for c in ev.contexts]
+    scored = [
+        k for k in cells if models_ran or training_ran or outdated(selections["evaluation_job"], k)
+    ]
+    for key in scored:
+        if not run("evaluation_job", key):
+            return result
+    if (scored or outdated(selections["report_job"])) and not run("report_job"):
+        return result
+    result.seconds = time.monotonic() - started
+    if not result.steps:
+        echo("everything is up to date (`ragft run --full` re-runs it all)")
+    echo(f"pipeline finished in {result.seconds:.1f}s")
+    report = layout.report / "report.md"
+    if report.is_file() and scored:
         echo(report.read_text())
-    return True
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--recipe", help="recipe YAML (default: RAGFT_RECIPE or the quickstart)")
     run.add_argument(
         "--profile", help="profile YAML (default: RAGFT_PROFILE or resources/local.yaml)"
+    )
+    run.add_argument(
+        "--full", action="store_true", help="re-run every asset, not only what is out of date"
     )
     args = parser.parse_args(argv)
     if not os.environ.get("DAGSTER_HOME"):
@@ -103,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     from ragft_dagster.recipe import RecipeError
 
     try:
-        ok = run_pipeline(args.recipe, args.profile)
+        ok = bool(run_pipeline(args.recipe, args.profile, full=args.full))
     except (RecipeError, ProfileError) as exc:
         print(exc, file=sys.stderr)
         return 2

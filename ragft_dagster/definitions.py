@@ -12,6 +12,7 @@ from pathlib import Path
 import dagster as dg
 
 from ragft_dagster.assets import build_all_assets
+from ragft_dagster.automation import build_automation_sensor, build_docs_sensor
 from ragft_dagster.profile import Profile, load_profile
 from ragft_dagster.recipe import Recipe, load_recipe
 from ragft_dagster.resources import (
@@ -83,6 +84,7 @@ def definitions_for(
     return dg.Definitions(
         assets=build_all_assets(recipe),
         jobs=jobs,
+        sensors=[build_docs_sensor(recipe), build_automation_sensor()],
         resources=build_resources(recipe, profile, artifact_root),
         executor=executor,
     )

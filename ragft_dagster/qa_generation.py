@@ -8,10 +8,15 @@ paid reply is cached on disk before it is parsed, so a crash or a re-run never p
 
 from __future__ import annotations
 
+import email.utils
 import hashlib
 import json
+import random
 import re
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -179,15 +184,27 @@ def _pairs_from_json(data: Any) -> list[dict[str, str]]:
 
 @dataclass
 class LlmStats:
+    """What one generator run did: calls made vs. answered from the cache, tokens, retries."""
+
     requests: int = 0
     cache_hits: int = 0
+    retries: int = 0
+    truncated: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    retry_wait_seconds: float = 0.0
     parse: dict[str, int] = field(default_factory=dict)
+
+    def cost_usd(self, prompt_per_1k: float, completion_per_1k: float) -> float:
+        return round(
+            self.prompt_tokens / 1000 * prompt_per_1k
+            + self.completion_tokens / 1000 * completion_per_1k,
+            6,
+        )
 
 
 class ReplyCache:
-    """Paid LLM replies on disk, one file per key, written atomically."""
+    """Generated replies on disk, one file per key, written atomically before they are used."""
 
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -202,81 +219,167 @@ class ReplyCache:
             return None
         try:
             return json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):
             return None  # a torn entry is treated as a miss and overwritten
 
     def put(self, key: str, value: dict[str, Any]) -> None:
         atomic_write_text(self.root / key[:2] / f"{key}.json", json.dumps(value))
 
 
-def generate_llm_qa(
-    chunk: dict[str, Any],
-    doc_title: str,
-    *,
-    client: Any,
-    model: str,
-    prompt_template: str,
-    n: int,
-    temperature: float,
-    max_tokens: int,
-    cache: ReplyCache,
-    stats: LlmStats,
-) -> list[dict[str, str]]:
-    """Ask an OpenAI-compatible chat endpoint for Q&A about one chunk (cached).
+class LlmCallError(RuntimeError):
+    """An endpoint failure that retrying will not fix (or that outlasted the retries)."""
 
-    Args:
-        chunk: A chunk record.
-        doc_title: The document's title.
-        client: An ``openai.OpenAI`` client (base_url/api_key from the profile).
-        model: Model name at the endpoint.
-        prompt_template: The recipe's prompt with {n}, {document}, {heading}, {context}.
-        n: Questions to ask for.
-        temperature: Sampling temperature.
-        max_tokens: Reply limit.
-        cache: Where paid replies are kept.
-        stats: Counters updated in place (requests, cache hits, tokens, parse outcomes).
 
-    Returns:
-        ``[{"question", "answer", "kind"}]``.
+class BudgetExceeded(RuntimeError):
+    """The run's request/token budget would be exceeded by the next request."""
+
+
+class RequestBudget:
+    """Per-run limits on LLM requests and tokens, shared by the worker threads.
+
+    A request reserves its estimated tokens (prompt estimate + ``max_tokens``) before it is sent
+    and settles to the endpoint's reported usage afterwards, so the limit is never crossed.
     """
-    heading = " > ".join(chunk["heading_path"]) or doc_title
-    prompt = render_prompt(
-        prompt_template, n=str(n), document=doc_title, heading=heading, context=chunk["text"]
-    )
-    key = cache.key(
-        model=model,
-        template=hashlib.sha256(prompt_template.encode()).hexdigest(),
-        chunk=hashlib.sha256(chunk["text"].encode()).hexdigest(),
-        heading=heading,
-        params={"n": n, "temperature": temperature, "max_tokens": max_tokens},
-        pass_index=0,
-    )
-    cached = cache.get(key)
-    if cached is not None:
-        stats.cache_hits += 1
-        reply = cached
-    else:
+
+    def __init__(self, max_requests: int | None = None, max_tokens: int | None = None):
+        self.max_requests = max_requests
+        self.max_tokens = max_tokens
+        self.requests = 0
+        self.tokens = 0
+        self._lock = threading.Lock()
+
+    def reserve(self, estimated_tokens: int) -> None:
+        with self._lock:
+            if self.max_requests is not None and self.requests + 1 > self.max_requests:
+                raise BudgetExceeded(
+                    f"qa.budget.max_requests={self.max_requests} reached after "
+                    f"{self.requests} requests"
+                )
+            if self.max_tokens is not None and self.tokens + estimated_tokens > self.max_tokens:
+                raise BudgetExceeded(
+                    f"qa.budget.max_tokens={self.max_tokens} would be exceeded: {self.tokens} "
+                    f"tokens used or reserved, the next request may use up to {estimated_tokens}"
+                )
+            self.requests += 1
+            self.tokens += estimated_tokens
+
+    def settle(self, estimated_tokens: int, used_tokens: int) -> None:
+        with self._lock:
+            self.tokens += used_tokens - estimated_tokens
+
+
+def retry_after_seconds(headers: Any) -> float | None:
+    """The wait a server asks for: ``retry-after-ms``, or ``Retry-After`` as seconds or a date."""
+    if headers is None:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(float(ms) / 1000, 0.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        return max(when.timestamp() - time.time(), 0.0)
+
+
+@dataclass
+class Endpoint:
+    """How to call the LLM: the client and the recipe's retry/timeout settings."""
+
+    client: Any
+    model: str
+    temperature: float
+    max_tokens: int
+    max_retries: int = 5
+    initial_backoff: float = 1.0
+    max_backoff: float = 60.0
+    sleep: Callable[[float], None] = time.sleep
+
+
+def _describe(exc: Exception) -> str:
+    status = getattr(exc, "status_code", None)
+    name = type(exc).__name__
+    return f"HTTP {status} ({name})" if status else name
+
+
+def call_llm(
+    endpoint: Endpoint, prompt: str, stats: LlmStats, stats_lock: threading.Lock
+) -> dict[str, Any]:
+    """One chat completion with retries: 408/409/429/5xx, timeouts, dropped connections and
+    unreadable replies are retried with exponential backoff (jittered, capped at
+    ``max_backoff``), honouring the server's Retry-After; other errors fail at once.
+
+    Raises:
+        LlmCallError: With the status, what it means and what to do.
+    """
+    import openai
+
+    last = "no attempt"
+    for attempt in range(endpoint.max_retries + 1):
         started = time.monotonic()
-        response = client.chat.completions.create(
-            model=model,
-            messages=[{"role": "user", "content": prompt}],
-            temperature=temperature,
-            max_tokens=max_tokens,
-        )
-        usage = getattr(response, "usage", None)
-        reply = {
-            "content": response.choices[0].message.content or "",
-            "prompt_tokens": getattr(usage, "prompt_tokens", 0) or 0,
-            "completion_tokens": getattr(usage, "completion_tokens", 0) or 0,
-            "seconds": round(time.monotonic() - started, 3),
-        }
-        cache.put(key, reply)  # paid for: keep it before anything else can fail
-        stats.requests += 1
-        stats.prompt_tokens += reply["prompt_tokens"]
-        stats.completion_tokens += reply["completion_tokens"]
-    pairs, how = parse_qa_reply(reply["content"])
-    stats.parse[how] = stats.parse.get(how, 0) + 1
-    return [{**p, "kind": f"llm_{how}"} for p in pairs[: max(n, 1) * 2]]
+        wait: float | None = None
+        try:
+            response = endpoint.client.chat.completions.create(
+                model=endpoint.model,
+                messages=[{"role": "user", "content": prompt}],
+                temperature=endpoint.temperature,
+                max_tokens=endpoint.max_tokens,
+            )
+            choice = response.choices[0]
+            usage = getattr(response, "usage", None)
+            return {
+                "content": choice.message.content or "",
+                "finish_reason": getattr(choice, "finish_reason", None),
+                "prompt_tokens": getattr(usage, "prompt_tokens", 0) or 0,
+                "completion_tokens": getattr(usage, "completion_tokens", 0) or 0,
+                "seconds": round(time.monotonic() - started, 3),
+            }
+        except openai.APIStatusError as exc:
+            status = exc.status_code
+            if status in (401, 403):
+                raise LlmCallError(
+                    f"the endpoint rejected the API key (HTTP {status}): check the key in the "
+                    "variable named by llm.api_key_env in the profile"
+                ) from None
+            if status not in (408, 409, 429) and status < 500:
+                raise LlmCallError(
+                    f"the endpoint refused the request (HTTP {status}): {_short(exc)}; check "
+                    "qa.model in the recipe and llm.base_url in the profile"
+                ) from None
+            wait = retry_after_seconds(exc.response.headers if exc.response else None)
+            last = _describe(exc)
+        except (openai.APIConnectionError, openai.APIResponseValidationError, ValueError) as exc:
+            # APITimeoutError is an APIConnectionError; ValueError covers unreadable JSON bodies
+            last = _describe(exc)
+        except (AttributeError, IndexError, TypeError):
+            last = "a reply without choices"
+        if attempt == endpoint.max_retries:
+            break
+        if wait is None:
+            wait = endpoint.initial_backoff * 2**attempt * (0.5 + random.random() / 2)
+        wait = min(wait, endpoint.max_backoff)
+        with stats_lock:
+            stats.retries += 1
+            stats.retry_wait_seconds += wait
+        endpoint.sleep(wait)
+    raise LlmCallError(
+        f"gave up after {endpoint.max_retries + 1} attempts (last error: {last}); check that "
+        "llm.base_url in the profile is reachable, or raise qa.max_retries / qa.request_timeout"
+    )
+
+
+def _short(exc: Exception, limit: int = 200) -> str:
+    text = str(getattr(exc, "message", "") or exc)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def doc_title_of(chunks: list[dict[str, Any]], doc_key: str) -> str:
@@ -306,46 +409,192 @@ def qa_rows_for_chunk(
     ]
 
 
+OFFLINE_GENERATOR_VERSION = 1
+
+
+@dataclass(frozen=True)
+class _Task:
+    index: int
+    chunk: dict[str, Any]
+    pass_index: int
+    key: str
+    prompt: str
+
+
+def _estimate_tokens(prompt: str, max_tokens: int) -> int:
+    return len(prompt) // 3 + max_tokens  # generous: ~4 characters per token in English
+
+
 def generate_document_qa(
     chunks: list[dict[str, Any]],
     doc_key: str,
     qa: QaRecipe,
     *,
+    cache: ReplyCache,
     client: Any | None = None,
-    cache: ReplyCache | None = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> tuple[list[dict[str, Any]], LlmStats]:
-    """Q&A rows for every chunk of one document with the recipe's generator.
+    """Q&A rows for every chunk (and pass) of one document with the recipe's generator.
+
+    Every generation goes through ``cache``, keyed by (generator/model, prompt template hash,
+    chunk text hash, heading, generation parameters, pass index): an unchanged chunk is never
+    generated twice, and a reply is stored the moment it arrives, so a crash loses nothing paid.
+    LLM requests run ``qa.max_concurrency`` at a time within ``qa.budget``.
 
     Args:
         chunks: The document's chunk records.
         doc_key: The document key (its title falls back to the file name).
         qa: The recipe's ``qa`` section.
+        cache: Where generated replies are kept.
         client: An ``openai.OpenAI`` client; required for ``qa.generator == "openai"``.
-        cache: Where paid replies are kept; required with ``client``.
+        sleep: Used between retries (tests pass a recorder).
 
     Returns:
-        (rows, stats): stored rows, and LLM counters (all zero for the offline generator).
+        (rows, stats): stored rows in chunk order, and what was generated vs. cached.
+
+    Raises:
+        BudgetExceeded: Before a request would cross ``qa.budget``; completed replies are cached.
+        LlmCallError: An endpoint failure retries could not fix; completed replies are cached.
     """
+    if qa.generator == "openai" and client is None:
+        raise ValueError("the openai generator needs a client")
     title = doc_title_of(chunks, doc_key)
-    stats = LlmStats()
-    rows: list[dict[str, Any]] = []
+    template_hash = hashlib.sha256(qa.prompt.encode()).hexdigest()
+    params = {
+        "n": qa.questions_per_chunk,
+        "temperature": qa.temperature,
+        "max_tokens": qa.max_tokens,
+    }
+    tasks: list[_Task] = []
     for chunk in chunks:
-        if qa.generator == "offline":
-            pairs = generate_offline_qa(chunk, title, qa.questions_per_chunk)
-        else:
-            if client is None or cache is None:
-                raise ValueError("the openai generator needs a client and a reply cache")
-            pairs = generate_llm_qa(
-                chunk,
-                title,
-                client=client,
-                model=qa.model or "",
-                prompt_template=qa.prompt,
-                n=qa.questions_per_chunk,
-                temperature=qa.temperature,
-                max_tokens=qa.max_tokens,
-                cache=cache,
-                stats=stats,
+        heading = " > ".join(chunk["heading_path"]) or title
+        prompt = render_prompt(
+            qa.prompt,
+            n=str(qa.questions_per_chunk),
+            document=title,
+            heading=heading,
+            context=chunk["text"],
+        )
+        for pass_index in range(qa.passes):
+            key = ReplyCache.key(
+                model=qa.model
+                if qa.generator == "openai"
+                else f"offline-v{OFFLINE_GENERATOR_VERSION}",
+                template=template_hash if qa.generator == "openai" else None,
+                chunk=hashlib.sha256(chunk["text"].encode()).hexdigest(),
+                heading=heading,
+                title=title,
+                params=params,
+                pass_index=pass_index,
             )
-        rows += qa_rows_for_chunk(chunk, pairs, qa.generator, qa.model)
-    return rows, stats
+            tasks.append(_Task(len(tasks), chunk, pass_index, key, prompt))
+
+    stats = LlmStats()
+    lock = threading.Lock()
+    replies: dict[int, dict[str, Any]] = {}
+    todo = []
+    for task in tasks:
+        cached = cache.get(task.key)
+        if cached is not None:
+            stats.cache_hits += 1
+            replies[task.index] = cached
+        else:
+            todo.append(task)
+
+    if qa.generator == "offline":
+        for task in todo:
+            reply = {"pairs": generate_offline_qa(task.chunk, title, qa.questions_per_chunk)}
+            cache.put(task.key, reply)
+            stats.requests += 1
+            replies[task.index] = reply
+    elif todo:
+        _run_llm_tasks(todo, qa, client, cache, stats, lock, replies, sleep, len(tasks))
+
+    rows: list[dict[str, Any]] = []
+    for task in tasks:
+        reply = replies[task.index]
+        if "pairs" in reply:
+            pairs = reply["pairs"]
+        else:
+            parsed, how = parse_qa_reply(reply["content"])
+            stats.parse[how] = stats.parse.get(how, 0) + 1
+            if reply.get("finish_reason") == "length":
+                stats.truncated += 1
+            pairs = [{**p, "kind": f"llm_{how}"} for p in parsed[: qa.questions_per_chunk * 2]]
+        rows += qa_rows_for_chunk(task.chunk, pairs, qa.generator, qa.model)
+    return _dedupe_rows(rows), stats
+
+
+def _run_llm_tasks(
+    todo: list[_Task],
+    qa: QaRecipe,
+    client: Any,
+    cache: ReplyCache,
+    stats: LlmStats,
+    lock: threading.Lock,
+    replies: dict[int, dict[str, Any]],
+    sleep: Callable[[float], None],
+    total: int,
+) -> None:
+    endpoint = Endpoint(
+        client=client,
+        model=qa.model or "",
+        temperature=qa.temperature,
+        max_tokens=qa.max_tokens,
+        max_retries=qa.max_retries,
+        initial_backoff=qa.initial_backoff,
+        max_backoff=qa.max_backoff,
+        sleep=sleep,
+    )
+    budget = RequestBudget(qa.budget.max_requests, qa.budget.max_tokens)
+    stop = threading.Event()
+
+    def work(task: _Task) -> None:
+        if stop.is_set():
+            return
+        estimate = _estimate_tokens(task.prompt, qa.max_tokens)
+        try:
+            budget.reserve(estimate)
+            reply = call_llm(endpoint, task.prompt, stats, lock)
+        except BaseException:
+            stop.set()  # no new requests once one has failed or the budget is spent
+            raise
+        cache.put(task.key, reply)  # paid for: keep it before anything else can fail
+        budget.settle(estimate, reply["prompt_tokens"] + reply["completion_tokens"])
+        with lock:
+            stats.requests += 1
+            stats.prompt_tokens += reply["prompt_tokens"]
+            stats.completion_tokens += reply["completion_tokens"]
+            replies[task.index] = reply
+
+    errors: list[BaseException] = []
+    with ThreadPoolExecutor(max_workers=qa.max_concurrency) as pool:
+        for future in [pool.submit(work, t) for t in todo]:
+            exc = future.exception()
+            if exc is not None:
+                errors.append(exc)
+    if errors:
+        first = next((e for e in errors if isinstance(e, BudgetExceeded)), errors[0])
+        note = (
+            f"{len(replies)} of {total} replies are in the cache "
+            f"({stats.requests} paid in this run); a rerun continues from there"
+        )
+        if isinstance(first, BudgetExceeded):
+            raise BudgetExceeded(
+                f"{first}; stopped before exceeding it. {note}. "
+                "Raise qa.budget in the recipe to go on."
+            ) from None
+        if isinstance(first, LlmCallError):
+            raise LlmCallError(f"{first}. {note}.") from None
+        raise first
+
+
+def _dedupe_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Drop repeated questions about the same chunk (several passes may ask the same)."""
+    seen: set[str] = set()
+    out = []
+    for row in rows:
+        if row["id"] not in seen:
+            seen.add(row["id"])
+            out.append(row)
+    return out

@@ -13,7 +13,7 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -62,6 +62,13 @@ class RecipeError(ValueError):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Operational fields (timeouts, retries, budgets, prices) that do not change what the asset
+    # produces: left out of its code_version so editing them does not make anything stale.
+    UNVERSIONED: ClassVar[frozenset[str]] = frozenset()
+
+    def versioned_dump(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model_dump(mode="json").items() if k not in self.UNVERSIONED}
 
 
 def _check_dataclass_keys(args: dict[str, Any], cls_path: str) -> dict[str, Any]:
@@ -115,6 +122,19 @@ class ChunkingRecipe(_Section):
         return self
 
 
+class QaBudget(_Section):
+    max_requests: int | None = Field(default=None, gt=0)
+    """Most LLM requests one run may send."""
+    max_tokens: int | None = Field(default=None, gt=0)
+    """Most prompt + completion tokens one run may use (a request counts its prompt estimate
+    plus ``qa.max_tokens`` until the endpoint reports its usage)."""
+
+
+class QaPricing(_Section):
+    prompt_per_1k: float = Field(default=0.0, ge=0)
+    completion_per_1k: float = Field(default=0.0, ge=0)
+
+
 class QaRecipe(_Section):
     generator: Literal["offline", "openai"] = "offline"
     """``offline`` mines the markdown (no LLM); ``openai`` calls the profile's endpoint."""
@@ -125,8 +145,34 @@ class QaRecipe(_Section):
     questions_per_chunk: int = Field(default=3, gt=0, le=20)
     temperature: float = Field(default=0.7, ge=0, le=2)
     max_tokens: int = Field(default=1024, gt=0)
+    passes: int = Field(default=1, gt=0, le=10)
+    """Generation passes per chunk (use temperature > 0 for different questions per pass)."""
     request_timeout: float = Field(default=60.0, gt=0)
-    max_retries: int = Field(default=3, ge=0)
+    """Seconds before one request is abandoned (then retried)."""
+    max_retries: int = Field(default=5, ge=0)
+    """Retries of a request after 429, 5xx, a timeout or a dropped connection."""
+    initial_backoff: float = Field(default=1.0, ge=0)
+    """First retry delay in seconds, doubled per retry (with jitter); Retry-After wins."""
+    max_backoff: float = Field(default=60.0, ge=0)
+    """Longest wait between retries, also the cap on a server's Retry-After."""
+    max_concurrency: int = Field(default=4, gt=0, le=64)
+    """Requests in flight at once."""
+    budget: QaBudget = Field(default_factory=lambda: QaBudget())
+    """Per-run limits; the run stops before exceeding them (paid replies stay cached)."""
+    pricing: QaPricing = Field(default_factory=lambda: QaPricing())
+    """USD per 1,000 tokens, for the estimated cost in the metadata."""
+
+    UNVERSIONED: ClassVar[frozenset[str]] = frozenset(
+        {
+            "request_timeout",
+            "max_retries",
+            "initial_backoff",
+            "max_backoff",
+            "max_concurrency",
+            "budget",
+            "pricing",
+        }
+    )
 
     @model_validator(mode="after")
     def _model_for_openai(self) -> QaRecipe:
@@ -260,9 +306,10 @@ class Recipe(_Section):
     def section_version(self, *sections: str, files: tuple[Path, ...] = ()) -> str:
         """A short hash of recipe sections (and data files they name): an asset's code_version."""
         h = hashlib.sha256()
-        dump = self.model_dump(mode="json")
         for name in sections:
-            h.update(json.dumps({name: dump[name]}, sort_keys=True).encode())
+            value = getattr(self, name)
+            part = value.versioned_dump() if isinstance(value, _Section) else value
+            h.update(json.dumps({name: part}, sort_keys=True, default=str).encode())
         for f in files:
             h.update(f.read_bytes() if f.is_file() else b"<missing>")
         return h.hexdigest()[:16]

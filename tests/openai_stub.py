@@ -1,64 +1,91 @@
 """A loopback OpenAI-compatible server for tests (127.0.0.1 only, started/stopped by the test).
 
-Replies are scripted: each request pops the next reply (or repeats the last). Every request is
-counted and recorded so tests can assert on exactly what was sent.
+Replies are scripted: each request pops the next reply (or repeats the last). A reply is the
+assistant's text, or a dict to script a fault: ``{"status": 429, "headers": {...}}`` answers
+with that status, ``{"delay": s}`` waits first, ``{"raw": "..."}`` sends a malformed body,
+``{"finish_reason": "length"}`` marks a truncated reply. Every request is counted and recorded,
+and the most requests ever in flight at once is tracked.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 
 class OpenAIStub:
-    def __init__(self, replies: list[str]):
+    def __init__(self, replies: list[Any]):
         self.replies = list(replies)
         self.requests: list[dict] = []
         self.auth_headers: list[str] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._lock = threading.Lock()
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):  # keep test output clean
                 pass
 
-            def do_POST(self):
-                length = int(self.headers.get("Content-Length", "0"))
-                body = json.loads(self.rfile.read(length) or b"{}")
-                stub.requests.append(body)
-                stub.auth_headers.append(self.headers.get("Authorization", ""))
-                if not self.path.endswith("/chat/completions"):
-                    self.send_response(404)
-                    self.end_headers()
-                    return
-                content = stub.replies.pop(0) if len(stub.replies) > 1 else stub.replies[0]
-                payload = json.dumps(
-                    {
-                        "id": f"chatcmpl-{len(stub.requests)}",
-                        "object": "chat.completion",
-                        "created": 0,
-                        "model": body.get("model", "stub"),
-                        "choices": [
-                            {
-                                "index": 0,
-                                "finish_reason": "stop",
-                                "message": {"role": "assistant", "content": content},
-                            }
-                        ],
-                        "usage": {
-                            "prompt_tokens": 100,
-                            "completion_tokens": 20,
-                            "total_tokens": 120,
-                        },
-                    }
-                ).encode()
-                self.send_response(200)
+            def _send(self, status: int, payload: bytes, headers: dict | None = None) -> None:
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, str(v))
                 self.end_headers()
                 self.wfile.write(payload)
 
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length", "0"))
+                body = json.loads(self.rfile.read(length) or b"{}")
+                with stub._lock:
+                    stub.requests.append(body)
+                    stub.auth_headers.append(self.headers.get("Authorization", ""))
+                    reply = stub.replies.pop(0) if len(stub.replies) > 1 else stub.replies[0]
+                    stub.in_flight += 1
+                    stub.max_in_flight = max(stub.max_in_flight, stub.in_flight)
+                try:
+                    self._answer(body, reply)
+                finally:
+                    with stub._lock:
+                        stub.in_flight -= 1
+
+            def _answer(self, body: dict, reply: Any) -> None:
+                if not self.path.endswith("/chat/completions"):
+                    self._send(404, b'{"error": {"message": "not found"}}')
+                    return
+                script = reply if isinstance(reply, dict) else {"content": reply}
+                if script.get("delay"):
+                    time.sleep(script["delay"])
+                if "status" in script:
+                    error = {"error": {"message": f"scripted {script['status']}"}}
+                    self._send(script["status"], json.dumps(error).encode(), script.get("headers"))
+                    return
+                if "raw" in script:
+                    self._send(200, script["raw"].encode())
+                    return
+                payload = {
+                    "id": f"chatcmpl-{len(stub.requests)}",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": body.get("model", "stub"),
+                    "choices": [
+                        {
+                            "index": 0,
+                            "finish_reason": script.get("finish_reason", "stop"),
+                            "message": {"role": "assistant", "content": script["content"]},
+                        }
+                    ],
+                    "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120},
+                }
+                self._send(200, json.dumps(payload).encode())
+
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property

@@ -111,7 +111,7 @@ def test_synthetic_qa_through_an_openai_compatible_endpoint(tmp_path, tiny_base,
             again = job.execute_in_process(instance=instance, partition_key=doc)
             assert again.success and len(stub.requests) == n_chunks
             meta2 = again.asset_materializations_for_node("synthetic_qa")[0].metadata
-            assert meta2["llm_cache_hits"].value == n_chunks
+            assert meta2["cache_hits"].value == n_chunks and meta2["llm_requests"].value == 0
 
             for event in instance.all_logs(result.run_id) + instance.all_logs(again.run_id):
                 assert secret not in json.dumps(str(event))

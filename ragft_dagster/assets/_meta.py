@@ -12,6 +12,10 @@ from ragft_dagster.artifacts import read_jsonl
 
 documents_partitions = dg.DynamicPartitionsDefinition(name="documents")
 
+# The assets downstream of the documents update by themselves after document runs, never while
+# one is in progress (see automation.py for the sensors that drive this).
+EAGER = dg.AutomationCondition.eager()
+
 
 def preview_table(
     rows: list[dict[str, Any]], columns: list[str], limit: int = 10, width: int = 120
@@ -47,13 +51,17 @@ def training_result(path: Path, metrics: dict[str, Any], **extra: Any) -> dg.Mat
     )
 
 
-def current_documents(context: dg.AssetExecutionContext) -> list[str]:
+def current_documents(
+    context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext,
+) -> list[str]:
     """The document partition keys that exist now (removed documents are not read)."""
     return sorted(context.instance.get_dynamic_partitions(documents_partitions.name))
 
 
 def read_all_documents(
-    context: dg.AssetExecutionContext, upstream: str, path_of: Callable[[str], Path]
+    context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext,
+    upstream: str,
+    path_of: Callable[[str], Path],
 ) -> tuple[list[str], list[dict[str, Any]]]:
     """Rows of an upstream per-document asset for every current document, in document order.
 
@@ -62,6 +70,10 @@ def read_all_documents(
     """
     docs = current_documents(context)
     missing = [d for d in docs if not path_of(d).is_file()]
+    if missing:
+        # The docs sensor may have removed a document (partition and files) since the first look.
+        docs = current_documents(context)
+        missing = [d for d in docs if not path_of(d).is_file()]
     if missing:
         raise dg.Failure(
             f"{upstream} is not materialized for {missing}; materialize {upstream} for every "

@@ -7,8 +7,14 @@ import dagster as dg
 from ragft_dagster.artifacts import read_jsonl, write_jsonl
 from ragft_dagster.assets._meta import documents_partitions, preview_table
 from ragft_dagster.chunking import chunk_document, read_document
+from ragft_dagster.documents import CONTENT_HASH_KEY, content_hash
 from ragft_dagster.model_refs import load_tokenizer, resolve_model_ref
-from ragft_dagster.qa_generation import ReplyCache, generate_document_qa
+from ragft_dagster.qa_generation import (
+    BudgetExceeded,
+    LlmCallError,
+    ReplyCache,
+    generate_document_qa,
+)
 from ragft_dagster.recipe import Recipe
 from ragft_dagster.resources import ArtifactStoreResource, LlmEndpointResource
 
@@ -26,7 +32,8 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
         """One document split into ~300-token, heading-aware chunks with content-hash ids."""
         key = context.partition_key
         layout = artifacts.layout()
-        text = read_document(recipe.docs_dir / key, key)
+        path = recipe.docs_dir / key
+        text = read_document(path, key)
         tokenizer = load_tokenizer(
             resolve_model_ref(recipe.base_model, layout.root, recipe.root),
             recipe.chat_template,
@@ -43,6 +50,8 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
         return dg.MaterializeResult(
             metadata={
                 "path": dg.MetadataValue.path(str(layout.chunks(key))),
+                "source": dg.MetadataValue.path(str(path)),
+                CONTENT_HASH_KEY: content_hash(text.encode("utf-8")),
                 "chunks": len(chunks),
                 "tokens": sum(tokens),
                 "max_chunk_tokens": max(tokens, default=0),
@@ -68,17 +77,23 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
         qa = recipe.qa
         client = None
         if qa.generator == "openai":
-            client = llm.client(timeout=qa.request_timeout, max_retries=qa.max_retries)
+            # retries are ours (call_llm): counted, capped, and Retry-After is honoured
+            client = llm.client(timeout=qa.request_timeout, max_retries=0)
         chunks = read_jsonl(layout.chunks(key))
-        rows, stats = generate_document_qa(
-            chunks, key, qa, client=client, cache=ReplyCache(layout.root / "llm_cache")
-        )
+        try:
+            rows, stats = generate_document_qa(
+                chunks, key, qa, client=client, cache=ReplyCache(layout.llm_cache)
+            )
+        except (BudgetExceeded, LlmCallError) as exc:
+            raise dg.Failure(description=f"synthetic_qa[{key}]: {exc}") from None
         write_jsonl(layout.qa(key), rows)
         metadata: dict = {
             "path": dg.MetadataValue.path(str(layout.qa(key))),
             "rows": len(rows),
             "chunks": len(chunks),
             "generator": qa.generator,
+            "generated": stats.requests,
+            "cache_hits": stats.cache_hits,
             "kinds": dg.MetadataValue.json(dict(Counter(r["kind"] for r in rows))),
             "preview": preview_table(rows, ["question", "answer", "kind", "chunk_id"]),
         }
@@ -86,9 +101,13 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
             metadata.update(
                 {
                     "llm_requests": stats.requests,
-                    "llm_cache_hits": stats.cache_hits,
+                    "llm_retries": stats.retries,
                     "prompt_tokens": stats.prompt_tokens,
                     "completion_tokens": stats.completion_tokens,
+                    "estimated_cost_usd": stats.cost_usd(
+                        qa.pricing.prompt_per_1k, qa.pricing.completion_per_1k
+                    ),
+                    "truncated_replies": stats.truncated,
                     "parse_outcomes": dg.MetadataValue.json(stats.parse),
                 }
             )

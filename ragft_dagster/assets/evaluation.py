@@ -6,7 +6,7 @@ import json
 import dagster as dg
 
 from ragft_dagster.artifacts import atomic_dir, atomic_write_text, read_jsonl, write_jsonl
-from ragft_dagster.assets._meta import preview_table
+from ragft_dagster.assets._meta import EAGER, preview_table
 from ragft_dagster.evaluation import evaluate_cell
 from ragft_dagster.recipe import Recipe
 from ragft_dagster.report import (
@@ -28,6 +28,7 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
     )
 
     @dg.asset(
+        automation_condition=EAGER,
         deps=["merged_model", "dpo_model", "lora_adapter", "vector_index"],
         partitions_def=partitions,
         group_name="evaluation",
@@ -77,6 +78,7 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
         )
 
     @dg.asset(
+        automation_condition=EAGER,
         deps=[dg.AssetDep(mcq_scores, partition_mapping=dg.AllPartitionMapping())],
         group_name="evaluation",
         kinds={"pandas", "matplotlib"},

@@ -6,7 +6,7 @@ from collections import Counter
 import dagster as dg
 
 from ragft_dagster.artifacts import atomic_dir
-from ragft_dagster.assets._meta import read_all_documents
+from ragft_dagster.assets._meta import EAGER, read_all_documents
 from ragft_dagster.indexing import load_embedder, sync_index
 from ragft_dagster.model_refs import resolve_model_ref
 from ragft_dagster.recipe import Recipe
@@ -17,6 +17,7 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
     r = recipe.retrieval
 
     @dg.asset(
+        automation_condition=EAGER,
         deps=[dg.AssetDep("doc_chunks", partition_mapping=dg.AllPartitionMapping())],
         group_name="retrieval",
         kinds={"llamaindex", "chromadb"},
@@ -53,4 +54,34 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
             }
         )
 
-    return [vector_index]
+    @dg.asset_check(
+        asset=vector_index,
+        description="The collection holds exactly the current chunk ids: none missing, none stale.",
+    )
+    def vector_index_matches_chunks(
+        context: dg.AssetCheckExecutionContext,
+        artifacts: ArtifactStoreResource,
+        vector_store: VectorStoreResource,
+    ) -> dg.AssetCheckResult:
+        layout = artifacts.layout()
+        _, chunks = read_all_documents(context, "doc_chunks", layout.chunks)
+        expected = {c["id"] for c in chunks}
+        with vector_store.collection(r.collection, layout.vector_index) as collection:
+            held = set(collection.get(include=[])["ids"])
+        missing, stale = sorted(expected - held), sorted(held - expected)
+        return dg.AssetCheckResult(
+            passed=not missing and not stale,
+            metadata={
+                "vectors": len(held),
+                "chunk_ids": len(expected),
+                "missing": len(missing),
+                "stale": len(stale),
+                "missing_examples": dg.MetadataValue.json(missing[:10]),
+                "stale_examples": dg.MetadataValue.json(stale[:10]),
+            },
+            description=None
+            if not (missing or stale)
+            else "re-materialize vector_index: it does not match the current chunks",
+        )
+
+    return [vector_index, vector_index_matches_chunks]

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from ragft_dagster.artifacts import atomic_dir, read_jsonl
-from ragft_dagster.assets._meta import preview_table, read_all_documents, training_result
+from ragft_dagster.assets._meta import EAGER, preview_table, read_all_documents, training_result
 from ragft_dagster.recipe import Recipe
 from ragft_dagster.resources import ArtifactStoreResource, ComputeResource
 from ragft_dagster.sft import build_sft_dataset, train_lora
@@ -11,6 +11,7 @@ from ragft_dagster.sft import build_sft_dataset, train_lora
 
 def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
     @dg.asset(
+        automation_condition=EAGER,
         deps=[dg.AssetDep("synthetic_qa", partition_mapping=dg.AllPartitionMapping())],
         group_name="training",
         kinds={"huggingface"},
@@ -50,6 +51,7 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
         )
 
     @dg.asset(
+        automation_condition=EAGER,
         deps=["dpo_model", sft_dataset],
         group_name="training",
         pool="gpu",

@@ -1,0 +1,157 @@
+"""What keeps the assets current by itself: the docs sensor and declarative automation.
+
+The docs sensor (RUNNING by default) hashes every file of the recipe's docs folder on each tick:
+a new file gets a partition and a run, a changed file a run (its run key is the content hash, so
+one state never runs twice), a removed file loses its partition and its chunk and Q&A files. The
+unpartitioned downstream (``sft_dataset``, ``vector_index``, ``lora_adapter``, ``mcq_scores``,
+``mcq_report``) carries an eager automation condition, evaluated by the automation sensor shipped
+RUNNING here, so it updates once the document runs are done (and never while one is in
+progress). ``ragft run`` uses the same change plan without a daemon.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import dagster as dg
+
+from ragft_dagster.assets._meta import documents_partitions
+from ragft_dagster.documents import (
+    CONTENT_HASH_KEY,
+    DocumentChanges,
+    plan_document_changes,
+    purge_document_files,
+    scan_documents,
+)
+from ragft_dagster.recipe import Recipe
+from ragft_dagster.resources import ArtifactStoreResource
+
+DOCUMENT_ASSETS = ["doc_chunks", "synthetic_qa"]
+AUTOMATED_ASSETS = ["sft_dataset", "vector_index", "lora_adapter", "mcq_scores", "mcq_report"]
+# A removal changes no partition's data, so nothing upstream "updates": the sensor itself asks
+# for these two, and the eager conditions take over from there.
+REMOVAL_ASSETS = ["sft_dataset", "vector_index"]
+
+
+def latest_materialization(
+    instance: dg.DagsterInstance, asset: str, partition: str | None = None
+) -> Any | None:
+    """The latest ``AssetMaterialization`` of an asset (partition), or None."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(
+            asset_key=dg.AssetKey(asset),
+            asset_partitions=[partition] if partition is not None else None,
+        ),
+        limit=1,
+    ).records
+    return records[0].asset_materialization if records else None
+
+
+def built_from_hash(instance: dg.DagsterInstance, doc_key: str) -> str | None:
+    """The content hash the latest ``doc_chunks`` of a document was built from."""
+    mat = latest_materialization(instance, "doc_chunks", doc_key)
+    if mat is None:
+        return None
+    value = mat.metadata.get(CONTENT_HASH_KEY)
+    return getattr(value, "value", value)
+
+
+def is_current(
+    instance: dg.DagsterInstance, asset: str, code_version: str | None, partition: str | None = None
+) -> bool:
+    """Whether an asset (partition) is materialized with the current code version."""
+    mat = latest_materialization(instance, asset, partition)
+    return mat is not None and mat.tags.get("dagster/code_version") == code_version
+
+
+def document_changes(
+    instance: dg.DagsterInstance, recipe: Recipe, known: dict[str, str] | None = None
+) -> tuple[dict[str, str], DocumentChanges]:
+    """Scan the docs folder and compare it with the partitions and what they were built from.
+
+    Args:
+        instance: The Dagster instance holding the partitions and materializations.
+        recipe: Names the docs folder and glob.
+        known: Hashes already handled (the sensor's cursor): those keys are not looked up.
+    """
+    current = scan_documents(recipe.docs_dir, recipe.docs.glob)
+    partitions = instance.get_dynamic_partitions(documents_partitions.name)
+    known = known or {}
+
+    def built_from(key: str) -> str | None:
+        if known.get(key) == current[key]:
+            return current[key]
+        return built_from_hash(instance, key)
+
+    return current, plan_document_changes(current, partitions, built_from)
+
+
+def _state_key(prefix: str, items: dict[str, str] | list[str]) -> str:
+    return f"{prefix}:{hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()[:16]}"
+
+
+def build_docs_sensor(recipe: Recipe) -> dg.SensorDefinition:
+    @dg.sensor(
+        name="docs_sensor",
+        description=(
+            f"Watches {recipe.docs_dir} ({recipe.docs.glob}): adds, re-runs and removes document "
+            "partitions by content hash."
+        ),
+        target=[*DOCUMENT_ASSETS, *REMOVAL_ASSETS],
+        minimum_interval_seconds=30,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+    )
+    def docs_sensor(
+        context: dg.SensorEvaluationContext, artifacts: ArtifactStoreResource
+    ) -> dg.SensorResult | dg.SkipReason:
+        known = json.loads(context.cursor) if context.cursor else {}
+        try:
+            current, changes = document_changes(context.instance, recipe, known)
+        except FileNotFoundError as exc:
+            return dg.SkipReason(str(exc))
+        runs = [
+            dg.RunRequest(
+                # the same document content never runs twice (Dagster skips a used run key)
+                run_key=f"{key}@{current[key][:16]}",
+                partition_key=key,
+                asset_selection=[dg.AssetKey(a) for a in DOCUMENT_ASSETS],
+                tags={"ragft/trigger": "added" if key in changes.added else "changed"},
+            )
+            for key in changes.to_run
+        ]
+        partition_requests = []
+        if changes.added:
+            partition_requests.append(documents_partitions.build_add_request(changes.added))
+        if changes.removed:
+            partition_requests.append(documents_partitions.build_delete_request(changes.removed))
+            purged = purge_document_files(artifacts.layout().document_files, changes.removed)
+            context.log.info(f"removed {changes.removed}: deleted {purged} chunk/Q&A files")
+            if not runs:
+                # Nothing else will touch the index or the dataset: rebuild both now.
+                runs.append(
+                    dg.RunRequest(
+                        run_key=_state_key("removed", current),
+                        asset_selection=[dg.AssetKey(a) for a in REMOVAL_ASSETS],
+                        tags={"ragft/trigger": "removed"},
+                    )
+                )
+        if runs or partition_requests:
+            context.log.info(f"docs: {changes.summary()}")
+        return dg.SensorResult(
+            run_requests=runs,
+            dynamic_partitions_requests=partition_requests,
+            cursor=json.dumps(current, sort_keys=True),
+        )
+
+    return docs_sensor
+
+
+def build_automation_sensor() -> dg.AutomationConditionSensorDefinition:
+    return dg.AutomationConditionSensorDefinition(
+        "ragft_automation",
+        target=dg.AssetSelection.assets(*AUTOMATED_ASSETS),
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Evaluates the eager conditions of the assets downstream of the documents.",
+    )
