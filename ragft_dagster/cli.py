@@ -25,6 +25,7 @@ class StepResult:
     partition: str | None
     seconds: float
     metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
+    checks: dict[str, bool] = field(default_factory=dict)
 
 
 @dataclass
@@ -117,6 +118,10 @@ def run_pipeline(
             step.metadata[mat.asset_key.to_user_string()] = {
                 k: getattr(v, "value", v) for k, v in mat.metadata.items()
             }
+        for check in outcome.get_asset_check_evaluations():
+            step.checks[check.check_name] = check.passed
+            if not check.passed:
+                echo(f"CHECK FAILED {check.asset_key.to_user_string()}: {check.check_name}")
         result.steps.append(step)
         echo(f"ok  {label:<40} {step.seconds:6.1f}s")
         return True

@@ -137,23 +137,60 @@ def test_missing_api_key_fails_clearly(tmp_path, monkeypatch):
             )
 
 
+def chromadb_collection(layout: ArtifactLayout):
+    from ragft_dagster.indexing import open_collection
+
+    return open_collection("quickstart", path=layout.vector_index)
+
+
+def stale_assets(recipe_dir: Path, instance, root: Path, edit) -> dict[str, int]:
+    """Assets Dagster calls stale after editing the recipe in ``recipe_dir`` with ``edit``, with
+    how many of their partitions are stale."""
+    from dagster._utils.test.data_versions import get_stale_status_resolver
+
+    path = recipe_dir / "recipe.yaml"
+    raw = yaml.safe_load(path.read_text())
+    edit(raw)
+    edited = recipe_dir / "edited.yaml"
+    edited.write_text(yaml.safe_dump(raw))
+    defs = build_definitions(edited, LOCAL_PROFILE, artifact_root=root)
+    resolver = get_stale_status_resolver(instance, list(defs.assets))
+    graph = defs.resolve_asset_graph()
+    out = {}
+    for key in graph.get_all_asset_keys():
+        pdef = graph.get(key).partitions_def
+        keys = pdef.get_partition_keys(dynamic_partitions_store=instance) if pdef else [None]
+        n = sum(resolver.get_status(key, k).value == "STALE" for k in keys)
+        if n:
+            out[key.to_user_string()] = n
+    return out
+
+
 @pytest.mark.slow
 def test_quickstart_end_to_end(tmp_path):
     """The whole quickstart graph, exactly as `make run` runs it, into a temporary instance."""
     from ragft_dagster.cli import run_pipeline
 
     root = tmp_path / "artifacts"
+    recipe_dir = tmp_path / "recipe"
+    shutil.copytree(QUICKSTART.parent, recipe_dir)  # a copy whose docs the test may edit
+    recipe = str(recipe_dir / "recipe.yaml")
     lines: list[str] = []
+
+    def run():
+        lines.clear()
+        result = run_pipeline(
+            recipe, str(LOCAL_PROFILE), instance=instance, artifact_root=root, echo=lines.append
+        )
+        assert result, "\n".join(lines)
+        return result
+
     with dg.instance_for_test() as instance:
-        assert run_pipeline(
-            str(QUICKSTART),
-            str(LOCAL_PROFILE),
-            instance=instance,
-            artifact_root=root,
-            echo=lines.append,
-        ), "\n".join(lines)
+        full = run()
+        assert full.steps[0].job == "model_job" and full.steps[-1].job == "report_job"
+        assert all(all(step.checks.values()) for step in full.steps)
         layout = ArtifactLayout(root)
-        docs = sorted(p.name for p in (QUICKSTART.parent / "docs").glob("*.md"))
+        docs = sorted(p.name for p in (recipe_dir / "docs").glob("*.md"))
         assert sorted(instance.get_dynamic_partitions("documents")) == docs
 
         for d in (layout.merged_model, layout.dpo_model):
@@ -192,3 +229,40 @@ def test_quickstart_end_to_end(tmp_path):
             for c in ("closed_book", "rag"):
                 assert 0 <= report[f"accuracy_{m}_{c}"].value <= 1
         assert any("pipeline finished" in line for line in lines)
+        assert meta("synthetic_qa")["generated"].value > 0
+
+        # Nothing changed: nothing runs.
+        assert run().steps == []
+
+        # One document edited, one removed: only the edited document's partition reruns, only
+        # its new chunks are generated and embedded, the removed document's vectors are gone.
+        edited, removed = "glossary.md", "troubleshooting.md"
+        old_ids = {c["id"] for c in read_jsonl(layout.chunks(edited))}
+        with (recipe_dir / "docs" / edited).open("a") as f:
+            f.write("\n## Nightly\n\nThe **nightly schedule** re-scores every cell at 02:00.\n")
+        (recipe_dir / "docs" / removed).unlink()
+        inc = run()
+        assert [s.partition for s in inc.steps if s.job == "document_job"] == [edited]
+        new_ids = {c["id"] for c in read_jsonl(layout.chunks(edited))} - old_ids
+        assert new_ids and inc.total("synthetic_qa", "generated") == len(new_ids)
+        index = inc.steps[[s.job for s in inc.steps].index("training_job")]
+        assert index.metadata["vector_index"]["embedded_now"] == len(new_ids)
+        assert index.checks == {"vector_index_matches_chunks": True}
+        assert not any(p.exists() for p in layout.document_files(removed))
+        chunks = [c for d in docs if d != removed for c in read_jsonl(layout.chunks(d))]
+        assert index.metadata["vector_index"]["vectors"] == len({c["id"] for c in chunks})
+        with chromadb_collection(layout) as col:
+            held = col.get(include=["metadatas"])
+        assert removed not in {m["doc"] for m in held["metadatas"]}
+        assert set(held["ids"]) == {c["id"] for c in chunks}
+
+        # Editing the LoRA section: lora_adapter is stale, nothing upstream is (its downstream
+        # turns stale once it is rebuilt, and eager automation rebuilds it then).
+        stale = stale_assets(recipe_dir, instance, root, lambda raw: raw["lora"].update(r=4))
+        assert stale == {"lora_adapter": 1}
+        # Editing the Q&A prompt: every synthetic_qa partition is stale.
+        prompt = "Write {n} questions with answers about:\n{context}"
+        stale = stale_assets(
+            recipe_dir, instance, root, lambda raw: raw["qa"].update(prompt=prompt)
+        )
+        assert stale == {"synthetic_qa": len(docs) - 1}
