@@ -9,7 +9,6 @@ field names: ``merge`` IS a mergekit configuration, ``dpo.args``/``sft.args`` ar
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -25,6 +24,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from ragft_dagster.upstream_schema import dataclass_fields, validate_merge_config
 
 PUBLISHED_SYSTEM_PROMPT = (
     "You are a helpful and careful assistant. You will use the given context to answer the "
@@ -73,10 +74,8 @@ class _Section(BaseModel):
 
 def _check_dataclass_keys(args: dict[str, Any], cls_path: str) -> dict[str, Any]:
     """Reject keys that the upstream trl config class does not have (typos fail loudly)."""
-    module_name, cls_name = cls_path.rsplit(".", 1)
-    module = __import__(module_name, fromlist=[cls_name])
-    cls = getattr(module, cls_name)
-    known = {f.name for f in dataclasses.fields(cls)}
+    cls_name = cls_path.rsplit(".", 1)[1]
+    known = dataclass_fields(cls_path)
     unknown = sorted(set(args) - known)
     if unknown:
         raise ValueError(f"unknown {cls_name} field(s) {unknown}; see the trl docs for {cls_name}")
@@ -203,9 +202,7 @@ class LoraRecipe(_Section):
 
     @model_validator(mode="after")
     def _known_lora_fields(self) -> LoraRecipe:
-        from peft import LoraConfig
-
-        known = {f.name for f in dataclasses.fields(LoraConfig)}
+        known = dataclass_fields("peft.LoraConfig")
         unknown = sorted(set(self.model_extra or {}) - known)
         if unknown:
             raise ValueError(f"unknown LoraConfig field(s) {unknown}")
@@ -270,9 +267,7 @@ class Recipe(_Section):
     @field_validator("merge")
     @classmethod
     def _valid_mergekit_config(cls, v: dict[str, Any]) -> dict[str, Any]:
-        from mergekit.config import MergeConfiguration
-
-        MergeConfiguration.model_validate(v)
+        validate_merge_config(v)
         return v
 
     @property

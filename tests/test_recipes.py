@@ -78,3 +78,19 @@ def test_code_version_changes_only_with_its_section(tmp_path):
     assert base.section_version("lora", "sft") != lora.section_version("lora", "sft")
     assert base.section_version("merge") == lora.section_version("merge")
     assert base.section_version("qa") == lora.section_version("qa")
+
+
+def test_upstream_schema_checks_are_remembered_per_version(tmp_path, monkeypatch):
+    import pydantic
+
+    from ragft_dagster.upstream_schema import dataclass_fields, validate_merge_config
+
+    monkeypatch.setenv("RAGFT_SCHEMA_CACHE", str(tmp_path))
+    assert {"beta", "learning_rate"} <= dataclass_fields("trl.DPOConfig")
+    assert len(list(tmp_path.glob("*.json"))) == 1
+    assert dataclass_fields("trl.DPOConfig") == dataclass_fields("trl.DPOConfig")
+    with pytest.raises(ValueError, match="models"):
+        validate_merge_config({"merge_method": "slerp"})  # no models, slices or modules
+    with pytest.raises(pydantic.ValidationError):
+        validate_merge_config({"merge_method": "slerp", "models": "not a list"})
+    assert len(list(tmp_path.glob("*.json"))) == 1  # an invalid config is never remembered

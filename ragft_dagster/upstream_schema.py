@@ -1,0 +1,76 @@
+"""Recipe checks against upstream schemas (trl, peft, mergekit), remembered per installed version.
+
+Importing trl, peft or mergekit costs ~10 s (they import torch and transformers), and every
+Dagster code load (``dagster dev``, each run's process, the daemon) validates the recipe. The
+field names of a config class and the verdict "this mergekit config is valid" only change when
+the package version does, so both are kept in a small on-disk cache keyed by that version: the
+first load imports the package, later loads do not. Nothing breaks when the cache cannot be
+written; it is then recomputed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from importlib import import_module
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(os.environ.get("RAGFT_SCHEMA_CACHE") or Path(base) / "ragft_dagster" / "schema")
+
+
+def _remembered(kind: str, package: str, payload: Any) -> tuple[Path, Any]:
+    try:
+        pkg_version = version(package)
+    except PackageNotFoundError:
+        pkg_version = "unknown"
+    key = json.dumps([kind, package, pkg_version, payload], sort_keys=True, default=str)
+    path = cache_dir() / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
+    try:
+        return path, json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return path, None
+
+
+def _remember(path: Path, value: Any) -> None:
+    try:
+        from ragft_dagster.artifacts import atomic_write_text
+
+        atomic_write_text(path, json.dumps(value))
+    except OSError:
+        pass  # a read-only home: recompute next time
+
+
+def dataclass_fields(cls_path: str) -> frozenset[str]:
+    """Field names of an upstream config dataclass, e.g. ``trl.DPOConfig``."""
+    path, known = _remembered("fields", cls_path.split(".")[0], cls_path)
+    if known is None:
+        module_name, cls_name = cls_path.rsplit(".", 1)
+        cls = getattr(import_module(module_name), cls_name)
+        known = sorted(f.name for f in dataclasses.fields(cls))
+        _remember(path, known)
+    return frozenset(known)
+
+
+def validate_merge_config(config: dict[str, Any]) -> None:
+    """Validate a mergekit configuration with mergekit's own schema (remembered when valid).
+
+    Raises:
+        ValueError: When mergekit rejects the configuration (its message included).
+    """
+    path, verdict = _remembered("mergekit-config", "mergekit", config)
+    if verdict == "valid":
+        return
+    from mergekit.config import MergeConfiguration
+
+    try:
+        MergeConfiguration.model_validate(config)
+    except RuntimeError as exc:  # some mergekit validators raise RuntimeError
+        raise ValueError(f"mergekit rejects this configuration: {exc}") from None
+    _remember(path, "valid")
