@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run ui test lint install
+.PHONY: run ui test lint install bench-incremental
 
 $(BIN)/ragft: pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -33,3 +33,7 @@ lint: install
 	$(BIN)/ruff check ragft_dagster tests
 	$(BIN)/ruff format --check ragft_dagster tests
 	$(BIN)/mypy
+
+# Full vs. incremental data + index stages on a 34-document corpus (figures in the README).
+bench-incremental: install
+	$(BIN)/python -m ragft_dagster.bench incremental --json .artifacts/bench-incremental.json

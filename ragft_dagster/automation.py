@@ -33,6 +33,7 @@ AUTOMATED_ASSETS = ["sft_dataset", "vector_index", "lora_adapter", "mcq_scores",
 # A removal changes no partition's data, so nothing upstream "updates": the sensor itself asks
 # for these two, and the eager conditions take over from there.
 REMOVAL_ASSETS = ["sft_dataset", "vector_index"]
+DOCUMENTS = "documents"  # the name of documents_partitions
 
 
 def latest_materialization(
@@ -77,7 +78,7 @@ def document_changes(
         known: Hashes already handled (the sensor's cursor): those keys are not looked up.
     """
     current = scan_documents(recipe.docs_dir, recipe.docs.glob)
-    partitions = instance.get_dynamic_partitions(documents_partitions.name)
+    partitions = instance.get_dynamic_partitions(DOCUMENTS)
     known = known or {}
 
     def built_from(key: str) -> str | None:
@@ -121,7 +122,7 @@ def build_docs_sensor(recipe: Recipe) -> dg.SensorDefinition:
             )
             for key in changes.to_run
         ]
-        partition_requests = []
+        partition_requests: list[Any] = []
         if changes.added:
             partition_requests.append(documents_partitions.build_add_request(changes.added))
         if changes.removed:

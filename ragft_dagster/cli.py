@@ -53,13 +53,15 @@ def run_pipeline(
     artifact_root: Path | None = None,
     echo: Callable[[str], Any] = print,
     full: bool = False,
+    jobs: set[str] | None = None,
 ) -> PipelineResult:
     """Bring every asset up to date, job by job in graph order, recording runs in ``instance``.
 
     Incremental unless ``full``: a document partition runs when its file is new or changed
     (content hash) or its assets' code version changed; a downstream job runs when anything
     upstream ran in this invocation, or when one of its assets is missing or has an outdated
-    code version. Removed documents lose their partition and files first.
+    code version. Removed documents lose their partition and files first. ``jobs`` limits the
+    run to some of :data:`JOB_SELECTIONS` (the benchmark runs only the data and index stages).
 
     Returns:
         What ran and what it reported; truthy when every run succeeded.
@@ -127,29 +129,32 @@ def run_pipeline(
         return True
 
     selections = JOB_SELECTIONS
-    models_ran = outdated(selections["model_job"])
+    wanted = set(jobs or selections)
+
+    def due(job_name: str, upstream_ran: bool, partition: str | None = None) -> bool:
+        return job_name in wanted and (upstream_ran or outdated(selections[job_name], partition))
+
+    models_ran = due("model_job", False)
     if models_ran and not run("model_job"):
         return result
-    docs = sorted(
-        k for k in current if k in changes.to_run or outdated(selections["document_job"], k)
-    )
+    docs = [k for k in sorted(current) if due("document_job", k in changes.to_run, k)]
     for key in docs:
         if not run("document_job", key):
             return result
-    training_ran = bool(models_ran or docs or changes.removed) or outdated(
-        selections["training_job"]
-    )
+    docs_changed = bool(docs or changes.removed)
+    training_ran = due("training_job", models_ran or docs_changed)
     if training_ran and not run("training_job"):
+        return result
+    index_ran = due("index_job", docs_changed)
+    if index_ran and not run("index_job"):
         return result
     ev = recipe.evaluation
     cells = [f"{c}|{m}" for m in ev.models for c in ev.contexts]
-    scored = [
-        k for k in cells if models_ran or training_ran or outdated(selections["evaluation_job"], k)
-    ]
+    scored = [k for k in cells if due("evaluation_job", models_ran or training_ran or index_ran, k)]
     for key in scored:
         if not run("evaluation_job", key):
             return result
-    if (scored or outdated(selections["report_job"])) and not run("report_job"):
+    if due("report_job", bool(scored)) and not run("report_job"):
         return result
     result.seconds = time.monotonic() - started
     if not result.steps:

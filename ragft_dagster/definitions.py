@@ -31,7 +31,8 @@ DEFAULT_PROFILE = PROJECT_ROOT / "resources" / "local.yaml"
 JOB_SELECTIONS = {
     "model_job": ["merged_model", "dpo_model"],
     "document_job": ["doc_chunks", "synthetic_qa"],
-    "training_job": ["sft_dataset", "lora_adapter", "vector_index"],
+    "training_job": ["sft_dataset", "lora_adapter"],
+    "index_job": ["vector_index"],
     "evaluation_job": ["mcq_scores"],
     "report_job": ["mcq_report"],
 }

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,7 +58,7 @@ class DocumentChanges:
 
 def plan_document_changes(
     current: dict[str, str],
-    partitions: set[str] | list[str],
+    partitions: Iterable[str],
     built_from: Callable[[str], str | None],
 ) -> DocumentChanges:
     """Compare the docs folder with the partitions.
@@ -75,7 +75,8 @@ def plan_document_changes(
     existing = set(partitions)
     added = sorted(set(current) - existing)
     removed = sorted(existing - set(current))
-    changed, unchanged = [], []
+    changed: list[str] = []
+    unchanged: list[str] = []
     for key in sorted(set(current) & existing):
         (unchanged if built_from(key) == current[key] else changed).append(key)
     return DocumentChanges(added, changed, removed, unchanged)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 INDEX_METADATA = "ragft_index.json"
+MODEL_KEY = "ragft_embedding_model"
 
 
 def load_embedder(model_dir: str, device: str = "cpu", batch_size: int = 32) -> Any:
@@ -21,11 +22,23 @@ def load_embedder(model_dir: str, device: str = "cpu", batch_size: int = 32) -> 
     return HuggingFaceEmbedding(model_name=model_dir, device=device, embed_batch_size=batch_size)
 
 
+class IndexMismatchError(ValueError):
+    """The collection holds vectors of another embedding model."""
+
+
 @contextmanager
 def open_collection(
-    name: str, *, path: Path | None = None, host: str | None = None, port: int | None = None
+    name: str,
+    *,
+    path: Path | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    embedding_model: str | None = None,
 ) -> Iterator[Any]:
-    """A chroma collection from an embedded store at ``path`` or a server at host:port."""
+    """A chroma collection from an embedded store at ``path`` or a server at host:port.
+
+    A new collection records ``embedding_model`` in its metadata (see :func:`sync_index`).
+    """
     import chromadb
     from chromadb.api.shared_system_client import SharedSystemClient
     from chromadb.config import Settings
@@ -37,28 +50,43 @@ def open_collection(
         client = chromadb.HttpClient(host=host or "127.0.0.1", port=port or 8000, settings=settings)
     try:
         # embedding_function=None: vectors always come from our embedder.
-        yield client.get_or_create_collection(
-            name, embedding_function=None, metadata={"hnsw:space": "cosine"}
-        )
+        metadata = {"hnsw:space": "cosine"}
+        if embedding_model:
+            metadata[MODEL_KEY] = embedding_model
+        yield client.get_or_create_collection(name, embedding_function=None, metadata=metadata)
     finally:
         # Chroma caches one system per path in-process; drop it so a renamed or replaced
         # directory is reopened from disk next time.
         SharedSystemClient.clear_system_cache()
 
 
-def sync_index(collection: Any, chunks: list[dict[str, Any]], embedder: Any) -> dict[str, int]:
+def sync_index(
+    collection: Any, chunks: list[dict[str, Any]], embedder: Any, embedding_model: str = ""
+) -> dict[str, int]:
     """Make the collection hold exactly ``chunks``: embed new ids, delete vanished ones.
 
     Args:
         collection: A chroma collection.
         chunks: Every current chunk record (``id``, ``text``, ``doc``, ``heading_path``).
         embedder: A llama-index embedding model.
+        embedding_model: The recipe's name for it; a collection built with another is refused.
 
     Returns:
-        Counts: added, deleted, kept, total.
+        Counts: added, deleted, kept, total, dimension.
+
+    Raises:
+        IndexMismatchError: The collection holds vectors of another embedding model.
     """
     from llama_index.core.schema import BaseNode, TextNode
     from llama_index.vector_stores.chroma import ChromaVectorStore
+
+    built_with = (collection.metadata or {}).get(MODEL_KEY)
+    if embedding_model and built_with and built_with != embedding_model and collection.count():
+        raise IndexMismatchError(
+            f"collection {collection.name!r} holds vectors of {built_with}, but the recipe now "
+            f"names {embedding_model}: vectors of two models cannot be mixed. Set "
+            "retrieval.collection to a new name (or delete the index directory) and re-materialize"
+        )
 
     current = {c["id"]: c for c in chunks}
     existing = set(collection.get(include=[])["ids"])
@@ -78,11 +106,13 @@ def sync_index(collection: Any, chunks: list[dict[str, Any]], embedder: Any) -> 
             for c, vec in zip(new, vectors, strict=True)
         ]
         ChromaVectorStore(chroma_collection=collection).add(nodes)
+    sample = collection.get(limit=1, include=["embeddings"])["embeddings"]
     return {
         "added": len(new),
         "deleted": len(stale),
         "kept": len(existing) - len(stale),
         "total": collection.count(),
+        "dimension": len(sample[0]) if sample is not None and len(sample) else 0,
     }
 
 

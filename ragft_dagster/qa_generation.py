@@ -503,7 +503,9 @@ def generate_document_qa(
 
     if qa.generator == "offline":
         for task in todo:
-            reply = {"pairs": generate_offline_qa(task.chunk, title, qa.questions_per_chunk)}
+            reply: dict[str, Any] = {
+                "pairs": generate_offline_qa(task.chunk, title, qa.questions_per_chunk)
+            }
             cache.put(task.key, reply)
             stats.requests += 1
             replies[task.index] = reply

@@ -218,3 +218,23 @@ def test_jsonl_roundtrip(tmp_path):
     assert read_jsonl(tmp_path / "x.jsonl") == rows
     assert json.loads((tmp_path / "x.jsonl").read_text().splitlines()[0]) == rows[0]
     assert not list(Path(tmp_path).glob(".x.jsonl.tmp-*"))
+
+
+def test_sync_index_is_incremental_and_refuses_mixed_models(tmp_path):
+    from llama_index.core.embeddings import MockEmbedding
+
+    from ragft_dagster.indexing import IndexMismatchError, open_collection, sync_index
+
+    def chunk(i: int) -> dict:
+        return {"id": f"id{i}", "text": f"text {i}", "doc": "d.md", "heading_path": ["D"]}
+
+    embedder = MockEmbedding(embed_dim=8)
+    with open_collection("docs", path=tmp_path, embedding_model="model-a") as col:
+        first = sync_index(col, [chunk(0), chunk(1), chunk(2)], embedder, "model-a")
+        assert first == {"added": 3, "deleted": 0, "kept": 0, "total": 3, "dimension": 8}
+        second = sync_index(col, [chunk(1), chunk(3)], embedder, "model-a")
+        assert second == {"added": 1, "deleted": 2, "kept": 1, "total": 2, "dimension": 8}
+        assert sorted(col.get(include=[])["ids"]) == ["id1", "id3"]
+    with open_collection("docs", path=tmp_path, embedding_model="model-b") as col:
+        with pytest.raises(IndexMismatchError, match="model-a.*model-b.*retrieval.collection"):
+            sync_index(col, [chunk(1)], embedder, "model-b")

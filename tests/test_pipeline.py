@@ -245,7 +245,7 @@ def test_quickstart_end_to_end(tmp_path):
         assert [s.partition for s in inc.steps if s.job == "document_job"] == [edited]
         new_ids = {c["id"] for c in read_jsonl(layout.chunks(edited))} - old_ids
         assert new_ids and inc.total("synthetic_qa", "generated") == len(new_ids)
-        index = inc.steps[[s.job for s in inc.steps].index("training_job")]
+        index = inc.steps[[s.job for s in inc.steps].index("index_job")]
         assert index.metadata["vector_index"]["embedded_now"] == len(new_ids)
         assert index.checks == {"vector_index_matches_chunks": True}
         assert not any(p.exists() for p in layout.document_files(removed))

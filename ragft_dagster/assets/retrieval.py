@@ -7,7 +7,7 @@ import dagster as dg
 
 from ragft_dagster.artifacts import atomic_dir
 from ragft_dagster.assets._meta import EAGER, read_all_documents
-from ragft_dagster.indexing import load_embedder, sync_index
+from ragft_dagster.indexing import IndexMismatchError, load_embedder, sync_index
 from ragft_dagster.model_refs import resolve_model_ref
 from ragft_dagster.recipe import Recipe
 from ragft_dagster.resources import ArtifactStoreResource, ComputeResource, VectorStoreResource
@@ -39,8 +39,11 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
             # Update a copy, then swap: the live index stays whole if this run dies.
             if vector_store.mode == "embedded" and final.exists():
                 shutil.copytree(final, tmp, dirs_exist_ok=True)
-            with vector_store.collection(r.collection, tmp) as collection:
-                counts = sync_index(collection, chunks, embedder)
+            with vector_store.collection(r.collection, tmp, r.embedding_model) as collection:
+                try:
+                    counts = sync_index(collection, chunks, embedder, r.embedding_model)
+                except IndexMismatchError as exc:
+                    raise dg.Failure(description=str(exc)) from None
         per_doc = Counter(c["doc"] for c in chunks)
         return dg.MaterializeResult(
             metadata={
@@ -48,8 +51,10 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
                 "collection": r.collection,
                 "embedding_model": r.embedding_model,
                 "vectors": counts["total"],
+                "dimension": counts["dimension"],
                 "embedded_now": counts["added"],
                 "deleted_now": counts["deleted"],
+                "kept": counts["kept"],
                 "documents": len(per_doc),
             }
         )

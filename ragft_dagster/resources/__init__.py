@@ -60,12 +60,11 @@ class VectorStoreResource(dg.ConfigurableResource):
     port: int = 8000
 
     @contextmanager
-    def collection(self, name: str, path: Path) -> Iterator[Any]:
+    def collection(
+        self, name: str, path: Path, embedding_model: str | None = None
+    ) -> Iterator[Any]:
         from ragft_dagster.indexing import open_collection
 
-        if self.mode == "http":
-            with open_collection(name, host=self.host, port=self.port) as col:
-                yield col
-        else:
-            with open_collection(name, path=path) as col:
-                yield col
+        where = {"host": self.host, "port": self.port} if self.mode == "http" else {"path": path}
+        with open_collection(name, embedding_model=embedding_model, **where) as col:
+            yield col
