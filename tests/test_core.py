@@ -235,6 +235,6 @@ def test_sync_index_is_incremental_and_refuses_mixed_models(tmp_path):
         second = sync_index(col, [chunk(1), chunk(3)], embedder, "model-a")
         assert second == {"added": 1, "deleted": 2, "kept": 1, "total": 2, "dimension": 8}
         assert sorted(col.get(include=[])["ids"]) == ["id1", "id3"]
-    with open_collection("docs", path=tmp_path, embedding_model="model-b") as col:
-        with pytest.raises(IndexMismatchError, match="model-a.*model-b.*retrieval.collection"):
-            sync_index(col, [chunk(1)], embedder, "model-b")
+    mismatch = pytest.raises(IndexMismatchError, match="model-a.*model-b.*retrieval.collection")
+    with open_collection("docs", path=tmp_path, embedding_model="model-b") as col, mismatch:
+        sync_index(col, [chunk(1)], embedder, "model-b")

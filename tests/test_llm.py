@@ -42,6 +42,18 @@ def _client(stub: OpenAIStub, timeout: float = 5) -> openai.OpenAI:
     return openai.OpenAI(base_url=stub.base_url, api_key="sk-test", max_retries=0, timeout=timeout)
 
 
+def _generate(cache_dir, client, n: int = 1, sleep=lambda s: None, **qa_overrides):
+    """Generate for ``n`` chunks of one document with the stub's client (no real sleeping)."""
+    return generate_document_qa(
+        _chunks(n),
+        "d.md",
+        _qa(**qa_overrides),
+        cache=ReplyCache(cache_dir),
+        client=client,
+        sleep=sleep,
+    )
+
+
 def test_unchanged_chunks_make_zero_requests(tmp_path):
     cache = ReplyCache(tmp_path)
     with OpenAIStub([GOOD]) as stub:
@@ -87,14 +99,7 @@ def test_429_honours_retry_after_and_5xx_backs_off(tmp_path):
         GOOD,
     ]
     with OpenAIStub(script) as stub:
-        rows, stats = generate_document_qa(
-            _chunks(1),
-            "d.md",
-            _qa(),
-            cache=ReplyCache(tmp_path),
-            client=_client(stub),
-            sleep=waits.append,
-        )
+        rows, stats = _generate(tmp_path, _client(stub), sleep=waits.append)
     assert len(stub.requests) == 4 and stats.retries == 3 and len(rows) == 1
     assert waits[0] == 7.0  # the server's Retry-After, not our backoff
     assert 0 < waits[1] <= 0.02 and 0 < waits[2] <= 0.04  # exponential from initial_backoff
@@ -122,27 +127,14 @@ def test_retry_after_is_capped_and_parsed(tmp_path):
 def test_401_fails_at_once_naming_the_key_variable(tmp_path):
     with OpenAIStub([{"status": 401}]) as stub:
         with pytest.raises(LlmCallError, match="rejected the API key.*api_key_env"):
-            generate_document_qa(
-                _chunks(3),
-                "d.md",
-                _qa(max_concurrency=1),
-                cache=ReplyCache(tmp_path),
-                client=_client(stub),
-            )
+            _generate(tmp_path, _client(stub), n=3, max_concurrency=1)
         assert len(stub.requests) == 1  # not retried, and no further chunk was tried
 
 
 def test_unreachable_endpoint_gives_up_with_advice(tmp_path):
     client = openai.OpenAI(base_url="http://127.0.0.1:9/v1", api_key="k", max_retries=0, timeout=1)
     with pytest.raises(LlmCallError, match="gave up after 3 attempts.*llm.base_url"):
-        generate_document_qa(
-            _chunks(1),
-            "d.md",
-            _qa(max_retries=2),
-            cache=ReplyCache(tmp_path),
-            client=client,
-            sleep=lambda s: None,
-        )
+        _generate(tmp_path, client, max_retries=2)
 
 
 def test_timeouts_are_retried(tmp_path):
@@ -160,13 +152,7 @@ def test_timeouts_are_retried(tmp_path):
 
 def test_concurrency_is_bounded(tmp_path):
     with OpenAIStub([{"delay": 0.15, "content": GOOD}]) as stub:
-        generate_document_qa(
-            _chunks(10),
-            "d.md",
-            _qa(max_concurrency=3),
-            cache=ReplyCache(tmp_path),
-            client=_client(stub),
-        )
+        _generate(tmp_path, _client(stub), n=10, max_concurrency=3)
     assert stub.max_in_flight == 3 and len(stub.requests) == 10
 
 
