@@ -1,4 +1,5 @@
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -238,3 +239,45 @@ def test_sync_index_is_incremental_and_refuses_mixed_models(tmp_path):
     mismatch = pytest.raises(IndexMismatchError, match="model-a.*model-b.*retrieval.collection")
     with open_collection("docs", path=tmp_path, embedding_model="model-b") as col, mismatch:
         sync_index(col, [chunk(1)], embedder, "model-b")
+
+
+def test_exact_mcnemar_against_hand_computed_values():
+    from ragft_dagster.stats import mcnemar_exact
+
+    assert mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(5, 0) == pytest.approx(2 / 32)  # 2 * 0.5**5
+    assert mcnemar_exact(10, 2) == pytest.approx(2 * (1 + 12 + 66) / 4096)  # 0.038574
+    assert mcnemar_exact(2, 10) == mcnemar_exact(10, 2)
+    assert mcnemar_exact(3, 3) == 1.0
+
+
+def test_paired_bootstrap_and_minimum_detectable_difference():
+    from ragft_dagster.stats import minimum_detectable_difference, paired_bootstrap_ci
+
+    assert paired_bootstrap_ci([True] * 10, [False] * 10) == (1.0, 1.0)
+    assert paired_bootstrap_ci([True, False] * 5, [True, False] * 5) == (0.0, 0.0)
+    lo, hi = paired_bootstrap_ci([True] * 6 + [False] * 4, [False] * 6 + [True] * 4)
+    assert lo < 0.2 < hi and lo >= -1 and hi <= 1
+    # By hand: d = 0.2 with 30% discordant questions needs
+    # (1.959964*sqrt(.3) + 0.841621*sqrt(.26))^2 / .04 = 56.45 questions.
+    assert minimum_detectable_difference(56, 0.3) == pytest.approx(0.2, abs=0.003)
+    assert minimum_detectable_difference(5000, 0.3) < minimum_detectable_difference(50, 0.3)
+    assert math.isnan(minimum_detectable_difference(36, 0.0))  # never disagree: nothing to detect
+
+
+def test_paired_comparisons_label_not_significant():
+    from ragft_dagster.stats import comparisons_markdown, paired_comparisons
+
+    q = [f"q{i}" for i in range(20)]
+    cells = {
+        "good": {k: i < 18 for i, k in enumerate(q)},  # 18/20
+        "bad": {k: i < 4 for i, k in enumerate(q)},  # 4/20, the same 4 right
+        "close": {k: 1 <= i < 19 for i, k in enumerate(q)},  # 18/20, differs on 2 questions
+    }
+    rows = {(r["a"], r["b"]): r for r in paired_comparisons(cells, n_boot=2000)}
+    big = rows[("good", "bad")]
+    assert (big["only_a"], big["only_b"]) == (14, 0) and big["significant"]
+    assert big["mcnemar_p"] == pytest.approx(2 / 2**14)
+    near = rows[("good", "close")]
+    assert near["difference"] == 0 and not near["significant"]
+    assert "not significant" in comparisons_markdown(list(rows.values()))

@@ -1,0 +1,171 @@
+"""Paired statistics for the benchmark (Dagster-free).
+
+Every cell answers the same questions, so two cells are compared question by question: the exact
+McNemar test on the discordant pairs, a paired bootstrap interval of the accuracy difference
+(resampling questions, never reruns), and the smallest difference this many questions could
+detect. Reruns of the same questions are not independent evidence; only more questions are.
+"""
+
+from __future__ import annotations
+
+import math
+from itertools import combinations
+from typing import Any
+
+Z_95 = 1.959964
+Z_80 = 0.841621
+
+
+def mcnemar_exact(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar p-value from the discordant counts.
+
+    Args:
+        only_a: Questions the first cell got right and the second wrong.
+        only_b: Questions the second cell got right and the first wrong.
+
+    Returns:
+        ``min(1, 2 * P(X <= min(only_a, only_b)))`` for ``X ~ Binomial(only_a + only_b, 1/2)``;
+        1.0 when there are no discordant questions.
+    """
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    k = min(only_a, only_b)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def paired_bootstrap_ci(
+    a: list[bool], b: list[bool], n_boot: int = 10_000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile interval of accuracy(a) - accuracy(b), resampling questions with replacement.
+
+    Args:
+        a: Per-question correctness of the first cell.
+        b: The same questions, second cell (same order).
+        n_boot: Bootstrap resamples.
+        seed: For a reproducible interval.
+        level: Coverage.
+    """
+    import numpy as np
+
+    if len(a) != len(b) or not a:
+        raise ValueError("paired samples must be non-empty and of the same length")
+    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(diff), size=(n_boot, len(diff)))
+    means = diff[idx].mean(axis=1)
+    tail = (1 - level) / 2
+    return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
+
+
+def minimum_detectable_difference(
+    n: int, discordant: float, z_alpha: float = Z_95, z_power: float = Z_80
+) -> float:
+    """Smallest accuracy difference a paired (McNemar) test of ``n`` questions detects with 80%
+    power at the 5% level, given the share of questions on which the two cells disagree.
+
+    Solves ``n = (z_a * sqrt(p_d) + z_b * sqrt(p_d - d^2))^2 / d^2`` for ``d`` (Connor, 1987).
+
+    Args:
+        n: Questions.
+        discordant: Share of questions answered correctly by exactly one of the two cells.
+
+    Returns:
+        The difference, or NaN when no difference possible at this discordance (``|d| <= p_d``)
+        is detectable.
+    """
+    p_d = min(max(discordant, 1.0 / n), 1.0)
+
+    def needed(d: float) -> float:
+        return (z_alpha * math.sqrt(p_d) + z_power * math.sqrt(max(p_d - d * d, 0.0))) ** 2 / (
+            d * d
+        )
+
+    lo, hi = 1e-6, p_d
+    if needed(hi) > n:
+        return float("nan")
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if needed(mid) > n else (lo, mid)
+    return hi
+
+
+def paired_comparisons(
+    cells: dict[str, dict[str, bool]], alpha: float = 0.05, n_boot: int = 10_000
+) -> list[dict[str, Any]]:
+    """Every pair of cells compared on the questions both answered.
+
+    Args:
+        cells: ``{cell name: {question id: is_correct}}``.
+        alpha: Significance level for the label.
+        n_boot: Bootstrap resamples.
+
+    Returns:
+        One row per pair: accuracies, difference, discordant counts, McNemar p, bootstrap CI,
+        the minimum detectable difference and ``significant``.
+    """
+    rows = []
+    for name_a, name_b in combinations(cells, 2):
+        shared = sorted(set(cells[name_a]) & set(cells[name_b]))
+        if not shared:
+            continue
+        a = [cells[name_a][q] for q in shared]
+        b = [cells[name_b][q] for q in shared]
+        only_a = sum(x and not y for x, y in zip(a, b, strict=True))
+        only_b = sum(y and not x for x, y in zip(a, b, strict=True))
+        n = len(shared)
+        p = mcnemar_exact(only_a, only_b)
+        lo, hi = paired_bootstrap_ci(a, b, n_boot=n_boot)
+        rows.append(
+            {
+                "a": name_a,
+                "b": name_b,
+                "n": n,
+                "accuracy_a": sum(a) / n,
+                "accuracy_b": sum(b) / n,
+                "difference": (sum(a) - sum(b)) / n,
+                "only_a": only_a,
+                "only_b": only_b,
+                "mcnemar_p": p,
+                "diff_ci_low": lo,
+                "diff_ci_high": hi,
+                "mde": minimum_detectable_difference(n, (only_a + only_b) / n),
+                "significant": p < alpha,
+            }
+        )
+    return rows
+
+
+def comparisons_markdown(rows: list[dict[str, Any]]) -> str:
+    """The paired comparisons as a table, with an explicit "not significant" label."""
+    out = (
+        "| A vs B | n | acc A | acc B | A − B [95% bootstrap CI] | only A / only B "
+        "| exact McNemar p | min. detectable diff. | verdict |\n"
+        "|---|---:|---:|---:|---|---:|---:|---:|---|\n"
+    )
+    for r in rows:
+        verdict = "significant" if r["significant"] else "not significant"
+        out += (
+            f"| {r['a']} vs {r['b']} | {r['n']} | {100 * r['accuracy_a']:.1f}% | "
+            f"{100 * r['accuracy_b']:.1f}% | {100 * r['difference']:+.1f} pts "
+            f"[{100 * r['diff_ci_low']:+.1f}, {100 * r['diff_ci_high']:+.1f}] | "
+            f"{r['only_a']} / {r['only_b']} | {r['mcnemar_p']:.3f} | "
+            f"{_pts(r['mde'])} | {verdict} |\n"
+        )
+    return out
+
+
+def _pts(value: float) -> str:
+    return "n/a (too few disagreements)" if math.isnan(value) else f"{100 * value:.1f} pts"
+
+
+def mde_sentence(n: int, discordant: float = 0.3) -> str:
+    """A one-line reading aid for the report."""
+    return (
+        f"With {n} questions, a paired comparison detects (80% power, 5% level) a difference of "
+        f"{_pts(minimum_detectable_difference(n, discordant))} when the two cells disagree on "
+        f"{100 * discordant:.0f}% of the questions; smaller true differences usually come out "
+        '"not significant" in the exact McNemar test below. Reruns of the same questions add '
+        "no independent evidence; only more questions do."
+    )
