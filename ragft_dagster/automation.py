@@ -17,7 +17,7 @@ from typing import Any
 
 import dagster as dg
 
-from ragft_dagster.assets._meta import documents_partitions
+from ragft_dagster.assets._meta import DOCUMENTS, documents_partitions
 from ragft_dagster.documents import (
     CONTENT_HASH_KEY,
     DocumentChanges,
@@ -33,13 +33,12 @@ AUTOMATED_ASSETS = ["sft_dataset", "vector_index", "lora_adapter", "mcq_scores",
 # A removal changes no partition's data, so nothing upstream "updates": the sensor itself asks
 # for these two, and the eager conditions take over from there.
 REMOVAL_ASSETS = ["sft_dataset", "vector_index"]
-DOCUMENTS = "documents"  # the name of documents_partitions
 
 
-def latest_materialization(
+def latest_materialization_record(
     instance: dg.DagsterInstance, asset: str, partition: str | None = None
 ) -> Any | None:
-    """The latest ``AssetMaterialization`` of an asset (partition), or None."""
+    """The event record of the latest materialization of an asset (partition), or None."""
     records = instance.fetch_materializations(
         dg.AssetRecordsFilter(
             asset_key=dg.AssetKey(asset),
@@ -47,7 +46,15 @@ def latest_materialization(
         ),
         limit=1,
     ).records
-    return records[0].asset_materialization if records else None
+    return records[0] if records else None
+
+
+def latest_materialization(
+    instance: dg.DagsterInstance, asset: str, partition: str | None = None
+) -> Any | None:
+    """The latest ``AssetMaterialization`` of an asset (partition), or None."""
+    record = latest_materialization_record(instance, asset, partition)
+    return record.asset_materialization if record else None
 
 
 def built_from_hash(instance: dg.DagsterInstance, doc_key: str) -> str | None:

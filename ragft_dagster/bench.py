@@ -67,15 +67,13 @@ def incremental(args: argparse.Namespace) -> int:
     from ragft_dagster.artifacts import ArtifactLayout, read_jsonl
     from ragft_dagster.cli import run_pipeline
     from ragft_dagster.model_refs import resolve_model_ref
-    from ragft_dagster.recipe import load_recipe
+    from ragft_dagster.recipe import load_recipe, relocatable_raw
 
     with tempfile.TemporaryDirectory(prefix="ragft-bench-") as tmp_dir:
         tmp = Path(tmp_dir)
         keys = build_corpus(DEFAULT_RECIPE.parent / "docs", tmp / "docs", EDITIONS)
-        raw = yaml.safe_load(DEFAULT_RECIPE.read_text())
+        raw = relocatable_raw(DEFAULT_RECIPE)
         raw["docs"] = {"path": str(tmp / "docs"), "glob": "**/*.md"}
-        raw["evaluation"]["questions"] = str(DEFAULT_RECIPE.parent / raw["evaluation"]["questions"])
-        raw["dpo"]["dataset"] = str(DEFAULT_RECIPE.parent / raw["dpo"]["dataset"])
         if args.qa_model:
             raw["qa"].update(generator="openai", model=args.qa_model)
         recipe = tmp / "recipe.yaml"

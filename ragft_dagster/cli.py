@@ -11,10 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
+
 from ragft_dagster.artifacts import ArtifactLayout
-from ragft_dagster.assets._meta import documents_partitions
-from ragft_dagster.definitions import JOB_SELECTIONS
-from ragft_dagster.documents import DocumentChanges, purge_document_files
+from ragft_dagster.assets._meta import DOCUMENTS
+from ragft_dagster.automation import document_changes, is_current
+from ragft_dagster.definitions import JOB_SELECTIONS, definitions_for, load_inputs
+from ragft_dagster.documents import purge_document_files
 
 
 @dataclass
@@ -31,7 +34,6 @@ class StepResult:
 @dataclass
 class PipelineResult:
     success: bool
-    changes: DocumentChanges
     steps: list[StepResult] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -66,22 +68,16 @@ def run_pipeline(
     Returns:
         What ran and what it reported; truthy when every run succeeded.
     """
-    import dagster as dg
-
-    from ragft_dagster.automation import document_changes, is_current
-    from ragft_dagster.definitions import definitions_for, load_inputs
-
     recipe, profile = load_inputs(recipe_path, profile_path)
     defs = definitions_for(recipe, profile, artifact_root)
     instance = instance or dg.DagsterInstance.get()
     current, changes = document_changes(instance, recipe)
     if not current:
         raise SystemExit(f"no documents matching {recipe.docs.glob!r} in {recipe.docs_dir}")
-    name = documents_partitions.name
     if changes.added:
-        instance.add_dynamic_partitions(name, changes.added)
+        instance.add_dynamic_partitions(DOCUMENTS, changes.added)
     for key in changes.removed:
-        instance.delete_dynamic_partition(name, key)
+        instance.delete_dynamic_partition(DOCUMENTS, key)
     layout = ArtifactLayout(artifact_root or profile.artifact_root)
     purge_document_files(layout.document_files, changes.removed)
     echo(f"recipe {recipe.name}: {len(current)} documents ({changes.summary()})")
@@ -92,7 +88,7 @@ def run_pipeline(
     def outdated(assets: list[str], partition: str | None = None) -> bool:
         return full or any(not is_current(instance, a, code[a], partition) for a in assets)
 
-    result = PipelineResult(success=True, changes=changes)
+    result = PipelineResult(success=True)
     started = time.monotonic()
 
     def run(job_name: str, partition: str | None = None) -> bool:

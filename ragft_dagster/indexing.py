@@ -60,6 +60,12 @@ def open_collection(
         SharedSystemClient.clear_system_cache()
 
 
+def id_differences(collection: Any, ids: set[str]) -> tuple[list[str], list[str]]:
+    """(missing, stale): the ``ids`` the collection lacks, and the ids it holds beyond them."""
+    held = set(collection.get(include=[])["ids"])
+    return sorted(ids - held), sorted(held - ids)
+
+
 def sync_index(
     collection: Any, chunks: list[dict[str, Any]], embedder: Any, embedding_model: str = ""
 ) -> dict[str, int]:
@@ -89,9 +95,8 @@ def sync_index(
         )
 
     current = {c["id"]: c for c in chunks}
-    existing = set(collection.get(include=[])["ids"])
-    stale = sorted(existing - set(current))
-    new = [current[i] for i in sorted(set(current) - existing)]
+    missing, stale = id_differences(collection, set(current))
+    new = [current[i] for i in missing]
     if stale:
         collection.delete(ids=stale)
     if new:
@@ -110,7 +115,7 @@ def sync_index(
     return {
         "added": len(new),
         "deleted": len(stale),
-        "kept": len(existing) - len(stale),
+        "kept": len(current) - len(new),
         "total": collection.count(),
         "dimension": len(sample[0]) if sample is not None and len(sample) else 0,
     }

@@ -293,15 +293,11 @@ def retry_after_seconds(headers: Any) -> float | None:
 
 @dataclass
 class Endpoint:
-    """How to call the LLM: the client and the recipe's retry/timeout settings."""
+    """How to call the LLM: the client, and the recipe's ``qa`` section for the model, the
+    generation parameters and the retry settings."""
 
     client: Any
-    model: str
-    temperature: float
-    max_tokens: int
-    max_retries: int = 5
-    initial_backoff: float = 1.0
-    max_backoff: float = 60.0
+    qa: QaRecipe
     sleep: Callable[[float], None] = time.sleep
 
 
@@ -323,16 +319,17 @@ def call_llm(
     """
     import openai
 
+    qa = endpoint.qa
     last = "no attempt"
-    for attempt in range(endpoint.max_retries + 1):
+    for attempt in range(qa.max_retries + 1):
         started = time.monotonic()
         wait: float | None = None
         try:
             response = endpoint.client.chat.completions.create(
-                model=endpoint.model,
+                model=qa.model,
                 messages=[{"role": "user", "content": prompt}],
-                temperature=endpoint.temperature,
-                max_tokens=endpoint.max_tokens,
+                temperature=qa.temperature,
+                max_tokens=qa.max_tokens,
             )
             choice = response.choices[0]
             usage = getattr(response, "usage", None)
@@ -362,17 +359,17 @@ def call_llm(
             last = _describe(exc)
         except (AttributeError, IndexError, TypeError):
             last = "a reply without choices"
-        if attempt == endpoint.max_retries:
+        if attempt == qa.max_retries:
             break
         if wait is None:
-            wait = endpoint.initial_backoff * 2**attempt * (0.5 + random.random() / 2)
-        wait = min(wait, endpoint.max_backoff)
+            wait = qa.initial_backoff * 2**attempt * (0.5 + random.random() / 2)
+        wait = min(wait, qa.max_backoff)
         with stats_lock:
             stats.retries += 1
             stats.retry_wait_seconds += wait
         endpoint.sleep(wait)
     raise LlmCallError(
-        f"gave up after {endpoint.max_retries + 1} attempts (last error: {last}); check that "
+        f"gave up after {qa.max_retries + 1} attempts (last error: {last}); check that "
         "llm.base_url in the profile is reachable, or raise qa.max_retries / qa.request_timeout"
     )
 
@@ -416,7 +413,6 @@ OFFLINE_GENERATOR_VERSION = 1
 class _Task:
     index: int
     chunk: dict[str, Any]
-    pass_index: int
     key: str
     prompt: str
 
@@ -487,7 +483,7 @@ def generate_document_qa(
                 params=params,
                 pass_index=pass_index,
             )
-            tasks.append(_Task(len(tasks), chunk, pass_index, key, prompt))
+            tasks.append(_Task(len(tasks), chunk, key, prompt))
 
     stats = LlmStats()
     lock = threading.Lock()
@@ -538,16 +534,7 @@ def _run_llm_tasks(
     sleep: Callable[[float], None],
     total: int,
 ) -> None:
-    endpoint = Endpoint(
-        client=client,
-        model=qa.model or "",
-        temperature=qa.temperature,
-        max_tokens=qa.max_tokens,
-        max_retries=qa.max_retries,
-        initial_backoff=qa.initial_backoff,
-        max_backoff=qa.max_backoff,
-        sleep=sleep,
-    )
+    endpoint = Endpoint(client, qa, sleep)
     budget = RequestBudget(qa.budget.max_requests, qa.budget.max_tokens)
     stop = threading.Event()
 

@@ -323,6 +323,18 @@ def _format_errors(path: Path, err: ValidationError) -> str:
     return "\n".join(lines)
 
 
+def relocatable_raw(path: Path | str) -> dict[str, Any]:
+    """A recipe's YAML as a dict whose local data paths are absolute, so that an edited copy can
+    be written anywhere (tests, benchmarks). Hub dataset ids are left as they are."""
+    path = Path(path).resolve()
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    for section, key in (("docs", "path"), ("evaluation", "questions"), ("dpo", "dataset")):
+        value = (raw.get(section) or {}).get(key)
+        if isinstance(value, str) and (path.parent / value).exists():
+            raw[section][key] = str(path.parent / value)
+    return raw
+
+
 def load_recipe(path: Path | str, check_files: bool = True) -> Recipe:
     """Load and validate a recipe YAML.
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ragft_dagster.stats import comparisons_markdown, mde_sentence, paired_comparisons
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -57,6 +60,40 @@ def comparison_markdown(rows: list[dict[str, Any]], models: list[str], contexts:
             )
         body += f"| {m} | " + " | ".join(parts) + " |\n"
     return head + body
+
+
+@dataclass
+class Report:
+    """Everything ``mcq_report`` shows: the per-cell table and the paired comparisons."""
+
+    rows: list[dict[str, Any]]
+    pairs: list[dict[str, Any]]
+    table_md: str
+    comparisons_md: str
+
+    @property
+    def markdown(self) -> str:
+        return f"{self.table_md}\n## Paired comparisons (same questions)\n\n{self.comparisons_md}"
+
+
+def build_report(
+    records: dict[tuple[str, str], list[dict[str, Any]]], models: list[str], contexts: list[str]
+) -> Report:
+    """Summarise every (model, context) cell and compare every pair on the same questions."""
+    rows = summarise_scores(records)
+    pairs = paired_comparisons(
+        {
+            f"{m} {c}": {r["question_id"]: bool(r["is_correct"]) for r in recs}
+            for (m, c), recs in records.items()
+        }
+    )
+    n_questions = max((r["n"] for r in rows), default=0)
+    return Report(
+        rows=rows,
+        pairs=pairs,
+        table_md=comparison_markdown(rows, models, contexts),
+        comparisons_md=f"{mde_sentence(n_questions)}\n\n{comparisons_markdown(pairs)}",
+    )
 
 
 def accuracy_chart(

@@ -22,15 +22,26 @@ def write_recipe(tmp_path: Path, mutate=None) -> Path:
     ``mutate(raw_dict)``."""
     import yaml
 
-    raw = yaml.safe_load(QUICKSTART.read_text())
-    raw["docs"]["path"] = str(QUICKSTART.parent / "docs")
-    raw["evaluation"]["questions"] = str(QUICKSTART.parent / "mcq.csv")
-    raw["dpo"]["dataset"] = str(QUICKSTART.parent / "preference_pairs.jsonl")
+    from ragft_dagster.recipe import relocatable_raw
+
+    raw = relocatable_raw(QUICKSTART)
     if mutate is not None:
         mutate(raw)
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
+
+
+def recipe_with_docs(tmp_path: Path, names: list[str]) -> tuple[Path, Path]:
+    """A quickstart recipe copy whose docs folder is a copy of some of the quickstart's pages,
+    so a test may edit or delete them. Returns (recipe path, docs folder)."""
+    import shutil
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for name in names:
+        shutil.copy(QUICKSTART.parent / "docs" / name, docs / name)
+    return write_recipe(tmp_path, lambda raw: raw["docs"].update(path=str(docs))), docs
 
 
 @pytest.fixture(scope="session")

@@ -18,22 +18,13 @@ import dagster as dg
 import pytest
 import yaml
 
+from ragft_dagster.automation import latest_materialization_record as _latest
 from ragft_dagster.definitions import build_definitions
 
-from .conftest import QUICKSTART, ROOT, write_recipe
+from .conftest import ROOT, recipe_with_docs
 
 DOCS = ["installation.md", "overview.md"]
 BIN = Path(sys.executable).parent
-
-
-def _latest(instance, asset: str, partition: str | None = None):
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(
-            asset_key=dg.AssetKey(asset), asset_partitions=[partition] if partition else None
-        ),
-        limit=1,
-    ).records
-    return records[0] if records else None
 
 
 def _wait(condition, timeout: float, what: str, log: Path) -> None:
@@ -49,11 +40,7 @@ def _wait(condition, timeout: float, what: str, log: Path) -> None:
 
 @pytest.mark.slow
 def test_backfill_sensor_and_automation_through_the_daemon(tmp_path, monkeypatch):
-    docs = tmp_path / "docs"
-    docs.mkdir()
-    for name in DOCS:
-        shutil.copy(QUICKSTART.parent / "docs" / name, docs / name)
-    recipe = write_recipe(tmp_path, lambda raw: raw["docs"].update(path=str(docs)))
+    recipe, docs = recipe_with_docs(tmp_path, DOCS)
     profile = tmp_path / "resources" / "test.yaml"
     profile.parent.mkdir()
     profile.write_text(yaml.safe_dump({"name": "test", "artifacts": {"root": str(tmp_path / "a")}}))

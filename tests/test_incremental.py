@@ -15,23 +15,9 @@ from ragft_dagster.definitions import build_definitions
 from ragft_dagster.documents import plan_document_changes, scan_documents
 from ragft_dagster.resources import ArtifactStoreResource
 
-from .conftest import QUICKSTART, write_recipe
+from .conftest import recipe_with_docs, write_recipe
 
 DOCS = ["glossary.md", "installation.md", "overview.md"]
-
-
-def _recipe_with_docs(tmp_path: Path, mutate=None) -> tuple[Path, Path]:
-    docs = tmp_path / "docs"
-    docs.mkdir()
-    for name in DOCS:
-        shutil.copy(QUICKSTART.parent / "docs" / name, docs / name)
-
-    def edit(raw):
-        raw["docs"]["path"] = str(docs)
-        if mutate:
-            mutate(raw)
-
-    return write_recipe(tmp_path, edit), docs
 
 
 def test_plan_document_changes():
@@ -87,7 +73,7 @@ def _tick(defs: dg.Definitions, instance, root: Path, cursor: str | None) -> dg.
 
 
 def test_docs_sensor_adds_reruns_and_removes_documents(tmp_path):
-    recipe, docs = _recipe_with_docs(tmp_path)
+    recipe, docs = recipe_with_docs(tmp_path, DOCS)
     root = tmp_path / "artifacts"
     defs = build_definitions(recipe, artifact_root=root)
     assert defs.get_sensor_def("docs_sensor").default_status == dg.DefaultSensorStatus.RUNNING
@@ -132,7 +118,7 @@ def test_docs_sensor_adds_reruns_and_removes_documents(tmp_path):
 
 
 def test_docs_sensor_skips_a_missing_folder(tmp_path):
-    recipe, docs = _recipe_with_docs(tmp_path)
+    recipe, docs = recipe_with_docs(tmp_path, DOCS)
     defs = build_definitions(recipe, artifact_root=tmp_path / "a")
     shutil.rmtree(docs)
     with dg.instance_for_test() as instance:
@@ -148,7 +134,7 @@ def _report(instance, asset: str, partitions: list[str | None]) -> None:
 def test_downstream_updates_once_after_a_document_run(tmp_path):
     """Declarative automation: after one document's chunks and Q&A update, every unpartitioned
     downstream asset (and every score cell) is requested in one tick, and never again."""
-    recipe, _ = _recipe_with_docs(tmp_path)
+    recipe, _ = recipe_with_docs(tmp_path, DOCS)
     defs = build_definitions(recipe, artifact_root=tmp_path / "a")
     graph = defs.resolve_asset_graph()
     cells = graph.get(dg.AssetKey("mcq_scores")).partitions_def.get_partition_keys()

@@ -10,7 +10,8 @@ import dagster as dg
 
 from ragft_dagster.artifacts import read_jsonl
 
-documents_partitions = dg.DynamicPartitionsDefinition(name="documents")
+DOCUMENTS = "documents"
+documents_partitions = dg.DynamicPartitionsDefinition(name=DOCUMENTS)
 
 # The assets downstream of the documents update by themselves after document runs, never while
 # one is in progress (see automation.py for the sensors that drive this).
@@ -55,7 +56,7 @@ def current_documents(
     context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext,
 ) -> list[str]:
     """The document partition keys that exist now (removed documents are not read)."""
-    return sorted(context.instance.get_dynamic_partitions(documents_partitions.name))
+    return sorted(context.instance.get_dynamic_partitions(DOCUMENTS))
 
 
 def read_all_documents(

@@ -102,6 +102,7 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
                 {
                     "llm_requests": stats.requests,
                     "llm_retries": stats.retries,
+                    "llm_retry_wait_seconds": round(stats.retry_wait_seconds, 2),
                     "prompt_tokens": stats.prompt_tokens,
                     "completion_tokens": stats.completion_tokens,
                     "estimated_cost_usd": stats.cost_usd(

@@ -9,14 +9,8 @@ from ragft_dagster.artifacts import atomic_dir, atomic_write_text, read_jsonl, w
 from ragft_dagster.assets._meta import EAGER, preview_table
 from ragft_dagster.evaluation import evaluate_cell
 from ragft_dagster.recipe import Recipe
-from ragft_dagster.report import (
-    accuracy_chart,
-    comparison_markdown,
-    summarise_scores,
-    wilson_interval,
-)
+from ragft_dagster.report import accuracy_chart, build_report, wilson_interval
 from ragft_dagster.resources import ArtifactStoreResource, ComputeResource, VectorStoreResource
-from ragft_dagster.stats import comparisons_markdown, mde_sentence, paired_comparisons
 
 
 def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
@@ -95,34 +89,23 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
                 f"mcq_scores is not materialized for {missing}; materialize "
                 "every mcq_scores partition first"
             )
-        records: dict[tuple[str, str], list[dict]] = {
-            (m, c): read_jsonl(layout.scores(m, c)) for m, c in cells
-        }
-        rows = summarise_scores(records)
-        pairs = paired_comparisons(
-            {
-                f"{m} {c}": {r["question_id"]: bool(r["is_correct"]) for r in recs}
-                for (m, c), recs in records.items()
-            }
+        report = build_report(
+            {(m, c): read_jsonl(layout.scores(m, c)) for m, c in cells},
+            list(ev.models),
+            list(ev.contexts),
         )
-        pairs_md = comparisons_markdown(pairs)
-        table_md = comparison_markdown(rows, list(ev.models), list(ev.contexts))
-        n_questions = max((r["n"] for r in rows), default=0)
-        report_md = (
-            f"{table_md}\n## Paired comparisons (same questions)\n\n{mde_sentence(n_questions)}"
-            f"\n\n{pairs_md}"
-        )
+        rows = report.rows
         with atomic_dir(layout.report) as tmp:
             chart = accuracy_chart(rows, list(ev.models), list(ev.contexts), tmp / "accuracy.png")
-            atomic_write_text(tmp / "report.md", report_md)
+            atomic_write_text(tmp / "report.md", report.markdown)
             atomic_write_text(tmp / "summary.json", json.dumps(rows, indent=2))
-            atomic_write_text(tmp / "comparisons.json", json.dumps(pairs, indent=2))
+            atomic_write_text(tmp / "comparisons.json", json.dumps(report.pairs, indent=2))
             png = base64.b64encode(chart.read_bytes()).decode()
         metadata: dict = {
             "path": dg.MetadataValue.path(str(layout.report)),
-            "comparison": dg.MetadataValue.md(table_md),
-            "paired_comparisons": dg.MetadataValue.md(f"{mde_sentence(n_questions)}\n\n{pairs_md}"),
-            "significant_pairs": sum(1 for r in pairs if r["significant"]),
+            "comparison": dg.MetadataValue.md(report.table_md),
+            "paired_comparisons": dg.MetadataValue.md(report.comparisons_md),
+            "significant_pairs": sum(1 for r in report.pairs if r["significant"]),
             "summary": preview_table(
                 rows,
                 [

@@ -7,7 +7,12 @@ import dagster as dg
 
 from ragft_dagster.artifacts import atomic_dir
 from ragft_dagster.assets._meta import EAGER, read_all_documents
-from ragft_dagster.indexing import IndexMismatchError, load_embedder, sync_index
+from ragft_dagster.indexing import (
+    IndexMismatchError,
+    id_differences,
+    load_embedder,
+    sync_index,
+)
 from ragft_dagster.model_refs import resolve_model_ref
 from ragft_dagster.recipe import Recipe
 from ragft_dagster.resources import ArtifactStoreResource, ComputeResource, VectorStoreResource
@@ -72,12 +77,12 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
         _, chunks = read_all_documents(context, "doc_chunks", layout.chunks)
         expected = {c["id"] for c in chunks}
         with vector_store.collection(r.collection, layout.vector_index) as collection:
-            held = set(collection.get(include=[])["ids"])
-        missing, stale = sorted(expected - held), sorted(held - expected)
+            missing, stale = id_differences(collection, expected)
+            held = collection.count()
         return dg.AssetCheckResult(
             passed=not missing and not stale,
             metadata={
-                "vectors": len(held),
+                "vectors": held,
                 "chunk_ids": len(expected),
                 "missing": len(missing),
                 "stale": len(stale),
