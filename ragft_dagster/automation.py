@@ -163,3 +163,35 @@ def build_automation_sensor() -> dg.AutomationConditionSensorDefinition:
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Evaluates the eager conditions of the assets downstream of the documents.",
     )
+
+
+def build_nightly_schedule(recipe: Recipe) -> dg.ScheduleDefinition:
+    """``nightly_evaluation`` (RUNNING by default): one ``evaluation_job`` run per
+    ``mcq_scores`` cell; ``mcq_report`` follows through its eager condition once every cell is
+    done, and its regression check compares the new report with the previous one."""
+    ev = recipe.evaluation
+    cells = [(m, c) for m in ev.all_models for c in ev.contexts]
+
+    @dg.schedule(
+        name="nightly_evaluation",
+        cron_schedule=ev.nightly_cron,
+        job_name="evaluation_job",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description=(
+            f"Re-scores all {len(cells)} mcq_scores cells ({ev.nightly_cron}, UTC); the report "
+            "and its regression check follow."
+        ),
+    )
+    def nightly_evaluation(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
+        when = context.scheduled_execution_time
+        stamp = when.strftime("%Y-%m-%dT%H:%M") if when else "manual"
+        return [
+            dg.RunRequest(
+                run_key=f"nightly-{stamp}-{m}|{c}",
+                partition_key=dg.MultiPartitionKey({"model": m, "context": c}),
+                tags={"ragft/trigger": "nightly"},
+            )
+            for m, c in cells
+        ]
+
+    return nightly_evaluation

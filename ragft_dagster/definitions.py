@@ -12,7 +12,11 @@ from pathlib import Path
 import dagster as dg
 
 from ragft_dagster.assets import build_all_assets
-from ragft_dagster.automation import build_automation_sensor, build_docs_sensor
+from ragft_dagster.automation import (
+    build_automation_sensor,
+    build_docs_sensor,
+    build_nightly_schedule,
+)
 from ragft_dagster.profile import Profile, load_profile
 from ragft_dagster.recipe import Recipe, load_recipe
 from ragft_dagster.resources import (
@@ -39,7 +43,8 @@ JOB_SELECTIONS = {
 
 
 def build_resources(recipe: Recipe, profile: Profile, artifact_root: Path | None = None) -> dict:
-    llm_key = dg.EnvVar(profile.llm.api_key_env) if recipe.qa.generator == "openai" else None
+    uses_llm = recipe.qa.generator == "openai" or bool(recipe.evaluation.api.models)
+    llm_key = dg.EnvVar(profile.llm.api_key_env) if uses_llm else None
     return {
         "artifacts": ArtifactStoreResource(root=str(artifact_root or profile.artifact_root)),
         "compute": ComputeResource(device=profile.compute.device, dtype=profile.compute.dtype),
@@ -86,6 +91,7 @@ def definitions_for(
         assets=build_all_assets(recipe),
         jobs=jobs,
         sensors=[build_docs_sensor(recipe), build_automation_sensor()],
+        schedules=[build_nightly_schedule(recipe)],
         resources=build_resources(recipe, profile, artifact_root),
         executor=executor,
     )

@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import hashlib
+import random
+import threading
+import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, ExitStack
 from typing import Any
 
 from ragft_dagster.artifacts import ArtifactLayout
 from ragft_dagster.compute import ComputeSettings
-from ragft_dagster.mcq import Question, build_messages, load_questions, score_letters
+from ragft_dagster.mcq import (
+    Question,
+    build_messages,
+    load_questions,
+    parse_letter,
+    score_questions,
+    supporting_chunks,
+)
 from ragft_dagster.model_refs import resolve_model_ref
-from ragft_dagster.recipe import Recipe
+from ragft_dagster.qa_generation import Endpoint, LlmCallError, LlmStats, ReplyCache, call_llm
+from ragft_dagster.recipe import ApiScoringRecipe, Recipe, SamplingRecipe
 
 
 def load_scoring_model(
@@ -38,6 +51,47 @@ def load_scoring_model(
     return model.to(device), tokenizer
 
 
+def retrieve_all(questions: list[Question], retriever: Any | None) -> list[list[dict[str, Any]]]:
+    """The top-k chunks of every question (empty lists closed-book)."""
+    return [retriever.retrieve(q.question) if retriever is not None else [] for q in questions]
+
+
+def question_messages(
+    questions: list[Question],
+    hits_per_q: list[list[dict[str, Any]]],
+    *,
+    system_prompt: str,
+    user_template: str,
+    context_template: str,
+) -> list[list[dict[str, str]]]:
+    """The chat messages every model sees: the same prompt and the same retrieved context."""
+    return [
+        build_messages(
+            q,
+            system_prompt,
+            user_template,
+            context_template,
+            "\n\n".join(h["text"] for h in hits) if hits else None,
+        )
+        for q, hits in zip(questions, hits_per_q, strict=True)
+    ]
+
+
+def _base_record(q: Question, hits: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "question_id": q.id,
+        "row": q.row,
+        "question": q.question,
+        "correct": q.correct,
+        "retrieved": [{"id": h["id"], "doc": h["doc"], "heading": h["heading"]} for h in hits],
+    }
+
+
+def _sample_seed(seed: int, key: str, question_id: str) -> int:
+    digest = hashlib.sha256(f"{seed}|{key}|{question_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
 def score_cell(
     questions: list[Question],
     model: Any,
@@ -49,8 +103,10 @@ def score_cell(
     context_template: str,
     batch_size: int,
     device: str,
+    sampling: SamplingRecipe | None = None,
+    sample_key: str = "",
 ) -> list[dict[str, Any]]:
-    """Score every question for one model, closed-book (no retriever) or with RAG.
+    """Score every question for one local model, closed-book (no retriever) or with RAG.
 
     Args:
         questions: The benchmark.
@@ -62,35 +118,163 @@ def score_cell(
         context_template: How retrieved context is shown.
         batch_size: Prompts per forward pass.
         device: Torch device of the model.
+        sampling: With ``rounds > 0``, also draw that many sampled answers per question at the
+            recipe's temperature (the published protocol), seeded per question.
+        sample_key: Part of the sampling seed (the cell's name), so cells draw independently.
 
     Returns:
-        One record per question: prediction, correctness, letter probabilities, A-D mass and
-        the ids of the retrieved chunks.
+        One record per question: ``predicted``/``is_correct`` (acc), ``predicted_norm``/
+        ``is_correct_norm`` (acc_norm), letter probabilities, A-D mass, the retrieved chunks
+        and, in sampled mode, ``samples`` (a letter, or None for an invalid answer, per round).
     """
-    prompts, hits_per_q = [], []
-    for q in questions:
-        hits = retriever.retrieve(q.question) if retriever is not None else []
-        context = "\n\n".join(h["text"] for h in hits) if hits else None
-        messages = build_messages(q, system_prompt, user_template, context_template, context)
-        prompts.append(
-            tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        )
-        hits_per_q.append(hits)
-    scores = score_letters(model, tokenizer, prompts, batch_size=batch_size, device=device)
-    return [
-        {
-            "question_id": q.id,
-            "row": q.row,
-            "question": q.question,
-            "correct": q.correct,
+    hits_per_q = retrieve_all(questions, retriever)
+    messages = question_messages(
+        questions,
+        hits_per_q,
+        system_prompt=system_prompt,
+        user_template=user_template,
+        context_template=context_template,
+    )
+    prompts = [
+        tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True)
+        for m in messages
+    ]
+    sampled = sampling is not None and sampling.rounds > 0
+    scores = score_questions(
+        model,
+        tokenizer,
+        prompts,
+        [q.options for q in questions],
+        batch_size=batch_size,
+        device=device,
+        temperature=sampling.temperature if sampled and sampling else None,
+    )
+    records = []
+    for q, s, hits in zip(questions, scores, hits_per_q, strict=True):
+        rec = {
+            **_base_record(q, hits),
             "predicted": s["predicted"],
             "is_correct": s["predicted"] == q.correct,
+            "invalid": False,
+            "predicted_norm": s["predicted_norm"],
+            "is_correct_norm": s["predicted_norm"] == q.correct,
             "probs": s["probs"],
             "mass": s["mass"],
-            "retrieved": [{"id": h["id"], "doc": h["doc"], "heading": h["heading"]} for h in hits],
+            "option_logprobs": s["option_logprobs"],
         }
-        for q, s, hits in zip(questions, scores, hits_per_q, strict=True)
-    ]
+        if sampled and sampling:
+            rng = random.Random(_sample_seed(sampling.seed, sample_key, q.id))
+            letters = list(s["sample_probs"])
+            weights = [s["sample_probs"][x] for x in letters]
+            invalid = max(0.0, 1.0 - sum(weights))
+            draws = rng.choices([*letters, None], weights=[*weights, invalid], k=sampling.rounds)
+            rec["samples"] = draws
+        records.append(rec)
+    return records
+
+
+def score_api_cell(
+    questions: list[Question],
+    hits_per_q: list[list[dict[str, Any]]],
+    messages: list[list[dict[str, str]]],
+    *,
+    model_name: str,
+    api: ApiScoringRecipe,
+    client: Any,
+    cache: ReplyCache,
+    sampling: SamplingRecipe | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> tuple[list[dict[str, Any]], LlmStats]:
+    """Score every question with a model behind an OpenAI-compatible endpoint.
+
+    The reply at temperature 0 is parsed for its answer letter; a reply without one is an
+    invalid answer (counted, and wrong). Every reply is cached by (model, messages, parameters,
+    round), so an unchanged question is never paid for twice. In sampled mode ``rounds`` more
+    replies per question are drawn at the recipe's temperature.
+
+    Returns:
+        (records, stats): per-question records as :func:`score_cell` (``reply`` instead of
+        probabilities; no acc_norm) and the request counts.
+    """
+    sampled = sampling is not None and sampling.rounds > 0
+    endpoint = Endpoint(client, api, "evaluation.api", sleep)
+    stats, lock = LlmStats(), threading.Lock()
+    jobs: list[tuple[int, int, dict[str, Any]]] = []  # (question, round or -1, request)
+    for i, msgs in enumerate(messages):
+        settings = [(-1, 0.0)]
+        if sampled and sampling:
+            settings += [(r, sampling.temperature) for r in range(sampling.rounds)]
+        for round_index, temperature in settings:
+            jobs.append(
+                (
+                    i,
+                    round_index,
+                    {
+                        "model": model_name,
+                        "messages": msgs,
+                        "temperature": temperature,
+                        "max_tokens": api.max_tokens,
+                    },
+                )
+            )
+    replies: dict[tuple[int, int], str] = {}
+    todo = []
+    for i, round_index, request in jobs:
+        key = ReplyCache.key(kind="mcq", request=request, round=round_index)
+        hit = cache.get(key)
+        if hit is not None:
+            stats.cache_hits += 1
+            replies[(i, round_index)] = hit["content"]
+        else:
+            todo.append((i, round_index, request, key))
+
+    def work(job: tuple[int, int, dict[str, Any], str]) -> None:
+        i, round_index, request, key = job
+        reply = call_llm(endpoint, request, stats, lock)
+        cache.put(key, reply)  # paid for: keep it before anything else can fail
+        with lock:
+            stats.requests += 1
+            stats.prompt_tokens += reply["prompt_tokens"]
+            stats.completion_tokens += reply["completion_tokens"]
+            replies[(i, round_index)] = reply["content"]
+
+    with ThreadPoolExecutor(max_workers=api.max_concurrency) as pool:
+        errors = [e for e in (f.exception() for f in [pool.submit(work, j) for j in todo]) if e]
+    if errors:
+        raise LlmCallError(
+            f"{model_name}: {errors[0]} ({len(replies)} of {len(jobs)} replies are cached; "
+            "a rerun continues from there)"
+        )
+
+    records = []
+    for i, (q, hits) in enumerate(zip(questions, hits_per_q, strict=True)):
+        reply = replies[(i, -1)]
+        letter = parse_letter(reply)
+        rec = {
+            **_base_record(q, hits),
+            "predicted": letter,
+            "is_correct": letter == q.correct,
+            "invalid": letter is None,
+            "predicted_norm": None,
+            "is_correct_norm": None,
+            "reply": reply,
+        }
+        if sampled and sampling:
+            rec["samples"] = [parse_letter(replies[(i, r)]) for r in range(sampling.rounds)]
+        records.append(rec)
+    return records, stats
+
+
+def annotate_support(
+    records: list[dict[str, Any]], questions: list[Question], chunks: list[dict[str, Any]]
+) -> None:
+    """Add ``support`` (ids of the chunks holding the correct answer) and ``retrieval_hit``
+    (whether retrieval surfaced one of them; None when no chunk holds the answer)."""
+    for rec, q in zip(records, questions, strict=True):
+        support = supporting_chunks(q, chunks)
+        rec["support"] = support
+        retrieved = {r["id"] for r in rec["retrieved"]}
+        rec["retrieval_hit"] = bool(retrieved & set(support)) if support else None
 
 
 def model_paths(recipe: Recipe, layout: ArtifactLayout, model_key: str) -> tuple[str, str | None]:
@@ -110,46 +294,79 @@ def evaluate_cell(
     *,
     compute: ComputeSettings,
     open_collection: Callable[[], AbstractContextManager[Any]],
-) -> list[dict[str, Any]]:
+    llm_client: Callable[[], Any] | None = None,
+) -> tuple[list[dict[str, Any]], LlmStats | None]:
     """Score the recipe's benchmark for one model x context cell.
 
     Args:
         recipe: The recipe (models, questions, prompts, retrieval settings).
         layout: Where the upstream artifacts are.
-        model_key: ``base``, ``merged``, ``dpo`` or ``sft``.
+        model_key: ``base``, ``merged``, ``dpo``, ``sft`` or a name in ``evaluation.api.models``.
         context_name: ``closed_book`` or ``rag``.
         compute: Device and dtype.
         open_collection: Opens the index's chroma collection (used for ``rag`` only).
+        llm_client: Makes an ``openai.OpenAI`` client (API models only).
 
     Returns:
-        Per-question records (see :func:`score_cell`).
+        Per-question records (see :func:`score_cell`) and, for an API model, request counts.
     """
     ev = recipe.evaluation
-    device = compute.torch_device()
-    weights, adapter = model_paths(recipe, layout, model_key)
-    model, tokenizer = load_scoring_model(
-        weights,
-        adapter,
-        device=device,
-        dtype=compute.torch_dtype(),
-        chat_template=recipe.chat_template,
-        trust_remote_code=recipe.trust_remote_code,
-    )
     questions = load_questions(recipe.questions_path)
-    kwargs: dict[str, Any] = dict(
+    prompts = dict(
         system_prompt=ev.system_prompt,
         user_template=ev.user_template,
         context_template=ev.context_template,
-        batch_size=ev.batch_size,
-        device=device,
     )
-    if context_name != "rag":
-        return score_cell(questions, model, tokenizer, retriever=None, **kwargs)
-    from ragft_dagster.indexing import Retriever, load_embedder
+    cell = f"{model_key}|{context_name}"
+    with ExitStack() as stack:
+        retriever, chunks = None, []
+        if context_name == "rag":
+            from ragft_dagster.indexing import Retriever, all_chunks, load_embedder
 
-    embedder = load_embedder(
-        resolve_model_ref(recipe.retrieval.embedding_model, layout.root, recipe.root), device
-    )
-    with open_collection() as collection:
-        retriever = Retriever(collection, embedder, recipe.retrieval.top_k)
-        return score_cell(questions, model, tokenizer, retriever=retriever, **kwargs)
+            embedder = load_embedder(
+                resolve_model_ref(recipe.retrieval.embedding_model, layout.root, recipe.root),
+                compute.torch_device(),
+            )
+            collection = stack.enter_context(open_collection())
+            retriever = Retriever(collection, embedder, recipe.retrieval.top_k)
+            chunks = all_chunks(collection)
+        if model_key in ev.api.models:
+            if llm_client is None:
+                raise ValueError(f"scoring the API model {model_key!r} needs an LLM client")
+            hits = retrieve_all(questions, retriever)
+            records, stats = score_api_cell(
+                questions,
+                hits,
+                question_messages(questions, hits, **prompts),
+                model_name=model_key,
+                api=ev.api,
+                client=llm_client(),
+                cache=ReplyCache(layout.llm_cache),
+                sampling=ev.sampling,
+            )
+        else:
+            device = compute.torch_device()
+            weights, adapter = model_paths(recipe, layout, model_key)
+            model, tokenizer = load_scoring_model(
+                weights,
+                adapter,
+                device=device,
+                dtype=compute.torch_dtype(),
+                chat_template=recipe.chat_template,
+                trust_remote_code=recipe.trust_remote_code,
+            )
+            records = score_cell(
+                questions,
+                model,
+                tokenizer,
+                retriever=retriever,
+                batch_size=ev.batch_size,
+                device=device,
+                sampling=ev.sampling,
+                sample_key=cell,
+                **prompts,
+            )
+            stats = None
+        if context_name == "rag":
+            annotate_support(records, questions, chunks)
+    return records, stats

@@ -121,6 +121,15 @@ def sync_index(
     }
 
 
+def all_chunks(collection: Any) -> list[dict[str, Any]]:
+    """Every chunk the collection holds: id, text and document."""
+    got = collection.get(include=["documents", "metadatas"])
+    return [
+        {"id": i, "text": text or "", "doc": (meta or {}).get("doc", "")}
+        for i, text, meta in zip(got["ids"], got["documents"], got["metadatas"], strict=True)
+    ]
+
+
 class Retriever:
     """Top-k retrieval of chunks for a question through llama-index."""
 
@@ -144,3 +153,32 @@ class Retriever:
             }
             for hit in self._retriever.retrieve(query)
         ]
+
+
+def retrieval_quality(
+    retriever: Retriever, questions: list[tuple[str, str]], k: int
+) -> dict[str, float | int]:
+    """How well retrieval finds the chunk a question was written from.
+
+    Args:
+        retriever: Retrieves at least ``k`` chunks (ranks beyond ``k`` count for MRR only).
+        questions: ``(question, source chunk id)`` pairs, e.g. held-out synthetic questions.
+        k: The recipe's top-k.
+
+    Returns:
+        ``questions``, ``hit_at_1``, ``hit_at_k`` (share whose source chunk is in the top 1 / k)
+        and ``mrr`` (mean reciprocal rank of the source chunk; 0 when it is not retrieved).
+    """
+    ranks = []
+    for question, chunk_id in questions:
+        ids = [h["id"] for h in retriever.retrieve(question)]
+        ranks.append(ids.index(chunk_id) + 1 if chunk_id in ids else None)
+    n = len(ranks)
+    if not n:
+        return {"questions": 0, "hit_at_1": float("nan"), "hit_at_k": float("nan"), "mrr": 0.0}
+    return {
+        "questions": n,
+        "hit_at_1": sum(1 for r in ranks if r == 1) / n,
+        "hit_at_k": sum(1 for r in ranks if r is not None and r <= k) / n,
+        "mrr": sum(1 / r for r in ranks if r is not None) / n,
+    }

@@ -11,6 +11,7 @@ import csv
 import hashlib
 import io
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ class Question:
     question: str
     options: tuple[str, str, str, str]
     correct: str
+    source: str | None = None
+    """The document that answers it (optional ``source`` column), to locate its chunk."""
 
 
 def load_questions(path: Path) -> list[Question]:
@@ -83,6 +86,7 @@ def load_questions(path: Path) -> list[Question]:
                 values["question"],
                 (values["a"], values["b"], values["c"], values["d"]),
                 correct,
+                (rec.get("source") or "").strip() or None,
             )
         )
     if not questions:
@@ -126,46 +130,148 @@ def letter_token_ids(tokenizer: Any, prompt: str) -> list[int]:
     return ids
 
 
-def score_letters(
-    model: Any, tokenizer: Any, prompts: list[str], batch_size: int = 8, device: str = "cpu"
+def score_questions(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    options: list[tuple[str, str, str, str]],
+    *,
+    batch_size: int = 8,
+    device: str = "cpu",
+    temperature: float | None = None,
 ) -> list[dict[str, Any]]:
-    """Next-token log-probabilities of A-D after each prompt, batched with left padding.
+    """``acc`` and ``acc_norm`` log-likelihoods of every question in one batched pass.
+
+    Each prompt is run once per option with the option's text as the continuation (prompt and
+    option tokenised separately, as lm-evaluation-harness does). From the same logits:
+
+    * ``acc``: the log-probability of each answer letter as the next token after the prompt;
+    * ``acc_norm``: the summed log-probability of each option's text divided by its length in
+      bytes (so long options are not penalised for having more tokens).
 
     Args:
         model: A causal LM (eval mode is set here).
         tokenizer: Its tokenizer.
         prompts: Fully rendered prompts (chat template applied, generation prompt added).
-        batch_size: Prompts per forward pass.
+        options: The four option texts of each prompt.
+        batch_size: Prompts per forward pass (each contributes four sequences).
         device: Where the model lives.
+        temperature: For sampled mode, also return the A-D probabilities of sampling the next
+            token at this temperature from the whole vocabulary (the rest is an invalid answer).
 
     Returns:
-        Per prompt: ``logprobs`` (A-D), ``probs`` renormalised over A-D, ``mass`` on A-D and
-        the ``predicted`` letter.
+        Per prompt: ``logprobs`` (A-D), ``probs`` renormalised over A-D, ``mass`` on A-D,
+        ``predicted`` (acc), ``option_logprobs``, ``option_bytes``, ``predicted_norm`` (acc_norm)
+        and, with a temperature, ``sample_probs`` (A-D; ``1 - sum`` is the invalid share).
     """
     import torch
 
     model.eval()
-    tokenizer.padding_side = "left"
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out: list[dict[str, Any]] = []
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start : start + batch_size]
+        batch_options = options[start : start + batch_size]
         letter_ids = [letter_token_ids(tokenizer, p) for p in batch]
-        enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
-        enc = {k: v.to(device) for k, v in enc.items()}
+        seqs: list[tuple[list[int], list[int]]] = []
+        for prompt, opts in zip(batch, batch_options, strict=True):
+            ctx = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            for text in opts:
+                cont = tokenizer(text, add_special_tokens=False)["input_ids"] or [pad]
+                seqs.append((ctx, cont))
+        width = max(len(c) + len(o) for c, o in seqs)
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, (c, o) in enumerate(seqs):  # right padding: positions stay 0..len-1
+            ids[i, : len(c) + len(o)] = torch.tensor(c + o)
+            mask[i, : len(c) + len(o)] = 1
         with torch.no_grad():
-            logits = model(**enc).logits[:, -1, :].float()
-        logp = torch.log_softmax(logits, dim=-1)
-        for row, ids in enumerate(letter_ids):
-            lps = [float(logp[row, i]) for i in ids]
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        for q, lids in enumerate(letter_ids):
+            ctx_len = len(seqs[4 * q][0])
+            next_logits = logits[4 * q, ctx_len - 1].float()
+            lps = [float(logp[4 * q, ctx_len - 1, i]) for i in lids]
             top = max(lps)
             norm = sum(math.exp(lp - top) for lp in lps)
-            probs = [math.exp(lp - top) / norm for lp in lps]
-            out.append(
-                {
-                    "logprobs": dict(zip(LETTERS, lps, strict=True)),
-                    "probs": dict(zip(LETTERS, probs, strict=True)),
-                    "mass": sum(math.exp(lp) for lp in lps),
-                    "predicted": LETTERS[max(range(4), key=lambda i: lps[i])],
+            option_lps, option_bytes = [], []
+            for j in range(4):
+                c, o = seqs[4 * q + j]
+                positions = torch.arange(len(c) - 1, len(c) + len(o) - 1)
+                option_lps.append(float(logp[4 * q + j, positions, torch.tensor(o)].sum()))
+                option_bytes.append(max(len(batch_options[q][j].encode("utf-8")), 1))
+            normed = [lp / b for lp, b in zip(option_lps, option_bytes, strict=True)]
+            rec: dict[str, Any] = {
+                "logprobs": dict(zip(LETTERS, lps, strict=True)),
+                "probs": {L: math.exp(lp - top) / norm for L, lp in zip(LETTERS, lps, strict=True)},
+                "mass": sum(math.exp(lp) for lp in lps),
+                "predicted": LETTERS[max(range(4), key=lambda i: lps[i])],
+                "option_logprobs": dict(zip(LETTERS, option_lps, strict=True)),
+                "option_bytes": dict(zip(LETTERS, option_bytes, strict=True)),
+                "predicted_norm": LETTERS[max(range(4), key=lambda i: normed[i])],
+            }
+            if temperature is not None:
+                tempered = torch.log_softmax(next_logits / temperature, dim=-1)
+                rec["sample_probs"] = {
+                    L: float(tempered[i].exp()) for L, i in zip(LETTERS, lids, strict=True)
                 }
-            )
+            out.append(rec)
     return out
+
+
+_LETTER = re.compile(r"(?<![A-Za-z0-9])([ABCD])(?![A-Za-z0-9])")
+
+
+def parse_letter(reply: str | None) -> str | None:
+    """The answer letter of a generated reply: the first standalone A-D ("B", "B.", "(B)",
+    "Answer: B"); None when there is none (an invalid answer, counted as wrong)."""
+    if not reply:
+        return None
+    text = reply.strip()
+    text = re.sub(r"^(the\s+)?(correct\s+)?answer\s*(is)?\s*[:\-]?\s*", "", text, flags=re.I)
+    m = _LETTER.search(text)
+    return m.group(1) if m else None
+
+
+_WORD = re.compile(r"[a-z0-9]+")
+_STOP = frozenset(
+    re.findall(
+        r"\w+",
+        "a an and are as at be by can do does for from has have how in is it its of on or the "
+        "that this to what when where which who why will with you your",
+    )
+)
+
+
+def _content_words(text: str) -> set[str]:
+    return {w for w in _WORD.findall(text.lower()) if w not in _STOP}
+
+
+def supporting_chunks(
+    question: Question, chunks: list[dict[str, Any]], source: str | None = None
+) -> list[str]:
+    """Ids of the chunks that hold the correct answer of ``question``.
+
+    A chunk supports the answer when it contains every content word of the correct option;
+    among those, the ones that share the most content words with the question win (a number
+    like "64" appears in many chunks, the question says which one is meant). ``source`` (default:
+    the CSV's optional column) restricts the search to one document. Empty when no chunk holds
+    the answer: then a wrong answer cannot be blamed on retrieval.
+    """
+    source = source or question.source
+    answer = _content_words(question.options["ABCD".index(question.correct)])
+    asked = _content_words(question.question)
+    best: list[str] = []
+    best_score = -1.0
+    for chunk in chunks:
+        if source and chunk.get("doc") != source:
+            continue
+        words = _content_words(chunk["text"])
+        if not answer or not answer <= words:
+            continue
+        score = len(asked & words) / max(len(asked), 1)
+        if score > best_score + 1e-9:
+            best, best_score = [chunk["id"]], score
+        elif abs(score - best_score) <= 1e-9:
+            best.append(chunk["id"])
+    return best

@@ -293,11 +293,12 @@ def retry_after_seconds(headers: Any) -> float | None:
 
 @dataclass
 class Endpoint:
-    """How to call the LLM: the client, and the recipe's ``qa`` section for the model, the
-    generation parameters and the retry settings."""
+    """How to call the LLM: the client, and the recipe section holding the retry settings
+    (``max_retries``, ``initial_backoff``, ``max_backoff``), named in error messages."""
 
     client: Any
-    qa: QaRecipe
+    retry: Any
+    section: str = "qa"
     sleep: Callable[[float], None] = time.sleep
 
 
@@ -308,29 +309,30 @@ def _describe(exc: Exception) -> str:
 
 
 def call_llm(
-    endpoint: Endpoint, prompt: str, stats: LlmStats, stats_lock: threading.Lock
+    endpoint: Endpoint, request: dict[str, Any], stats: LlmStats, stats_lock: threading.Lock
 ) -> dict[str, Any]:
     """One chat completion with retries: 408/409/429/5xx, timeouts, dropped connections and
     unreadable replies are retried with exponential backoff (jittered, capped at
     ``max_backoff``), honouring the server's Retry-After; other errors fail at once.
+
+    Args:
+        endpoint: Client and retry settings.
+        request: ``chat.completions.create`` arguments (model, messages, temperature, ...).
+        stats: Retries and waits are counted here.
+        stats_lock: Guards ``stats`` across worker threads.
 
     Raises:
         LlmCallError: With the status, what it means and what to do.
     """
     import openai
 
-    qa = endpoint.qa
+    retry, section = endpoint.retry, endpoint.section
     last = "no attempt"
-    for attempt in range(qa.max_retries + 1):
+    for attempt in range(retry.max_retries + 1):
         started = time.monotonic()
         wait: float | None = None
         try:
-            response = endpoint.client.chat.completions.create(
-                model=qa.model,
-                messages=[{"role": "user", "content": prompt}],
-                temperature=qa.temperature,
-                max_tokens=qa.max_tokens,
-            )
+            response = endpoint.client.chat.completions.create(**request)
             choice = response.choices[0]
             usage = getattr(response, "usage", None)
             return {
@@ -349,8 +351,9 @@ def call_llm(
                 ) from None
             if status not in (408, 409, 429) and status < 500:
                 raise LlmCallError(
-                    f"the endpoint refused the request (HTTP {status}): {_short(exc)}; check "
-                    "qa.model in the recipe and llm.base_url in the profile"
+                    f"the endpoint refused the request for model {request.get('model')!r} "
+                    f"(HTTP {status}): {_short(exc)}; check the model name in the recipe's "
+                    f"{section} section and llm.base_url in the profile"
                 ) from None
             wait = retry_after_seconds(exc.response.headers if exc.response else None)
             last = _describe(exc)
@@ -359,18 +362,19 @@ def call_llm(
             last = _describe(exc)
         except (AttributeError, IndexError, TypeError):
             last = "a reply without choices"
-        if attempt == qa.max_retries:
+        if attempt == retry.max_retries:
             break
         if wait is None:
-            wait = qa.initial_backoff * 2**attempt * (0.5 + random.random() / 2)
-        wait = min(wait, qa.max_backoff)
+            wait = retry.initial_backoff * 2**attempt * (0.5 + random.random() / 2)
+        wait = min(wait, retry.max_backoff)
         with stats_lock:
             stats.retries += 1
             stats.retry_wait_seconds += wait
         endpoint.sleep(wait)
     raise LlmCallError(
-        f"gave up after {qa.max_retries + 1} attempts (last error: {last}); check that "
-        "llm.base_url in the profile is reachable, or raise qa.max_retries / qa.request_timeout"
+        f"gave up after {retry.max_retries + 1} attempts (last error: {last}); check that "
+        f"llm.base_url in the profile is reachable, or raise {section}.max_retries / "
+        f"{section}.request_timeout"
     )
 
 
@@ -534,7 +538,7 @@ def _run_llm_tasks(
     sleep: Callable[[float], None],
     total: int,
 ) -> None:
-    endpoint = Endpoint(client, qa, sleep)
+    endpoint = Endpoint(client, qa, "qa", sleep)
     budget = RequestBudget(qa.budget.max_requests, qa.budget.max_tokens)
     stop = threading.Event()
 
@@ -544,7 +548,13 @@ def _run_llm_tasks(
         estimate = _estimate_tokens(task.prompt, qa.max_tokens)
         try:
             budget.reserve(estimate)
-            reply = call_llm(endpoint, task.prompt, stats, lock)
+            request = {
+                "model": qa.model,
+                "messages": [{"role": "user", "content": task.prompt}],
+                "temperature": qa.temperature,
+                "max_tokens": qa.max_tokens,
+            }
+            reply = call_llm(endpoint, request, stats, lock)
         except BaseException:
             stop.set()  # no new requests once one has failed or the budget is spent
             raise

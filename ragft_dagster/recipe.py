@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -69,7 +70,13 @@ class _Section(BaseModel):
     UNVERSIONED: ClassVar[frozenset[str]] = frozenset()
 
     def versioned_dump(self) -> dict[str, Any]:
-        return {k: v for k, v in self.model_dump(mode="json").items() if k not in self.UNVERSIONED}
+        out: dict[str, Any] = {}
+        for key, value in self.model_dump(mode="json").items():
+            if key in self.UNVERSIONED:
+                continue
+            nested = getattr(self, key, None)
+            out[key] = nested.versioned_dump() if isinstance(nested, _Section) else value
+        return out
 
 
 def _check_dataclass_keys(args: dict[str, Any], cls_path: str) -> dict[str, Any]:
@@ -183,12 +190,41 @@ class QaRecipe(_Section):
         return self
 
 
+class ContaminationRecipe(_Section):
+    """Training questions that resemble a benchmark question (``evaluation.questions``)."""
+
+    enabled: bool = True
+    """Compare the training questions with the benchmark at all."""
+    remove: bool = True
+    """Drop the flagged rows from train and validation; with false they stay, are reported,
+    and the ``sft_dataset_not_contaminated`` check fails."""
+    blocking: bool = False
+    """A failed check is an error that keeps ``lora_adapter`` from training on the dataset: its
+    step in the same run is skipped and automation does not start it until the check passes."""
+    ngram: int = Field(default=8, gt=0)
+    """Words per n-gram of the overlap detector, capped at each benchmark question's length."""
+    ngram_threshold: float = Field(default=0.5, gt=0, le=1)
+    """Flag when at least this share of a benchmark question's n-grams is in a training
+    question."""
+    # Calibrated on the quickstart with all-MiniLM-L6-v2: the closest generated question that is
+    # not a benchmark question scored 0.846; 20 of 29 hand-written paraphrases scored >= 0.87.
+    # Other embedding models spread similarities differently: recalibrate when changing it.
+    embedding_threshold: float | None = Field(default=0.87, gt=0, le=1)
+    """Flag when the cosine similarity of the two questions (``retrieval.embedding_model``)
+    reaches this; null turns the embedding detector off."""
+
+    # Blocking only changes what the check does to a run, not the rows written.
+    UNVERSIONED: ClassVar[frozenset[str]] = frozenset({"blocking"})
+
+
 class SftDatasetRecipe(_Section):
     validation_fraction: float = Field(default=0.1, ge=0, lt=1)
     seed: int = 0
     """Salt of the hash that assigns rows to train/validation (stable across runs)."""
     system_prompt: str | None = None
     """Optional system message prepended to every training conversation."""
+    contamination: ContaminationRecipe = ContaminationRecipe()
+    """Detect (and by default remove) training rows that resemble the benchmark questions."""
 
 
 class LoraRecipe(_Section):
@@ -225,18 +261,98 @@ class RetrievalRecipe(_Section):
     collection: str = "docs"
     top_k: int = Field(default=3, gt=0, le=50)
     embed_batch_size: int = Field(default=32, gt=0)
+    min_hit_rate: float = Field(default=0.5, ge=0, le=1)
+    """The retrieval-quality check warns when fewer held-out synthetic questions than this find
+    their source chunk in the top k."""
+    quality_questions: int = Field(default=300, gt=0)
+    """Most held-out questions the check asks (taken in a stable order)."""
+
+    UNVERSIONED: ClassVar[frozenset[str]] = frozenset(
+        {"embed_batch_size", "min_hit_rate", "quality_questions"}
+    )
+
+
+LocalModel = Literal["base", "merged", "dpo", "sft"]
+LOCAL_MODELS: tuple[LocalModel, ...] = ("base", "merged", "dpo", "sft")
+# Dagster partition keys: no "|" (multi-partition separator), "," or brackets.
+API_MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$"
+
+
+class ApiScoringRecipe(_Section):
+    """Models behind the profile's OpenAI-compatible endpoint, scored by the letter they answer."""
+
+    models: list[str] = []
+    """Model names at the endpoint (e.g. gpt-3.5-turbo, gpt-4); each is a ``model`` partition."""
+    max_tokens: int = Field(default=5, gt=0)
+    """Reply length; the first standalone letter A-D of the reply is the answer."""
+    request_timeout: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=5, ge=0)
+    initial_backoff: float = Field(default=1.0, ge=0)
+    max_backoff: float = Field(default=60.0, ge=0)
+    max_concurrency: int = Field(default=4, gt=0, le=64)
+
+    UNVERSIONED: ClassVar[frozenset[str]] = frozenset(
+        {
+            "models",
+            "request_timeout",
+            "max_retries",
+            "initial_backoff",
+            "max_backoff",
+            "max_concurrency",
+        }
+    )
+
+    @field_validator("models")
+    @classmethod
+    def _partition_safe(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if name in LOCAL_MODELS or not re.match(API_MODEL_NAME, name):
+                raise ValueError(
+                    f"{name!r} cannot be an API model name: it must not be one of {LOCAL_MODELS} "
+                    "and may hold only letters, digits and . _ : / @ + -"
+                )
+        if len(set(v)) != len(v):
+            raise ValueError("an API model is listed twice")
+        return v
+
+
+class SamplingRecipe(_Section):
+    """The published protocol: answers sampled at temperature > 0, several rounds."""
+
+    rounds: int = Field(default=0, ge=0, le=1000)
+    """Rounds per question; 0 turns sampled mode off."""
+    temperature: float = Field(default=0.7, gt=0, le=2)
+    seed: int = 0
 
 
 class EvaluationRecipe(_Section):
     questions: str = "mcq.csv"
-    """CSV ``question,a,b,c,d,correct`` relative to the recipe (options may span lines)."""
+    """CSV ``question,a,b,c,d,correct`` relative to the recipe (options may span lines); an
+    optional ``source`` column names the document that answers the question."""
     system_prompt: str = PUBLISHED_SYSTEM_PROMPT
     user_template: str = DEFAULT_USER_TEMPLATE
     """Template with {context_block}, {question}, {a}, {b}, {c}, {d}."""
     context_template: str = "Context:\n{context}\n\n"
-    models: list[Literal["base", "merged", "dpo", "sft"]] = ["base", "merged", "dpo", "sft"]
+    models: list[LocalModel] = list(LOCAL_MODELS)
+    """Local models, scored by log-likelihood (acc and acc_norm)."""
+    api: ApiScoringRecipe = ApiScoringRecipe()
     contexts: list[Literal["closed_book", "rag"]] = ["closed_book", "rag"]
     batch_size: int = Field(default=8, gt=0)
+    sampling: SamplingRecipe = SamplingRecipe()
+    bootstrap_samples: int = Field(default=10000, ge=100)
+    """Resamples of the paired bootstrap CI of each difference."""
+    nightly_cron: str = "0 2 * * *"
+    """When the ``nightly_evaluation`` schedule re-scores every cell (cron, UTC)."""
+
+    # Adding a model or a context adds partitions; it must not make the existing cells stale.
+    UNVERSIONED: ClassVar[frozenset[str]] = frozenset(
+        {"batch_size", "models", "contexts", "nightly_cron"}
+    )
+
+    @property
+    def all_models(self) -> list[str]:
+        """The ``model`` dimension: local models, then API models."""
+        return list(self.models) + list(self.api.models)
 
 
 class Recipe(_Section):

@@ -169,3 +169,72 @@ def mde_sentence(n: int, discordant: float = 0.3) -> str:
         '"not significant" in the exact McNemar test below. Reruns of the same questions add '
         "no independent evidence; only more questions do."
     )
+
+
+def sampled_cell(samples: dict[str, list[bool]]) -> dict[str, Any]:
+    """Accuracy of a sampled cell (``rounds`` answers per question) with two intervals.
+
+    ``naive``: every answer counted as an independent observation (n x rounds of them), which
+    is what a t-test over reruns assumes. ``question``: the sample is the n questions; each
+    contributes its mean over rounds, and the standard error is that of the n means. Reruns of
+    the same question are correlated, so the honest interval is the question-level one;
+    ``design_effect`` is the variance ratio and ``effective_n`` the number of independent
+    answers the n x rounds are worth.
+
+    Args:
+        samples: ``{question id: [correct?] per round}`` (every question with the same rounds).
+    """
+    import numpy as np
+
+    per_q = np.array([np.mean(v) for v in samples.values()], dtype=float)
+    n = len(per_q)
+    rounds = len(next(iter(samples.values()))) if samples else 0
+    total = n * rounds
+    acc = float(per_q.mean()) if n else float("nan")
+    se_naive = math.sqrt(acc * (1 - acc) / total) if total else float("nan")
+    se_q = float(per_q.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+    deff = (se_q / se_naive) ** 2 if se_naive > 0 else float("nan")
+    return {
+        "questions": n,
+        "rounds": rounds,
+        "answers": total,
+        "accuracy": acc,
+        "se_naive": se_naive,
+        "se_question": se_q,
+        "naive_ci_low": acc - Z_95 * se_naive,
+        "naive_ci_high": acc + Z_95 * se_naive,
+        "question_ci_low": acc - Z_95 * se_q,
+        "question_ci_high": acc + Z_95 * se_q,
+        "design_effect": deff,
+        "effective_n": total / deff if deff and not math.isnan(deff) else float("nan"),
+    }
+
+
+def sampled_pair(a: dict[str, list[bool]], b: dict[str, list[bool]]) -> dict[str, Any]:
+    """Two sampled cells compared as the published work did and as the design allows.
+
+    ``naive_p``: Welch's t-test over all n x rounds answers of each cell as independent samples
+    (the published test). ``question_p``: a paired t-test over the n questions of the
+    per-question mean accuracies (reruns averaged within a question first).
+    """
+    import numpy as np
+    from scipy import stats as sps
+
+    shared = sorted(set(a) & set(b))
+    flat_a = np.array([x for q in shared for x in a[q]], dtype=float)
+    flat_b = np.array([x for q in shared for x in b[q]], dtype=float)
+    mean_a = np.array([np.mean(a[q]) for q in shared], dtype=float)
+    mean_b = np.array([np.mean(b[q]) for q in shared], dtype=float)
+    naive = sps.ttest_ind(flat_a, flat_b, equal_var=False).pvalue
+    diffs = mean_a - mean_b
+    question = (
+        1.0
+        if np.allclose(diffs, diffs[0]) and diffs[0] == 0
+        else sps.ttest_rel(mean_a, mean_b).pvalue
+    )
+    return {
+        "questions": len(shared),
+        "difference": float(mean_a.mean() - mean_b.mean()),
+        "naive_p": float(naive) if not math.isnan(naive) else 1.0,
+        "question_p": float(question) if not math.isnan(question) else 1.0,
+    }

@@ -6,7 +6,7 @@ import pytest
 
 from ragft_dagster.artifacts import atomic_dir, read_jsonl, write_jsonl
 from ragft_dagster.chunking import DocumentError, chunk_document, read_document, split_sections
-from ragft_dagster.mcq import McqError, load_questions, score_letters
+from ragft_dagster.mcq import McqError, load_questions, score_questions
 from ragft_dagster.qa_generation import generate_offline_qa, parse_qa_reply, render_prompt
 from ragft_dagster.report import wilson_interval
 from ragft_dagster.sft import build_sft_dataset
@@ -196,12 +196,17 @@ def test_letter_scoring_batched_equals_single(tiny_base, tiny_tokenizer):
         )
         for i in range(5)
     ]
-    batched = score_letters(model, tiny_tokenizer, prompts, batch_size=5)
-    single = [score_letters(model, tiny_tokenizer, [p], batch_size=1)[0] for p in prompts]
+    options = [("alpha", "a much longer option text", "c", "delta epsilon")] * 5
+    batched = score_questions(model, tiny_tokenizer, prompts, options, batch_size=5)
+    single = [
+        score_questions(model, tiny_tokenizer, [p], options[:1], batch_size=1)[0] for p in prompts
+    ]
     for b, s in zip(batched, single, strict=True):
         assert b["predicted"] == s["predicted"]
+        assert b["predicted_norm"] == s["predicted_norm"]
         for letter in "ABCD":
             assert abs(b["logprobs"][letter] - s["logprobs"][letter]) < 1e-4
+            assert abs(b["option_logprobs"][letter] - s["option_logprobs"][letter]) < 1e-3
         assert abs(sum(b["probs"].values()) - 1) < 1e-6
         assert 0 < b["mass"] < 1
 

@@ -2,22 +2,39 @@
 
 import base64
 import json
+import math
+from typing import Any
 
 import dagster as dg
 
 from ragft_dagster.artifacts import atomic_dir, atomic_write_text, read_jsonl, write_jsonl
 from ragft_dagster.assets._meta import EAGER, preview_table
 from ragft_dagster.evaluation import evaluate_cell
+from ragft_dagster.mcq import McqError
+from ragft_dagster.qa_generation import LlmCallError
 from ragft_dagster.recipe import Recipe
-from ragft_dagster.report import accuracy_chart, build_report, wilson_interval
-from ragft_dagster.resources import ArtifactStoreResource, ComputeResource, VectorStoreResource
+from ragft_dagster.report import accuracy_chart, build_report, regressions, summarise_scores
+from ragft_dagster.resources import (
+    ArtifactStoreResource,
+    ComputeResource,
+    LlmEndpointResource,
+    VectorStoreResource,
+)
 
 
-def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
+def _numeric(metadata: dict[str, Any]) -> dict[str, float]:
+    return {
+        k: float(v.value)
+        for k, v in metadata.items()
+        if isinstance(v, dg.FloatMetadataValue | dg.IntMetadataValue) and v.value is not None
+    }
+
+
+def build(recipe: Recipe) -> list[Any]:
     ev = recipe.evaluation
     partitions = dg.MultiPartitionsDefinition(
         {
-            "model": dg.StaticPartitionsDefinition(list(ev.models)),
+            "model": dg.StaticPartitionsDefinition(ev.all_models),
             "context": dg.StaticPartitionsDefinition(list(ev.contexts)),
         }
     )
@@ -28,7 +45,7 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
         partitions_def=partitions,
         group_name="evaluation",
         pool="gpu",
-        kinds={"pytorch"},
+        kinds={"pytorch", "openai"} if ev.api.models else {"pytorch"},
         code_version=recipe.section_version(
             "evaluation", "retrieval", "base_model", files=(recipe.questions_path,)
         ),
@@ -38,39 +55,66 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
         artifacts: ArtifactStoreResource,
         compute: ComputeResource,
         vector_store: VectorStoreResource,
+        llm: LlmEndpointResource,
     ) -> dg.MaterializeResult:
-        """Per-question multiple-choice results of one model, closed-book or with RAG."""
+        """Per-question multiple-choice results of one model, closed-book or with RAG: local
+        models by log-likelihood (acc, acc_norm), API models by the letter they answer."""
         keys = partitions.get_partition_key_from_str(context.partition_key).keys_by_dimension
         model_key, ctx = keys["model"], keys["context"]
         layout = artifacts.layout()
-        records = evaluate_cell(
-            recipe,
-            layout,
-            model_key,
-            ctx,
-            compute=compute.settings(),
-            open_collection=lambda: vector_store.collection(
-                recipe.retrieval.collection, layout.vector_index
-            ),
-        )
+        try:
+            records, stats = evaluate_cell(
+                recipe,
+                layout,
+                model_key,
+                ctx,
+                compute=compute.settings(),
+                open_collection=lambda: vector_store.collection(
+                    recipe.retrieval.collection, layout.vector_index
+                ),
+                llm_client=lambda: llm.client(
+                    timeout=ev.api.request_timeout, max_retries=0
+                ),  # retries are ours (call_llm)
+            )
+        except (LlmCallError, McqError) as exc:
+            raise dg.Failure(description=f"mcq_scores[{model_key}|{ctx}]: {exc}") from None
         path = layout.scores(model_key, ctx)
         write_jsonl(path, records)
-        k, n = sum(r["is_correct"] for r in records), len(records)
-        lo, hi = wilson_interval(k, n)
-        return dg.MaterializeResult(
-            metadata={
-                "path": dg.MetadataValue.path(str(path)),
-                "accuracy": k / n,
-                "ci95_low": lo,
-                "ci95_high": hi,
-                "questions": n,
-                "correct": k,
-                "mean_letter_mass": sum(r["mass"] for r in records) / n,
-                "per_question": preview_table(
-                    records, ["row", "correct", "predicted", "is_correct", "mass"], limit=50
-                ),
-            }
-        )
+        row = summarise_scores({(model_key, ctx): records})[0]
+        metadata: dict[str, Any] = {
+            "path": dg.MetadataValue.path(str(path)),
+            "accuracy": row["accuracy"],
+            "ci95_low": row["ci_low"],
+            "ci95_high": row["ci_high"],
+            "questions": row["n"],
+            "correct": row["correct"],
+            "invalid_answers": row["invalid"],
+        }
+        if not math.isnan(row["acc_norm"]):
+            metadata["acc_norm"] = row["acc_norm"]
+        if not math.isnan(row["mean_letter_mass"]):
+            metadata["mean_letter_mass"] = row["mean_letter_mass"]
+        if ctx == "rag" and not math.isnan(row["retrieval_hit_rate"]):
+            metadata["retrieval_hit_rate"] = row["retrieval_hit_rate"]
+        if ev.sampling.rounds:
+            metadata["sampled_accuracy"] = sum(
+                s == r["correct"] for r in records for s in r["samples"]
+            ) / (len(records) * ev.sampling.rounds)
+        if stats is not None:
+            metadata.update(
+                {
+                    "llm_requests": stats.requests,
+                    "cache_hits": stats.cache_hits,
+                    "llm_retries": stats.retries,
+                    "prompt_tokens": stats.prompt_tokens,
+                    "completion_tokens": stats.completion_tokens,
+                }
+            )
+        columns = ["row", "correct", "predicted", "is_correct", "predicted_norm"]
+        columns += ["reply"] if stats is not None else ["mass"]
+        columns += ["retrieval_hit"] if ctx == "rag" else []
+        metadata["per_question"] = preview_table(records, columns, limit=50)
+        return dg.MaterializeResult(metadata=metadata)
 
     @dg.asset(
         automation_condition=EAGER,
@@ -80,9 +124,11 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
         code_version=recipe.section_version("evaluation"),
     )
     def mcq_report(artifacts: ArtifactStoreResource) -> dg.MaterializeResult:
-        """Accuracy per model x context with 95% intervals, as a table and a bar chart."""
+        """Accuracy per model x context with 95% intervals, paired tests, retrieval vs.
+        generation failures, a per-question table and a chart."""
         layout = artifacts.layout()
-        cells = [(m, c) for m in ev.models for c in ev.contexts]
+        models, contexts = ev.all_models, [str(c) for c in ev.contexts]
+        cells = [(m, c) for m in models for c in contexts]
         missing = [f"{m}|{c}" for m, c in cells if not layout.scores(m, c).is_file()]
         if missing:
             raise dg.Failure(
@@ -91,39 +137,84 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
             )
         report = build_report(
             {(m, c): read_jsonl(layout.scores(m, c)) for m, c in cells},
-            list(ev.models),
-            list(ev.contexts),
+            models,
+            contexts,
+            n_boot=ev.bootstrap_samples,
         )
         rows = report.rows
         with atomic_dir(layout.report) as tmp:
-            chart = accuracy_chart(rows, list(ev.models), list(ev.contexts), tmp / "accuracy.png")
+            chart = accuracy_chart(rows, models, contexts, tmp / "accuracy.png")
             atomic_write_text(tmp / "report.md", report.markdown)
             atomic_write_text(tmp / "summary.json", json.dumps(rows, indent=2))
             atomic_write_text(tmp / "comparisons.json", json.dumps(report.pairs, indent=2))
+            atomic_write_text(tmp / "questions.json", json.dumps(report.questions, indent=2))
+            if report.sampled_cells:
+                atomic_write_text(
+                    tmp / "sampled.json",
+                    json.dumps(
+                        {"cells": report.sampled_cells, "pairs": report.sampled_pairs}, indent=2
+                    ),
+                )
             png = base64.b64encode(chart.read_bytes()).decode()
         metadata: dict = {
             "path": dg.MetadataValue.path(str(layout.report)),
             "comparison": dg.MetadataValue.md(report.table_md),
             "paired_comparisons": dg.MetadataValue.md(report.comparisons_md),
             "significant_pairs": sum(1 for r in report.pairs if r["significant"]),
+            "per_question": dg.MetadataValue.md(report.questions_md),
+            "context_mismatched_rows": len(report.mismatched_rows),
             "summary": preview_table(
                 rows,
-                [
-                    "model",
-                    "context",
-                    "n",
-                    "correct",
-                    "accuracy",
-                    "ci_low",
-                    "ci_high",
-                    "mean_letter_mass",
-                ],
+                ["model", "context", "n", "correct", "accuracy", "ci_low", "ci_high"]
+                + ["acc_norm", "invalid"],
                 limit=len(rows),
             ),
             "chart": dg.MetadataValue.md(f"![accuracy](data:image/png;base64,{png})"),
         }
+        if report.retrieval_md:
+            metadata["retrieval_vs_generation"] = dg.MetadataValue.md(report.retrieval_md)
+        if report.sampled_md:
+            metadata["sampled_mode"] = dg.MetadataValue.md(report.sampled_md)
         for r in rows:  # numeric, so the UI plots each cell's history
-            metadata[f"accuracy_{r['model']}_{r['context']}"] = r["accuracy"]
+            cell = f"{r['model']}_{r['context']}"
+            metadata[f"accuracy_{cell}"] = r["accuracy"]
+            metadata[f"ci_low_{cell}"] = r["ci_low"]
+            metadata[f"ci_high_{cell}"] = r["ci_high"]
+            if not math.isnan(r["acc_norm"]):
+                metadata[f"acc_norm_{cell}"] = r["acc_norm"]
         return dg.MaterializeResult(metadata=metadata)
 
-    return [mcq_scores, mcq_report]
+    @dg.asset_check(
+        asset=mcq_report,
+        description="No cell's accuracy fell below the 95% CI it had in the previous report.",
+    )
+    def mcq_report_no_regression(
+        context: dg.AssetCheckExecutionContext, artifacts: ArtifactStoreResource
+    ) -> dg.AssetCheckResult:
+        history = context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=mcq_report.key), limit=2
+        ).records
+        rows = json.loads((artifacts.layout().report / "summary.json").read_text("utf-8"))
+        if len(history) < 2:
+            return dg.AssetCheckResult(
+                passed=True,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={"compared_with": "nothing (first report)"},
+            )
+        previous = history[1].asset_materialization
+        dropped = regressions(_numeric(dict(previous.metadata)) if previous else {}, rows)
+        return dg.AssetCheckResult(
+            passed=not dropped,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={
+                "regressions": len(dropped),
+                "cells": dg.MetadataValue.json(dropped),
+                "previous_run_id": history[1].run_id,
+            },
+            description=None
+            if not dropped
+            else "accuracy fell below the previous 95% CI in: "
+            + ", ".join(f"{d['cell']} ({d['previous']:.3f} → {d['now']:.3f})" for d in dropped),
+        )
+
+    return [mcq_scores, mcq_report, mcq_report_no_regression]

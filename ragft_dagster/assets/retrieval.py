@@ -5,12 +5,14 @@ from collections import Counter
 
 import dagster as dg
 
-from ragft_dagster.artifacts import atomic_dir
+from ragft_dagster.artifacts import atomic_dir, read_jsonl
 from ragft_dagster.assets._meta import EAGER, read_all_documents
 from ragft_dagster.indexing import (
     IndexMismatchError,
+    Retriever,
     id_differences,
     load_embedder,
+    retrieval_quality,
     sync_index,
 )
 from ragft_dagster.model_refs import resolve_model_ref
@@ -94,4 +96,55 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
             else "re-materialize vector_index: it does not match the current chunks",
         )
 
-    return [vector_index, vector_index_matches_chunks]
+    @dg.asset_check(
+        asset=vector_index,
+        additional_deps=["sft_dataset"],
+        description=(
+            "Retrieval quality: hit@1, hit@k and MRR of the source chunk for the held-out "
+            "(validation) synthetic questions; warns below retrieval.min_hit_rate."
+        ),
+    )
+    def vector_index_retrieval_quality(
+        context: dg.AssetCheckExecutionContext,
+        artifacts: ArtifactStoreResource,
+        compute: ComputeResource,
+        vector_store: VectorStoreResource,
+    ) -> dg.AssetCheckResult:
+        layout = artifacts.layout()
+        held_out = layout.sft_dataset / "validation.jsonl"
+        if not held_out.is_file():
+            return dg.AssetCheckResult(
+                passed=False,
+                severity=dg.AssetCheckSeverity.WARN,
+                description="no held-out questions: materialize sft_dataset, then run this check",
+            )
+        rows = sorted(read_jsonl(held_out), key=lambda row: row["id"])
+        model_dir = resolve_model_ref(r.embedding_model, layout.root, recipe.root)
+        embedder = load_embedder(model_dir, compute.settings().torch_device(), r.embed_batch_size)
+        with vector_store.collection(r.collection, layout.vector_index) as collection:
+            indexed = set(collection.get(include=[])["ids"])
+            pairs = [
+                (row["messages"][-2]["content"], row["chunk_id"])
+                for row in rows
+                if row["chunk_id"] in indexed
+            ][: r.quality_questions]
+            retriever = Retriever(collection, embedder, max(r.top_k, 10))
+            quality = retrieval_quality(retriever, pairs, r.top_k)
+        passed = quality["questions"] > 0 and quality["hit_at_k"] >= r.min_hit_rate
+        return dg.AssetCheckResult(
+            passed=passed,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={
+                **quality,
+                "top_k": r.top_k,
+                "min_hit_rate": r.min_hit_rate,
+                "held_out_rows": len(rows),
+                "skipped_stale_rows": len(rows) - sum(1 for x in rows if x["chunk_id"] in indexed),
+            },
+            description=None
+            if passed
+            else f"hit@{r.top_k} {quality['hit_at_k']:.2f} is below retrieval.min_hit_rate "
+            f"{r.min_hit_rate}: try another embedding model, smaller chunks or a larger top_k",
+        )
+
+    return [vector_index, vector_index_matches_chunks, vector_index_retrieval_quality]
