@@ -17,7 +17,7 @@ from typing import Any
 
 import dagster as dg
 
-from ragft_dagster.assets._meta import DOCUMENTS, documents_partitions
+from ragft_dagster.assets._meta import DOCUMENTS, TRIGGER_TAG, documents_partitions
 from ragft_dagster.documents import (
     CONTENT_HASH_KEY,
     DocumentChanges,
@@ -125,7 +125,7 @@ def build_docs_sensor(recipe: Recipe) -> dg.SensorDefinition:
                 run_key=f"{key}@{current[key][:16]}",
                 partition_key=key,
                 asset_selection=[dg.AssetKey(a) for a in DOCUMENT_ASSETS],
-                tags={"ragft/trigger": "added" if key in changes.added else "changed"},
+                tags={TRIGGER_TAG: "added" if key in changes.added else "changed"},
             )
             for key in changes.to_run
         ]
@@ -142,7 +142,7 @@ def build_docs_sensor(recipe: Recipe) -> dg.SensorDefinition:
                     dg.RunRequest(
                         run_key=_state_key("removed", current),
                         asset_selection=[dg.AssetKey(a) for a in REMOVAL_ASSETS],
-                        tags={"ragft/trigger": "removed"},
+                        tags={TRIGGER_TAG: "removed"},
                     )
                 )
         if runs or partition_requests:
@@ -189,7 +189,7 @@ def build_nightly_schedule(recipe: Recipe) -> dg.ScheduleDefinition:
             dg.RunRequest(
                 run_key=f"nightly-{stamp}-{m}|{c}",
                 partition_key=dg.MultiPartitionKey({"model": m, "context": c}),
-                tags={"ragft/trigger": "nightly"},
+                tags={TRIGGER_TAG: "nightly"},
             )
             for m, c in cells
         ]

@@ -183,14 +183,16 @@ def score_api_cell(
     client: Any,
     cache: ReplyCache,
     sampling: SamplingRecipe | None = None,
+    refresh: bool = False,
     sleep: Callable[[float], None] = time.sleep,
 ) -> tuple[list[dict[str, Any]], LlmStats]:
     """Score every question with a model behind an OpenAI-compatible endpoint.
 
     The reply at temperature 0 is parsed for its answer letter; a reply without one is an
     invalid answer (counted, and wrong). Every reply is cached by (model, messages, parameters,
-    round), so an unchanged question is never paid for twice. In sampled mode ``rounds`` more
-    replies per question are drawn at the recipe's temperature.
+    round), so an unchanged question is never paid for twice; ``refresh`` asks again anyway
+    (the nightly re-evaluation does, to see a hosted model change) and stores the new replies.
+    In sampled mode ``rounds`` more replies per question are drawn at the recipe's temperature.
 
     Returns:
         (records, stats): per-question records as :func:`score_cell` (``reply`` instead of
@@ -221,7 +223,7 @@ def score_api_cell(
     todo = []
     for i, round_index, request in jobs:
         key = ReplyCache.key(kind="mcq", request=request, round=round_index)
-        hit = cache.get(key)
+        hit = None if refresh else cache.get(key)
         if hit is not None:
             stats.cache_hits += 1
             replies[(i, round_index)] = hit["content"]
@@ -295,6 +297,7 @@ def evaluate_cell(
     compute: ComputeSettings,
     open_collection: Callable[[], AbstractContextManager[Any]],
     llm_client: Callable[[], Any] | None = None,
+    refresh_api: bool = False,
 ) -> tuple[list[dict[str, Any]], LlmStats | None]:
     """Score the recipe's benchmark for one model x context cell.
 
@@ -306,6 +309,7 @@ def evaluate_cell(
         compute: Device and dtype.
         open_collection: Opens the index's chroma collection (used for ``rag`` only).
         llm_client: Makes an ``openai.OpenAI`` client (API models only).
+        refresh_api: Ask API models again instead of reusing cached replies.
 
     Returns:
         Per-question records (see :func:`score_cell`) and, for an API model, request counts.
@@ -343,6 +347,7 @@ def evaluate_cell(
                 client=llm_client(),
                 cache=ReplyCache(layout.llm_cache),
                 sampling=ev.sampling,
+                refresh=refresh_api,
             )
         else:
             device = compute.torch_device()

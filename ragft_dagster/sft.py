@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ragft_dagster.artifacts import scratch_dir, write_jsonl
+from ragft_dagster.artifacts import atomic_write_text, scratch_dir, write_jsonl
+from ragft_dagster.contamination import Finding, summarise
 from ragft_dagster.model_refs import count_parameters, load_tokenizer, loss_history
+
+CONTAMINATION_FILE = "contamination.json"
 
 
 def _norm(text: str) -> str:
@@ -22,25 +27,32 @@ def build_sft_dataset(
     validation_fraction: float,
     seed: int,
     system_prompt: str | None,
+    detect_contamination: Callable[[list[dict[str, Any]]], list[Finding]] | None = None,
+    remove_contaminated: bool = True,
 ) -> dict[str, Any]:
-    """Dedupe Q&A rows, split train/validation deterministically and write chat-format JSONL.
+    """Dedupe Q&A rows, decontaminate them, split train/validation deterministically and
+    write chat-format JSONL.
 
     A row goes to validation when the hash of (seed, normalised question) falls below the
     fraction, so adding a document never reshuffles the rows already assigned.
 
     Args:
         qa_rows: Rows from every ``synthetic_qa`` partition.
-        out_dir: Receives ``train.jsonl`` and ``validation.jsonl`` (``messages`` + provenance).
+        out_dir: Receives ``train.jsonl`` and ``validation.jsonl`` (``messages`` + provenance)
+            and, with a detector, ``contamination.json`` (every finding, both texts).
         validation_fraction: Share of questions held out.
         seed: Salt of the split hash.
         system_prompt: Optional system message for every conversation.
+        detect_contamination: Finds the deduplicated rows that resemble benchmark questions
+            (e.g. :func:`ragft_dagster.contamination.find_contamination` with its settings).
+        remove_contaminated: Drop the flagged rows from both splits; otherwise keep them (they
+            are still listed in ``contamination.json``).
 
     Returns:
         Counts for metadata.
     """
     seen: set[tuple[str, str]] = set()
-    train: list[dict[str, Any]] = []
-    validation: list[dict[str, Any]] = []
+    unique: list[dict[str, Any]] = []
     duplicates = 0
     for row in sorted(qa_rows, key=lambda r: (r["doc"], r["id"])):
         key = (_norm(row["question"]), _norm(row["answer"]))
@@ -48,6 +60,26 @@ def build_sft_dataset(
             duplicates += 1
             continue
         seen.add(key)
+        unique.append(row)
+    contamination: dict[str, Any] = {}
+    if detect_contamination is not None:
+        findings = detect_contamination(unique)
+        flagged = {f.train_id for f in findings}
+        contamination = {**summarise(findings), "contaminated_rows_removed": 0}
+        if remove_contaminated:
+            unique = [r for r in unique if r["id"] not in flagged]
+            contamination["contaminated_rows_removed"] = len(flagged)
+        report = {
+            "removed": remove_contaminated,
+            **contamination,
+            "findings": [f.to_dict() for f in findings],
+        }
+        atomic_write_text(
+            Path(out_dir) / CONTAMINATION_FILE, json.dumps(report, indent=1, ensure_ascii=False)
+        )
+    train: list[dict[str, Any]] = []
+    validation: list[dict[str, Any]] = []
+    for row in unique:
         messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
         messages += [
             {"role": "user", "content": row["question"]},
@@ -60,7 +92,7 @@ def build_sft_dataset(
             "doc": row["doc"],
             "generator": row["generator"],
         }
-        h = hashlib.sha256(f"{seed}\n{key[0]}".encode()).digest()
+        h = hashlib.sha256(f"{seed}\n{_norm(row['question'])}".encode()).digest()
         bucket = int.from_bytes(h[:8], "big") / 2**64
         (validation if bucket < validation_fraction else train).append(record)
     write_jsonl(Path(out_dir) / "train.jsonl", train)
@@ -68,6 +100,7 @@ def build_sft_dataset(
     return {
         "input_rows": len(qa_rows),
         "duplicates_removed": duplicates,
+        **contamination,
         "train_rows": len(train),
         "validation_rows": len(validation),
     }

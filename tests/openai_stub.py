@@ -1,10 +1,11 @@
 """A loopback OpenAI-compatible server for tests (127.0.0.1 only, started/stopped by the test).
 
 Replies are scripted: each request pops the next reply (or repeats the last). A reply is the
-assistant's text, a function of the request body returning a reply, or a dict to script a fault: ``{"status": 429, "headers": {...}}`` answers
-with that status, ``{"delay": s}`` waits first, ``{"raw": "..."}`` sends a malformed body,
-``{"finish_reason": "length"}`` marks a truncated reply. Every request is counted and recorded,
-and the most requests ever in flight at once is tracked.
+assistant's text, a function of the request body returning a reply, or a dict to script a
+fault: ``{"status": 429, "headers": {...}}`` answers with that status, ``{"delay": s}`` waits
+first, ``{"raw": "..."}`` sends a malformed body, ``{"finish_reason": "length"}`` marks a
+truncated reply. Every request is counted and recorded, and the most requests ever in flight at
+once is tracked.
 """
 
 from __future__ import annotations

@@ -321,3 +321,132 @@ def test_nightly_schedule_requests_every_cell(tmp_path):
     assert len({r.run_key for r in requests}) == 10
     assert all(r.job_name in (None, "evaluation_job") for r in requests)
     assert schedule.job_name == "evaluation_job"
+
+
+def test_sampled_mode_draws_seeded_rounds_and_reports_question_level_variance(
+    tiny_base, tiny_tokenizer
+):
+    from transformers import AutoModelForCausalLM
+
+    from ragft_dagster.evaluation import score_cell
+    from ragft_dagster.recipe import SamplingRecipe, load_recipe
+
+    ev = load_recipe(QUICKSTART).evaluation
+    questions = load_questions(QUICKSTART.parent / "mcq.csv")[:8]
+    import torch
+
+    from ragft_dagster.mcq import letter_token_ids
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_base)
+    prompt = tiny_tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Answer:"}], tokenize=False, add_generation_prompt=True
+    )
+    letters = letter_token_ids(tiny_tokenizer, prompt)
+
+    class LetterLeaning(torch.nn.Module):
+        """The tiny model with a bias towards A-D, so that sampled answers are mostly valid
+        (a random tiny model puts ~0.1% mass on them)."""
+
+        def forward(self, **kwargs):
+            out = base(**kwargs)
+            out.logits[..., letters] += 9.0
+            return out
+
+    model = LetterLeaning()
+    kwargs = dict(
+        retriever=None,
+        system_prompt=ev.system_prompt,
+        user_template=ev.user_template,
+        context_template=ev.context_template,
+        batch_size=4,
+        device="cpu",
+        sampling=SamplingRecipe(rounds=6, temperature=1.0, seed=3),
+    )
+    first = score_cell(questions, model, tiny_tokenizer, sample_key="base|closed_book", **kwargs)
+    again = score_cell(questions, model, tiny_tokenizer, sample_key="base|closed_book", **kwargs)
+    other = score_cell(questions, model, tiny_tokenizer, sample_key="sft|closed_book", **kwargs)
+    assert [r["samples"] for r in first] == [r["samples"] for r in again]  # seeded
+    assert [r["samples"] for r in first] != [r["samples"] for r in other]  # per cell
+    drawn = [s for r in first for s in r["samples"]]
+    assert len(drawn) == 48 and set(drawn) <= {"A", "B", "C", "D", None}
+    assert len(set(drawn)) >= 3  # several letters drawn, and the odd invalid answer allowed
+    report = build_report(
+        {("base", "closed_book"): first, ("sft", "closed_book"): other},
+        ["base", "sft"],
+        ["closed_book"],
+        n_boot=200,
+    )
+    assert [c["rounds"] for c in report.sampled_cells] == [6, 6]
+    assert "question-level 95% CI" in report.markdown
+    assert report.sampled_pairs[0]["questions"] == 8
+
+
+def test_nightly_run_asks_api_models_again(tmp_path):
+    from ragft_dagster.evaluation import question_messages, score_api_cell
+    from ragft_dagster.qa_generation import ReplyCache
+    from ragft_dagster.recipe import load_recipe
+
+    recipe_path, questions = _api_recipe(tmp_path, 3)
+    ev = load_recipe(recipe_path).evaluation
+    hits = [[] for _ in questions]
+    messages = question_messages(
+        questions,
+        hits,
+        system_prompt=ev.system_prompt,
+        user_template=ev.user_template,
+        context_template=ev.context_template,
+    )
+    cache = ReplyCache(tmp_path / "cache")
+    import openai
+
+    def score(client, refresh):
+        return score_api_cell(
+            questions,
+            hits,
+            messages,
+            model_name="gpt-4",
+            api=ev.api,
+            client=client,
+            cache=cache,
+            refresh=refresh,
+        )[0]
+
+    with OpenAIStub(["A"]) as stub:
+        client = openai.OpenAI(base_url=stub.base_url, api_key="sk-test", max_retries=0)
+        score(client, False)
+        stub.replies = ["D"]  # the hosted model changed
+        assert [r["predicted"] for r in score(client, False)] == ["A"] * 3  # cached
+        assert [r["predicted"] for r in score(client, True)] == ["D"] * 3  # asked again
+        assert len(stub.requests) == 6
+        assert [r["predicted"] for r in score(client, False)] == ["D"] * 3  # cache updated
+
+
+def test_unreachable_api_endpoint_fails_the_cell_clearly(tmp_path):
+    from ragft_dagster.assets import build_all_assets
+    from ragft_dagster.definitions import build_resources
+    from ragft_dagster.profile import load_profile
+    from ragft_dagster.recipe import load_recipe
+    from ragft_dagster.resources import LlmEndpointResource
+
+    recipe_path, _ = _api_recipe(tmp_path, 2)
+    raw_path = recipe_path
+    import yaml
+
+    raw = yaml.safe_load(raw_path.read_text())
+    raw["evaluation"]["api"].update(max_retries=1, initial_backoff=0, request_timeout=2)
+    raw_path.write_text(yaml.safe_dump(raw))
+    recipe = load_recipe(raw_path)
+    resources = build_resources(recipe, load_profile(LOCAL_PROFILE), tmp_path / "art")
+    resources["llm"] = LlmEndpointResource(base_url="http://127.0.0.1:9/v1", api_key="sk-test")
+    result = dg.materialize(
+        build_all_assets(recipe),
+        resources=resources,
+        selection="mcq_scores",
+        partition_key="closed_book|gpt-4",
+        raise_on_error=False,
+    )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    message = str(failure.step_failure_data.error)
+    assert "mcq_scores[gpt-4|closed_book]" in message
+    assert "evaluation.api.max_retries" in message and "llm.base_url" in message

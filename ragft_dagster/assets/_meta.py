@@ -11,6 +11,8 @@ import dagster as dg
 from ragft_dagster.artifacts import read_jsonl
 
 DOCUMENTS = "documents"
+# Run tag naming what started a run (docs sensor: added/changed/removed; schedule: nightly).
+TRIGGER_TAG = "ragft/trigger"
 documents_partitions = dg.DynamicPartitionsDefinition(name=DOCUMENTS)
 
 # The assets downstream of the documents update by themselves after document runs, never while

@@ -8,7 +8,7 @@ from typing import Any
 import dagster as dg
 
 from ragft_dagster.artifacts import atomic_dir, atomic_write_text, read_jsonl, write_jsonl
-from ragft_dagster.assets._meta import EAGER, preview_table
+from ragft_dagster.assets._meta import EAGER, TRIGGER_TAG, preview_table
 from ragft_dagster.evaluation import evaluate_cell
 from ragft_dagster.mcq import McqError
 from ragft_dagster.qa_generation import LlmCallError
@@ -75,6 +75,8 @@ def build(recipe: Recipe) -> list[Any]:
                 llm_client=lambda: llm.client(
                     timeout=ev.api.request_timeout, max_retries=0
                 ),  # retries are ours (call_llm)
+                # the nightly run re-asks hosted models: their answers may change over time
+                refresh_api=context.run.tags.get(TRIGGER_TAG) == "nightly",
             )
         except (LlmCallError, McqError) as exc:
             raise dg.Failure(description=f"mcq_scores[{model_key}|{ctx}]: {exc}") from None

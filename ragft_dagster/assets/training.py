@@ -1,29 +1,96 @@
 """Training assets: the SFT dataset from every document's Q&A, then the LoRA adapter."""
 
+import functools
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
 import dagster as dg
 
 from ragft_dagster.artifacts import atomic_dir, read_jsonl
 from ragft_dagster.assets._meta import EAGER, preview_table, read_all_documents, training_result
+from ragft_dagster.contamination import Finding, find_contamination
+from ragft_dagster.indexing import load_embedder
+from ragft_dagster.mcq import McqError, load_questions
+from ragft_dagster.model_refs import resolve_model_ref
 from ragft_dagster.recipe import Recipe
 from ragft_dagster.resources import ArtifactStoreResource, ComputeResource
-from ragft_dagster.sft import build_sft_dataset, train_lora
+from ragft_dagster.sft import CONTAMINATION_FILE, build_sft_dataset, train_lora
+
+FINDING_COLUMNS = [
+    "detector",
+    "mcq_row",
+    "mcq_question",
+    "train_question",
+    "doc",
+    "ngram",
+    "embedding",
+]
+
+
+def sft_dataset_version(recipe: Recipe) -> str:
+    """The recipe section, plus what the contamination detectors read: the benchmark file and
+    the embedding model (editing either can change which rows are kept)."""
+    c = recipe.sft_dataset.contamination
+    if not c.enabled:
+        return recipe.section_version("sft_dataset")
+    version = recipe.section_version("sft_dataset", files=(recipe.questions_path,))
+    if c.embedding_threshold is None:
+        return version
+    salted = f"{version}\n{recipe.retrieval.embedding_model}"
+    return hashlib.sha256(salted.encode()).hexdigest()[:16]
+
+
+def contamination_detector(
+    recipe: Recipe, artifact_root: Path, device: str
+) -> Callable[[list[dict[str, Any]]], list[Finding]]:
+    """find_contamination bound to the recipe's benchmark, thresholds and embedding model."""
+    c = recipe.sft_dataset.contamination
+    try:
+        questions = load_questions(recipe.questions_path)
+    except McqError as exc:
+        raise dg.Failure(description=f"sft_dataset contamination check: {exc}") from None
+    embed = None
+    if c.embedding_threshold is not None:
+        r = recipe.retrieval
+        model_dir = resolve_model_ref(r.embedding_model, artifact_root, recipe.root)
+        embed = load_embedder(model_dir, device, r.embed_batch_size).get_text_embedding_batch
+    return functools.partial(
+        find_contamination,
+        questions=questions,
+        embed=embed,
+        ngram=c.ngram,
+        ngram_threshold=c.ngram_threshold,
+        embedding_threshold=c.embedding_threshold,
+    )
 
 
 def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
+    contamination = recipe.sft_dataset.contamination
+
     @dg.asset(
         automation_condition=EAGER,
         deps=[dg.AssetDep("synthetic_qa", partition_mapping=dg.AllPartitionMapping())],
         group_name="training",
         kinds={"huggingface"},
-        code_version=recipe.section_version("sft_dataset"),
+        code_version=sft_dataset_version(recipe),
     )
     def sft_dataset(
-        context: dg.AssetExecutionContext, artifacts: ArtifactStoreResource
+        context: dg.AssetExecutionContext,
+        artifacts: ArtifactStoreResource,
+        compute: ComputeResource,
     ) -> dg.MaterializeResult:
-        """All documents' Q&A, deduplicated and split train/validation, in chat format."""
+        """All documents' Q&A, deduplicated, cleared of rows resembling the benchmark questions
+        and split train/validation, in chat format."""
         layout = artifacts.layout()
         docs, rows = read_all_documents(context, "synthetic_qa", layout.qa)
         cfg = recipe.sft_dataset
+        detect = None
+        if contamination.enabled:
+            device = compute.settings().torch_device()
+            detect = contamination_detector(recipe, layout.root, device)
         with atomic_dir(layout.sft_dataset) as tmp:
             counts = build_sft_dataset(
                 rows,
@@ -31,6 +98,8 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
                 validation_fraction=cfg.validation_fraction,
                 seed=cfg.seed,
                 system_prompt=cfg.system_prompt,
+                detect_contamination=detect,
+                remove_contaminated=contamination.remove,
             )
         sample = read_jsonl(layout.sft_dataset / "train.jsonl")[:10]
         preview = [
@@ -41,17 +110,66 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
             }
             for r in sample
         ]
-        return dg.MaterializeResult(
+        metadata: dict[str, Any] = {
+            "path": dg.MetadataValue.path(str(layout.sft_dataset)),
+            "documents": len(docs),
+            **counts,
+            "preview": preview_table(preview, ["question", "answer", "doc"]),
+        }
+        if detect is not None:
+            report = layout.sft_dataset / CONTAMINATION_FILE
+            findings = json.loads(report.read_text(encoding="utf-8"))["findings"]
+            metadata["contamination_report"] = dg.MetadataValue.path(str(report))
+            metadata["contamination"] = preview_table(findings, FINDING_COLUMNS, limit=20)
+        return dg.MaterializeResult(metadata=metadata)
+
+    @dg.asset_check(
+        asset=sft_dataset,
+        blocking=contamination.blocking,
+        description="No training row resembles a benchmark question (exact, n-gram overlap or "
+        "embedding near-duplicate); see contamination.json in the dataset folder.",
+    )
+    def sft_dataset_not_contaminated(artifacts: ArtifactStoreResource) -> dg.AssetCheckResult:
+        folder = artifacts.layout().sft_dataset
+        severity = (
+            dg.AssetCheckSeverity.ERROR if contamination.blocking else dg.AssetCheckSeverity.WARN
+        )
+        report_path = folder / CONTAMINATION_FILE
+        if not report_path.is_file():
+            return dg.AssetCheckResult(
+                passed=False,
+                severity=severity,
+                description=f"{report_path} is missing: re-materialize sft_dataset",
+            )
+        findings = json.loads(report_path.read_text(encoding="utf-8"))["findings"]
+        kept = {r["id"] for s in ("train", "validation") for r in read_jsonl(folder / f"{s}.jsonl")}
+        remaining = [f for f in findings if f["train_id"] in kept]
+        removed = [f for f in findings if f["train_id"] not in kept]
+        rows_left = len({f["train_id"] for f in remaining})
+        return dg.AssetCheckResult(
+            passed=not remaining,
+            severity=severity,
             metadata={
-                "path": dg.MetadataValue.path(str(layout.sft_dataset)),
-                "documents": len(docs),
-                **counts,
-                "preview": preview_table(preview, ["question", "answer", "doc"]),
-            }
+                "findings": len(findings),
+                "contaminated_rows_remaining": rows_left,
+                "contaminated_rows_removed": len({f["train_id"] for f in removed}),
+                "remaining": preview_table(remaining, FINDING_COLUMNS, limit=20),
+                "removed": preview_table(removed, FINDING_COLUMNS, limit=20),
+            },
+            description=None
+            if not remaining
+            else f"{rows_left} training row(s) resembling benchmark questions are still in the "
+            "dataset (listed under 'remaining'); set sft_dataset.contamination.remove: true",
         )
 
+    # A blocking check stops downstream steps only within its own run; the gate also keeps
+    # automation from training on the dataset in a later run while the check is failing.
+    lora_condition = EAGER
+    if contamination.enabled and contamination.blocking:
+        lora_condition = EAGER & dg.AutomationCondition.all_deps_blocking_checks_passed()
+
     @dg.asset(
-        automation_condition=EAGER,
+        automation_condition=lora_condition,
         deps=["dpo_model", sft_dataset],
         group_name="training",
         pool="gpu",
@@ -83,4 +201,5 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
             layout.lora_adapter, m, lora_r=recipe.lora.r, lora_alpha=recipe.lora.lora_alpha
         )
 
-    return [sft_dataset, lora_adapter]
+    checks = [sft_dataset_not_contaminated] if contamination.enabled else []
+    return [sft_dataset, *checks, lora_adapter]
