@@ -29,6 +29,7 @@ def test_every_shipped_profile_validates(path):
 def test_7b_recipe_is_the_published_configuration():
     r = load_recipe(ROOT / "assets" / "mistral-7b" / "recipe.yaml")
     assert r.base_model == "mistralai/Mistral-7B-v0.1"
+    assert r.evaluation.all_models == ["base", "merged", "dpo", "sft", "gpt-3.5-turbo", "gpt-4"]
     assert (r.lora.r, r.lora.lora_alpha, r.sft.args["num_train_epochs"]) == (256, 512, 3)
     assert (r.chunking.chunk_size, r.chunking.chunk_overlap) == (300, 30)
     assert r.qa.generator == "openai" and r.qa.model == "gpt-4"
@@ -56,8 +57,21 @@ def test_unknown_key_names_file_and_key(tmp_path):
         (lambda r: r["evaluation"].update(questions="nope.csv"), "evaluation.questions"),
         (lambda r: r["merge"].pop("merge_method"), "merge"),
         (lambda r: r["qa"].update(generator="openai"), "qa.model"),
+        (lambda r: r["evaluation"].update(api={"models": ["gpt|4"]}), "evaluation.api.models"),
+        (lambda r: r["evaluation"].update(api={"models": ["sft"]}), "evaluation.api.models"),
+        (lambda r: r["evaluation"].update(sampling={"rounds": 3, "temperature": 0}), "sampling"),
     ],
-    ids=["trl-field", "wrong-type", "overlap", "missing-file", "merge-config", "qa-model"],
+    ids=[
+        "trl-field",
+        "wrong-type",
+        "overlap",
+        "missing-file",
+        "merge-config",
+        "qa-model",
+        "api-model-name",
+        "api-model-clash",
+        "sampling-temperature",
+    ],
 )
 def test_bad_recipe_is_rejected_naming_the_key(tmp_path, mutate, match):
     with pytest.raises(RecipeError, match=match):
@@ -94,3 +108,15 @@ def test_upstream_schema_checks_are_remembered_per_version(tmp_path, monkeypatch
     with pytest.raises(pydantic.ValidationError):
         validate_merge_config({"merge_method": "slerp", "models": "not a list"})
     assert len(list(tmp_path.glob("*.json"))) == 1  # an invalid config is never remembered
+
+
+def test_adding_a_model_leaves_existing_score_cells_current(tmp_path):
+    base = load_recipe(write_recipe(tmp_path, lambda r: None))
+    more = load_recipe(
+        write_recipe(tmp_path, lambda r: r["evaluation"].update(api={"models": ["gpt-4"]}))
+    )
+    prompt = load_recipe(
+        write_recipe(tmp_path, lambda r: r["evaluation"].update(system_prompt="Answer."))
+    )
+    assert base.section_version("evaluation") == more.section_version("evaluation")
+    assert base.section_version("evaluation") != prompt.section_version("evaluation")
