@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run ui test lint install bench-incremental
+.PHONY: run ui test lint install bench-incremental bench-scoring
 
 $(BIN)/ragft: pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -37,3 +37,8 @@ lint: install
 # Full vs. incremental data + index stages on a 34-document corpus (figures in the README).
 bench-incremental: install
 	$(BIN)/python -m ragft_dagster.bench incremental --json .artifacts/bench-incremental.json
+
+# Batched log-likelihood scoring vs. the published generate-and-parse protocol, quickstart questions
+# with RAG (figures in the README; `python -m ragft_dagster.bench scoring --model DIR` for a real model).
+bench-scoring: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m ragft_dagster.bench scoring --json .artifacts/bench-scoring.json

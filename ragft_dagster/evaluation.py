@@ -53,7 +53,9 @@ def load_scoring_model(
 
 def retrieve_all(questions: list[Question], retriever: Any | None) -> list[list[dict[str, Any]]]:
     """The top-k chunks of every question (empty lists closed-book)."""
-    return [retriever.retrieve(q.question) if retriever is not None else [] for q in questions]
+    if retriever is None:
+        return [[] for _ in questions]
+    return retriever.retrieve_many([q.question for q in questions])
 
 
 def question_messages(

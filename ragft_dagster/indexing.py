@@ -140,9 +140,11 @@ class Retriever:
         index = VectorStoreIndex.from_vector_store(
             ChromaVectorStore(chroma_collection=collection), embed_model=embedder
         )
+        self._embedder = embedder
         self._retriever = index.as_retriever(similarity_top_k=top_k)
 
-    def retrieve(self, query: str) -> list[dict[str, Any]]:
+    @staticmethod
+    def _hits(nodes: list[Any]) -> list[dict[str, Any]]:
         return [
             {
                 "id": hit.node.node_id,
@@ -151,7 +153,23 @@ class Retriever:
                 "heading": hit.node.metadata.get("heading", ""),
                 "score": float(hit.score or 0.0),
             }
-            for hit in self._retriever.retrieve(query)
+            for hit in nodes
+        ]
+
+    def retrieve(self, query: str) -> list[dict[str, Any]]:
+        return self._hits(self._retriever.retrieve(query))
+
+    def retrieve_many(self, queries: list[str]) -> list[list[dict[str, Any]]]:
+        """:meth:`retrieve` for many queries, their embeddings computed in one batch."""
+        from llama_index.core.schema import QueryBundle
+
+        embed_queries = getattr(self._embedder, "_embed", None)  # HuggingFaceEmbedding's batch
+        if embed_queries is None or not queries:
+            return [self.retrieve(q) for q in queries]
+        vectors = embed_queries(list(queries), prompt_name="query")
+        return [
+            self._hits(self._retriever.retrieve(QueryBundle(q, embedding=list(v))))
+            for q, v in zip(queries, vectors, strict=True)
         ]
 
 

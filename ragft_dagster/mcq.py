@@ -130,6 +130,15 @@ def letter_token_ids(tokenizer: Any, prompt: str) -> list[int]:
     return ids
 
 
+def _accepts(model: Any, name: str) -> bool:
+    import inspect
+
+    try:
+        return name in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def score_questions(
     model: Any,
     tokenizer: Any,
@@ -140,10 +149,13 @@ def score_questions(
     device: str = "cpu",
     temperature: float | None = None,
 ) -> list[dict[str, Any]]:
-    """``acc`` and ``acc_norm`` log-likelihoods of every question in one batched pass.
+    """``acc`` and ``acc_norm`` log-likelihoods of every question, batched.
 
-    Each prompt is run once per option with the option's text as the continuation (prompt and
-    option tokenised separately, as lm-evaluation-harness does). From the same logits:
+    One forward pass over a batch of prompts (left-padded, only the last position's logits kept)
+    gives the next-token distribution after each prompt, and its key/value cache; a second,
+    short pass scores each question's four option texts as continuations on top of that cache
+    (prompt and option tokenised separately, as lm-evaluation-harness does). So the long RAG
+    prompt is processed once per question, not once per option. From these:
 
     * ``acc``: the log-probability of each answer letter as the next token after the prompt;
     * ``acc_norm``: the summed log-probability of each option's text divided by its length in
@@ -154,7 +166,7 @@ def score_questions(
         tokenizer: Its tokenizer.
         prompts: Fully rendered prompts (chat template applied, generation prompt added).
         options: The four option texts of each prompt.
-        batch_size: Prompts per forward pass (each contributes four sequences).
+        batch_size: Prompts per forward pass.
         device: Where the model lives.
         temperature: For sampled mode, also return the A-D probabilities of sampling the next
             token at this temperature from the whole vocabulary (the rest is an invalid answer).
@@ -168,37 +180,66 @@ def score_questions(
 
     model.eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    keep_last = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
     out: list[dict[str, Any]] = []
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start : start + batch_size]
         batch_options = options[start : start + batch_size]
         letter_ids = [letter_token_ids(tokenizer, p) for p in batch]
-        seqs: list[tuple[list[int], list[int]]] = []
-        for prompt, opts in zip(batch, batch_options, strict=True):
-            ctx = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            for text in opts:
-                cont = tokenizer(text, add_special_tokens=False)["input_ids"] or [pad]
-                seqs.append((ctx, cont))
-        width = max(len(c) + len(o) for c, o in seqs)
-        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, (c, o) in enumerate(seqs):  # right padding: positions stay 0..len-1
-            ids[i, : len(c) + len(o)] = torch.tensor(c + o)
-            mask[i, : len(c) + len(o)] = 1
+        ctx = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in batch]
+        width = max(len(c) for c in ctx)
+        ids = torch.full((len(ctx), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(ctx), width), dtype=torch.long)
+        for i, c in enumerate(ctx):  # left padding: every prompt ends at the last position
+            ids[i, width - len(c) :] = torch.tensor(c)
+            mask[i, width - len(c) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
         with torch.no_grad():
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-        logp = torch.log_softmax(logits.float(), dim=-1)
+            first = model(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                position_ids=positions.to(device),
+                use_cache=True,
+                **keep_last,
+            )
+        next_logits = first.logits[:, -1, :].float()
+        next_logp = torch.log_softmax(next_logits, dim=-1)
+
+        # The options of question q are rows 4q..4q+3, right-padded after the cached prompt.
+        conts = [
+            tokenizer(text, add_special_tokens=False)["input_ids"] or [pad]
+            for opts in batch_options
+            for text in opts
+        ]
+        cwidth = max(len(c) for c in conts)
+        cids = torch.full((len(conts), cwidth), pad, dtype=torch.long)
+        cmask = torch.zeros((len(conts), cwidth), dtype=torch.long)
+        for i, c in enumerate(conts):
+            cids[i, : len(c)] = torch.tensor(c)
+            cmask[i, : len(c)] = 1
+        lengths = torch.tensor([len(c) for c in ctx]).repeat_interleave(4)
+        cache = first.past_key_values
+        cache.batch_repeat_interleave(4)
+        with torch.no_grad():
+            second = model(
+                input_ids=cids.to(device),
+                attention_mask=torch.cat([mask.repeat_interleave(4, dim=0), cmask], 1).to(device),
+                position_ids=(lengths[:, None] + torch.arange(cwidth)[None, :]).to(device),
+                past_key_values=cache,
+                use_cache=False,
+            )
+        cont_logp = torch.log_softmax(second.logits.float(), dim=-1)
         for q, lids in enumerate(letter_ids):
-            ctx_len = len(seqs[4 * q][0])
-            next_logits = logits[4 * q, ctx_len - 1].float()
-            lps = [float(logp[4 * q, ctx_len - 1, i]) for i in lids]
+            lps = [float(next_logp[q, i]) for i in lids]
             top = max(lps)
             norm = sum(math.exp(lp - top) for lp in lps)
             option_lps, option_bytes = [], []
             for j in range(4):
-                c, o = seqs[4 * q + j]
-                positions = torch.arange(len(c) - 1, len(c) + len(o) - 1)
-                option_lps.append(float(logp[4 * q + j, positions, torch.tensor(o)].sum()))
+                row, c = 4 * q + j, conts[4 * q + j]
+                # token 0 follows the prompt; token k follows option token k-1
+                lp = float(next_logp[q, c[0]])
+                lp += sum(float(cont_logp[row, k - 1, c[k]]) for k in range(1, len(c)))
+                option_lps.append(lp)
                 option_bytes.append(max(len(batch_options[q][j].encode("utf-8")), 1))
             normed = [lp / b for lp, b in zip(option_lps, option_bytes, strict=True)]
             rec: dict[str, Any] = {
@@ -211,7 +252,7 @@ def score_questions(
                 "predicted_norm": LETTERS[max(range(4), key=lambda i: normed[i])],
             }
             if temperature is not None:
-                tempered = torch.log_softmax(next_logits / temperature, dim=-1)
+                tempered = torch.log_softmax(next_logits[q] / temperature, dim=-1)
                 rec["sample_probs"] = {
                     L: float(tempered[i].exp()) for L, i in zip(LETTERS, lids, strict=True)
                 }

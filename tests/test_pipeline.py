@@ -229,6 +229,19 @@ def test_quickstart_end_to_end(tmp_path):
         for m in ("base", "merged", "dpo", "sft"):
             for c in ("closed_book", "rag"):
                 assert 0 <= report[f"accuracy_{m}_{c}"].value <= 1
+                assert 0 <= report[f"acc_norm_{m}_{c}"].value <= 1
+        assert "retrieval failure" in report["retrieval_vs_generation"].value
+        assert "| row | correct |" in report["per_question"].value
+        assert report["context_mismatched_rows"].value == 0
+        rag = read_jsonl(layout.scores("sft", "rag"))
+        assert sum(r["retrieval_hit"] is not None for r in rag) > 30  # supporting chunk found
+        checks = {name for step in full.steps for name in step.checks}
+        assert checks == {
+            "sft_dataset_not_contaminated",
+            "vector_index_matches_chunks",
+            "vector_index_retrieval_quality",
+            "mcq_report_no_regression",
+        }
         assert any("pipeline finished" in line for line in lines)
         assert meta("synthetic_qa")["generated"].value > 0
 
@@ -248,7 +261,10 @@ def test_quickstart_end_to_end(tmp_path):
         assert new_ids and inc.total("synthetic_qa", "generated") == len(new_ids)
         index = inc.steps[[s.job for s in inc.steps].index("index_job")]
         assert index.metadata["vector_index"]["embedded_now"] == len(new_ids)
-        assert index.checks == {"vector_index_matches_chunks": True}
+        assert index.checks == {
+            "vector_index_matches_chunks": True,
+            "vector_index_retrieval_quality": True,
+        }
         assert not any(p.exists() for p in layout.document_files(removed))
         chunks = [c for d in docs if d != removed for c in read_jsonl(layout.chunks(d))]
         assert index.metadata["vector_index"]["vectors"] == len({c["id"] for c in chunks})
