@@ -115,12 +115,23 @@ def build_messages(
     return [{"role": "system", "content": system_prompt}, {"role": "user", "content": user}]
 
 
-def letter_token_ids(tokenizer: Any, prompt: str) -> list[int]:
-    """The token each letter becomes when it directly follows ``prompt`` ("A" vs " A")."""
-    base = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+def letter_token_ids(tokenizer: Any, prompt: str, prompt_ids: list[int] | None = None) -> list[int]:
+    """The token each letter becomes when it directly follows ``prompt`` ("A" vs " A").
+
+    Only the prompt's last characters are re-tokenised with each letter (a long RAG prompt is
+    not tokenised five times): when the tail's tokens, bar the first two, are the end of the
+    prompt's own tokens (``prompt_ids``), the letter's token is decided there; otherwise the
+    whole prompt is used.
+    """
+    prompt_ids = prompt_ids or tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    tail = prompt[-64:]
+    tail_ids = tokenizer(tail, add_special_tokens=False)["input_ids"]
+    text, base = (tail, tail_ids)
+    if len(tail) == len(prompt) or prompt_ids[-(len(tail_ids) - 2) :] != tail_ids[2:]:
+        text, base = (prompt, prompt_ids)
     ids = []
     for letter in LETTERS:
-        full = tokenizer(prompt + letter, add_special_tokens=False)["input_ids"]
+        full = tokenizer(text + letter, add_special_tokens=False)["input_ids"]
         if full[: len(base)] != base or len(full) == len(base):
             raise McqError(
                 f"tokenizer merges the answer letter {letter!r} into the prompt; "
@@ -185,8 +196,8 @@ def score_questions(
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start : start + batch_size]
         batch_options = options[start : start + batch_size]
-        letter_ids = [letter_token_ids(tokenizer, p) for p in batch]
         ctx = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in batch]
+        letter_ids = [letter_token_ids(tokenizer, p, c) for p, c in zip(batch, ctx, strict=True)]
         width = max(len(c) for c in ctx)
         ids = torch.full((len(ctx), width), pad, dtype=torch.long)
         mask = torch.zeros((len(ctx), width), dtype=torch.long)
