@@ -192,8 +192,9 @@ def score_api_cell(
 
     The reply at temperature 0 is parsed for its answer letter; a reply without one is an
     invalid answer (counted, and wrong). Every reply is cached by (model, messages, parameters,
-    round), so an unchanged question is never paid for twice; ``refresh`` asks again anyway
-    (the nightly re-evaluation does, to see a hosted model change) and stores the new replies.
+    round, endpoint), so an unchanged question is never paid for twice; ``refresh`` asks the
+    temperature-0 question again anyway (the nightly re-evaluation does, to see a hosted model
+    change) and stores the new reply; sampled rounds are never re-asked.
     In sampled mode ``rounds`` more replies per question are drawn at the recipe's temperature.
 
     Returns:
@@ -223,18 +224,28 @@ def score_api_cell(
             )
     replies: dict[tuple[int, int], str] = {}
     todo = []
+    where = str(getattr(client, "base_url", ""))  # the same model name at another provider
     for i, round_index, request in jobs:
-        key = ReplyCache.key(kind="mcq", request=request, round=round_index)
-        hit = None if refresh else cache.get(key)
+        key = ReplyCache.key(kind="mcq", endpoint=where, request=request, round=round_index)
+        # refresh re-asks the temperature-0 answer only; sampled rounds stay cached
+        hit = None if refresh and round_index < 0 else cache.get(key)
         if hit is not None:
             stats.cache_hits += 1
             replies[(i, round_index)] = hit["content"]
         else:
             todo.append((i, round_index, request, key))
 
+    stop = threading.Event()
+
     def work(job: tuple[int, int, dict[str, Any], str]) -> None:
+        if stop.is_set():
+            return
         i, round_index, request, key = job
-        reply = call_llm(endpoint, request, stats, lock)
+        try:
+            reply = call_llm(endpoint, request, stats, lock)
+        except BaseException:
+            stop.set()  # no new requests once one has failed
+            raise
         cache.put(key, reply)  # paid for: keep it before anything else can fail
         with lock:
             stats.requests += 1

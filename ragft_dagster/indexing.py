@@ -188,8 +188,9 @@ def retrieval_quality(
         and ``mrr`` (mean reciprocal rank of the source chunk; 0 when it is not retrieved).
     """
     ranks = []
-    for question, chunk_id in questions:
-        ids = [h["id"] for h in retriever.retrieve(question)]
+    found = retriever.retrieve_many([q for q, _ in questions])
+    for (_, chunk_id), hits in zip(questions, found, strict=True):
+        ids = [h["id"] for h in hits]
         ranks.append(ids.index(chunk_id) + 1 if chunk_id in ids else None)
     n = len(ranks)
     if not n:

@@ -165,8 +165,8 @@ def score_questions(
     One forward pass over a batch of prompts (left-padded, only the last position's logits kept)
     gives the next-token distribution after each prompt, and its key/value cache; a second,
     short pass scores each question's four option texts as continuations on top of that cache
-    (prompt and option tokenised separately, as lm-evaluation-harness does). So the long RAG
-    prompt is processed once per question, not once per option. From these:
+    (prompt and option tokenised separately, so the prompt's tokens are the same for all four).
+    So the long RAG prompt is processed once per question, not once per option. From these:
 
     * ``acc``: the log-probability of each answer letter as the next token after the prompt;
     * ``acc_norm``: the summed log-probability of each option's text divided by its length in
@@ -281,8 +281,11 @@ def parse_letter(reply: str | None) -> str | None:
         return None
     text = reply.strip()
     text = re.sub(r"^(the\s+)?(correct\s+)?answer\s*(is)?\s*[:\-]?\s*", "", text, flags=re.I)
-    m = _LETTER.search(text)
-    return m.group(1) if m else None
+    for m in _LETTER.finditer(text):
+        if m.group(1) == "A" and re.match(r"\s+[a-z]", text[m.end() :]):
+            continue  # the article: "A good guess is C"
+        return m.group(1)
+    return None
 
 
 _WORD = re.compile(r"[a-z0-9]+")

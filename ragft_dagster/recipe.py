@@ -346,7 +346,7 @@ class EvaluationRecipe(_Section):
 
     # Adding a model or a context adds partitions; it must not make the existing cells stale.
     UNVERSIONED: ClassVar[frozenset[str]] = frozenset(
-        {"batch_size", "models", "contexts", "nightly_cron"}
+        {"batch_size", "models", "contexts", "nightly_cron", "bootstrap_samples"}
     )
 
     @property

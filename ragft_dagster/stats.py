@@ -201,10 +201,10 @@ def sampled_cell(samples: dict[str, list[bool]]) -> dict[str, Any]:
         "accuracy": acc,
         "se_naive": se_naive,
         "se_question": se_q,
-        "naive_ci_low": acc - Z_95 * se_naive,
-        "naive_ci_high": acc + Z_95 * se_naive,
-        "question_ci_low": acc - Z_95 * se_q,
-        "question_ci_high": acc + Z_95 * se_q,
+        "naive_ci_low": max(0.0, acc - Z_95 * se_naive),
+        "naive_ci_high": min(1.0, acc + Z_95 * se_naive),
+        "question_ci_low": max(0.0, acc - Z_95 * se_q),
+        "question_ci_high": min(1.0, acc + Z_95 * se_q),
         "design_effect": deff,
         "effective_n": total / deff if deff and not math.isnan(deff) else float("nan"),
     }
@@ -221,6 +221,9 @@ def sampled_pair(a: dict[str, list[bool]], b: dict[str, list[bool]]) -> dict[str
     from scipy import stats as sps
 
     shared = sorted(set(a) & set(b))
+    if not shared:
+        nan = float("nan")
+        return {"questions": 0, "difference": nan, "naive_p": nan, "question_p": nan}
     flat_a = np.array([x for q in shared for x in a[q]], dtype=float)
     flat_b = np.array([x for q in shared for x in b[q]], dtype=float)
     mean_a = np.array([np.mean(a[q]) for q in shared], dtype=float)

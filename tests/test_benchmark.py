@@ -60,9 +60,16 @@ def test_acc_norm_equals_a_direct_computation(tiny_base, tiny_tokenizer):
         ("I do not know", None),
         ("Based", None),
         ("E", None),
+        ("A good guess is C", "C"),
+        ("A. the first one", "A"),
+        ("B) because", "B"),
+        ("AB", None),
+        ("A1", None),
+        ("   ", None),
     ],
 )
 def test_parse_letter(reply, letter):
+    """Shared by the API models and the published protocol's generations."""
     assert parse_letter(reply) == letter
 
 
@@ -105,7 +112,8 @@ def test_reruns_look_significant_only_when_counted_as_independent():
     pair = sampled_pair(a, b)
     assert pair["naive_p"] < 1e-3  # the published test: 200 "independent" answers per cell
     assert pair["question_p"] > 0.05  # 2 discordant questions out of 10 prove nothing
-    assert sampled_cell(a)["effective_n"] == pytest.approx(10 * 200 / 200, rel=0.2)
+    # every rerun repeats its question's answer: 200 answers are worth about the 10 questions
+    assert sampled_cell(a)["effective_n"] == pytest.approx(10, rel=0.2)
 
 
 def _record(qid, row, correct, predicted, retrieved=(), support=(), invalid=False):
@@ -199,22 +207,29 @@ def _answer_by_question(questions, answers):
     return reply
 
 
-def test_api_model_scored_through_the_openai_client(tmp_path):
-    from ragft_dagster.evaluation import question_messages, score_api_cell
-    from ragft_dagster.qa_generation import ReplyCache
-    from ragft_dagster.recipe import load_recipe
+def _closed_book(ev, questions):
+    """(no retrieved chunks, the messages every model is asked) for closed-book questions."""
+    from ragft_dagster.evaluation import question_messages
 
-    recipe_path, questions = _api_recipe(tmp_path, 5, sampling={"rounds": 3, "temperature": 0.7})
-    ev = load_recipe(recipe_path).evaluation
-    answers = [questions[0].correct, "The answer is B.", "I cannot tell", "(C)", "A"]
     hits = [[] for _ in questions]
-    messages = question_messages(
+    return hits, question_messages(
         questions,
         hits,
         system_prompt=ev.system_prompt,
         user_template=ev.user_template,
         context_template=ev.context_template,
     )
+
+
+def test_api_model_scored_through_the_openai_client(tmp_path):
+    from ragft_dagster.evaluation import score_api_cell
+    from ragft_dagster.qa_generation import ReplyCache
+    from ragft_dagster.recipe import load_recipe
+
+    recipe_path, questions = _api_recipe(tmp_path, 5, sampling={"rounds": 3, "temperature": 0.7})
+    ev = load_recipe(recipe_path).evaluation
+    answers = [questions[0].correct, "The answer is B.", "I cannot tell", "(C)", "A"]
+    hits, messages = _closed_book(ev, questions)
     cache = ReplyCache(tmp_path / "cache")
     import openai
 
@@ -319,6 +334,7 @@ def test_nightly_schedule_requests_every_cell(tmp_path):
     cells = [f"{ctx}|{m}" for m in models for ctx in ("closed_book", "rag")]
     assert keys == set(cells)
     assert len({r.run_key for r in requests}) == 10
+    assert all(r.tags["ragft/trigger"] == "nightly" for r in requests)  # re-asks API models
     assert all(r.job_name in (None, "evaluation_job") for r in requests)
     assert schedule.job_name == "evaluation_job"
 
@@ -382,20 +398,13 @@ def test_sampled_mode_draws_seeded_rounds_and_reports_question_level_variance(
 
 
 def test_nightly_run_asks_api_models_again(tmp_path):
-    from ragft_dagster.evaluation import question_messages, score_api_cell
+    from ragft_dagster.evaluation import score_api_cell
     from ragft_dagster.qa_generation import ReplyCache
     from ragft_dagster.recipe import load_recipe
 
     recipe_path, questions = _api_recipe(tmp_path, 3)
     ev = load_recipe(recipe_path).evaluation
-    hits = [[] for _ in questions]
-    messages = question_messages(
-        questions,
-        hits,
-        system_prompt=ev.system_prompt,
-        user_template=ev.user_template,
-        context_template=ev.context_template,
-    )
+    hits, messages = _closed_book(ev, questions)
     cache = ReplyCache(tmp_path / "cache")
     import openai
 
@@ -450,3 +459,29 @@ def test_unreachable_api_endpoint_fails_the_cell_clearly(tmp_path):
     message = str(failure.step_failure_data.error)
     assert "mcq_scores[gpt-4|closed_book]" in message
     assert "evaluation.api.max_retries" in message and "llm.base_url" in message
+
+
+def test_retrieval_quality_against_hand_computed_ranks():
+    from ragft_dagster.indexing import retrieval_quality
+
+    class Ranked:
+        """A retriever double returning fixed rankings."""
+
+        def __init__(self, rankings):
+            self.rankings = rankings
+
+        def retrieve_many(self, queries):
+            return [[{"id": i} for i in self.rankings[q]] for q in queries]
+
+    retriever = Ranked(
+        {
+            "q1": ["c1", "x", "y"],
+            "q2": ["x", "c2", "y"],
+            "q3": ["x", "y", "z"],
+            "q4": ["x", "y", "z", "w", "c4"],
+        }
+    )
+    got = retrieval_quality(retriever, [("q1", "c1"), ("q2", "c2"), ("q3", "c3"), ("q4", "c4")], 3)
+    assert got["questions"] == 4
+    assert got["hit_at_1"] == 0.25 and got["hit_at_k"] == 0.5
+    assert got["mrr"] == pytest.approx((1 + 1 / 2 + 0 + 1 / 5) / 4)

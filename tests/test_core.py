@@ -196,10 +196,11 @@ def test_letter_scoring_batched_equals_single(tiny_base, tiny_tokenizer):
         )
         for i in range(5)
     ]
-    options = [("alpha", "a much longer option text", "c", "delta epsilon")] * 5
+    options = [(f"alpha {i}", "longer option text " * (i + 1), "c", f"d{i}") for i in range(5)]
     batched = score_questions(model, tiny_tokenizer, prompts, options, batch_size=5)
     single = [
-        score_questions(model, tiny_tokenizer, [p], options[:1], batch_size=1)[0] for p in prompts
+        score_questions(model, tiny_tokenizer, [p], [o], batch_size=1)[0]
+        for p, o in zip(prompts, options, strict=True)
     ]
     for b, s in zip(batched, single, strict=True):
         assert b["predicted"] == s["predicted"]

@@ -10,31 +10,6 @@ from .conftest import QUICKSTART
 DOCS = ["chunking.md", "vector-index.md", "evaluation.md"]
 
 
-@pytest.mark.parametrize(
-    ("reply", "letter"),
-    [
-        ("A", "A"),
-        (" B\n", "B"),
-        ("C.", "C"),
-        ("(D)", "D"),
-        ("Answer: B", "B"),
-        ("B) because", "B"),
-        ("", None),
-        ("   ", None),
-        ("E", None),
-        ("a", None),
-        ("AB", None),
-        ("Dog", None),
-        ("A1", None),
-        ("42", None),
-    ],
-)
-def test_parse_letter(reply, letter):
-    from ragft_dagster.published_protocol import parse_letter
-
-    assert parse_letter(reply) == letter
-
-
 @pytest.fixture(scope="module")
 def recipe():
     from ragft_dagster.recipe import load_recipe

@@ -20,6 +20,7 @@ from ragft_dagster.resources import (
     LlmEndpointResource,
     VectorStoreResource,
 )
+from ragft_dagster.stats import sampled_cell
 
 
 def _numeric(metadata: dict[str, Any]) -> dict[str, float]:
@@ -99,9 +100,11 @@ def build(recipe: Recipe) -> list[Any]:
         if ctx == "rag" and not math.isnan(row["retrieval_hit_rate"]):
             metadata["retrieval_hit_rate"] = row["retrieval_hit_rate"]
         if ev.sampling.rounds:
-            metadata["sampled_accuracy"] = sum(
-                s == r["correct"] for r in records for s in r["samples"]
-            ) / (len(records) * ev.sampling.rounds)
+            sampled = sampled_cell(
+                {r["question_id"]: [s == r["correct"] for s in r["samples"]] for r in records}
+            )
+            metadata["sampled_accuracy"] = sampled["accuracy"]
+            metadata["sampled_design_effect"] = sampled["design_effect"]
         if stats is not None:
             metadata.update(
                 {

@@ -130,7 +130,15 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
             ][: r.quality_questions]
             retriever = Retriever(collection, embedder, max(r.top_k, 10))
             quality = retrieval_quality(retriever, pairs, r.top_k)
-        passed = quality["questions"] > 0 and quality["hit_at_k"] >= r.min_hit_rate
+        if not quality["questions"]:
+            return dg.AssetCheckResult(
+                passed=False,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={"held_out_rows": len(rows)},
+                description="none of the held-out questions' chunks is in the index: "
+                "re-materialize sft_dataset and vector_index, then run this check",
+            )
+        passed = quality["hit_at_k"] >= r.min_hit_rate
         return dg.AssetCheckResult(
             passed=passed,
             severity=dg.AssetCheckSeverity.WARN,
