@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ragft_dagster.artifacts import atomic_write_text
-from ragft_dagster.recipe import QaRecipe
+from ragft_dagster.recipe import EndpointCalls, QaRecipe
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z`*\"(])")
 _BOLD_DEF = re.compile(r"\*\*([^*\n]{2,60})\*\*\s*(?::|—|-|–)?\s*([^\n]{10,400})")
@@ -297,7 +297,7 @@ class Endpoint:
     (``max_retries``, ``initial_backoff``, ``max_backoff``), named in error messages."""
 
     client: Any
-    retry: Any
+    retry: EndpointCalls
     section: str = "qa"
     sleep: Callable[[float], None] = time.sleep
 

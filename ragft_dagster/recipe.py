@@ -141,7 +141,27 @@ class QaPricing(_Section):
     completion_per_1k: float = Field(default=0.0, ge=0)
 
 
-class QaRecipe(_Section):
+class EndpointCalls(_Section):
+    """How requests to the LLM endpoint are sent: timeouts, retries, concurrency. Operational:
+    none of it is in the code_version."""
+
+    request_timeout: float = Field(default=60.0, gt=0)
+    """Seconds before one request is abandoned (then retried)."""
+    max_retries: int = Field(default=5, ge=0)
+    """Retries of a request after 429, 5xx, a timeout or a dropped connection."""
+    initial_backoff: float = Field(default=1.0, ge=0)
+    """First retry delay in seconds, doubled per retry (with jitter); Retry-After wins."""
+    max_backoff: float = Field(default=60.0, ge=0)
+    """Longest wait between retries, also the cap on a server's Retry-After."""
+    max_concurrency: int = Field(default=4, gt=0, le=64)
+    """Requests in flight at once."""
+
+    UNVERSIONED: ClassVar[frozenset[str]] = frozenset(
+        {"request_timeout", "max_retries", "initial_backoff", "max_backoff", "max_concurrency"}
+    )
+
+
+class QaRecipe(EndpointCalls):
     generator: Literal["offline", "openai"] = "offline"
     """``offline`` mines the markdown (no LLM); ``openai`` calls the profile's endpoint."""
     model: str | None = None
@@ -153,32 +173,12 @@ class QaRecipe(_Section):
     max_tokens: int = Field(default=1024, gt=0)
     passes: int = Field(default=1, gt=0, le=10)
     """Generation passes per chunk (use temperature > 0 for different questions per pass)."""
-    request_timeout: float = Field(default=60.0, gt=0)
-    """Seconds before one request is abandoned (then retried)."""
-    max_retries: int = Field(default=5, ge=0)
-    """Retries of a request after 429, 5xx, a timeout or a dropped connection."""
-    initial_backoff: float = Field(default=1.0, ge=0)
-    """First retry delay in seconds, doubled per retry (with jitter); Retry-After wins."""
-    max_backoff: float = Field(default=60.0, ge=0)
-    """Longest wait between retries, also the cap on a server's Retry-After."""
-    max_concurrency: int = Field(default=4, gt=0, le=64)
-    """Requests in flight at once."""
     budget: QaBudget = Field(default_factory=lambda: QaBudget())
     """Per-run limits; the run stops before exceeding them (paid replies stay cached)."""
     pricing: QaPricing = Field(default_factory=lambda: QaPricing())
     """USD per 1,000 tokens, for the estimated cost in the metadata."""
 
-    UNVERSIONED: ClassVar[frozenset[str]] = frozenset(
-        {
-            "request_timeout",
-            "max_retries",
-            "initial_backoff",
-            "max_backoff",
-            "max_concurrency",
-            "budget",
-            "pricing",
-        }
-    )
+    UNVERSIONED: ClassVar[frozenset[str]] = EndpointCalls.UNVERSIONED | {"budget", "pricing"}
 
     @model_validator(mode="after")
     def _model_for_openai(self) -> QaRecipe:
@@ -278,29 +278,15 @@ LOCAL_MODELS: tuple[LocalModel, ...] = ("base", "merged", "dpo", "sft")
 API_MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$"
 
 
-class ApiScoringRecipe(_Section):
+class ApiScoringRecipe(EndpointCalls):
     """Models behind the profile's OpenAI-compatible endpoint, scored by the letter they answer."""
 
     models: list[str] = []
     """Model names at the endpoint (e.g. gpt-3.5-turbo, gpt-4); each is a ``model`` partition."""
     max_tokens: int = Field(default=5, gt=0)
     """Reply length; the first standalone letter A-D of the reply is the answer."""
-    request_timeout: float = Field(default=60.0, gt=0)
-    max_retries: int = Field(default=5, ge=0)
-    initial_backoff: float = Field(default=1.0, ge=0)
-    max_backoff: float = Field(default=60.0, ge=0)
-    max_concurrency: int = Field(default=4, gt=0, le=64)
 
-    UNVERSIONED: ClassVar[frozenset[str]] = frozenset(
-        {
-            "models",
-            "request_timeout",
-            "max_retries",
-            "initial_backoff",
-            "max_backoff",
-            "max_concurrency",
-        }
-    )
+    UNVERSIONED: ClassVar[frozenset[str]] = EndpointCalls.UNVERSIONED | {"models"}
 
     @field_validator("models")
     @classmethod
