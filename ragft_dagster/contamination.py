@@ -16,13 +16,12 @@ scores, so a reviewer can see why a row was flagged.
 
 from __future__ import annotations
 
-import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ragft_dagster.mcq import LETTERS, Question
+from ragft_dagster.mcq import LETTERS, Question, words
 from ragft_dagster.recipe import ContaminationRecipe
 
 # The recipe section holds the defaults (and documents them); the core function shares them.
@@ -32,14 +31,6 @@ DETECTORS = ("exact", "ngram", "embedding")
 
 # (texts) -> one vector per text, e.g. a llama-index embedding's get_text_embedding_batch
 EmbedFn = Callable[[list[str]], Sequence[Sequence[float]]]
-
-_WORD = re.compile(r"\w+")
-
-
-def words(text: str) -> list[str]:
-    """Lower-case words, punctuation dropped: ``"Key-value heads?"`` -> ``["key", "value",
-    "heads"]``."""
-    return _WORD.findall(text.lower())
 
 
 def normalise(text: str) -> str:

@@ -137,6 +137,33 @@ def score_cell(
         user_template=user_template,
         context_template=context_template,
     )
+    return score_local(
+        questions,
+        hits_per_q,
+        messages,
+        model,
+        tokenizer,
+        batch_size=batch_size,
+        device=device,
+        sampling=sampling,
+        sample_key=sample_key,
+    )
+
+
+def score_local(
+    questions: list[Question],
+    hits_per_q: list[list[dict[str, Any]]],
+    messages: list[list[dict[str, str]]],
+    model: Any,
+    tokenizer: Any,
+    *,
+    batch_size: int,
+    device: str,
+    sampling: SamplingRecipe | None = None,
+    sample_key: str = "",
+) -> list[dict[str, Any]]:
+    """:func:`score_cell` on questions whose chunks are retrieved and messages rendered
+    already (:func:`retrieve_all`, :func:`question_messages`)."""
     prompts = [
         tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True)
         for m in messages
@@ -329,12 +356,6 @@ def evaluate_cell(
     """
     ev = recipe.evaluation
     questions = load_questions(recipe.questions_path)
-    prompts = dict(
-        system_prompt=ev.system_prompt,
-        user_template=ev.user_template,
-        context_template=ev.context_template,
-    )
-    cell = f"{model_key}|{context_name}"
     with ExitStack() as stack:
         retriever, chunks = None, []
         if context_name == "rag":
@@ -347,14 +368,21 @@ def evaluate_cell(
             collection = stack.enter_context(open_collection())
             retriever = Retriever(collection, embedder, recipe.retrieval.top_k)
             chunks = all_chunks(collection)
+        hits = retrieve_all(questions, retriever)
+        messages = question_messages(
+            questions,
+            hits,
+            system_prompt=ev.system_prompt,
+            user_template=ev.user_template,
+            context_template=ev.context_template,
+        )
         if model_key in ev.api.models:
             if llm_client is None:
                 raise ValueError(f"scoring the API model {model_key!r} needs an LLM client")
-            hits = retrieve_all(questions, retriever)
             records, stats = score_api_cell(
                 questions,
                 hits,
-                question_messages(questions, hits, **prompts),
+                messages,
                 model_name=model_key,
                 api=ev.api,
                 client=llm_client(),
@@ -373,16 +401,16 @@ def evaluate_cell(
                 chat_template=recipe.chat_template,
                 trust_remote_code=recipe.trust_remote_code,
             )
-            records = score_cell(
+            records = score_local(
                 questions,
+                hits,
+                messages,
                 model,
                 tokenizer,
-                retriever=retriever,
                 batch_size=ev.batch_size,
                 device=device,
                 sampling=ev.sampling,
-                sample_key=cell,
-                **prompts,
+                sample_key=f"{model_key}|{context_name}",
             )
             stats = None
         if context_name == "rag":

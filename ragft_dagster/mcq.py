@@ -20,6 +20,21 @@ LETTERS = ("A", "B", "C", "D")
 COLUMNS = ("question", "a", "b", "c", "d", "correct")
 
 
+_WORDS = re.compile(r"\w+")
+
+
+def fold(text: str) -> str:
+    """Lower case, whitespace collapsed: how two questions are found to be the same question
+    (benchmark duplicates, SFT duplicates and the SFT split hash)."""
+    return " ".join(text.lower().split())
+
+
+def words(text: str) -> list[str]:
+    """Lower-case words, punctuation dropped: ``"Key-value heads?"`` -> ``["key", "value",
+    "heads"]``."""
+    return _WORDS.findall(text.lower())
+
+
 class McqError(ValueError):
     """A benchmark file problem; names the file, row and column and the fix."""
 
@@ -74,7 +89,7 @@ def load_questions(path: Path) -> list[Question]:
             raise McqError(
                 f"{where}: column 'correct' is {values['correct']!r}; it must be one of A, B, C, D"
             )
-        key = " ".join(values["question"].lower().split())
+        key = fold(values["question"])
         if key in seen:
             raise McqError(f"{where}: duplicate of row {seen[key]}; remove one of them")
         seen[key] = n
@@ -288,7 +303,6 @@ def parse_letter(reply: str | None) -> str | None:
     return None
 
 
-_WORD = re.compile(r"[a-z0-9]+")
 _STOP = frozenset(
     re.findall(
         r"\w+",
@@ -299,7 +313,7 @@ _STOP = frozenset(
 
 
 def _content_words(text: str) -> set[str]:
-    return {w for w in _WORD.findall(text.lower()) if w not in _STOP}
+    return {w for w in words(text) if w not in _STOP}
 
 
 def supporting_chunks(

@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ragft_dagster.artifacts import atomic_write_text, scratch_dir, write_jsonl
 from ragft_dagster.contamination import Finding, summarise
+from ragft_dagster.mcq import fold
 from ragft_dagster.model_refs import count_parameters, load_tokenizer, loss_history
 
 CONTAMINATION_FILE = "contamination.json"
-
-
-def _norm(text: str) -> str:
-    return re.sub(r"\s+", " ", text.strip().lower())
 
 
 def build_sft_dataset(
@@ -55,7 +51,7 @@ def build_sft_dataset(
     unique: list[dict[str, Any]] = []
     duplicates = 0
     for row in sorted(qa_rows, key=lambda r: (r["doc"], r["id"])):
-        key = (_norm(row["question"]), _norm(row["answer"]))
+        key = (fold(row["question"]), fold(row["answer"]))
         if key in seen:
             duplicates += 1
             continue
@@ -92,7 +88,7 @@ def build_sft_dataset(
             "doc": row["doc"],
             "generator": row["generator"],
         }
-        h = hashlib.sha256(f"{seed}\n{_norm(row['question'])}".encode()).digest()
+        h = hashlib.sha256(f"{seed}\n{fold(row['question'])}".encode()).digest()
         bucket = int.from_bytes(h[:8], "big") / 2**64
         (validation if bucket < validation_fraction else train).append(record)
     write_jsonl(Path(out_dir) / "train.jsonl", train)

