@@ -401,10 +401,13 @@ class Recipe(_Section):
         return None
 
     def section_version(self, *sections: str, files: tuple[Path, ...] = ()) -> str:
-        """A short hash of recipe sections (and data files they name): an asset's code_version."""
+        """A short hash of recipe sections (or single fields, dotted: ``retrieval.top_k``) and of
+        data files they name: an asset's code_version."""
         h = hashlib.sha256()
         for name in sections:
-            value = getattr(self, name)
+            value: Any = self
+            for part_name in name.split("."):
+                value = getattr(value, part_name)
             part = value.versioned_dump() if isinstance(value, _Section) else value
             h.update(json.dumps({name: part}, sort_keys=True, default=str).encode())
         for f in files:

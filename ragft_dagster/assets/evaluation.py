@@ -171,7 +171,7 @@ def build(recipe: Recipe) -> list[Any]:
             "summary": preview_table(
                 rows,
                 ["model", "context", "n", "correct", "accuracy", "ci_low", "ci_high"]
-                + ["acc_norm", "invalid"],
+                + ["acc_norm", "acc_norm_ci_low", "acc_norm_ci_high", "invalid"],
                 limit=len(rows),
             ),
             "chart": dg.MetadataValue.md(f"![accuracy](data:image/png;base64,{png})"),

@@ -1,7 +1,6 @@
 """Training assets: the SFT dataset from every document's Q&A, then the LoRA adapter."""
 
 import functools
-import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -36,11 +35,8 @@ def sft_dataset_version(recipe: Recipe) -> str:
     c = recipe.sft_dataset.contamination
     if not c.enabled:
         return recipe.section_version("sft_dataset")
-    version = recipe.section_version("sft_dataset", files=(recipe.questions_path,))
-    if c.embedding_threshold is None:
-        return version
-    salted = f"{version}\n{recipe.retrieval.embedding_model}"
-    return hashlib.sha256(salted.encode()).hexdigest()[:16]
+    embedding = ["retrieval.embedding_model"] if c.embedding_threshold is not None else []
+    return recipe.section_version("sft_dataset", *embedding, files=(recipe.questions_path,))
 
 
 def contamination_detector(
