@@ -221,19 +221,19 @@ def _closed_book(ev, questions):
     )
 
 
-def test_api_model_scored_through_the_openai_client(tmp_path):
+def _api_scorer(tmp_path, n_questions, **evaluation):
+    """(evaluation section, questions, messages, score(client, refresh=False)) for gpt-4 at a
+    loopback endpoint, closed-book, replies cached under tmp_path."""
     from ragft_dagster.evaluation import score_api_cell
     from ragft_dagster.qa_generation import ReplyCache
     from ragft_dagster.recipe import load_recipe
 
-    recipe_path, questions = _api_recipe(tmp_path, 5, sampling={"rounds": 3, "temperature": 0.7})
+    recipe_path, questions = _api_recipe(tmp_path, n_questions, **evaluation)
     ev = load_recipe(recipe_path).evaluation
-    answers = [questions[0].correct, "The answer is B.", "I cannot tell", "(C)", "A"]
     hits, messages = _closed_book(ev, questions)
     cache = ReplyCache(tmp_path / "cache")
-    import openai
 
-    def score(client):
+    def score(client, refresh=False):
         return score_api_cell(
             questions,
             hits,
@@ -243,8 +243,19 @@ def test_api_model_scored_through_the_openai_client(tmp_path):
             client=client,
             cache=cache,
             sampling=ev.sampling,
+            refresh=refresh,
         )
 
+    return ev, questions, messages, score
+
+
+def test_api_model_scored_through_the_openai_client(tmp_path):
+    import openai
+
+    ev, questions, messages, score = _api_scorer(
+        tmp_path, 5, sampling={"rounds": 3, "temperature": 0.7}
+    )
+    answers = [questions[0].correct, "The answer is B.", "I cannot tell", "(C)", "A"]
     with OpenAIStub([_answer_by_question(questions, answers)]) as stub:
         client = openai.OpenAI(base_url=stub.base_url, api_key="sk-test", max_retries=0)
         records, stats = score(client)
@@ -392,27 +403,12 @@ def test_sampled_mode_draws_seeded_rounds_and_reports_question_level_variance(
 
 
 def test_nightly_run_asks_api_models_again(tmp_path):
-    from ragft_dagster.evaluation import score_api_cell
-    from ragft_dagster.qa_generation import ReplyCache
-    from ragft_dagster.recipe import load_recipe
-
-    recipe_path, questions = _api_recipe(tmp_path, 3)
-    ev = load_recipe(recipe_path).evaluation
-    hits, messages = _closed_book(ev, questions)
-    cache = ReplyCache(tmp_path / "cache")
     import openai
 
+    _, _, _, score_cell = _api_scorer(tmp_path, 3)
+
     def score(client, refresh):
-        return score_api_cell(
-            questions,
-            hits,
-            messages,
-            model_name="gpt-4",
-            api=ev.api,
-            client=client,
-            cache=cache,
-            refresh=refresh,
-        )[0]
+        return score_cell(client, refresh)[0]
 
     with OpenAIStub(["A"]) as stub:
         client = openai.OpenAI(base_url=stub.base_url, api_key="sk-test", max_retries=0)
