@@ -10,6 +10,10 @@ from typing import Any
 class ComputeSettings:
     device: str = "auto"
     dtype: str = "auto"
+    processes: int = 1
+    """Training processes on this host; more than one launches training under ``launcher``."""
+    launcher: str = "torchrun"
+    """``torchrun`` or ``accelerate`` (used only when ``processes`` > 1)."""
 
     def torch_device(self) -> str:
         import torch
@@ -38,9 +42,13 @@ class ComputeSettings:
 
         on_cpu = self.torch_device() == "cpu"
         dtype = self.torch_dtype()
-        return {
+        args = {
             "use_cpu": on_cpu,
             "bf16": (not on_cpu) and dtype == torch.bfloat16,
             "fp16": (not on_cpu) and dtype == torch.float16,
             "report_to": "none",
         }
+        if self.processes > 1:
+            # LoRA freezes most weights; DDP's unused-parameter scan would fail or slow down.
+            args["ddp_find_unused_parameters"] = False
+        return args

@@ -89,6 +89,64 @@ def load_tokenizer(path: str, chat_template: str | None = None, trust_remote_cod
     return tok
 
 
+def load_trainable_model(
+    model_dir: str,
+    dtype: Any,
+    trust_remote_code: bool,
+    quantization: dict[str, Any] | None,
+    trainer_args: dict[str, Any],
+) -> Any:
+    """Load a causal LM for training; with ``quantization`` as a 4-bit QLoRA base.
+
+    Args:
+        model_dir: Model folder.
+        dtype: Torch dtype of the (non-quantized) weights.
+        trust_remote_code: Only when the recipe opts in.
+        quantization: transformers ``BitsAndBytesConfig`` fields, or None.
+        trainer_args: The recipe's trainer arguments (gradient checkpointing for k-bit prep).
+    """
+    import os
+
+    from transformers import AutoModelForCausalLM
+
+    if not quantization:
+        return AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=dtype, trust_remote_code=trust_remote_code
+        )
+    import torch
+
+    try:
+        import bitsandbytes  # noqa: F401  (imported for the clear error below)
+    except ImportError:
+        raise RuntimeError(
+            "sft.quantization (QLoRA) needs the bitsandbytes package and a CUDA GPU: "
+            "pip install bitsandbytes on the GPU host, or remove sft.quantization"
+        ) from None
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            "sft.quantization (4-bit QLoRA) needs a CUDA GPU; this host has none. Remove "
+            "sft.quantization or run with the gpu profile on a GPU host"
+        )
+    from peft import prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig
+
+    bnb = dict(quantization)
+    if isinstance(bnb.get("bnb_4bit_compute_dtype"), str):
+        bnb["bnb_4bit_compute_dtype"] = getattr(torch, bnb["bnb_4bit_compute_dtype"])
+    # Quantized weights cannot be moved after loading: each rank loads onto its own GPU.
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir,
+        dtype=dtype,
+        quantization_config=BitsAndBytesConfig(**bnb),
+        device_map={"": local_rank},
+        trust_remote_code=trust_remote_code,
+    )
+    return prepare_model_for_kbit_training(
+        model, use_gradient_checkpointing=bool(trainer_args.get("gradient_checkpointing", False))
+    )
+
+
 def loss_history(trainer: Any) -> list[dict[str, Any]]:
     """The trainer's logged training steps (entries that carry a ``loss``)."""
     return [entry for entry in trainer.state.log_history if "loss" in entry]

@@ -6,8 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ragft_dagster.artifacts import scratch_dir
-from ragft_dagster.model_refs import count_parameters, load_tokenizer, loss_history
+from ragft_dagster.checkpoints import train_resuming, training_dir
+from ragft_dagster.model_refs import (
+    count_parameters,
+    load_tokenizer,
+    load_trainable_model,
+    loss_history,
+)
 
 
 class PreferenceDataError(ValueError):
@@ -96,8 +101,12 @@ def train_dpo(
     dtype: Any = None,
     chat_template: str | None = None,
     trust_remote_code: bool = False,
+    checkpoints: Path | None = None,
+    callbacks: list[Any] | None = None,
 ) -> dict[str, Any]:
     """Align a model with DPO and save the result (weights + tokenizer) to ``out_dir``.
+
+    Runs the same under ``torchrun``/``accelerate`` (one process per rank): only rank 0 saves.
 
     Args:
         model_dir: The policy (and implicit reference) model.
@@ -108,35 +117,38 @@ def train_dpo(
         dtype: Torch dtype to load the weights in.
         chat_template: Recipe chat template for tokenizers that have none.
         trust_remote_code: Only when the recipe opts in.
+        checkpoints: Persistent folder for the trainer's checkpoints (resumed from when it
+            holds one); None = checkpoints, if any, go to a scratch folder.
+        callbacks: transformers ``TrainerCallback``s (e.g. progress to the run log).
 
     Returns:
-        Metrics for metadata: final loss, reward accuracy and margin, step count, parameters.
+        Metrics for metadata: final loss, reward accuracy and margin, steps, the step resumed
+        from, parameters.
     """
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM
     from trl import DPOConfig, DPOTrainer
 
     tokenizer = load_tokenizer(model_dir, chat_template, trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=dtype, trust_remote_code=trust_remote_code
-    )
-    with scratch_dir(out_dir) as scratch:
+    model = load_trainable_model(model_dir, dtype, trust_remote_code, None, args)
+    with training_dir(out_dir, checkpoints) as run_dir:
         config = DPOConfig(
             **{**compute_args, "save_strategy": "no", "logging_steps": 1, **args},
-            output_dir=str(scratch),
+            output_dir=str(run_dir),
         )
         trainer = DPOTrainer(
             model=model,
+            callbacks=callbacks,
             ref_model=None,
             args=config,
             train_dataset=Dataset.from_list(rows),
             processing_class=tokenizer,
         )
-        result = trainer.train()
+        result, resumed_from = train_resuming(trainer, checkpoints)
         logs = loss_history(trainer)
-    trained: Any = trainer.model
-    trained.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
+    if trainer.is_world_process_zero():
+        trained: Any = trainer.model
+        trained.save_pretrained(out_dir, safe_serialization=True)
+        tokenizer.save_pretrained(out_dir)
     last = logs[-1] if logs else {}
     total, _ = count_parameters(trainer.model)
     return {
@@ -145,6 +157,8 @@ def train_dpo(
         "reward_accuracy": float(last.get("rewards/accuracies", float("nan"))),
         "reward_margin": float(last.get("rewards/margins", float("nan"))),
         "steps": int(result.global_step),
+        "resumed_from_step": resumed_from,
+        "processes": int(trainer.args.world_size),
         "pairs": len(rows),
         "parameters": total,
         "loss_curve": [float(e["loss"]) for e in logs],

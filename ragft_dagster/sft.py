@@ -8,10 +8,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ragft_dagster.artifacts import atomic_write_text, scratch_dir, write_jsonl
+from ragft_dagster.artifacts import atomic_write_text, write_jsonl
+from ragft_dagster.checkpoints import train_resuming, training_dir
 from ragft_dagster.contamination import Finding, summarise
 from ragft_dagster.mcq import fold
-from ragft_dagster.model_refs import count_parameters, load_tokenizer, loss_history
+from ragft_dagster.model_refs import (
+    count_parameters,
+    load_tokenizer,
+    load_trainable_model,
+    loss_history,
+)
 
 CONTAMINATION_FILE = "contamination.json"
 
@@ -113,8 +119,13 @@ def train_lora(
     dtype: Any = None,
     chat_template: str | None = None,
     trust_remote_code: bool = False,
+    quantization: dict[str, Any] | None = None,
+    checkpoints: Path | None = None,
+    callbacks: list[Any] | None = None,
 ) -> dict[str, Any]:
     """LoRA SFT on the chat dataset with assistant-only loss; saves a PEFT adapter.
+
+    Runs the same under ``torchrun``/``accelerate`` (one process per rank): only rank 0 saves.
 
     Args:
         model_dir: The model to adapt (the DPO model).
@@ -126,26 +137,27 @@ def train_lora(
         dtype: Torch dtype for the base weights.
         chat_template: Template for tokenizers without one.
         trust_remote_code: Only when the recipe opts in.
+        quantization: transformers ``BitsAndBytesConfig`` fields (4-bit QLoRA); None = off.
+        checkpoints: Persistent folder for the trainer's checkpoints (resumed from when it
+            holds one); None = checkpoints, if any, go to a scratch folder.
+        callbacks: transformers ``TrainerCallback``s (e.g. progress to the run log).
 
     Returns:
-        Metrics for metadata: losses, steps, parameter counts.
+        Metrics for metadata: losses, steps, parameter counts, the step resumed from.
     """
     from datasets import load_dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
     tokenizer = load_tokenizer(model_dir, chat_template, trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=dtype, trust_remote_code=trust_remote_code
-    )
+    model = load_trainable_model(model_dir, dtype, trust_remote_code, quantization, args)
     files = {"train": str(Path(dataset_dir) / "train.jsonl")}
     has_validation = (Path(dataset_dir) / "validation.jsonl").stat().st_size > 0
     if has_validation:
         files["validation"] = str(Path(dataset_dir) / "validation.jsonl")
     data = load_dataset("json", data_files=files)
     data = data.select_columns(["messages"])
-    with scratch_dir(out_dir) as scratch:
+    with training_dir(out_dir, checkpoints) as run_dir:
         config = SFTConfig(
             **{
                 **compute_args,
@@ -155,10 +167,11 @@ def train_lora(
                 "eval_strategy": "epoch" if has_validation else "no",
                 **args,
             },
-            output_dir=str(scratch),
+            output_dir=str(run_dir),
         )
         trainer = SFTTrainer(
             model=model,
+            callbacks=callbacks,
             args=config,
             train_dataset=data["train"],
             eval_dataset=data["validation"] if has_validation else None,
@@ -166,17 +179,20 @@ def train_lora(
             peft_config=LoraConfig(task_type="CAUSAL_LM", **lora),
         )
         total, trainable = count_parameters(trainer.model)
-        result = trainer.train()
+        result, resumed_from = train_resuming(trainer, checkpoints)
         eval_loss = trainer.evaluate()["eval_loss"] if has_validation else float("nan")
-    trained: Any = trainer.model
-    trained.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+    if trainer.is_world_process_zero():
+        trained: Any = trainer.model
+        trained.save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
     losses = [float(e["loss"]) for e in loss_history(trainer)]
     return {
         "train_loss": float(result.training_loss),
         "final_loss": losses[-1] if losses else float(result.training_loss),
         "eval_loss": float(eval_loss),
         "steps": int(result.global_step),
+        "resumed_from_step": resumed_from,
+        "processes": int(trainer.args.world_size),
         "train_rows": len(data["train"]),
         "parameters": total,
         "trainable_parameters": trainable,

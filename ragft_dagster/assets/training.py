@@ -10,13 +10,14 @@ import dagster as dg
 
 from ragft_dagster.artifacts import atomic_dir, read_jsonl
 from ragft_dagster.assets._meta import EAGER, preview_table, read_all_documents, training_result
+from ragft_dagster.assets._training import checkpointed_output, run_training
 from ragft_dagster.contamination import Finding, find_contamination
 from ragft_dagster.indexing import load_embedder
 from ragft_dagster.mcq import McqError, load_questions
 from ragft_dagster.model_refs import resolve_model_ref
 from ragft_dagster.recipe import Recipe
 from ragft_dagster.resources import ArtifactStoreResource, ComputeResource
-from ragft_dagster.sft import CONTAMINATION_FILE, build_sft_dataset, train_lora
+from ragft_dagster.sft import CONTAMINATION_FILE, build_sft_dataset
 
 FINDING_COLUMNS = [
     "detector",
@@ -180,19 +181,36 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
         """A LoRA adapter for the DPO model, fine-tuned (assistant-only loss) on the SFT data."""
         layout = artifacts.layout()
         settings = compute.settings()
-        with atomic_dir(layout.lora_adapter) as tmp:
-            m = train_lora(
-                str(layout.dpo_model),
-                layout.sft_dataset,
-                tmp,
-                lora=recipe.lora.model_dump(),
-                args=recipe.sft.args,
-                compute_args=settings.trainer_args(),
-                dtype=settings.torch_dtype(),
-                chat_template=recipe.chat_template,
-                trust_remote_code=recipe.trust_remote_code,
+        run = {"args": recipe.sft.args, "lora": recipe.lora.model_dump()}
+        data_files = [layout.sft_dataset / f"{s}.jsonl" for s in ("train", "validation")]
+        with checkpointed_output(
+            layout.lora_adapter,
+            artifact_root=layout.root,
+            asset="lora_adapter",
+            fingerprint_of={
+                "model_dir": layout.dpo_model,
+                "data_files": data_files,
+                "settings": {**run, "chat_template": recipe.chat_template},
+            },
+        ) as (tmp, checkpoints):
+            m = run_training(
+                context,
+                "sft",
+                settings,
+                {
+                    "model_dir": str(layout.dpo_model),
+                    "dataset_dir": layout.sft_dataset,
+                    "out_dir": tmp,
+                    **run,
+                    "compute_args": settings.trainer_args(),
+                    "dtype": settings.torch_dtype(),
+                    "chat_template": recipe.chat_template,
+                    "trust_remote_code": recipe.trust_remote_code,
+                    "checkpoints": checkpoints,
+                },
             )
-        context.log.info(f"SFT: {m['steps']} steps, eval loss {m['eval_loss']:.4f}")
+        resumed = f", resumed from step {m['resumed_from_step']}" if m["resumed_from_step"] else ""
+        context.log.info(f"SFT: {m['steps']} steps{resumed}, eval loss {m['eval_loss']:.4f}")
         return training_result(
             layout.lora_adapter, m, lora_r=recipe.lora.r, lora_alpha=recipe.lora.lora_alpha
         )

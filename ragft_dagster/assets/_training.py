@@ -1,0 +1,86 @@
+"""Running a training function from an asset: in this process, or as several ranks under
+torchrun/accelerate launched through Dagster Pipes when the compute profile asks for it."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from ragft_dagster.artifacts import atomic_dir
+from ragft_dagster.checkpoints import (
+    checkpoint_dir,
+    progress_callback,
+    run_fingerprint,
+    wants_checkpoints,
+)
+from ragft_dagster.compute import ComputeSettings
+from ragft_dagster.train_worker import launch_command, write_spec
+
+
+@contextmanager
+def checkpointed_output(
+    final: Path, *, artifact_root: Path, asset: str, fingerprint_of: dict[str, Any]
+) -> Iterator[tuple[Path, Path | None]]:
+    """An atomic output directory plus, when the trainer args ask for checkpoints, the
+    persistent checkpoint folder of this exact run (removed once the artifact is in place).
+
+    Args:
+        final: The artifact directory.
+        artifact_root: Where ``checkpoints/`` lives.
+        asset: Asset name (checkpoint subfolder).
+        fingerprint_of: ``run_fingerprint`` keyword arguments (model_dir, data_files, settings).
+    """
+    args = fingerprint_of["settings"].get("args", {})
+    ckpt = (
+        checkpoint_dir(artifact_root, asset, run_fingerprint(**fingerprint_of))
+        if wants_checkpoints(args)
+        else None
+    )
+    with atomic_dir(final) as tmp:
+        yield tmp, ckpt
+    if ckpt is not None:
+        shutil.rmtree(ckpt, ignore_errors=True)
+
+
+def run_training(
+    context: dg.AssetExecutionContext,
+    kind: str,
+    settings: ComputeSettings,
+    kwargs: dict[str, Any],
+) -> dict[str, Any]:
+    """Train (``kind`` "sft" → :func:`ragft_dagster.sft.train_lora`, "dpo" →
+    :func:`ragft_dagster.preference.train_dpo`) and return its metrics.
+
+    With ``settings.processes`` > 1 the ranks run in child processes started by the launcher
+    through ``dg.PipesSubprocessClient``; rank 0 reports progress and the metrics back.
+    """
+    log = context.log.info
+    if settings.processes <= 1:
+        if kind == "sft":
+            from ragft_dagster.sft import train_lora
+
+            return train_lora(**kwargs, callbacks=[progress_callback(log)])
+        from ragft_dagster.preference import train_dpo
+
+        return train_dpo(**kwargs, callbacks=[progress_callback(log)])
+    on_cpu = settings.torch_device() == "cpu"
+    env = {"OMP_NUM_THREADS": "1"} if on_cpu else {}
+    with tempfile.TemporaryDirectory(prefix="ragft-launch-") as tmp:
+        spec = Path(tmp) / "spec.json"
+        write_spec(spec, kind, kwargs)
+        command = launch_command(settings, spec, on_cpu=on_cpu)
+        log(f"launching {settings.processes} training processes: {' '.join(command)}")
+        invocation = dg.PipesSubprocessClient(env=env).run(context=context, command=command)
+    messages = invocation.get_custom_messages()
+    if not messages:
+        raise dg.Failure(
+            f"{kind} training exited without reporting metrics from rank 0; see the run's "
+            "stderr for the launcher's output"
+        )
+    return messages[-1]
