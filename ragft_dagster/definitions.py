@@ -18,7 +18,7 @@ from ragft_dagster.automation import (
     build_nightly_schedule,
 )
 from ragft_dagster.profile import Profile, load_profile
-from ragft_dagster.recipe import Recipe, load_recipe
+from ragft_dagster.recipe import Recipe, RecipeError, load_recipe
 from ragft_dagster.resources import (
     ArtifactStoreResource,
     ComputeResource,
@@ -47,7 +47,12 @@ def build_resources(recipe: Recipe, profile: Profile, artifact_root: Path | None
     llm_key = dg.EnvVar(profile.llm.api_key_env) if uses_llm else None
     return {
         "artifacts": ArtifactStoreResource(root=str(artifact_root or profile.artifact_root)),
-        "compute": ComputeResource(device=profile.compute.device, dtype=profile.compute.dtype),
+        "compute": ComputeResource(
+            device=profile.compute.device,
+            dtype=profile.compute.dtype,
+            processes=profile.compute.processes,
+            launcher=profile.compute.launcher,
+        ),
         "llm": LlmEndpointResource(base_url=profile.llm.base_url, api_key=llm_key),
         "vector_store": VectorStoreResource(
             mode=profile.vector_store.mode,
@@ -55,6 +60,26 @@ def build_resources(recipe: Recipe, profile: Profile, artifact_root: Path | None
             port=profile.vector_store.port,
         ),
     }
+
+
+def build_executor(recipe: Recipe, profile: Profile) -> dg.ExecutorDefinition | None:
+    """The executor the profile names; None = Dagster's default (multiprocess)."""
+    if profile.executor == "in_process":
+        return dg.in_process_executor
+    if profile.executor == "multiprocess":
+        return None
+    # Imported only here: profiles that do not use Kubernetes load without dagster_k8s.
+    from dagster_k8s import k8s_job_executor
+
+    # Step pods re-load this module: pin the recipe (the profile pins itself) so they build the
+    # same definitions as the run, whatever the pod's environment says.
+    try:
+        env = {"RAGFT_RECIPE": str(recipe.path)}
+    except RecipeError:  # built in code, not from a file
+        env = {}
+    return k8s_job_executor.configured(
+        profile.k8s_executor_config(env), name="ragft_k8s_job_executor"
+    )
 
 
 def load_inputs(
@@ -86,14 +111,13 @@ def definitions_for(
         )
         for name, selection in JOB_SELECTIONS.items()
     ]
-    executor = dg.in_process_executor if profile.executor == "in_process" else None
     return dg.Definitions(
         assets=build_all_assets(recipe),
         jobs=jobs,
         sensors=[build_docs_sensor(recipe), build_automation_sensor()],
         schedules=[build_nightly_schedule(recipe)],
         resources=build_resources(recipe, profile, artifact_root),
-        executor=executor,
+        executor=build_executor(recipe, profile),
     )
 
 

@@ -21,13 +21,19 @@ class ArtifactStoreResource(dg.ConfigurableResource):
 
 
 class ComputeResource(dg.ConfigurableResource):
-    """Device and precision: ``auto`` picks CUDA when present, else CPU."""
+    """Device, precision and training processes: ``auto`` picks CUDA when present, else CPU."""
 
     device: str = "auto"
     dtype: str = "auto"
+    processes: int = 1
+    """Training processes per host; more than one runs training under ``launcher``."""
+    launcher: str = "torchrun"
+    """``torchrun`` or ``accelerate``."""
 
     def settings(self) -> ComputeSettings:
-        return ComputeSettings(device=self.device, dtype=self.dtype)
+        return ComputeSettings(
+            device=self.device, dtype=self.dtype, processes=self.processes, launcher=self.launcher
+        )
 
 
 class LlmEndpointResource(dg.ConfigurableResource):

@@ -1,0 +1,195 @@
+"""Training that survives a crash (checkpoints, resume after kill -9) and multi-process training
+(2 gloo ranks under torchrun through Dagster Pipes), on CPU with a tiny model."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from ragft_dagster.artifacts import ArtifactLayout, write_jsonl
+from ragft_dagster.checkpoints import resumable_checkpoint, run_fingerprint
+from ragft_dagster.compute import ComputeSettings
+from ragft_dagster.recipe import load_recipe
+from ragft_dagster.train_worker import launch_command
+from tests.conftest import write_recipe
+
+SCRIPT = """
+import sys
+import dagster as dg
+from ragft_dagster.assets import training
+from ragft_dagster.recipe import load_recipe
+from ragft_dagster.resources import ArtifactStoreResource, ComputeResource
+
+lora_adapter = training.build(load_recipe(sys.argv[1]))[-1]
+dg.materialize(
+    [lora_adapter],
+    resources={
+        "artifacts": ArtifactStoreResource(root=sys.argv[2]),
+        "compute": ComputeResource(device="cpu"),
+    },
+)
+"""
+
+
+def _chat(i: int) -> dict:
+    return {
+        "id": f"q{i}",
+        "messages": [
+            {"role": "user", "content": f"What does setting {i} control in the recipe?"},
+            {"role": "assistant", "content": f"Setting {i} controls the number of tokens."},
+        ],
+    }
+
+
+def _prepare(tmp_path: Path, tiny_base: Path, sft_args: dict) -> tuple[Path, Path]:
+    """An artifact root holding a dpo_model (the tiny base) and a small sft_dataset, and a
+    recipe whose sft.args are ``sft_args``."""
+    layout = ArtifactLayout(tmp_path / "artifacts")
+    shutil.copytree(tiny_base, layout.dpo_model)
+    layout.sft_dataset.mkdir(parents=True)
+    write_jsonl(layout.sft_dataset / "train.jsonl", [_chat(i) for i in range(16)])
+    write_jsonl(layout.sft_dataset / "validation.jsonl", [_chat(i) for i in range(16, 18)])
+    recipe = write_recipe(tmp_path, lambda raw: raw["sft"].update(args=sft_args))
+    return recipe, layout.root
+
+
+def _materialize_lora(
+    recipe: Path, root: Path, instance: dg.DagsterInstance | None = None, **compute
+) -> dg.ExecuteInProcessResult:
+    from ragft_dagster.assets import training
+    from ragft_dagster.resources import ArtifactStoreResource, ComputeResource
+
+    lora_adapter = training.build(load_recipe(recipe))[-1]
+    return dg.materialize(
+        [lora_adapter],
+        resources={
+            "artifacts": ArtifactStoreResource(root=str(root)),
+            "compute": ComputeResource(device="cpu", **compute),
+        },
+        instance=instance,
+    )
+
+
+def test_resumable_checkpoint_skips_one_cut_off_mid_save(tmp_path):
+    for step in (2, 4, 6):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    (tmp_path / "checkpoint-2" / "trainer_state.json").write_text(json.dumps({"global_step": 2}))
+    (tmp_path / "checkpoint-4" / "trainer_state.json").write_text(json.dumps({"global_step": 4}))
+    # checkpoint-6 lost its state file (killed before the trainer wrote it, which it does last).
+    assert resumable_checkpoint(tmp_path) == tmp_path / "checkpoint-4"
+    (tmp_path / "checkpoint-4" / "trainer_state.json").write_text('{"global_st')  # torn write
+    assert resumable_checkpoint(tmp_path) == tmp_path / "checkpoint-2"
+    assert resumable_checkpoint(tmp_path / "missing") is None
+
+
+def test_run_fingerprint_follows_inputs_but_not_save_cadence(tmp_path, tiny_base):
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"a": 1}\n')
+    settings = {"args": {"learning_rate": 1e-3, "save_steps": 5}, "lora": {"r": 8}}
+
+    def fp(**changes):
+        merged = {"model_dir": tiny_base, "data_files": [data], "settings": settings, **changes}
+        return run_fingerprint(**merged)
+
+    base = fp()
+    assert fp(settings={**settings, "args": {"learning_rate": 1e-3, "save_steps": 50}}) == base
+    assert fp(settings={**settings, "args": {"learning_rate": 2e-3, "save_steps": 5}}) != base
+    assert fp(settings={**settings, "lora": {"r": 16}}) != base
+    data.write_text('{"a": 2}\n')
+    assert fp() != base
+
+
+def test_launch_lines_start_real_ranks():
+    spec = Path("/tmp/spec.json")
+    torchrun = launch_command(ComputeSettings(processes=2), spec, on_cpu=True)
+    assert torchrun[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
+    assert torchrun[-3:] == ["-m", "ragft_dagster.train_worker", str(spec)]
+    accel = launch_command(ComputeSettings(processes=4, launcher="accelerate"), spec, on_cpu=True)
+    # `accelerate launch --cpu` would start ONE process; --multi_gpu without GPUs starts gloo ranks.
+    assert "--multi_gpu" in accel and "--cpu" not in accel
+    assert accel[accel.index("--num_processes") + 1] == "4"
+    assert accel[accel.index("--mixed_precision") :][:2] == ["--mixed_precision", "no"]
+    gpu = launch_command(ComputeSettings(processes=2, launcher="accelerate"), spec, on_cpu=False)
+    assert "--mixed_precision" not in gpu
+
+
+@pytest.mark.slow
+def test_training_killed_mid_run_resumes_from_its_last_checkpoint(tmp_path, tiny_base):
+    args = {
+        "max_steps": 120,
+        "per_device_train_batch_size": 2,
+        "learning_rate": 1e-3,
+        "save_strategy": "steps",
+        "save_steps": 10,
+        "save_total_limit": 2,
+        "seed": 0,
+    }
+    recipe, root = _prepare(tmp_path, tiny_base, args)
+    script = tmp_path / "materialize.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DAGSTER_HOME": str(tmp_path / "home")}
+    (tmp_path / "home").mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(recipe), str(root)],
+        env=env,
+        cwd=Path(__file__).resolve().parent.parent,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    ckpt_root = root / "checkpoints" / "lora_adapter"
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            runs = list(ckpt_root.glob("*")) if ckpt_root.is_dir() else []
+            if runs and resumable_checkpoint(runs[0]) is not None:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "training ended before a checkpoint could be interrupted"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    (run_dir,) = ckpt_root.iterdir()
+    saved = resumable_checkpoint(run_dir)
+    assert saved is not None
+    interrupted_at = int(saved.name.split("-")[1])
+    assert 10 <= interrupted_at < 120
+    assert not ArtifactLayout(root).lora_adapter.exists(), (
+        "a killed run must leave no half artifact"
+    )
+
+    result = _materialize_lora(recipe, root)
+    meta = result.asset_materializations_for_node("lora_adapter")[0].metadata
+    assert meta["resumed_from_step"].value >= interrupted_at
+    assert meta["steps"].value == 120
+    assert (ArtifactLayout(root).lora_adapter / "adapter_config.json").is_file()
+    assert not ckpt_root.joinpath(run_dir.name).exists(), "checkpoints are removed once done"
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_train_through_pipes_and_rank_zero_reports(tmp_path, tiny_base):
+    args = {"max_steps": 4, "per_device_train_batch_size": 2, "learning_rate": 1e-3, "seed": 0}
+    recipe, root = _prepare(tmp_path, tiny_base, args)
+    with dg.instance_for_test() as instance:
+        result = _materialize_lora(recipe, root, instance, processes=2, launcher="torchrun")
+        logs = instance.all_logs(result.run_id)
+    (mat,) = result.asset_materializations_for_node("lora_adapter")
+    assert mat.metadata["processes"].value == 2
+    assert mat.metadata["steps"].value == 4
+    assert (ArtifactLayout(root).lora_adapter / "adapter_config.json").is_file()
+    messages = [e.user_message for e in logs]
+    # Only rank 0 opened Pipes: one start line, and its per-step progress reached the run log.
+    assert sum("training started" in m for m in messages) == 1
+    assert any("rank 0 of 2" in m for m in messages)
+    assert any(m.startswith("step 4/4") for m in messages)
