@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from ragft_dagster.merging import RUNTIME_MERGE_OPTIONS, check_merge_options, merge_stages
 from ragft_dagster.upstream_schema import dataclass_fields, validate_merge_config
 
 PUBLISHED_SYSTEM_PROMPT = (
@@ -341,6 +342,22 @@ class EvaluationRecipe(_Section):
         return list(self.models) + list(self.api.models)
 
 
+class MergeOptionsRecipe(_Section):
+    """mergekit ``MergeOptions`` fields for the merge run (lazy_unpickle, low_cpu_memory,
+    out_shard_size as ``2B``/``500M``, read_to_gpu, random_seed, allow_crimes...). The device
+    comes from the profile; read_to_gpu and multi_gpu are dropped on a CPU. Options that only
+    change how the merge runs are not in the code_version; those that change the weights are."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    UNVERSIONED: ClassVar[frozenset[str]] = RUNTIME_MERGE_OPTIONS
+
+    @model_validator(mode="after")
+    def _known_merge_options(self) -> MergeOptionsRecipe:
+        check_merge_options(dict(self.model_extra or {}))
+        return self
+
+
 class Recipe(_Section):
     """One pipeline configuration; see ``assets/quickstart/recipe.yaml`` for every section."""
 
@@ -351,7 +368,10 @@ class Recipe(_Section):
     chat_template: str | None = None
     """Jinja chat template for models that ship none (e.g. a base model)."""
     merge: dict[str, Any]
-    """A mergekit configuration, verbatim; model references may be ``tiny:<name>``."""
+    """A mergekit configuration, verbatim (model references may be ``tiny:<name>``), or a chain
+    ``stages: [{name, config}, ...]`` of them in which ``stage:<name>`` is an earlier stage's
+    output (see ragft_dagster/merging.py)."""
+    merge_options: MergeOptionsRecipe = MergeOptionsRecipe()
     dpo: DpoRecipe
     docs: DocsRecipe = DocsRecipe()
     chunking: ChunkingRecipe = ChunkingRecipe()
@@ -369,7 +389,15 @@ class Recipe(_Section):
     @field_validator("merge")
     @classmethod
     def _valid_mergekit_config(cls, v: dict[str, Any]) -> dict[str, Any]:
-        validate_merge_config(v)
+        stages = merge_stages(v)
+        if len(stages) == 1 and stages[0].key_path == "merge":
+            validate_merge_config(v)
+            return v
+        for stage in stages:
+            try:
+                validate_merge_config(stage.config)
+            except ValueError as exc:
+                raise ValueError(f"{stage.key_path} (stage {stage.name!r}): {exc}") from None
         return v
 
     @property

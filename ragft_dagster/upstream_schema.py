@@ -74,3 +74,51 @@ def validate_merge_config(config: dict[str, Any]) -> None:
     except RuntimeError as exc:  # some mergekit validators raise RuntimeError
         raise ValueError(f"mergekit rejects this configuration: {exc}") from None
     _remember(path, "valid")
+
+
+def model_fields(cls_path: str) -> frozenset[str]:
+    """Field names of an upstream pydantic model, e.g. ``mergekit.options.MergeOptions``."""
+    path, known = _remembered("model-fields", cls_path.split(".")[0], cls_path)
+    if known is None:
+        module_name, cls_name = cls_path.rsplit(".", 1)
+        cls = getattr(import_module(module_name), cls_name)
+        known = sorted(cls.model_fields)
+        _remember(path, known)
+    return frozenset(known)
+
+
+def build_merge_options(values: dict[str, Any]) -> Any:
+    """A mergekit ``MergeOptions`` from plain values; ``out_shard_size`` may be written as on
+    mergekit's command line (``"1B"``, ``"500M"``)."""
+    from mergekit.common import parse_kmb
+    from mergekit.options import MergeOptions
+
+    values = dict(values)  # MergeOptions' validators fill in the dict they are given
+    if isinstance(values.get("out_shard_size"), str):
+        try:
+            values["out_shard_size"] = parse_kmb(values["out_shard_size"])
+        except ValueError:
+            raise ValueError(
+                f"out_shard_size {values['out_shard_size']!r} is not a number of parameters "
+                "(e.g. 2000000000, 500M or 2B)"
+            ) from None
+    return MergeOptions.model_validate(values)
+
+
+def validate_merge_options(options: dict[str, Any]) -> None:
+    """Validate run options with mergekit's ``MergeOptions`` (remembered when valid).
+
+    Raises:
+        ValueError: Naming unknown fields, or with mergekit's message for a wrong value.
+    """
+    unknown = sorted(set(options) - model_fields("mergekit.options.MergeOptions"))
+    if unknown:
+        raise ValueError(
+            f"unknown mergekit MergeOptions field(s) {unknown}; see `mergekit-yaml --help` for "
+            "the options (write them with underscores: lazy_unpickle, out_shard_size, ...)"
+        )
+    path, verdict = _remembered("mergekit-options", "mergekit", options)
+    if verdict == "valid":
+        return
+    build_merge_options(options)
+    _remember(path, "valid")

@@ -4,7 +4,12 @@ import dagster as dg
 
 from ragft_dagster.artifacts import atomic_dir, dir_size_bytes
 from ragft_dagster.assets._meta import training_result
-from ragft_dagster.merging import merge_models
+from ragft_dagster.merging import (
+    MergeCompatibilityError,
+    merge_models,
+    preflight_markdown,
+    stages_markdown,
+)
 from ragft_dagster.preference import load_preference_pairs, train_dpo
 from ragft_dagster.recipe import Recipe
 from ragft_dagster.resources import ArtifactStoreResource, ComputeResource
@@ -13,30 +18,44 @@ from ragft_dagster.resources import ArtifactStoreResource, ComputeResource
 def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
     dpo_file = recipe.dpo_dataset_path()
 
+    # Options that change the weights (random_seed, allow_crimes...) join the code_version;
+    # without them it is the merge section's alone, as before merge_options existed.
+    merge_sections: tuple[str, ...] = ("merge", "chat_template")
+    if recipe.merge_options.versioned_dump():
+        merge_sections += ("merge_options",)
+
     @dg.asset(
         group_name="models",
         pool="gpu",
         kinds={"mergekit", "pytorch"},
-        code_version=recipe.section_version("merge", "chat_template"),
+        code_version=recipe.section_version(*merge_sections),
     )
     def merged_model(
         context: dg.AssetExecutionContext,
         artifacts: ArtifactStoreResource,
         compute: ComputeResource,
     ) -> dg.MaterializeResult:
-        """The source models merged with mergekit, as configured in the recipe's merge section."""
+        """The source models merged with mergekit (one config or a chain of stages), as
+        configured in the recipe's merge section; checked from the model configs first."""
         layout = artifacts.layout()
-        with atomic_dir(layout.merged_model) as tmp:
-            info = merge_models(
-                recipe.merge,
-                tmp,
-                artifact_root=layout.root,
-                base_dir=recipe.root,
-                device=compute.settings().torch_device(),
-                chat_template=recipe.chat_template,
-                trust_remote_code=recipe.trust_remote_code,
-            )
-        context.log.info(f"merged {info['sources']} with {info['merge_method']}")
+        try:
+            with atomic_dir(layout.merged_model) as tmp:
+                info = merge_models(
+                    recipe.merge,
+                    tmp,
+                    artifact_root=layout.root,
+                    base_dir=recipe.root,
+                    device=compute.settings().torch_device(),
+                    chat_template=recipe.chat_template,
+                    trust_remote_code=recipe.trust_remote_code,
+                    options=recipe.merge_options.model_dump(),
+                    recipe_path=recipe.path,
+                    log=context.log.info,
+                )
+        except MergeCompatibilityError as exc:
+            # A recipe problem, not a flaky run: fail with the message alone, no retries.
+            raise dg.Failure(description=str(exc), allow_retries=False) from None
+        stages = info["stages"]
         return dg.MaterializeResult(
             metadata={
                 "path": dg.MetadataValue.path(str(layout.merged_model)),
@@ -45,6 +64,10 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
                 "architecture": info["architecture"],
                 "num_hidden_layers": info["num_hidden_layers"],
                 "size_mb": round(dir_size_bytes(layout.merged_model) / 2**20, 2),
+                "stages": dg.MetadataValue.md(stages_markdown(stages)),
+                "stages_reused": sum(s["status"] == "reused" for s in stages),
+                "stages_merged": sum(s["status"] == "merged" for s in stages),
+                "preflight": dg.MetadataValue.md(preflight_markdown(info["preflight"])),
             }
         )
 
