@@ -22,7 +22,12 @@ from ragft_dagster.artifacts import scratch_dir
 CHECKPOINTS_DIR = "checkpoints"
 # trl/transformers argument prefixes that change how often a run is saved or logged, not what it
 # computes: editing them must not orphan the checkpoints of a run in progress.
-_BOOKKEEPING_PREFIXES = ("save_", "logging_", "report_to", "output_dir", "disable_tqdm")
+BOOKKEEPING_PREFIXES = ("save_", "logging_", "report_to", "output_dir", "disable_tqdm")
+
+
+def training_relevant(args: dict[str, Any]) -> dict[str, Any]:
+    """Trainer arguments without the saving/logging cadence (what the run computes)."""
+    return {k: v for k, v in args.items() if not k.startswith(BOOKKEEPING_PREFIXES)}
 
 
 def wants_checkpoints(args: dict[str, Any]) -> bool:
@@ -63,11 +68,7 @@ def run_fingerprint(
         A short hex digest.
     """
     relevant = {
-        section: (
-            {k: v for k, v in value.items() if not k.startswith(_BOOKKEEPING_PREFIXES)}
-            if isinstance(value, dict)
-            else value
-        )
+        section: training_relevant(value) if isinstance(value, dict) else value
         for section, value in settings.items()
     }
     payload = {

@@ -112,7 +112,7 @@ def definitions_for(
         for name, selection in JOB_SELECTIONS.items()
     ]
     return dg.Definitions(
-        assets=build_all_assets(recipe),
+        assets=build_all_assets(recipe, profile.gpu_op_tags()),
         jobs=jobs,
         sensors=[build_docs_sensor(recipe), build_automation_sensor()],
         schedules=[build_nightly_schedule(recipe)],

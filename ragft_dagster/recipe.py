@@ -26,8 +26,13 @@ from pydantic import (
     model_validator,
 )
 
+from ragft_dagster.checkpoints import training_relevant
 from ragft_dagster.merging import RUNTIME_MERGE_OPTIONS, check_merge_options, merge_stages
-from ragft_dagster.upstream_schema import dataclass_fields, validate_merge_config
+from ragft_dagster.upstream_schema import (
+    dataclass_fields,
+    init_parameters,
+    validate_merge_config,
+)
 
 PUBLISHED_SYSTEM_PROMPT = (
     "You are a helpful and careful assistant. You will use the given context to answer the "
@@ -92,6 +97,12 @@ def _check_dataclass_keys(args: dict[str, Any], cls_path: str) -> dict[str, Any]
     return args
 
 
+def _training_version(dump: dict[str, Any], args: dict[str, Any]) -> dict[str, Any]:
+    # How often a run saves checkpoints or logs does not change the model it makes: editing
+    # save_steps must not make the trained asset stale.
+    return {**dump, "args": training_relevant(args)}
+
+
 class DocsRecipe(_Section):
     path: str = "docs"
     """Folder of the documentation, relative to the recipe file."""
@@ -111,6 +122,9 @@ class DpoRecipe(_Section):
     @classmethod
     def _known_fields(cls, v: dict[str, Any]) -> dict[str, Any]:
         return _check_dataclass_keys(v, "trl.DPOConfig")
+
+    def versioned_dump(self) -> dict[str, Any]:
+        return _training_version(super().versioned_dump(), self.args)
 
 
 class ChunkingRecipe(_Section):
@@ -248,12 +262,34 @@ class LoraRecipe(_Section):
 
 class SftRecipe(_Section):
     args: dict[str, Any] = Field(default_factory=dict)
-    """trl ``SFTConfig`` fields (num_train_epochs, learning_rate, max_length, packing, ...)."""
+    """trl ``SFTConfig`` fields (num_train_epochs, learning_rate, max_length, packing, ...).
+    ``save_strategy: steps`` + ``save_steps: N`` keep a checkpoint every N steps, and the next
+    materialization after a crash resumes from the newest one."""
+    quantization: dict[str, Any] | None = None
+    """4-bit QLoRA: transformers ``BitsAndBytesConfig`` fields (``load_in_4bit: true``,
+    ``bnb_4bit_quant_type: nf4``, ``bnb_4bit_compute_dtype: bfloat16``...). Needs a CUDA GPU
+    and the bitsandbytes package. None: the base weights in the profile's dtype."""
 
     @field_validator("args")
     @classmethod
     def _known_fields(cls, v: dict[str, Any]) -> dict[str, Any]:
         return _check_dataclass_keys(v, "trl.SFTConfig")
+
+    @field_validator("quantization")
+    @classmethod
+    def _known_quantization_fields(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is None:
+            return v
+        unknown = sorted(set(v) - init_parameters("transformers.BitsAndBytesConfig"))
+        if unknown:
+            raise ValueError(f"unknown BitsAndBytesConfig field(s) {unknown}")
+        return v
+
+    def versioned_dump(self) -> dict[str, Any]:
+        out = _training_version(super().versioned_dump(), self.args)
+        if self.quantization is None:
+            out.pop("quantization")  # recipes written before QLoRA existed keep their version
+        return out
 
 
 class RetrievalRecipe(_Section):

@@ -58,6 +58,21 @@ def dataclass_fields(cls_path: str) -> frozenset[str]:
     return frozenset(known)
 
 
+def init_parameters(cls_path: str) -> frozenset[str]:
+    """Keyword parameters of an upstream class's constructor, e.g.
+    ``transformers.BitsAndBytesConfig`` (not a dataclass)."""
+    path, known = _remembered("init-parameters", cls_path.split(".")[0], cls_path)
+    if known is None:
+        import inspect
+
+        module_name, cls_name = cls_path.rsplit(".", 1)
+        cls = getattr(import_module(module_name), cls_name)
+        params = inspect.signature(cls.__init__).parameters.values()
+        known = sorted(p.name for p in params if p.name != "self" and p.kind != p.VAR_KEYWORD)
+        _remember(path, known)
+    return frozenset(known)
+
+
 def validate_merge_config(config: dict[str, Any]) -> None:
     """Validate a mergekit configuration with mergekit's own schema (remembered when valid).
 

@@ -222,6 +222,20 @@ def test_gpu_op_tags_survive_dagster_tag_normalisation():
     assert parsed.container_config["resources"]["limits"]["nvidia.com/gpu"] == "1"
 
 
+def test_gpu_steps_of_the_k8s_definitions_carry_the_gpu_request():
+    defs = definitions_for(load_recipe(QUICKSTART), load_profile(K8S_PROFILE))
+    graph = defs.resolve_asset_graph()
+    tagged = {}
+    for key in graph.get_all_asset_keys():
+        tags = graph.get(key).assets_def.op.tags
+        tagged[key.to_user_string()] = K8S_CONFIG_TAG in tags
+    gpu_steps = {"merged_model", "dpo_model", "lora_adapter", "mcq_scores"}
+    assert {name for name, has in tagged.items() if has} == gpu_steps
+    config = graph.get(dg.AssetKey("lora_adapter")).assets_def.op.tags[K8S_CONFIG_TAG]
+    config = json.loads(config) if isinstance(config, str) else config
+    assert "nvidia.com/gpu" in config["container_config"]["resources"]["limits"]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

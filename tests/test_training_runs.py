@@ -193,3 +193,68 @@ def test_two_gloo_ranks_train_through_pipes_and_rank_zero_reports(tmp_path, tiny
     assert sum("training started" in m for m in messages) == 1
     assert any("rank 0 of 2" in m for m in messages)
     assert any(m.startswith("step 4/4") for m in messages)
+
+
+def test_qlora_settings_are_validated_and_fail_clearly_without_a_gpu(tmp_path, tiny_base):
+    from ragft_dagster.model_refs import load_trainable_model
+    from ragft_dagster.recipe import RecipeError
+
+    def with_quantization(q):
+        return write_recipe(tmp_path, lambda raw: raw["sft"].update(quantization=q))
+
+    qlora = {
+        "load_in_4bit": True,
+        "bnb_4bit_quant_type": "nf4",
+        "bnb_4bit_compute_dtype": "bfloat16",
+    }
+    recipe = load_recipe(with_quantization(qlora))
+    assert recipe.sft.quantization == qlora
+    plain = load_recipe(write_recipe(tmp_path))
+    assert recipe.section_version("sft") != plain.section_version("sft")
+    with pytest.raises(RecipeError, match=r"sft\.quantization.*bnb_4bit_quant_typo"):
+        load_recipe(with_quantization({"load_in_4bit": True, "bnb_4bit_quant_typo": "nf4"}))
+    # This CPU machine has neither a CUDA GPU nor (here) bitsandbytes: the message says what to do.
+    with pytest.raises(RuntimeError, match=r"sft\.quantization.*(bitsandbytes|CUDA GPU)"):
+        load_trainable_model(str(tiny_base), None, False, qlora, {})
+
+
+def test_checkpoint_cadence_does_not_make_trained_assets_stale(tmp_path):
+    plain = load_recipe(write_recipe(tmp_path))
+    cadence = {"save_strategy": "steps", "save_steps": 7, "logging_steps": 3}
+    saving = load_recipe(
+        write_recipe(
+            tmp_path,
+            lambda raw: [raw[s]["args"].update(cadence) for s in ("sft", "dpo")],
+        )
+    )
+    assert saving.section_version("sft", "dpo") == plain.section_version("sft", "dpo")
+    faster = load_recipe(
+        write_recipe(tmp_path, lambda raw: raw["sft"]["args"].update(learning_rate=1e-2))
+    )
+    assert faster.section_version("sft") != plain.section_version("sft")
+
+
+@pytest.mark.slow
+def test_dpo_continues_from_the_checkpoint_it_finds(tmp_path, tiny_base):
+    from ragft_dagster.preference import load_preference_pairs, train_dpo
+    from tests.conftest import QUICKSTART
+
+    rows = load_preference_pairs(QUICKSTART.parent / "preference_pairs.jsonl", max_rows=8)
+    ckpt = tmp_path / "checkpoints"
+
+    def train(max_steps: int, out: str) -> dict:
+        args = {"max_steps": max_steps, "per_device_train_batch_size": 2, "max_length": 64}
+        args |= {"save_strategy": "steps", "save_steps": 2, "gradient_checkpointing": False}
+        compute = {"use_cpu": True, "report_to": "none"}
+        return train_dpo(
+            str(tiny_base), rows, tmp_path / out, args=args, compute_args=compute, checkpoints=ckpt
+        )
+
+    first = train(2, "first")
+    assert first["resumed_from_step"] == 0
+    assert resumable_checkpoint(ckpt) == ckpt / "checkpoint-2"
+    second = train(4, "second")
+    assert (second["resumed_from_step"], second["steps"]) == (2, 4)
+    # The restored trainer state carries the first steps' logs: one continuous loss curve.
+    assert second["loss_curve"][:2] == first["loss_curve"]
+    assert len(second["loss_curve"]) == 4

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import dagster as dg
 
 from ragft_dagster.recipe import Recipe
 
 
-def build_all_assets(recipe: Recipe) -> list[dg.AssetsDefinition]:
+def build_all_assets(
+    recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None
+) -> list[dg.AssetsDefinition]:
+    """Every asset and check of a recipe; ``gpu_tags`` are the op tags of the GPU-bound steps
+    (the profile's ``gpu_op_tags()``: e.g. a k8s ``nvidia.com/gpu`` request)."""
     from ragft_dagster.assets import data, evaluation, models, retrieval, training
 
     return [
-        *models.build(recipe),
+        *models.build(recipe, gpu_tags),
         *data.build(recipe),
-        *training.build(recipe),
+        *training.build(recipe, gpu_tags),
         *retrieval.build(recipe),
-        *evaluation.build(recipe),
+        *evaluation.build(recipe, gpu_tags),
     ]

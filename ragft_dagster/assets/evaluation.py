@@ -3,6 +3,7 @@
 import base64
 import json
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import dagster as dg
@@ -31,7 +32,7 @@ def _numeric(metadata: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def build(recipe: Recipe) -> list[Any]:
+def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[Any]:
     ev = recipe.evaluation
     partitions = dg.MultiPartitionsDefinition(
         {
@@ -46,6 +47,7 @@ def build(recipe: Recipe) -> list[Any]:
         partitions_def=partitions,
         group_name="evaluation",
         pool="gpu",
+        op_tags=dict(gpu_tags or {}),
         kinds={"pytorch", "openai"} if ev.api.models else {"pytorch"},
         code_version=recipe.section_version(
             "evaluation", "retrieval", "base_model", files=(recipe.questions_path,)

@@ -1,21 +1,25 @@
 """Model assets: the merge of the source models, then its DPO alignment."""
 
+from collections.abc import Mapping
+from typing import Any
+
 import dagster as dg
 
 from ragft_dagster.artifacts import atomic_dir, dir_size_bytes
 from ragft_dagster.assets._meta import training_result
+from ragft_dagster.assets._training import checkpointed_output, run_training
 from ragft_dagster.merging import (
     MergeCompatibilityError,
     merge_models,
     preflight_markdown,
     stages_markdown,
 )
-from ragft_dagster.preference import load_preference_pairs, train_dpo
+from ragft_dagster.preference import load_preference_pairs
 from ragft_dagster.recipe import Recipe
 from ragft_dagster.resources import ArtifactStoreResource, ComputeResource
 
 
-def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
+def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[dg.AssetsDefinition]:
     dpo_file = recipe.dpo_dataset_path()
 
     # Options that change the weights (random_seed, allow_crimes...) join the code_version;
@@ -27,6 +31,7 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
     @dg.asset(
         group_name="models",
         pool="gpu",
+        op_tags=dict(gpu_tags or {}),
         kinds={"mergekit", "pytorch"},
         code_version=recipe.section_version(*merge_sections),
     )
@@ -75,6 +80,7 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
         deps=[merged_model],
         group_name="models",
         pool="gpu",
+        op_tags=dict(gpu_tags or {}),
         kinds={"trl", "pytorch"},
         code_version=recipe.section_version(
             "dpo", "chat_template", files=(dpo_file,) if dpo_file else ()
@@ -91,18 +97,39 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
             dpo_file or recipe.dpo.dataset, split=recipe.dpo.split, max_rows=recipe.dpo.max_rows
         )
         settings = compute.settings()
-        with atomic_dir(layout.dpo_model) as tmp:
-            m = train_dpo(
-                str(layout.merged_model),
-                rows,
-                tmp,
-                args=recipe.dpo.args,
-                compute_args=settings.trainer_args(),
-                dtype=settings.torch_dtype(),
-                chat_template=recipe.chat_template,
-                trust_remote_code=recipe.trust_remote_code,
+        data = {"dataset": recipe.dpo.dataset, "split": recipe.dpo.split}
+        with checkpointed_output(
+            layout.dpo_model,
+            artifact_root=layout.root,
+            asset="dpo_model",
+            fingerprint_of={
+                "model_dir": layout.merged_model,
+                "data_files": [dpo_file] if dpo_file else [],
+                "settings": {
+                    "args": recipe.dpo.args,
+                    "data": {**data, "max_rows": recipe.dpo.max_rows},
+                    "chat_template": recipe.chat_template,
+                },
+            },
+        ) as (tmp, checkpoints):
+            m = run_training(
+                context,
+                "dpo",
+                settings,
+                {
+                    "model_dir": str(layout.merged_model),
+                    "rows": rows,
+                    "out_dir": tmp,
+                    "args": recipe.dpo.args,
+                    "compute_args": settings.trainer_args(),
+                    "dtype": settings.torch_dtype(),
+                    "chat_template": recipe.chat_template,
+                    "trust_remote_code": recipe.trust_remote_code,
+                    "checkpoints": checkpoints,
+                },
             )
-        context.log.info(f"DPO: {m['steps']} steps, final loss {m['final_loss']:.4f}")
+        resumed = f", resumed from step {m['resumed_from_step']}" if m["resumed_from_step"] else ""
+        context.log.info(f"DPO: {m['steps']} steps{resumed}, final loss {m['final_loss']:.4f}")
         return training_result(layout.dpo_model, m)
 
     return [merged_model, dpo_model]

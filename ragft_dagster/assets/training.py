@@ -2,7 +2,7 @@
 
 import functools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,7 @@ def contamination_detector(
     )
 
 
-def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
+def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[dg.AssetsDefinition]:
     contamination = recipe.sft_dataset.contamination
 
     @dg.asset(
@@ -170,6 +170,7 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
         deps=["dpo_model", sft_dataset],
         group_name="training",
         pool="gpu",
+        op_tags=dict(gpu_tags or {}),
         kinds={"trl", "peft"},
         code_version=recipe.section_version("lora", "sft", "chat_template"),
     )
@@ -181,7 +182,11 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
         """A LoRA adapter for the DPO model, fine-tuned (assistant-only loss) on the SFT data."""
         layout = artifacts.layout()
         settings = compute.settings()
-        run = {"args": recipe.sft.args, "lora": recipe.lora.model_dump()}
+        run = {
+            "args": recipe.sft.args,
+            "lora": recipe.lora.model_dump(),
+            "quantization": recipe.sft.quantization,
+        }
         data_files = [layout.sft_dataset / f"{s}.jsonl" for s in ("train", "validation")]
         with checkpointed_output(
             layout.lora_adapter,
