@@ -1,4 +1,5 @@
-"""``ragft``: run the whole pipeline through Dagster into the instance at DAGSTER_HOME."""
+"""``ragft``: run the whole pipeline through Dagster into the instance at DAGSTER_HOME, and ask
+the finished model questions."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +18,13 @@ import dagster as dg
 from ragft_dagster.artifacts import ArtifactLayout
 from ragft_dagster.assets._meta import DOCUMENTS
 from ragft_dagster.automation import document_changes, is_current
-from ragft_dagster.definitions import JOB_SELECTIONS, definitions_for, load_inputs
+from ragft_dagster.definitions import (
+    JOB_SELECTIONS,
+    PROJECT_ROOT,
+    build_resources,
+    definitions_for,
+    load_inputs,
+)
 from ragft_dagster.documents import purge_document_files
 
 
@@ -162,6 +170,132 @@ def run_pipeline(
     return result
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text}")
+    return value
+
+
+def _temperature(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (greedy) or more, not {text}")
+    return value
+
+
+def add_ask_parser(sub: Any) -> None:
+    ask = sub.add_parser(
+        "ask",
+        help="answer a question with the finished model (dpo_model + lora_adapter) and the index",
+        description="Answer a question with the finished model (dpo_model with lora_adapter "
+        "merged in) and the recipe's vector index; the answer streams as it is generated, then "
+        "the retrieved sources are listed. Nothing is downloaded.",
+    )
+    ask.add_argument("question", help="the question (quote it)")
+    ask.add_argument("--recipe", help="recipe YAML (default: RAGFT_RECIPE or the quickstart)")
+    ask.add_argument(
+        "--profile", help="profile YAML (default: RAGFT_PROFILE or resources/local.yaml)"
+    )
+    ask.add_argument(
+        "--max-new-tokens", type=_positive_int, default=256, help="longest answer (default 256)"
+    )
+    ask.add_argument(
+        "--top-k", type=_positive_int, help="chunks to retrieve (default: retrieval.top_k)"
+    )
+    ask.add_argument(
+        "--no-rag", action="store_true", help="closed book: no retrieval, no vector index"
+    )
+    ask.add_argument(
+        "--temperature",
+        type=_temperature,
+        default=0.0,
+        help="sampling temperature (default 0: greedy decoding)",
+    )
+
+
+def _write_now(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def ask(args: argparse.Namespace) -> int:
+    """``ragft ask``: stream the answer to stdout, then its sources; errors go to stderr."""
+    # Set before transformers / huggingface_hub are imported (they read it once): every file
+    # ask needs is a local artifact, so a missing one must fail, not start a download.
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    # The terminal shows the answer, not weight-loading bars (tqdm in transformers/hub).
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # Upstream noise: peft 0.21 reads transformers 5's deprecated `is_gradient_checkpointing`.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+    from ragft_dagster.ask import (
+        ArtifactsNotReadyError,
+        AskError,
+        answer_question,
+        format_sources,
+        materialize_hint,
+    )
+    from ragft_dagster.model_refs import ModelReferenceError
+    from ragft_dagster.profile import ProfileError
+    from ragft_dagster.recipe import RecipeError
+
+    try:
+        recipe, profile = load_inputs(args.recipe, args.profile)
+    except (RecipeError, ProfileError) as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    layout = ArtifactLayout(profile.artifact_root)
+    # The same resources the assets use: the profile's device/dtype and vector store.
+    resources = build_resources(recipe, profile)
+    vector_store, compute = resources["vector_store"], resources["compute"]
+    name = recipe.retrieval.collection
+    embedded = vector_store.mode == "embedded"
+    store = (
+        f"the embedded Chroma at {layout.vector_index}"
+        if embedded
+        else f"the Chroma server at {vector_store.host}:{vector_store.port} (profile "
+        f"{profile.name!r}, vector_store.mode: http)"
+    )
+    try:
+        answer = answer_question(
+            recipe,
+            layout,
+            args.question,
+            compute=compute.settings(),
+            open_collection=None
+            if args.no_rag
+            else (lambda: vector_store.collection(name, layout.vector_index)),
+            index_dir=layout.vector_index if embedded else None,
+            store_name=store,
+            top_k=args.top_k,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            write=_write_now,
+        )
+    except ArtifactsNotReadyError as exc:
+        lines = [f"ragft ask: recipe {recipe.name!r} is not materialized yet ({layout.root}):"]
+        lines += [f"  - {m.asset}: {m.reason}" for m in exc.missing]
+        home = None if os.environ.get("DAGSTER_HOME") else str(PROJECT_ROOT / ".dagster_home")
+        lines.append(
+            materialize_hint(
+                exc.assets, recipe_arg=args.recipe, profile_arg=args.profile, dagster_home=home
+            )
+        )
+        print("\n".join(lines), file=sys.stderr)
+        return 1
+    except (AskError, ModelReferenceError) as exc:
+        print(f"ragft ask: {exc}", file=sys.stderr)
+        return 1
+    print()
+    if not answer.text.strip():
+        print("ragft ask: the model ended its answer at once (no text)", file=sys.stderr)
+    if answer.sources:
+        print("\nSources:")
+        print("\n".join(format_sources(answer.sources)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ragft", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -173,7 +307,10 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument(
         "--full", action="store_true", help="re-run every asset, not only what is out of date"
     )
+    add_ask_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "ask":
+        return ask(args)
     if not os.environ.get("DAGSTER_HOME"):
         print(
             "DAGSTER_HOME is not set: runs would be recorded nowhere. `make run` sets it to "

@@ -235,10 +235,12 @@ class Profile(_Section):
                 "embedded Chroma is a SQLite file that pods on a shared volume cannot share safely"
             )
         gpus = self.k8s.gpu_resources.gpus()
-        if self.compute.device == "cuda" and gpus is None:
+        if self.compute.device == "cuda":
+            # Only GPU-bound steps get a GPU (op tags); the others (chunking, the index, the SFT
+            # dataset's contamination check) run in pods without one and must fall back to CPU.
             raise ValueError(
-                "key 'k8s.gpu_resources.limits': compute.device is cuda but GPU steps request no "
-                "GPU (add e.g. nvidia.com/gpu: 1)"
+                "key 'compute.device': use 'auto' with executor k8s_job: GPU steps get CUDA "
+                "through their k8s.gpu_resources request, the other steps run on CPU pods"
             )
         if self.compute.device != "cpu" and gpus is not None and self.compute.processes > gpus:
             raise ValueError(

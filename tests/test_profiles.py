@@ -315,11 +315,7 @@ K8S_SECTION = {"namespace": "ragft"}
             "k8s.env_secrets",
             "not the variable",
         ),
-        (
-            _mutated(_k8s_raw(), k8s={**_k8s_raw()["k8s"], "gpu_resources": {"limits": {}}}),
-            "k8s.gpu_resources.limits",
-            "request no GPU",
-        ),
+        (_mutated(_k8s_raw(), compute={"device": "cuda"}), "compute.device", "CPU pods"),
         (
             _mutated(_k8s_raw(), k8s={**_k8s_raw()["k8s"], "namespace": "RAG_FT"}),
             "k8s.namespace",
@@ -338,7 +334,7 @@ K8S_SECTION = {"namespace": "ragft"}
         "embedded-chroma-on-k8s",
         "more-processes-than-gpus",
         "variable-as-secret-name",
-        "cuda-without-gpu-limit",
+        "cuda-on-k8s",
         "bad-namespace",
         "misspelt-k8s-key",
     ],
