@@ -119,6 +119,10 @@ class ArtifactLayout:
     def lora_adapter(self) -> Path:
         return self.root / "models" / "lora_adapter"
 
+    @property
+    def exported_model(self) -> Path:
+        return self.root / "models" / "exported"
+
     def chunks(self, doc_key: str) -> Path:
         return self.root / "chunks" / partition_file_name(doc_key)
 

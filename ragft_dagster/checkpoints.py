@@ -85,7 +85,7 @@ def checkpoint_dir(artifact_root: Path, asset: str, fingerprint: str) -> Path:
     parent = Path(artifact_root) / CHECKPOINTS_DIR / asset
     if parent.is_dir():
         for other in parent.iterdir():
-            if other.name != fingerprint:
+            if other.name != fingerprint and not other.name.startswith("."):
                 shutil.rmtree(other, ignore_errors=True)
     return parent / fingerprint
 

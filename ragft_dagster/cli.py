@@ -19,10 +19,10 @@ from ragft_dagster.artifacts import ArtifactLayout
 from ragft_dagster.assets._meta import DOCUMENTS
 from ragft_dagster.automation import document_changes, is_current
 from ragft_dagster.definitions import (
-    JOB_SELECTIONS,
     PROJECT_ROOT,
     build_resources,
     definitions_for,
+    job_selections,
     load_inputs,
 )
 from ragft_dagster.documents import purge_document_files
@@ -71,7 +71,7 @@ def run_pipeline(
     (content hash) or its assets' code version changed; a downstream job runs when anything
     upstream ran in this invocation, or when one of its assets is missing or has an outdated
     code version. Removed documents lose their partition and files first. ``jobs`` limits the
-    run to some of :data:`JOB_SELECTIONS` (the benchmark runs only the data and index stages).
+    run to some of ``job_selections(recipe)`` (the benchmark runs only the data and index stages).
 
     Returns:
         What ran and what it reported; truthy when every run succeeded.
@@ -132,7 +132,7 @@ def run_pipeline(
         echo(f"ok  {label:<40} {step.seconds:6.1f}s")
         return True
 
-    selections = JOB_SELECTIONS
+    selections = job_selections(recipe)
     wanted = set(jobs or selections)
 
     def due(job_name: str, upstream_ran: bool, partition: str | None = None) -> bool:
@@ -159,6 +159,9 @@ def run_pipeline(
         if not run("evaluation_job", key):
             return result
     if due("report_job", bool(scored)) and not run("report_job"):
+        return result
+    # After the report, so the exported model card quotes fresh figures (recipe export.enabled).
+    if due("export_job", models_ran or training_ran) and not run("export_job"):
         return result
     result.seconds = time.monotonic() - started
     if not result.steps:

@@ -36,6 +36,15 @@ class ComputeSettings:
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
 
+    def run_identity(self) -> dict[str, Any]:
+        """What a resumed run must share with the interrupted one: a checkpoint taken with
+        another world size or precision would skip the wrong batches or change the numbers."""
+        return {
+            "device": self.torch_device(),
+            "dtype": str(self.torch_dtype()),
+            "processes": self.processes,
+        }
+
     def trainer_args(self) -> dict[str, Any]:
         """Precision/device fields for trl configs; recipe args may override them."""
         import torch

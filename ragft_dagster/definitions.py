@@ -42,6 +42,15 @@ JOB_SELECTIONS = {
 }
 
 
+def job_selections(recipe: Recipe) -> dict[str, list[str]]:
+    """The jobs of this recipe, in graph order: :data:`JOB_SELECTIONS`, then ``export_job``
+    when ``export.enabled`` puts the optional ``exported_model`` in the graph."""
+    jobs = dict(JOB_SELECTIONS)
+    if recipe.export.enabled:
+        jobs["export_job"] = ["exported_model"]
+    return jobs
+
+
 def build_resources(recipe: Recipe, profile: Profile, artifact_root: Path | None = None) -> dict:
     uses_llm = recipe.qa.generator == "openai" or bool(recipe.evaluation.api.models)
     llm_key = dg.EnvVar(profile.llm.api_key_env) if uses_llm else None
@@ -109,7 +118,7 @@ def definitions_for(
         dg.define_asset_job(
             name, selection=selection, description=f"Materialize {', '.join(selection)}."
         )
-        for name, selection in JOB_SELECTIONS.items()
+        for name, selection in job_selections(recipe).items()
     ]
     return dg.Definitions(
         assets=build_all_assets(recipe, profile.gpu_op_tags()),

@@ -95,8 +95,13 @@ def load_trainable_model(
     trust_remote_code: bool,
     quantization: dict[str, Any] | None,
     trainer_args: dict[str, Any],
+    *,
+    on_gpu: bool = False,
 ) -> Any:
     """Load a causal LM for training; with ``quantization`` as a 4-bit QLoRA base.
+
+    On a GPU each process loads straight onto its own device (``LOCAL_RANK``), so N ranks do
+    not each hold a full copy of a 7B model in host memory first.
 
     Args:
         model_dir: Model folder.
@@ -104,14 +109,16 @@ def load_trainable_model(
         trust_remote_code: Only when the recipe opts in.
         quantization: transformers ``BitsAndBytesConfig`` fields, or None.
         trainer_args: The recipe's trainer arguments (gradient checkpointing for k-bit prep).
+        on_gpu: Train on CUDA (the compute profile's choice).
     """
     import os
 
     from transformers import AutoModelForCausalLM
 
+    device_map = {"": int(os.environ.get("LOCAL_RANK", "0"))} if on_gpu else None
     if not quantization:
         return AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=dtype, trust_remote_code=trust_remote_code
+            model_dir, dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code
         )
     import torch
 
@@ -122,7 +129,7 @@ def load_trainable_model(
             "sft.quantization (QLoRA) needs the bitsandbytes package and a CUDA GPU: "
             "pip install bitsandbytes on the GPU host, or remove sft.quantization"
         ) from None
-    if not torch.cuda.is_available():
+    if not (on_gpu and torch.cuda.is_available()):
         raise RuntimeError(
             "sft.quantization (4-bit QLoRA) needs a CUDA GPU; this host has none. Remove "
             "sft.quantization or run with the gpu profile on a GPU host"
@@ -134,16 +141,18 @@ def load_trainable_model(
     if isinstance(bnb.get("bnb_4bit_compute_dtype"), str):
         bnb["bnb_4bit_compute_dtype"] = getattr(torch, bnb["bnb_4bit_compute_dtype"])
     # Quantized weights cannot be moved after loading: each rank loads onto its own GPU.
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     model = AutoModelForCausalLM.from_pretrained(
         model_dir,
         dtype=dtype,
         quantization_config=BitsAndBytesConfig(**bnb),
-        device_map={"": local_rank},
+        device_map=device_map,
         trust_remote_code=trust_remote_code,
     )
+    # trl's default is gradient checkpointing on; non-reentrant, as the Trainer will use it.
     return prepare_model_for_kbit_training(
-        model, use_gradient_checkpointing=bool(trainer_args.get("gradient_checkpointing", False))
+        model,
+        use_gradient_checkpointing=bool(trainer_args.get("gradient_checkpointing", True)),
+        gradient_checkpointing_kwargs={"use_reentrant": False},
     )
 
 

@@ -103,8 +103,13 @@ def train_dpo(
     trust_remote_code: bool = False,
     checkpoints: Path | None = None,
     callbacks: list[Any] | None = None,
+    lora: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Align a model with DPO and save the result (weights + tokenizer) to ``out_dir``.
+
+    With ``lora`` the policy trains a LoRA adapter (the reference is the same model with the
+    adapter disabled, so no second copy) and the adapter is merged into the saved weights:
+    ``out_dir`` is a full model either way.
 
     Runs the same under ``torchrun``/``accelerate`` (one process per rank): only rank 0 saves.
 
@@ -120,16 +125,28 @@ def train_dpo(
         checkpoints: Persistent folder for the trainer's checkpoints (resumed from when it
             holds one); None = checkpoints, if any, go to a scratch folder.
         callbacks: transformers ``TrainerCallback``s (e.g. progress to the run log).
+        lora: peft ``LoraConfig`` fields for LoRA DPO; None trains every weight.
 
     Returns:
         Metrics for metadata: final loss, reward accuracy and margin, steps, the step resumed
-        from, parameters.
+        from, parameters (total and trainable).
     """
+    import torch
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
+    if lora is None and compute_args.get("fp16"):
+        # fp16 mixed precision needs fp32 master weights: the grad scaler refuses fp16 params
+        # (LoRA adapters are fp32 anyway; the frozen base may stay fp16).
+        dtype = torch.float32
+    peft_config = None
+    if lora is not None:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(task_type="CAUSAL_LM", **lora)
     tokenizer = load_tokenizer(model_dir, chat_template, trust_remote_code)
-    model = load_trainable_model(model_dir, dtype, trust_remote_code, None, args)
+    on_gpu = not compute_args.get("use_cpu", False)
+    model = load_trainable_model(model_dir, dtype, trust_remote_code, None, args, on_gpu=on_gpu)
     with training_dir(out_dir, checkpoints) as run_dir:
         config = DPOConfig(
             **{**compute_args, "save_strategy": "no", "logging_steps": 1, **args},
@@ -142,15 +159,18 @@ def train_dpo(
             args=config,
             train_dataset=Dataset.from_list(rows),
             processing_class=tokenizer,
+            peft_config=peft_config,
         )
+        total, trainable = count_parameters(trainer.model)
         result, resumed_from = train_resuming(trainer, checkpoints)
         logs = loss_history(trainer)
     if trainer.is_world_process_zero():
         trained: Any = trainer.model
+        if peft_config is not None:
+            trained = trained.merge_and_unload()
         trained.save_pretrained(out_dir, safe_serialization=True)
         tokenizer.save_pretrained(out_dir)
     last = logs[-1] if logs else {}
-    total, _ = count_parameters(trainer.model)
     return {
         "train_loss": float(result.training_loss),
         "final_loss": float(last.get("loss", result.training_loss)),
@@ -161,5 +181,6 @@ def train_dpo(
         "processes": int(trainer.args.world_size),
         "pairs": len(rows),
         "parameters": total,
+        "trainable_parameters": trainable,
         "loss_curve": [float(e["loss"]) for e in logs],
     }

@@ -117,6 +117,9 @@ class DpoRecipe(_Section):
     max_rows: int | None = Field(default=None, gt=0)
     args: dict[str, Any] = Field(default_factory=dict)
     """trl ``DPOConfig`` fields (beta, learning_rate, num_train_epochs, max_length, ...)."""
+    lora: LoraRecipe | None = None
+    """peft ``LoraConfig`` fields for LoRA DPO (merged into ``dpo_model`` after training); None
+    trains every weight, which for a 7B needs more than one 80 GB GPU."""
 
     @field_validator("args")
     @classmethod
@@ -124,7 +127,10 @@ class DpoRecipe(_Section):
         return _check_dataclass_keys(v, "trl.DPOConfig")
 
     def versioned_dump(self) -> dict[str, Any]:
-        return _training_version(super().versioned_dump(), self.args)
+        out = _training_version(super().versioned_dump(), self.args)
+        if self.lora is None:
+            out.pop("lora")  # recipes written before LoRA DPO existed keep their version
+        return out
 
 
 class ChunkingRecipe(_Section):
@@ -258,6 +264,9 @@ class LoraRecipe(_Section):
         if unknown:
             raise ValueError(f"unknown LoraConfig field(s) {unknown}")
         return self
+
+
+DpoRecipe.model_rebuild()  # its ``lora`` field refers to LoraRecipe, defined above
 
 
 class SftRecipe(_Section):
@@ -394,6 +403,30 @@ class MergeOptionsRecipe(_Section):
         return self
 
 
+class ExportRecipe(_Section):
+    """The optional ``exported_model`` asset: the LoRA adapter merged into the DPO model and
+    saved as one plain transformers checkpoint that vLLM (or any server loading one) serves."""
+
+    enabled: bool = False
+    """Add ``exported_model`` and ``export_job`` to the graph; when false neither exists."""
+    dtype: Literal["bfloat16", "float16", "float32", "auto"] = "bfloat16"
+    """Precision the adapter is merged and the weights saved in; ``auto`` keeps the DPO model's."""
+    max_shard_size: str = Field(default="5GB", pattern=r"^[1-9][0-9]*(KB|MB|GB|KiB|MiB|GiB)$")
+    """Largest safetensors file; a bigger model is split into shards plus an index."""
+    served_model_name: str | None = Field(default=None, pattern=API_MODEL_NAME)
+    """The name the model card's ``vllm serve --served-model-name`` uses (default
+    ``ragft-<recipe name>``); usable as an ``evaluation.api.models`` entry to benchmark the
+    served model."""
+    license: str = Field(default="unknown", pattern=r"^[a-z0-9][a-z0-9.+-]*$")
+    """Model card license (a Hugging Face license id). The merge inherits the source models'
+    licenses and the data's terms (the Q&A generator's too): check them before changing it."""
+    tags: list[str] = []
+    """Extra model card tags."""
+
+    # Whether the asset exists at all, not what it writes.
+    UNVERSIONED: ClassVar[frozenset[str]] = frozenset({"enabled"})
+
+
 class Recipe(_Section):
     """One pipeline configuration; see ``assets/quickstart/recipe.yaml`` for every section."""
 
@@ -417,6 +450,7 @@ class Recipe(_Section):
     sft: SftRecipe = SftRecipe()
     retrieval: RetrievalRecipe = RetrievalRecipe()
     evaluation: EvaluationRecipe = EvaluationRecipe()
+    export: ExportRecipe = ExportRecipe()
     trust_remote_code: bool = False
     """Only a recipe may opt in to running code shipped with a model."""
 

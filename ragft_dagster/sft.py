@@ -150,7 +150,10 @@ def train_lora(
     from trl import SFTConfig, SFTTrainer
 
     tokenizer = load_tokenizer(model_dir, chat_template, trust_remote_code)
-    model = load_trainable_model(model_dir, dtype, trust_remote_code, quantization, args)
+    on_gpu = not compute_args.get("use_cpu", False)
+    model = load_trainable_model(
+        model_dir, dtype, trust_remote_code, quantization, args, on_gpu=on_gpu
+    )
     files = {"train": str(Path(dataset_dir) / "train.jsonl")}
     has_validation = (Path(dataset_dir) / "validation.jsonl").stat().st_size > 0
     if has_validation:

@@ -16,6 +16,26 @@ from typing import Any
 from ragft_dagster.compute import ComputeSettings
 
 WORKER_MODULE = "ragft_dagster.train_worker"
+# The Dagster step process that launched the ranks; they exit when it is gone.
+PARENT_PID_ENV = "RAGFT_PARENT_PID"
+
+
+def _exit_with_parent(pid: int, interval: float = 2.0) -> None:
+    """Watch ``pid`` from a daemon thread and end this rank as soon as it no longer exists."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except PermissionError:
+                pass  # exists, owned by someone else
+
+    threading.Thread(target=watch, name="ragft-parent-watch", daemon=True).start()
 
 
 def launch_command(settings: ComputeSettings, spec_path: Path, *, on_cpu: bool) -> list[str]:
@@ -72,6 +92,8 @@ def run_spec(spec: dict[str, Any], callbacks: list[Any]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     (spec_file,) = argv if argv is not None else sys.argv[1:]
     spec = json.loads(Path(spec_file).read_text(encoding="utf-8"))
+    if os.environ.get(PARENT_PID_ENV):
+        _exit_with_parent(int(os.environ[PARENT_PID_ENV]))
     if int(os.environ.get("RANK", "0")) != 0:
         run_spec(spec, callbacks=[])
         return

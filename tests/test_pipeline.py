@@ -175,6 +175,9 @@ def test_quickstart_end_to_end(tmp_path):
     recipe_dir = tmp_path / "recipe"
     shutil.copytree(QUICKSTART.parent, recipe_dir)  # a copy whose docs the test may edit
     recipe = str(recipe_dir / "recipe.yaml")
+    raw = yaml.safe_load(Path(recipe).read_text())
+    raw["export"] = {"enabled": True, "dtype": "float32"}  # `ragft run` ends with export_job
+    Path(recipe).write_text(yaml.safe_dump(raw, sort_keys=False))
     lines: list[str] = []
 
     def run():
@@ -187,7 +190,7 @@ def test_quickstart_end_to_end(tmp_path):
 
     with dg.instance_for_test() as instance:
         full = run()
-        assert full.steps[0].job == "model_job" and full.steps[-1].job == "report_job"
+        assert full.steps[0].job == "model_job" and full.steps[-1].job == "export_job"
         failed = [name for step in full.steps for name, ok in step.checks.items() if not ok]
         assert not failed, failed
         layout = ArtifactLayout(root)
@@ -198,6 +201,8 @@ def test_quickstart_end_to_end(tmp_path):
             assert (d / "config.json").is_file() and (d / "model.safetensors").is_file()
             assert (d / "chat_template.jinja").is_file()
         assert (layout.merged_model / "mergekit_config.yml").is_file()
+        assert (layout.exported_model / "model.safetensors").is_file()
+        assert not (layout.exported_model / "adapter_config.json").exists()
         assert (layout.lora_adapter / "adapter_config.json").is_file()
         assert json.loads((layout.lora_adapter / "adapter_config.json").read_text())["r"] == 8
         chunks = [c for d in docs for c in read_jsonl(layout.chunks(d))]

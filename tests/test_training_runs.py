@@ -77,6 +77,61 @@ def _materialize_lora(
     )
 
 
+def _runs(ckpt_root: Path) -> list[Path]:
+    """The per-run checkpoint folders (not the lock file)."""
+    if not ckpt_root.is_dir():
+        return []
+    return [p for p in ckpt_root.iterdir() if not p.name.startswith(".")]
+
+
+def test_a_second_run_of_the_same_checkpointed_training_is_refused(tmp_path, tiny_base):
+    from ragft_dagster.assets._training import checkpointed_output
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("{}\n")
+    fingerprint = {
+        "model_dir": tiny_base,
+        "data_files": [data],
+        "settings": {"args": {"save_strategy": "steps", "save_steps": 5}},
+    }
+    kwargs = {"artifact_root": tmp_path, "asset": "lora_adapter", "fingerprint_of": fingerprint}
+    with checkpointed_output(tmp_path / "out", **kwargs) as (_, ckpt):
+        assert ckpt is not None and ckpt.parent == tmp_path / "checkpoints" / "lora_adapter"
+        second = checkpointed_output(tmp_path / "out", **kwargs)
+        with pytest.raises(dg.Failure, match="another process is training lora_adapter"):
+            second.__enter__()
+    assert (tmp_path / "out").is_dir() and not ckpt.exists()
+    # Turning checkpoints off drops what an interrupted run left (it can never resume).
+    stale = tmp_path / "checkpoints" / "lora_adapter" / "0123"
+    stale.mkdir(parents=True)
+    off = {**fingerprint, "settings": {"args": {}}}
+    with checkpointed_output(tmp_path / "out", **{**kwargs, "fingerprint_of": off}) as (_, c):
+        assert c is None
+    assert not stale.parent.exists()
+
+
+def test_ranks_exit_when_the_step_process_that_launched_them_dies():
+    parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    watcher_code = (
+        "import sys, time\n"
+        "from ragft_dagster.train_worker import _exit_with_parent\n"
+        "_exit_with_parent(int(sys.argv[1]), interval=0.1)\n"
+        "time.sleep(60)\n"
+    )
+    rank = subprocess.Popen([sys.executable, "-c", watcher_code, str(parent.pid)])
+    try:
+        time.sleep(1.0)
+        assert rank.poll() is None, "the rank must keep running while its parent lives"
+        parent.kill()
+        parent.wait(timeout=10)
+        assert rank.wait(timeout=20) == 1
+    finally:
+        for proc in (parent, rank):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
 def test_resumable_checkpoint_skips_one_cut_off_mid_save(tmp_path):
     for step in (2, 4, 6):
         (tmp_path / f"checkpoint-{step}").mkdir()
@@ -148,7 +203,7 @@ def test_training_killed_mid_run_resumes_from_its_last_checkpoint(tmp_path, tiny
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None:
-            runs = list(ckpt_root.glob("*")) if ckpt_root.is_dir() else []
+            runs = _runs(ckpt_root)
             if runs and resumable_checkpoint(runs[0]) is not None:
                 break
             time.sleep(0.05)
@@ -160,7 +215,7 @@ def test_training_killed_mid_run_resumes_from_its_last_checkpoint(tmp_path, tiny
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
-    (run_dir,) = ckpt_root.iterdir()
+    (run_dir,) = _runs(ckpt_root)
     saved = resumable_checkpoint(run_dir)
     assert saved is not None
     interrupted_at = int(saved.name.split("-")[1])
@@ -258,3 +313,27 @@ def test_dpo_continues_from_the_checkpoint_it_finds(tmp_path, tiny_base):
     # The restored trainer state carries the first steps' logs: one continuous loss curve.
     assert second["loss_curve"][:2] == first["loss_curve"]
     assert len(second["loss_curve"]) == 4
+
+
+@pytest.mark.slow
+def test_lora_dpo_saves_a_full_merged_model(tmp_path, tiny_base):
+    from transformers import AutoModelForCausalLM
+
+    from ragft_dagster.preference import load_preference_pairs, train_dpo
+    from tests.conftest import QUICKSTART
+
+    rows = load_preference_pairs(QUICKSTART.parent / "preference_pairs.jsonl", max_rows=4)
+    out = tmp_path / "dpo"
+    m = train_dpo(
+        str(tiny_base),
+        rows,
+        out,
+        args={"max_steps": 1, "per_device_train_batch_size": 2, "max_length": 64},
+        compute_args={"use_cpu": True, "report_to": "none"},
+        lora={"r": 4, "lora_alpha": 8, "target_modules": "all-linear"},
+    )
+    assert 0 < m["trainable_parameters"] < m["parameters"] / 2
+    assert not (out / "adapter_config.json").exists()
+    merged = AutoModelForCausalLM.from_pretrained(out)
+    base = AutoModelForCausalLM.from_pretrained(tiny_base)
+    assert sum(p.numel() for p in merged.parameters()) == sum(p.numel() for p in base.parameters())

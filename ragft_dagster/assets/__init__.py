@@ -15,7 +15,7 @@ def build_all_assets(
 ) -> list[dg.AssetsDefinition]:
     """Every asset and check of a recipe; ``gpu_tags`` are the op tags of the GPU-bound steps
     (the profile's ``gpu_op_tags()``: e.g. a k8s ``nvidia.com/gpu`` request)."""
-    from ragft_dagster.assets import data, evaluation, models, retrieval, training
+    from ragft_dagster.assets import data, evaluation, export, models, retrieval, training
 
     return [
         *models.build(recipe, gpu_tags),
@@ -23,4 +23,5 @@ def build_all_assets(
         *training.build(recipe, gpu_tags),
         *retrieval.build(recipe),
         *evaluation.build(recipe, gpu_tags),
+        *export.build(recipe, gpu_tags),
     ]

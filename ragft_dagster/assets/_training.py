@@ -3,6 +3,8 @@ torchrun/accelerate launched through Dagster Pipes when the compute profile asks
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -14,13 +16,14 @@ import dagster as dg
 
 from ragft_dagster.artifacts import atomic_dir
 from ragft_dagster.checkpoints import (
+    CHECKPOINTS_DIR,
     checkpoint_dir,
     progress_callback,
     run_fingerprint,
     wants_checkpoints,
 )
 from ragft_dagster.compute import ComputeSettings
-from ragft_dagster.train_worker import launch_command, write_spec
+from ragft_dagster.train_worker import PARENT_PID_ENV, launch_command, write_spec
 
 
 @contextmanager
@@ -36,16 +39,41 @@ def checkpointed_output(
         asset: Asset name (checkpoint subfolder).
         fingerprint_of: ``run_fingerprint`` keyword arguments (model_dir, data_files, settings).
     """
-    args = fingerprint_of["settings"].get("args", {})
-    ckpt = (
-        checkpoint_dir(artifact_root, asset, run_fingerprint(**fingerprint_of))
-        if wants_checkpoints(args)
-        else None
-    )
-    with atomic_dir(final) as tmp:
-        yield tmp, ckpt
-    if ckpt is not None:
+    parent = Path(artifact_root) / CHECKPOINTS_DIR / asset
+    if not wants_checkpoints(fingerprint_of["settings"].get("args", {})):
+        # Checkpointing was switched off: an interrupted run's checkpoints can never resume.
+        shutil.rmtree(parent, ignore_errors=True)
+        with atomic_dir(final) as tmp:
+            yield tmp, None
+        return
+    parent.mkdir(parents=True, exist_ok=True)
+    with open(parent / ".lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise dg.Failure(
+                f"another process is training {asset} with checkpoints in {parent} (a second "
+                "materialization, or ranks left over from a killed run); wait for it or stop "
+                "it, then materialize again"
+            ) from None
+        ckpt = checkpoint_dir(artifact_root, asset, run_fingerprint(**fingerprint_of))
+        with atomic_dir(final) as tmp:
+            yield tmp, ckpt
         shutil.rmtree(ckpt, ignore_errors=True)
+
+
+def _warn_about_idle_gpus(context: dg.AssetExecutionContext, settings: ComputeSettings) -> None:
+    if settings.torch_device() != "cuda":
+        return
+    import torch
+
+    visible = torch.cuda.device_count()
+    if visible > 1:
+        context.log.warning(
+            f"{visible} GPUs are visible but compute.processes is 1: transformers will spread "
+            "each batch over them with DataParallel (slow, uneven memory). Set compute.processes "
+            f"to {visible} for DDP, or CUDA_VISIBLE_DEVICES to one GPU"
+        )
 
 
 def run_training(
@@ -62,6 +90,7 @@ def run_training(
     """
     log = context.log.info
     if settings.processes <= 1:
+        _warn_about_idle_gpus(context, settings)
         if kind == "sft":
             from ragft_dagster.sft import train_lora
 
@@ -70,7 +99,11 @@ def run_training(
 
         return train_dpo(**kwargs, callbacks=[progress_callback(log)])
     on_cpu = settings.torch_device() == "cpu"
-    env = {"OMP_NUM_THREADS": "1"} if on_cpu else {}
+    # The ranks exit when this step process dies (kill -9, OOM): no orphan keeps the GPUs or
+    # writes into the checkpoints the next materialization resumes from.
+    env = {PARENT_PID_ENV: str(os.getpid())}
+    if on_cpu:
+        env["OMP_NUM_THREADS"] = "1"
     with tempfile.TemporaryDirectory(prefix="ragft-launch-") as tmp:
         spec = Path(tmp) / "spec.json"
         write_spec(spec, kind, kwargs)

@@ -98,6 +98,7 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[dg.
         )
         settings = compute.settings()
         data = {"dataset": recipe.dpo.dataset, "split": recipe.dpo.split}
+        lora = recipe.dpo.lora.model_dump() if recipe.dpo.lora else None
         with checkpointed_output(
             layout.dpo_model,
             artifact_root=layout.root,
@@ -107,8 +108,10 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[dg.
                 "data_files": [dpo_file] if dpo_file else [],
                 "settings": {
                     "args": recipe.dpo.args,
+                    "lora": lora,
                     "data": {**data, "max_rows": recipe.dpo.max_rows},
                     "chat_template": recipe.chat_template,
+                    "compute": settings.run_identity(),
                 },
             },
         ) as (tmp, checkpoints):
@@ -126,6 +129,7 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[dg.
                     "chat_template": recipe.chat_template,
                     "trust_remote_code": recipe.trust_remote_code,
                     "checkpoints": checkpoints,
+                    "lora": lora,
                 },
             )
         resumed = f", resumed from step {m['resumed_from_step']}" if m["resumed_from_step"] else ""

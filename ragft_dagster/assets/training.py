@@ -195,7 +195,11 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[dg.
             fingerprint_of={
                 "model_dir": layout.dpo_model,
                 "data_files": data_files,
-                "settings": {**run, "chat_template": recipe.chat_template},
+                "settings": {
+                    **run,
+                    "chat_template": recipe.chat_template,
+                    "compute": settings.run_identity(),
+                },
             },
         ) as (tmp, checkpoints):
             m = run_training(
