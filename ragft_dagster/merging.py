@@ -302,20 +302,6 @@ def _substitute(config: dict[str, Any], resolved: dict[str, str]) -> dict[str, A
     return _map_refs(config, lambda r: resolved[r.ref])
 
 
-def resolve_merge_config(
-    config: dict[str, Any],
-    artifact_root: Path,
-    base_dir: Path,
-    stage_dirs: dict[str, Path] | None = None,
-) -> dict:
-    """Return a copy of a mergekit config with ``tiny:``, ``pkg:``, relative and ``stage:``
-    model references resolved (revisions ``@rev`` and LoRAs ``+lora`` kept)."""
-    resolved = {
-        r.ref: _resolve_ref(r.ref, artifact_root, base_dir, stage_dirs or {}) for r in _refs(config)
-    }
-    return _substitute(config, resolved)
-
-
 # --- preflight --------------------------------------------------------------------------------
 
 
@@ -470,7 +456,9 @@ def _expected_output(config: dict[str, Any], reference: dict[str, Any]) -> dict[
     spans = [sources[0][2] - sources[0][1] for _, sources in _slice_sources(config) if sources]
     if spans:
         out["num_hidden_layers"] = sum(spans)
-    if config.get("tokenizer") or config.get("tokenizer_source"):
+    # tokenizer_source: base keeps the base model's vocabulary (the one in ``reference``);
+    # a union or another model's tokenizer is only known once merged.
+    if config.get("tokenizer") or config.get("tokenizer_source") not in (None, "base"):
         out["vocab_size"] = None
     return out
 

@@ -218,6 +218,18 @@ def test_vocabulary_only_difference_suggests_tokenizer_source(tmp_path, root):
     assert facts["models"][str(bigger)]["vocab_size"] == 32002
 
 
+def test_a_stage_that_keeps_the_base_tokenizer_passes_its_vocabulary_on(tmp_path, root):
+    bigger = _config_only(tmp_path / "bigger", {**MISTRAL_7B, "vocab_size": 32002})
+    mistral = _config_only(tmp_path / "mistral", MISTRAL_7B)
+    first = {**_slerp(str(mistral), str(bigger), layers=(0, 32)), "tokenizer_source": "base"}
+    second = _slerp("stage:first", str(bigger), layers=(0, 32))
+    chain = {"stages": [{"name": "first", "config": first}, {"name": "second", "config": second}]}
+    # Stage 1 keeps Mistral's 32000 tokens, so stage 2 (no tokenizer_source) cannot merge a
+    # 32002-token model with it: caught before anything runs.
+    with pytest.raises(MergeCompatibilityError, match="vocab_size: 32002 vs 32000"):
+        preflight_merge(chain, root, tmp_path)
+
+
 def test_layer_range_beyond_the_model_fails_in_preflight(tmp_path, root, merges):
     with pytest.raises(MergeCompatibilityError) as err:
         _merge(_slerp("tiny:base", "tiny:math", layers=(0, 4)), tmp_path / "out", root)
