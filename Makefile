@@ -5,8 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export TOKENIZERS_PARALLELISM := false
+# The UI test drives Debian's chromium; nothing may fetch a browser build of its own.
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
-.PHONY: run ui test lint install bench-incremental bench-scoring bench-gpu
+.PHONY: run ui test lint install chromium bench-incremental bench-scoring bench-gpu
 
 $(BIN)/ragft: pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -15,6 +17,25 @@ $(BIN)/ragft: pyproject.toml constraints.txt
 	touch $@
 
 install: $(BIN)/ragft
+
+# The browser of the UI test (tests/test_ui_e2e.py): Debian's chromium, driven by Playwright.
+# Playwright never downloads a browser of its own (the test points it at this file).
+CHROMIUM := /usr/bin/chromium
+APT_CHROMIUM := apt-get install -y --no-install-recommends chromium
+$(CHROMIUM):
+	@if ! command -v apt-get >/dev/null 2>&1; then \
+		echo "make test needs Debian's chromium at $@ and apt-get is missing: install a" \
+			"Chromium there by hand (the UI test uses exactly that path)" >&2; exit 1; \
+	elif [ "$$(id -u)" = 0 ]; then sudo=""; \
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo -n"; \
+	else \
+		echo "make test needs Debian's chromium at $@ (for the UI test); as root, run:" >&2; \
+		echo "  apt-get update && $(APT_CHROMIUM)" >&2; exit 1; \
+	fi; \
+	echo "installing Debian's chromium for the UI test"; \
+	$$sudo apt-get update -q && $$sudo env DEBIAN_FRONTEND=noninteractive $(APT_CHROMIUM) -q
+
+chromium: $(CHROMIUM)
 
 $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
@@ -26,7 +47,7 @@ run: install $(DAGSTER_HOME)/dagster.yaml
 ui: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -h 127.0.0.1 -p 3000
 
-test: install
+test: install $(CHROMIUM)
 	$(BIN)/pytest -q
 
 lint: install
