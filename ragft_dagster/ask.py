@@ -20,7 +20,7 @@ from typing import Any
 
 from ragft_dagster.artifacts import ArtifactLayout
 from ragft_dagster.compute import ComputeSettings
-from ragft_dagster.evaluation import load_scoring_model, model_paths
+from ragft_dagster.evaluation import load_recipe_model
 from ragft_dagster.indexing import MODEL_KEY, Retriever, load_embedder
 from ragft_dagster.model_refs import resolve_model_ref
 from ragft_dagster.recipe import Recipe, RetrievalRecipe
@@ -267,15 +267,7 @@ def answer_question(
             retriever = Retriever(collection, embedder, top_k or recipe.retrieval.top_k)
             hits = retriever.retrieve(question)
     device = compute.torch_device()
-    weights, adapter = model_paths(recipe, layout, "sft")
-    model, tokenizer = load_scoring_model(
-        weights,
-        adapter,
-        device=device,
-        dtype=compute.torch_dtype(),
-        chat_template=recipe.chat_template,
-        trust_remote_code=recipe.trust_remote_code,
-    )
+    model, tokenizer = load_recipe_model(recipe, layout, "sft", compute)
     messages = ask_messages(
         question,
         hits,

@@ -328,6 +328,22 @@ def model_paths(recipe: Recipe, layout: ArtifactLayout, model_key: str) -> tuple
     return str({"merged": layout.merged_model, "dpo": layout.dpo_model}[model_key]), None
 
 
+def load_recipe_model(
+    recipe: Recipe, layout: ArtifactLayout, model_key: str, compute: ComputeSettings
+) -> tuple[Any, Any]:
+    """(model, tokenizer) of a local ``model`` partition (sft = dpo + adapter merged), on the
+    compute profile's device and dtype."""
+    weights, adapter = model_paths(recipe, layout, model_key)
+    return load_scoring_model(
+        weights,
+        adapter,
+        device=compute.torch_device(),
+        dtype=compute.torch_dtype(),
+        chat_template=recipe.chat_template,
+        trust_remote_code=recipe.trust_remote_code,
+    )
+
+
 def evaluate_cell(
     recipe: Recipe,
     layout: ArtifactLayout,
@@ -392,15 +408,7 @@ def evaluate_cell(
             )
         else:
             device = compute.torch_device()
-            weights, adapter = model_paths(recipe, layout, model_key)
-            model, tokenizer = load_scoring_model(
-                weights,
-                adapter,
-                device=device,
-                dtype=compute.torch_dtype(),
-                chat_template=recipe.chat_template,
-                trust_remote_code=recipe.trust_remote_code,
-            )
+            model, tokenizer = load_recipe_model(recipe, layout, model_key, compute)
             records = score_local(
                 questions,
                 hits,
