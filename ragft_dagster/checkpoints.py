@@ -143,13 +143,22 @@ def train_resuming(trainer: Any, checkpoints: Path | None) -> tuple[Any, int]:
     return result, _step(resume) if resume else 0
 
 
-def progress_callback(log: Callable[[str], None]) -> Any:
-    """A transformers ``TrainerCallback`` that sends each logged step (loss, learning rate)
-    and every checkpoint saved to ``log`` — the Dagster run log, live."""
+def progress_callback(log: Callable[[str], None], lines: int = 20) -> Any:
+    """A transformers ``TrainerCallback`` that sends training progress (loss, learning rate)
+    and every checkpoint saved to ``log`` — the Dagster run log, live.
+
+    About ``lines`` progress lines per run (the first and last step included, evaluations
+    always): each is an event-log write, and the trainer logs every step.
+    """
     from transformers import TrainerCallback
 
     class _Progress(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
+            every = max(1, state.max_steps // lines)
+            step = state.global_step
+            wanted = step in (1, state.max_steps) or step % every == 0
+            if not (wanted or any(k.startswith("eval_") for k in logs or {})):
+                return
             if state.is_world_process_zero and logs:
                 shown = ", ".join(
                     f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in logs.items()
