@@ -2,19 +2,111 @@
 
 Every artifact (model, adapter, index, JSONL) is written to a temporary sibling and renamed into
 place, so a failed or killed run never leaves half an artifact and the previous one stays intact.
+
+A temporary sibling is locked (``flock``) by the process writing it: once that process is gone,
+even by kill -9, the next write of the same artifact deletes what it left behind. Swaps take a
+short lock on the parent directory, so two processes writing the same artifact at once replace
+it one after the other (the last one wins) instead of tripping over each other's renames.
+Where the filesystem refuses locks (some network mounts) writes go ahead unlocked, as before,
+and nothing left behind is ever deleted.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import glob
 import json
 import os
 import shutil
 import tempfile
+import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+
+def _try_flock(fd: int, operation: int) -> bool | None:
+    """flock ``fd``: True when locked, False when another holder has it (non-blocking only),
+    None when this filesystem does not support locks."""
+    try:
+        fcntl.flock(fd, operation)
+        return True
+    except BlockingIOError:
+        return False
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            return False
+        return None  # EBADF/ENOLCK/EOPNOTSUPP: e.g. NFS, where flock on a directory fails
+
+
+@contextmanager
+def _dir_lock(directory: Path) -> Iterator[None]:
+    """An exclusive lock on ``directory`` itself (no lock file), held briefly around swaps."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        _try_flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _owner_gone(path: Path) -> bool:
+    """Whether nobody holds the lock of a temporary sibling (its writer has exited)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        return _try_flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB) is True
+    finally:
+        os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _siblings(final: Path, kind: str) -> list[Path]:
+    """``.<name>.<kind>-*`` next to ``final``, oldest first."""
+
+    def mtime(path: Path) -> float:
+        try:
+            return path.stat().st_mtime
+        except FileNotFoundError:  # renamed into place by its writer meanwhile
+            return 0.0
+
+    return sorted(final.parent.glob(f".{glob.escape(final.name)}.{kind}-*"), key=mtime)
+
+
+def recover_leftovers(final: Path) -> list[Path]:
+    """Undo what a killed write of ``final`` left behind; call with the parent locked.
+
+    A swap killed between its two renames left no ``final`` but its previous version under
+    ``.<name>.old-*``: that is put back. Temporary siblings whose writer is gone and trash of
+    finished swaps are deleted.
+
+    Returns:
+        The paths deleted or restored.
+    """
+    touched = []
+    olds = _siblings(final, "old")
+    if olds and not final.exists():
+        os.rename(olds[-1], final)
+        touched.append(olds.pop())
+    for path in [*olds, *_siblings(final, "trash")]:
+        _remove(path)
+        touched.append(path)
+    for path in _siblings(final, "tmp"):
+        if _owner_gone(path):
+            _remove(path)
+            touched.append(path)
+    return touched
 
 
 @contextmanager
@@ -29,22 +121,37 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    with _dir_lock(final.parent):
+        recover_leftovers(final)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+        owner = os.open(tmp, os.O_RDONLY)
+        _try_flock(owner, fcntl.LOCK_EX)
     try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    replace_dir(tmp, final)
+        try:
+            yield tmp
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        with _dir_lock(final.parent):
+            replace_dir(tmp, final)
+    finally:
+        os.close(owner)
 
 
 def replace_dir(src: Path, final: Path) -> None:
-    """Move ``src`` to ``final``, swapping out any existing directory with two renames."""
+    """Move ``src`` to ``final``, swapping out any existing directory with two renames.
+
+    Between the renames the previous version is ``.<name>.old-*`` (complete: put back by
+    :func:`recover_leftovers` if the process dies there); it is then renamed to trash and deleted.
+    """
     if final.exists():
-        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+        suffix = uuid.uuid4().hex[:8]
+        old = final.with_name(f".{final.name}.old-{suffix}")
         os.rename(final, old)
         os.rename(src, final)
-        shutil.rmtree(old, ignore_errors=True)
+        trash = final.with_name(f".{final.name}.trash-{suffix}")
+        os.rename(old, trash)
+        shutil.rmtree(trash, ignore_errors=True)
     else:
         os.rename(src, final)
 
@@ -53,16 +160,62 @@ def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and an atomic rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    with _dir_lock(path.parent):
+        for stale in _siblings(path, "tmp"):
+            if _owner_gone(stale):
+                stale.unlink(missing_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+        _try_flock(fd, fcntl.LOCK_EX)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+            os.replace(tmp, path)  # before closing: the lock covers the file until it is in place
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def artifact_lock(
+    path: Path, what: str, on_wait: Callable[[str], Any] | None = None, *, shared: bool = False
+) -> Iterator[None]:
+    """Hold a lock on ``.<name>.lock`` beside ``path`` for the block: exclusive for a writer,
+    ``shared`` for readers (any number of them, never while a writer holds it).
+
+    Whoever asks while it is taken waits (``on_wait`` is told so) until the holder finishes
+    or dies: the kernel drops the lock of a killed process, so a kill -9 never leaves it stuck.
+
+    Args:
+        path: The artifact the lock guards.
+        what: How messages name it (e.g. ``vector_index``).
+        on_wait: Called with a message before and after waiting for another holder.
+        shared: Take a reader's lock.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.with_name(f".{path.name}.lock")
+    mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if _try_flock(fd, mode | fcntl.LOCK_NB) is False:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            if on_wait is not None:
+                on_wait(
+                    f"{lock} is held by another materialization of {what} (pid {holder}): "
+                    "waiting for it to finish"
+                )
+            started = time.monotonic()
+            _try_flock(fd, mode)
+            if on_wait is not None:
+                on_wait(f"got the {what} lock after {time.monotonic() - started:.1f} s")
+        if not shared:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:

@@ -1,12 +1,13 @@
 """Per-document data assets: chunks, then synthetic Q&A (one dynamic partition per document)."""
 
 from collections import Counter
+from pathlib import Path
 
 import dagster as dg
 
 from ragft_dagster.artifacts import read_jsonl, write_jsonl
 from ragft_dagster.assets._meta import documents_partitions, preview_table
-from ragft_dagster.chunking import chunk_document, read_document
+from ragft_dagster.chunking import DocumentError, chunk_document, read_document
 from ragft_dagster.documents import CONTENT_HASH_KEY, content_hash
 from ragft_dagster.model_refs import load_tokenizer, resolve_model_ref
 from ragft_dagster.qa_generation import (
@@ -17,6 +18,19 @@ from ragft_dagster.qa_generation import (
 )
 from ragft_dagster.recipe import Recipe
 from ragft_dagster.resources import ArtifactStoreResource, LlmEndpointResource
+
+
+def _gone(path: Path) -> str:
+    """What to do about a document partition whose file is gone (empty if it exists)."""
+    if path.exists():
+        return ""
+    return (
+        "The document was deleted after the docs sensor saw it: nothing to do, the sensor "
+        "removes its partition and its chunk and Q&A files on its next tick and rebuilds "
+        "sft_dataset and vector_index without it (`ragft run` does the same). If it was moved "
+        "or renamed, it is picked up under its new path. This partition's previous "
+        "materialization is left as it was"
+    )
 
 
 def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
@@ -33,7 +47,10 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
         key = context.partition_key
         layout = artifacts.layout()
         path = recipe.docs_dir / key
-        text = read_document(path, key)
+        try:
+            text = read_document(path, key)
+        except DocumentError as exc:
+            raise dg.Failure(description=f"doc_chunks: {exc}. {_gone(path)}".strip()) from None
         tokenizer = load_tokenizer(
             resolve_model_ref(recipe.base_model, layout.root, recipe.root),
             recipe.chat_template,
@@ -79,7 +96,13 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
         if qa.generator == "openai":
             # retries are ours (call_llm): counted, capped, and Retry-After is honoured
             client = llm.client(timeout=qa.request_timeout, max_retries=0)
-        chunks = read_jsonl(layout.chunks(key))
+        try:
+            chunks = read_jsonl(layout.chunks(key))
+        except FileNotFoundError:
+            raise dg.Failure(
+                description=f"synthetic_qa[{key}]: no chunks at {layout.chunks(key)}: "
+                f"materialize doc_chunks for {key} first. {_gone(recipe.docs_dir / key)}".strip()
+            ) from None
         try:
             rows, stats = generate_document_qa(
                 chunks, key, qa, client=client, cache=ReplyCache(layout.llm_cache)

@@ -5,7 +5,7 @@ from collections import Counter
 
 import dagster as dg
 
-from ragft_dagster.artifacts import atomic_dir, read_jsonl
+from ragft_dagster.artifacts import artifact_lock, atomic_dir, read_jsonl
 from ragft_dagster.assets._meta import EAGER, read_all_documents
 from ragft_dagster.indexing import (
     IndexMismatchError,
@@ -38,11 +38,18 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
     ) -> dg.MaterializeResult:
         """A chroma collection holding an embedding of every current chunk (llama-index)."""
         layout = artifacts.layout()
-        _, chunks = read_all_documents(context, "doc_chunks", layout.chunks)
+        _, chunks = read_all_documents(
+            context, "doc_chunks", layout.chunks, docs_dir=recipe.docs_dir
+        )
         model_dir = resolve_model_ref(r.embedding_model, layout.root, recipe.root)
         embedder = load_embedder(model_dir, compute.settings().torch_device(), r.embed_batch_size)
         final = layout.vector_index
-        with atomic_dir(final) as tmp:
+        # One writer at a time: a concurrent materialization waits, then builds on this one's
+        # result (embedding only what is still missing) instead of racing it to the swap.
+        with (
+            artifact_lock(final, "vector_index", context.log.info),
+            atomic_dir(final) as tmp,
+        ):
             # Update a copy, then swap: the live index stays whole if this run dies.
             if vector_store.mode == "embedded" and final.exists():
                 shutil.copytree(final, tmp, dirs_exist_ok=True)
@@ -76,9 +83,15 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
         vector_store: VectorStoreResource,
     ) -> dg.AssetCheckResult:
         layout = artifacts.layout()
-        _, chunks = read_all_documents(context, "doc_chunks", layout.chunks)
+        _, chunks = read_all_documents(
+            context, "doc_chunks", layout.chunks, docs_dir=recipe.docs_dir
+        )
         expected = {c["id"] for c in chunks}
-        with vector_store.collection(r.collection, layout.vector_index) as collection:
+        with (
+            # not while another run writes or swaps the index
+            artifact_lock(layout.vector_index, "vector_index", context.log.info, shared=True),
+            vector_store.collection(r.collection, layout.vector_index) as collection,
+        ):
             missing, stale = id_differences(collection, expected)
             held = collection.count()
         return dg.AssetCheckResult(
@@ -121,7 +134,10 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
         rows = sorted(read_jsonl(held_out), key=lambda row: row["id"])
         model_dir = resolve_model_ref(r.embedding_model, layout.root, recipe.root)
         embedder = load_embedder(model_dir, compute.settings().torch_device(), r.embed_batch_size)
-        with vector_store.collection(r.collection, layout.vector_index) as collection:
+        with (
+            artifact_lock(layout.vector_index, "vector_index", context.log.info, shared=True),
+            vector_store.collection(r.collection, layout.vector_index) as collection,
+        ):
             indexed = set(collection.get(include=[])["ids"])
             pairs = [
                 (row["messages"][-2]["content"], row["chunk_id"])

@@ -82,7 +82,9 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[dg.
         """All documents' Q&A, deduplicated, cleared of rows resembling the benchmark questions
         and split train/validation, in chat format."""
         layout = artifacts.layout()
-        docs, rows = read_all_documents(context, "synthetic_qa", layout.qa)
+        docs, rows = read_all_documents(
+            context, "synthetic_qa", layout.qa, docs_dir=recipe.docs_dir
+        )
         cfg = recipe.sft_dataset
         detect = None
         if contamination.enabled:
