@@ -42,9 +42,18 @@ def _try_flock(fd: int, operation: int) -> bool | None:
         return None  # EBADF/ENOLCK/EOPNOTSUPP: e.g. NFS, where flock on a directory fails
 
 
+# Temporary directories this process is writing (atomic_dir): it holds their owner lock, and
+# nobody else writes into them, so writes inside them need no lock (taking one would wait on
+# this process's own owner lock forever).
+_OWNED_TMP: set[str] = set()
+
+
 @contextmanager
 def _dir_lock(directory: Path) -> Iterator[None]:
     """An exclusive lock on ``directory`` itself (no lock file), held briefly around swaps."""
+    if os.path.realpath(directory) in _OWNED_TMP:
+        yield
+        return
     fd = os.open(directory, os.O_RDONLY)
     try:
         _try_flock(fd, fcntl.LOCK_EX)
@@ -126,12 +135,16 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
         owner = os.open(tmp, os.O_RDONLY)
         _try_flock(owner, fcntl.LOCK_EX)
+    owned = os.path.realpath(tmp)
+    _OWNED_TMP.add(owned)
     try:
         try:
             yield tmp
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        finally:
+            _OWNED_TMP.discard(owned)
         with _dir_lock(final.parent):
             replace_dir(tmp, final)
     finally:

@@ -636,3 +636,23 @@ def test_reading_all_documents_skips_one_removed_while_reading(tmp_path):
         (tmp_path / "c.md.jsonl").unlink()
         with pytest.raises(dg.Failure, match=r"doc_chunks is not materialized for \['c.md'\]"):
             read_all_documents(context, "doc_chunks", lambda d: tmp_path / f"{d}.jsonl")
+
+
+def test_files_written_inside_an_atomic_dir_do_not_wait_on_its_own_lock(tmp_path):
+    # sft_dataset writes JSONL files into its atomic_dir; the owner lock of that temporary
+    # folder must not make those writes wait for ever (run in a child, bounded by a timeout).
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from ragft_dagster.artifacts import atomic_dir, atomic_write_text, write_jsonl\n"
+        "root = Path(sys.argv[1])\n"
+        "with atomic_dir(root / 'x') as tmp:\n"
+        "    write_jsonl(tmp / 'a.jsonl', [{}])\n"
+        "    with atomic_dir(tmp / 'sub') as inner:\n"
+        "        atomic_write_text(inner / 'b.txt', 'hi')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], timeout=60, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "x" / "a.jsonl").is_file() and (tmp_path / "x" / "sub" / "b.txt").is_file()
