@@ -21,9 +21,9 @@ from ragft_dagster.assets._meta import DOCUMENTS, TRIGGER_TAG, documents_partiti
 from ragft_dagster.documents import (
     CONTENT_HASH_KEY,
     DocumentChanges,
+    discover_documents,
     plan_document_changes,
     purge_document_files,
-    scan_documents,
 )
 from ragft_dagster.recipe import Recipe
 from ragft_dagster.resources import ArtifactStoreResource
@@ -83,8 +83,13 @@ def document_changes(
         instance: The Dagster instance holding the partitions and materializations.
         recipe: Names the docs folder and glob.
         known: Hashes already handled (the sensor's cursor): those keys are not looked up.
+
+    Returns:
+        The documents' content hashes and the plan; ``changes.skipped`` names the matching
+        paths that are not readable documents (loops, broken links...), for a warning.
     """
-    current = scan_documents(recipe.docs_dir, recipe.docs.glob)
+    scan = discover_documents(recipe.docs_dir, recipe.docs.glob)
+    current = scan.documents
     partitions = instance.get_dynamic_partitions(DOCUMENTS)
     known = known or {}
 
@@ -93,7 +98,7 @@ def document_changes(
             return current[key]
         return built_from_hash(instance, key)
 
-    return current, plan_document_changes(current, partitions, built_from)
+    return current, plan_document_changes(current, partitions, built_from, scan.skipped)
 
 
 def _state_key(prefix: str, items: dict[str, str] | list[str]) -> str:
@@ -117,8 +122,10 @@ def build_docs_sensor(recipe: Recipe) -> dg.SensorDefinition:
         known = json.loads(context.cursor) if context.cursor else {}
         try:
             current, changes = document_changes(context.instance, recipe, known)
-        except FileNotFoundError as exc:
+        except OSError as exc:  # the docs folder is missing or unreadable
             return dg.SkipReason(str(exc))
+        for warning in changes.warnings(recipe.docs_dir):
+            context.log.warning(f"skipped {warning}")
         runs = [
             dg.RunRequest(
                 # the same document content never runs twice (Dagster skips a used run key)

@@ -10,12 +10,23 @@ from __future__ import annotations
 
 import hashlib
 import re
+from array import array
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
-_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
+# A UTF-8 byte order mark (Windows editors) must not hide the first heading.
+_HEADING = re.compile(r"^\ufeff?(#{1,6})\s+(.+?)\s*#*\s*$")
 _FENCE = re.compile(r"^\s*(```|~~~)")
+
+# A section longer than this is tokenised in blocks cut at line ends. One tokenizer call over
+# a whole section needs ~200 bytes of memory per character (a 5 MB section: 1.1 GB, so ~11 GB
+# for 50 MB); in blocks a 50 MB section takes ~300 MB and about a minute on 2 cores. Shorter
+# sections (all real ones: ~8,000 tokens) are tokenised whole, exactly as before.
+BLOCK_CHARS = 32_768
+_BLOCKS_PER_CALL = 32
 
 
 class DocumentError(ValueError):
@@ -50,22 +61,52 @@ def chunk_id(doc: str, text: str) -> str:
 
 
 def read_document(path: Path, doc_key: str) -> str:
-    """Read a markdown document as UTF-8, with errors that say what to do."""
+    """Read a markdown document as UTF-8, with errors that name the file and say what to do.
+
+    Raises:
+        DocumentError: The file is gone, unreadable, binary (NUL bytes: an image, a PDF, UTF-16
+            text) or not valid UTF-8; the message names the file, where, and the fix.
+    """
     try:
-        raw = path.read_bytes()
+        raw = Path(path).read_bytes()
     except FileNotFoundError:
         raise DocumentError(f"{doc_key}: document not found at {path} (was it deleted?)") from None
-    if b"\x00" in raw[:8192]:
+    except OSError as exc:  # a folder, no permission, a loop
         raise DocumentError(
-            f"{doc_key}: looks like a binary file, not markdown; remove it from "
-            "the docs folder or narrow docs.glob"
+            f"{doc_key}: cannot read {path} ({exc.strerror}); fix it or remove it from the docs "
+            "folder"
+        ) from None
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DocumentError(
+            f"{doc_key}: {path} is UTF-16 text; re-save it as UTF-8 (documents must be UTF-8)"
+        )
+    nul = raw.find(b"\x00", 0, 8192)
+    if nul >= 0:
+        raise DocumentError(
+            f"{doc_key}: {path} looks like a binary file, not markdown (a NUL byte at offset "
+            f"{nul}); remove it from the docs folder or narrow docs.glob in the recipe"
         )
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
         raise DocumentError(
-            f"{doc_key}: not valid UTF-8 (byte {exc.start}); re-save the file as UTF-8"
+            f"{doc_key}: {path} is not valid UTF-8 (byte 0x{raw[exc.start]:02x} at offset "
+            f"{exc.start}, line {line}); re-save the file as UTF-8"
         ) from None
+
+
+def empty_document_warning(doc_key: str, text: str) -> str | None:
+    """The warning for a document with no text (zero chunks, so no Q&A and nothing indexed),
+    or None when it has some. An empty page is valid (a stub, a placeholder): its partition
+    succeeds rather than blocking every downstream asset, and this says why it adds nothing."""
+    if text.strip():
+        return None
+    what = "is empty" if not text else "holds only whitespace"
+    return (
+        f"{doc_key} {what}: 0 chunks, so no Q&A and nothing in the index; write the page or "
+        "remove it from the docs folder"
+    )
 
 
 def split_sections(text: str) -> list[Section]:
@@ -116,14 +157,13 @@ def chunk_document(
     chunks: list[Chunk] = []
     step = chunk_size - chunk_overlap
     for section in split_sections(text):
-        enc = tokenizer(section.text, add_special_tokens=False, return_offsets_mapping=True)
-        offsets = enc["offset_mapping"]
-        n = len(offsets)
+        starts_at, ends_at = _token_offsets(tokenizer, section.text)
+        n = len(starts_at)
         starts = [0] if n <= chunk_size else list(range(0, n - chunk_overlap, step))
         for s in starts:
             e = min(s + chunk_size, n)
-            lo = offsets[s][0] if s > 0 else 0
-            hi = offsets[e - 1][1] if e < n else len(section.text)
+            lo = starts_at[s] if s > 0 else 0
+            hi = ends_at[e - 1] if e < n else len(section.text)
             piece = section.text[lo:hi].strip()
             if not piece:
                 continue
@@ -144,3 +184,38 @@ def chunk_document(
     for c in chunks:
         unique.setdefault(c.id, c)
     return list(unique.values())
+
+
+def _blocks(text: str) -> Iterator[tuple[int, str]]:
+    """``text`` in pieces of at most :data:`BLOCK_CHARS`, cut after a newline (else a space)
+    where there is one in the second half of the block: (offset, piece)."""
+    start = 0
+    while start < len(text):
+        end = start + BLOCK_CHARS
+        if end < len(text):
+            half = start + BLOCK_CHARS // 2
+            cut = text.rfind("\n", half, end)
+            if cut < 0:
+                cut = text.rfind(" ", half, end)
+            end = cut + 1 if cut >= 0 else end
+        yield start, text[start:end]
+        start = end
+
+
+def _token_offsets(tokenizer: Any, text: str) -> tuple[Any, Any]:
+    """(start, end) character offsets of every token of ``text``, as two sequences."""
+    if len(text) <= BLOCK_CHARS:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        pairs = enc["offset_mapping"]
+        return [a for a, _ in pairs], [b for _, b in pairs]
+    # Two machine-word arrays: 16 bytes a token, not a Python tuple each.
+    starts, ends = array("q"), array("q")
+    blocks = _blocks(text)
+    while group := list(islice(blocks, _BLOCKS_PER_CALL)):
+        enc = tokenizer(
+            [piece for _, piece in group], add_special_tokens=False, return_offsets_mapping=True
+        )
+        for (offset, _), pairs in zip(group, enc["offset_mapping"], strict=True):
+            starts.extend(offset + a for a, _ in pairs)
+            ends.extend(offset + b for _, b in pairs)
+    return starts, ends

@@ -1,28 +1,115 @@
-"""The docs folder as a set of documents with content hashes (partition keys = relative paths)."""
+"""The docs folder as a set of documents with content hashes (partition keys = relative paths).
+
+Discovery never hangs and never drops a file silently: a symlink loop, a broken link, a FIFO or
+an unreadable file matching the glob is skipped with a reason that names it and says what to do,
+and a symlinked folder (which the recursive glob does not enter, so a link back to an ancestor
+cannot loop) is reported the same way. A skipped document that already has a partition keeps it
+and its files: an unreadable file is not a removed one.
+"""
 
 from __future__ import annotations
 
+import errno
 import hashlib
-from collections.abc import Callable, Iterable
+import os
+import stat
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 
+@dataclass(frozen=True)
+class DocumentScan:
+    """What :func:`discover_documents` found below the docs folder."""
+
+    documents: dict[str, str]
+    """Document key (path relative to the folder, '/'-separated) -> sha256 of its bytes."""
+    skipped: dict[str, str] = field(default_factory=dict)
+    """Key of each path that matched but cannot be a document -> why, and what to do."""
+
+
+def discover_documents(docs_dir: Path, pattern: str = "**/*.md") -> DocumentScan:
+    """Hash every document below ``docs_dir`` and say which matching paths were skipped.
+
+    Args:
+        docs_dir: The recipe's docs folder (``docs.path``).
+        pattern: Which files are documents (``docs.glob``).
+
+    Returns:
+        The documents with their content hashes, and the skipped paths with their reasons.
+
+    Raises:
+        FileNotFoundError: When the docs folder does not exist (naming ``docs.path``).
+    """
+    docs_dir = Path(docs_dir)
+    if not docs_dir.is_dir():
+        what = "is not a folder" if docs_dir.exists() else "does not exist"
+        raise FileNotFoundError(f"docs folder {docs_dir} {what}; fix docs.path in the recipe")
+    found: dict[str, str] = {}
+    skipped: dict[str, str] = {}
+    for path in sorted(docs_dir.glob(pattern)):
+        key = path.relative_to(docs_dir).as_posix()
+        reason = _not_a_document(path)
+        if reason == "":
+            continue  # a folder whose name matches the glob: its files are visited on their own
+        if reason is None:
+            try:
+                found[key] = content_hash(path.read_bytes())
+                continue
+            except OSError as exc:
+                reason = f"cannot be read ({exc.strerror}); fix its permissions or remove it"
+        skipped[key] = reason
+    if "**" in pattern:
+        skipped.update(_symlinked_folders(docs_dir))
+    return DocumentScan(found, skipped)
+
+
 def scan_documents(docs_dir: Path, pattern: str = "**/*.md") -> dict[str, str]:
-    """Map each document key (path relative to ``docs_dir``, '/'-separated) to its sha256.
+    """Map each document key (path relative to ``docs_dir``, '/'-separated) to its sha256
+    (:func:`discover_documents` without the skipped paths).
 
     Raises:
         FileNotFoundError: When the docs folder does not exist.
     """
-    docs_dir = Path(docs_dir)
-    if not docs_dir.is_dir():
-        raise FileNotFoundError(
-            f"docs folder {docs_dir} does not exist; fix docs.path in the recipe"
-        )
-    found = {}
-    for path in sorted(docs_dir.glob(pattern)):
-        if path.is_file():
-            found[path.relative_to(docs_dir).as_posix()] = content_hash(path.read_bytes())
+    return discover_documents(docs_dir, pattern).documents
+
+
+def _not_a_document(path: Path) -> str | None:
+    """None for a regular file (or a link to one), "" for a folder, else why it is skipped."""
+    try:
+        mode = path.stat().st_mode  # follows links: ELOOP for a loop, ENOENT for a broken one
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and path.is_symlink():
+            return (
+                f"symlink loop ({path.name} -> {os.readlink(path)} -> ...); point the link at a "
+                "real file or delete it"
+            )
+        if path.is_symlink():
+            return (
+                f"broken symlink to {os.readlink(path)} (nothing there); fix the link or delete it"
+            )
+        return f"cannot be read ({exc.strerror}); fix its permissions or remove it"
+    if stat.S_ISDIR(mode):
+        return ""
+    if not stat.S_ISREG(mode):
+        return "not a regular file (a pipe, socket or device); remove it from the docs folder"
+    return None
+
+
+def _symlinked_folders(docs_dir: Path) -> dict[str, str]:
+    """Symlinks to folders below ``docs_dir``: the recursive glob does not enter them (so a link
+    to an ancestor cannot loop), and their files are not documents. Says so, naming each one."""
+    found: dict[str, str] = {}
+    for top, dirs, _files in os.walk(docs_dir, followlinks=False):
+        for name in dirs:
+            link = Path(top) / name
+            if link.is_symlink():
+                key = link.relative_to(docs_dir).as_posix() + "/"
+                found[key] = (
+                    f"symlinked folder (-> {os.readlink(link)}) not followed: its files are not "
+                    "documents; copy them into the docs folder, or point docs.path at the real "
+                    "folder"
+                )
     return found
 
 
@@ -43,6 +130,8 @@ class DocumentChanges:
     changed: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    """Paths that match the glob but cannot be documents -> why (see :class:`DocumentScan`)."""
 
     @property
     def to_run(self) -> list[str]:
@@ -50,16 +139,24 @@ class DocumentChanges:
         return sorted(self.added + self.changed)
 
     def summary(self) -> str:
+        skipped = f", {len(self.skipped)} skipped" if self.skipped else ""
         return (
             f"+{len(self.added)} new, ~{len(self.changed)} changed, -{len(self.removed)} removed, "
-            f"{len(self.unchanged)} unchanged"
+            f"{len(self.unchanged)} unchanged{skipped}"
         )
+
+    def warnings(self, docs_dir: Path | str) -> list[str]:
+        """One line per skipped path, naming it below ``docs_dir`` and what to do."""
+        # joined as text: a folder's key keeps its trailing '/'
+        folder = Path(docs_dir).as_posix().rstrip("/")
+        return [f"{folder}/{key}: {why}" for key, why in sorted(self.skipped.items())]
 
 
 def plan_document_changes(
     current: dict[str, str],
     partitions: Iterable[str],
     built_from: Callable[[str], str | None],
+    skipped: Mapping[str, str] | None = None,
 ) -> DocumentChanges:
     """Compare the docs folder with the partitions.
 
@@ -67,19 +164,22 @@ def plan_document_changes(
         current: :func:`scan_documents` of the docs folder.
         partitions: The document partition keys that exist.
         built_from: The content hash an existing partition was last built from (None: never).
+        skipped: :attr:`DocumentScan.skipped`: a partition whose file is there but unreadable
+            (a broken link, a loop, no permission) is not removed, so its chunks and Q&A stay.
 
     Returns:
         New keys (no partition yet), changed keys (built from other content, or never built),
-        removed keys (a partition without a file) and unchanged keys.
+        removed keys (a partition without a file), unchanged keys and the skipped paths.
     """
+    skipped = dict(skipped or {})
     existing = set(partitions)
     added = sorted(set(current) - existing)
-    removed = sorted(existing - set(current))
+    removed = sorted(existing - set(current) - set(skipped))
     changed: list[str] = []
     unchanged: list[str] = []
     for key in sorted(set(current) & existing):
         (unchanged if built_from(key) == current[key] else changed).append(key)
-    return DocumentChanges(added, changed, removed, unchanged)
+    return DocumentChanges(added, changed, removed, unchanged, skipped)
 
 
 def purge_document_files(paths_of: Callable[[str], list[Path]], keys: list[str]) -> int:

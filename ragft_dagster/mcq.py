@@ -12,6 +12,7 @@ import hashlib
 import io
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,34 +54,84 @@ class Question:
 def load_questions(path: Path) -> list[Question]:
     """Read ``question,a,b,c,d,correct`` (options may span lines) with row-level errors.
 
+    Extra columns (the optional ``source``, notes) are allowed; a row with more values than the
+    header (an unquoted comma) or too few, broken quoting, a duplicate column, an empty cell, a
+    ``correct`` outside A-D and a duplicate question are errors naming the row, its line and
+    the column.
+
     Args:
         path: The CSV file.
 
     Returns:
         Questions with content-hash ids.
+
+    Raises:
+        McqError: Naming the file, the row (and its line) and the column, and the fix.
     """
-    raw = Path(path).read_bytes()
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise McqError(
+            f"{path}: benchmark file not found; fix evaluation.questions in the recipe"
+        ) from None
+    except OSError as exc:  # a folder, no permission
+        raise McqError(
+            f"{path}: cannot read the benchmark file ({exc.strerror}); evaluation.questions "
+            "must name a CSV file"
+        ) from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
         raise McqError(
-            f"{path}: not valid UTF-8 (byte {exc.start}); re-save the CSV as UTF-8"
+            f"{path}: not valid UTF-8 (byte {exc.start}, line {line}); re-save the CSV as UTF-8"
         ) from None
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    header = [h.strip().lower() for h in (reader.fieldnames or [])]
+    # strict: a stray quote ('"1"x') or a quote never closed is an error, not a silent guess.
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    records = _csv_records(reader, path)
+    _, header_line, names = next(records, (1, 1, []))
+    header = [h.strip().lower() for h in names]
     missing = [c for c in COLUMNS if c not in header]
     if missing:
+        hint = ""
+        if len(header) == 1 and (";" in names[0] or "\t" in names[0]):
+            hint = " (the header has no commas: the file seems to use ';' or tabs; save it "
+            hint += "with commas as separators)"
         raise McqError(
-            f"{path}: missing column(s) {missing}; the header must be {','.join(COLUMNS)}"
+            f"{path}: missing column(s) {missing} in the header (line {header_line}); the "
+            f"header must be {','.join(COLUMNS)}{hint}"
         )
-    reader.fieldnames = header
+    twice = sorted({h for h in header if h and header.count(h) > 1})
+    if twice:
+        raise McqError(f"{path}: column(s) {twice} appear twice in the header; keep one of each")
+    index = {h: i for i, h in enumerate(header) if h}
+    needed = max(index[c] for c in COLUMNS) + 1
     questions: list[Question] = []
     seen: dict[str, int] = {}
-    for rec in reader:
-        row = reader.line_num  # physical line where the record ends
+    for first_line, line, fields in records:
         n = len(questions) + 1
-        where = f"{path}: row {n} (line {row})"
-        values = {c: (rec.get(c) or "").strip() for c in COLUMNS}
+        lines = f"line {line}" if first_line == line else f"lines {first_line}-{line}"
+        where = f"{path}: row {n} ({lines})"
+        extra = [v for v in fields[len(header) :] if v.strip()]
+        if extra:
+            raise McqError(
+                f"{where}: {len(fields)} values for the {len(header)} columns of the header (an "
+                "unquoted comma?); put double quotes around a question or option that contains "
+                'a comma ("1,000 rows") and double any quote inside it'
+            )
+        if len(fields) < needed:
+            spans = (
+                "; one value spans these lines: check for a quote that closes too late"
+                if first_line != line
+                else ""
+            )
+            raise McqError(
+                f"{where}: {len(fields)} values for the {len(header)} columns of the header "
+                f"(no '{header[len(fields)]}' value){spans}; every row needs "
+                f"{','.join(COLUMNS)}"
+            )
+        values = {c: fields[index[c]].strip() for c in COLUMNS}
         for col in COLUMNS:
             if not values[col]:
                 raise McqError(f"{where}: column '{col}' is empty; fill it in or remove the row")
@@ -94,6 +145,8 @@ def load_questions(path: Path) -> list[Question]:
             raise McqError(f"{where}: duplicate of row {seen[key]}; remove one of them")
         seen[key] = n
         qid = hashlib.sha256(key.encode()).hexdigest()[:16]
+        at = index.get("source", len(fields))
+        source = fields[at].strip() if at < len(fields) else ""
         questions.append(
             Question(
                 qid,
@@ -101,12 +154,37 @@ def load_questions(path: Path) -> list[Question]:
                 values["question"],
                 (values["a"], values["b"], values["c"], values["d"]),
                 correct,
-                (rec.get("source") or "").strip() or None,
+                source or None,
             )
         )
     if not questions:
-        raise McqError(f"{path}: no questions")
+        raise McqError(f"{path}: no questions below the header; add rows {','.join(COLUMNS)}")
     return questions
+
+
+def _csv_records(reader: Any, path: Path) -> Iterator[tuple[int, int, list[str]]]:
+    """Non-blank CSV records as (first line, last line, values); a quoting error names its
+    line."""
+    last = 0
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            start = last + 1
+            if "end of data" in str(exc):
+                raise McqError(
+                    f"{path}: a quoted value starting on line {start} is never closed (the file "
+                    "ends inside it); add the closing double quote"
+                ) from None
+            raise McqError(
+                f"{path}: line {reader.line_num}: broken quoting ({exc}); put the whole value "
+                'in double quotes and write a quote inside it as two ("")'
+            ) from None
+        first, last = last + 1, reader.line_num
+        if any(v.strip() for v in fields):
+            yield first, last, fields
 
 
 def build_messages(

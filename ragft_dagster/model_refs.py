@@ -26,26 +26,120 @@ def resolve_model_ref(ref: str, artifact_root: Path, base_dir: Path | None = Non
 
     Returns:
         A local directory path, or the hub id unchanged (loaded by transformers on a GPU host).
+
+    Raises:
+        ModelReferenceError: The reference names nothing loadable; the message says why.
     """
-    if ref.startswith("tiny:"):
+    kind = check_model_ref(ref, base_dir)
+    if kind == "tiny":
         cache = ArtifactLayout(artifact_root).tiny_models
         return str(build_tiny_model(ref.removeprefix("tiny:"), cache))
-    if ref.startswith("pkg:"):
+    if kind == "pkg":
         return str(packaged_model_dir(ref.removeprefix("pkg:")))
-    local = Path(ref) if Path(ref).is_absolute() else (base_dir or Path.cwd()) / ref
+    if kind == "local":
+        return str(_local_path(ref, base_dir))
+    return ref
+
+
+def check_model_ref(ref: str, base_dir: Path | None = None) -> str:
+    """Check a model reference without loading or building anything (for recipe validation).
+
+    Args:
+        ref: As in :func:`resolve_model_ref`.
+        base_dir: Folder that relative local paths resolve against.
+
+    Returns:
+        Its kind: ``tiny``, ``pkg``, ``local`` or ``hub``.
+
+    Raises:
+        ModelReferenceError: Naming the reference, what is wrong and what to write instead.
+    """
+    import importlib.util
+
+    if ref.startswith("tiny:"):
+        name = ref.removeprefix("tiny:")
+        if not name or not name.replace("-", "").replace("_", "").isalnum():
+            raise ModelReferenceError(
+                f"model reference {ref!r}: a tiny model name is letters, digits, '-' or '_' "
+                "(e.g. tiny:base)"
+            )
+        return "tiny"
+    if ref.startswith("pkg:"):
+        distribution = ref.removeprefix("pkg:")
+        try:
+            spec = (
+                importlib.util.find_spec(distribution.replace("-", "_")) if distribution else None
+            )
+        except (ImportError, ValueError):  # a dotted name whose parent is not installed
+            spec = None
+        if spec is None:
+            raise ModelReferenceError(
+                f"model reference {ref!r}: package not installed (pip install {distribution})"
+            )
+        return "pkg"
+    local = _local_path(ref, base_dir)
     if ref.startswith((".", "/", "~")) or local.exists():
-        local = local.expanduser()
+        if not local.is_dir():
+            what = "is a file, not a model directory" if local.exists() else "does not exist"
+            raise ModelReferenceError(
+                f"model reference {ref!r}: {local} {what}; point it at a model directory saved "
+                "with save_pretrained (relative paths start at the recipe's folder)"
+            )
         if not (local / "config.json").is_file() and not (local / "modules.json").is_file():
             raise ModelReferenceError(
                 f"model reference {ref!r}: {local} has no config.json; point it at a model "
                 "directory saved with save_pretrained"
             )
-        return str(local)
+        return "local"
     if _HUB_ID.match(ref):
-        return ref
+        return "hub"
+    prefix = ref.split(":", 1)[0] + ":" if ":" in ref else ""
+    typo = f" ({prefix!r} is not a known prefix)" if prefix else ""
     raise ModelReferenceError(
         f"model reference {ref!r} is not tiny:<name>, pkg:<distribution>, an existing local "
-        "directory or a hub id of the form org/name"
+        f"directory or a hub id of the form org/name{typo}"
+    )
+
+
+def _local_path(ref: str, base_dir: Path | None) -> Path:
+    path = Path(ref).expanduser()
+    return path if path.is_absolute() else (base_dir or Path.cwd()) / path
+
+
+# Artifact folders (relative to the artifact root) and the asset that writes each.
+_ARTIFACT_ASSETS = {
+    getattr(ArtifactLayout(""), asset).parts: asset
+    for asset in ("merged_model", "dpo_model", "lora_adapter", "exported_model")
+}
+
+
+def require_model_dir(path: str | Path) -> None:
+    """Fail clearly when a local model (or adapter) folder is missing or incomplete.
+
+    A folder an asset writes (``models/dpo``...) names that asset and how to re-materialize it;
+    a hub id passes unchecked.
+
+    Raises:
+        ModelReferenceError: The folder does not exist, or holds neither ``config.json`` nor
+            ``adapter_config.json``.
+    """
+    folder = Path(path)
+    if not folder.is_absolute() and not str(path).startswith(".") and not folder.exists():
+        return  # a hub id: transformers resolves it
+    if (folder / "config.json").is_file() or (folder / "adapter_config.json").is_file():
+        return
+    problem = "does not exist" if not folder.exists() else "has no config.json"
+    asset = next(
+        (a for tail, a in _ARTIFACT_ASSETS.items() if folder.parts[-len(tail) :] == tail), None
+    )
+    if asset is None:
+        raise ModelReferenceError(
+            f"{folder} {problem}: not a model saved with save_pretrained; fix the reference"
+        )
+    raise ModelReferenceError(
+        f"{asset} at {folder} {problem} (never materialized, or the folder was changed by "
+        f"hand); re-materialize {asset} (UI: its asset page > Materialize; CLI: dagster asset "
+        f"materialize -m ragft_dagster.definitions --select {asset}), then this asset"
     )
 
 
@@ -84,6 +178,7 @@ def ensure_chat_template(tokenizer: Any, template: str | None) -> None:
 def load_tokenizer(path: str, chat_template: str | None = None, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
+    require_model_dir(path)
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     ensure_chat_template(tok, chat_template)
     return tok
@@ -115,6 +210,7 @@ def load_trainable_model(
 
     from transformers import AutoModelForCausalLM
 
+    require_model_dir(model_dir)
     device_map = {"": int(os.environ.get("LOCAL_RANK", "0"))} if on_gpu else None
     if not quantization:
         return AutoModelForCausalLM.from_pretrained(

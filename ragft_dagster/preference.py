@@ -28,38 +28,41 @@ def load_preference_pairs(
     and an optional ``system``.
 
     Args:
-        source: A local JSONL file, or a hub dataset id.
+        source: A local JSON-lines file (or a ``.json`` array of objects), or a hub dataset id.
         split: Split to use for hub datasets.
         max_rows: Keep only the first N rows.
 
     Returns:
         Rows ``{"prompt": [msgs], "chosen": [msg], "rejected": [msg]}``.
+
+    Raises:
+        PreferenceDataError: Naming the file, the line (row of a hub dataset) and the field,
+            and the fix.
     """
     if isinstance(source, Path) or str(source).endswith((".jsonl", ".json")):
-        raw = _read_jsonl_rows(Path(source))
+        raw = _read_local_rows(Path(source))
         where = str(source)
+        unit = "line"
     else:
         from datasets import load_dataset
 
-        raw = list(load_dataset(str(source), split=split))
+        raw = list(enumerate(load_dataset(str(source), split=split), start=1))
         where = f"{source} ({split})"
+        unit = "row"
     rows = []
-    for i, rec in enumerate(raw[:max_rows] if max_rows else raw, start=1):
-        prompt = rec.get("prompt", rec.get("question"))
-        for field, value in (
-            ("prompt", prompt),
-            ("chosen", rec.get("chosen")),
-            ("rejected", rec.get("rejected")),
-        ):
-            if not isinstance(value, str) or not value.strip():
+    for i, rec in raw[:max_rows] if max_rows else raw:
+        prompt_field = "question" if "prompt" not in rec and "question" in rec else "prompt"
+        for field in (prompt_field, "chosen", "rejected"):
+            problem = _field_problem(rec, field)
+            if problem:
                 raise PreferenceDataError(
-                    f"{where}: row {i}: field '{field}' is missing or empty; every row needs "
-                    "non-empty prompt (or question), chosen and rejected strings"
+                    f"{where}: {unit} {i}: field '{field}' {problem}; every row needs non-empty "
+                    "prompt (or question), chosen and rejected strings"
                 )
         messages = []
         if isinstance(rec.get("system"), str) and rec["system"].strip():
             messages.append({"role": "system", "content": rec["system"]})
-        messages.append({"role": "user", "content": prompt})
+        messages.append({"role": "user", "content": rec[prompt_field]})
         rows.append(
             {
                 "prompt": messages,
@@ -68,27 +71,90 @@ def load_preference_pairs(
             }
         )
     if not rows:
-        raise PreferenceDataError(f"{where}: no preference pairs found")
+        raise PreferenceDataError(
+            f"{where}: no preference pairs found; add rows with prompt, chosen and rejected"
+        )
     return rows
 
 
-def _read_jsonl_rows(path: Path) -> list[dict[str, Any]]:
+def _field_problem(rec: dict[str, Any], field: str) -> str | None:
+    """What is wrong with one field of a preference row, or None."""
+    if field not in rec:
+        present = ", ".join(sorted(rec)) or "none"
+        return f"is missing (the row has: {present})"
+    value = rec[field]
+    if not isinstance(value, str):
+        kind = "a list of messages" if isinstance(value, list) else type(value).__name__
+        return f"is {kind}, not a string"
+    if not value.strip():
+        return "is empty"
+    return None
+
+
+def _read_local_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) of every row of a local preference file."""
+    if path.suffix in (".csv", ".parquet"):
+        raise PreferenceDataError(
+            f"{path}: {path.suffix} preference files are not read; convert it to JSON lines "
+            '(one {"prompt": ..., "chosen": ..., "rejected": ...} object a line) and point '
+            "dpo.dataset at the .jsonl file"
+        )
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise PreferenceDataError(
+            f"{path}: preference file not found; fix dpo.dataset in the recipe"
+        ) from None
+    except OSError as exc:  # a folder, no permission
+        raise PreferenceDataError(
+            f"{path}: cannot read the preference file ({exc.strerror}); dpo.dataset must name "
+            "a JSON-lines file"
+        ) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        lineno = raw.count(b"\n", 0, exc.start) + 1
+        raise PreferenceDataError(
+            f"{path}: line {lineno}: not valid UTF-8 (byte {exc.start}); re-save the file as UTF-8"
+        ) from None
+    if path.suffix == ".json" and text.lstrip().startswith("["):
+        return _json_array_rows(path, text)
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for i, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise PreferenceDataError(
-                    f"{path}: row {i}: not valid JSON ({exc.msg} at column {exc.colno}); "
-                    "each line must be one JSON object"
-                ) from None
-            if not isinstance(rec, dict):
-                raise PreferenceDataError(f"{path}: row {i}: expected a JSON object")
-            rows.append(rec)
+    # split("\n"), not splitlines(): a JSON string may hold a raw U+2028 line separator.
+    for i, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise PreferenceDataError(
+                f"{path}: line {i}: not valid JSON ({exc.msg} at column {exc.colno}); each line "
+                "must be one JSON object"
+            ) from None
+        if not isinstance(rec, dict):
+            raise PreferenceDataError(
+                f"{path}: line {i}: a JSON {type(rec).__name__}, not an object; each line must "
+                'be one object such as {"prompt": ..., "chosen": ..., "rejected": ...}'
+            )
+        rows.append((i, rec))
     return rows
+
+
+def _json_array_rows(path: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
+    """A ``.json`` file holding one array of row objects (rows are numbered from 1)."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PreferenceDataError(
+            f"{path}: line {exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})"
+        ) from None
+    bad = next((i for i, rec in enumerate(data, start=1) if not isinstance(rec, dict)), None)
+    if bad is not None:
+        raise PreferenceDataError(
+            f"{path}: item {bad} of the array is not an object; each item must be "
+            '{"prompt": ..., "chosen": ..., "rejected": ...}'
+        )
+    return list(enumerate(data, start=1))
 
 
 def train_dpo(

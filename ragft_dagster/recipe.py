@@ -566,15 +566,65 @@ def load_recipe(path: Path | str, check_files: bool = True) -> Recipe:
         raise RecipeError(_format_errors(path, exc)) from None
     recipe._path = path
     if check_files:
-        missing = []
-        if not recipe.docs_dir.is_dir():
-            missing.append(("docs.path", recipe.docs_dir))
-        if not recipe.questions_path.is_file():
-            missing.append(("evaluation.questions", recipe.questions_path))
-        dpo_path = recipe.dpo_dataset_path()
-        if dpo_path is not None and not dpo_path.is_file():
-            missing.append(("dpo.dataset", dpo_path))
-        if missing:
-            detail = "\n".join(f"  - key '{k}': file or folder not found: {p}" for k, p in missing)
+        problems = _missing_files(recipe) + _bad_model_refs(recipe)
+        if problems:
+            detail = "\n".join(f"  - key '{k}': {msg}" for k, msg in problems)
             raise RecipeError(f"{path}: invalid recipe\n{detail}")
     return recipe
+
+
+def _missing_files(recipe: Recipe) -> list[tuple[str, str]]:
+    """(key, problem) for each data file or folder the recipe names that is not there."""
+    problems = []
+    docs = recipe.docs_dir
+    if not docs.is_dir():
+        what = "is a file, not a folder" if docs.exists() else "folder not found"
+        problems.append(("docs.path", f"{what}: {docs}"))
+    questions = recipe.questions_path
+    if not questions.is_file():
+        what = "is a folder, not a CSV file" if questions.exists() else "file not found"
+        problems.append(("evaluation.questions", f"{what}: {questions}"))
+    dpo_path = recipe.dpo_dataset_path()
+    if dpo_path is not None and not dpo_path.is_file():
+        problems.append(("dpo.dataset", f"file not found: {dpo_path}"))
+    elif (
+        dpo_path is None
+        and "/" not in recipe.dpo.dataset
+        and "." in recipe.dpo.dataset
+        and not recipe.resolve(recipe.dpo.dataset).exists()
+    ):
+        # "prefs.jsnl" would be sent to the hub as a dataset id and fail there, offline.
+        problems.append(
+            (
+                "dpo.dataset",
+                f"{recipe.dpo.dataset!r} looks like a file name, but "
+                f"{recipe.resolve(recipe.dpo.dataset)} does not exist; name a local .jsonl file "
+                "or a hub dataset id (org/name)",
+            )
+        )
+    return problems
+
+
+def _bad_model_refs(recipe: Recipe) -> list[tuple[str, str]]:
+    """(key, problem) for each model reference that names nothing loadable (checked without
+    loading or building anything: tiny: names, pkg: distributions, local folders)."""
+    from ragft_dagster.merging import source_models
+    from ragft_dagster.model_refs import ModelReferenceError, check_model_ref
+
+    refs = [
+        ("base_model", recipe.base_model),
+        ("retrieval.embedding_model", recipe.retrieval.embedding_model),
+    ]
+    # mergekit's own syntax: "model+lora" and "model@revision"
+    refs += [
+        ("merge", part.partition("@")[0])
+        for ref in source_models(recipe.merge)
+        for part in ref.split("+")
+    ]
+    problems = []
+    for key, ref in dict.fromkeys(refs):
+        try:
+            check_model_ref(ref, recipe.root)
+        except ModelReferenceError as exc:
+            problems.append((key, str(exc)))
+    return problems
