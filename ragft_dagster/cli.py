@@ -89,6 +89,8 @@ def run_pipeline(
     layout = ArtifactLayout(artifact_root or profile.artifact_root)
     purge_document_files(layout.document_files, changes.removed)
     echo(f"recipe {recipe.name}: {len(current)} documents ({changes.summary()})")
+    for warning in changes.warnings(recipe.docs_dir):
+        echo(f"  skipped {warning}")
 
     graph = defs.resolve_asset_graph()
     code = {k.to_user_string(): graph.get(k).code_version for k in graph.get_all_asset_keys()}

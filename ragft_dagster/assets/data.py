@@ -7,7 +7,12 @@ import dagster as dg
 
 from ragft_dagster.artifacts import read_jsonl, write_jsonl
 from ragft_dagster.assets._meta import documents_partitions, preview_table
-from ragft_dagster.chunking import DocumentError, chunk_document, read_document
+from ragft_dagster.chunking import (
+    DocumentError,
+    chunk_document,
+    empty_document_warning,
+    read_document,
+)
 from ragft_dagster.documents import CONTENT_HASH_KEY, content_hash
 from ragft_dagster.model_refs import load_tokenizer, resolve_model_ref
 from ragft_dagster.qa_generation import (
@@ -64,8 +69,12 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
         ]
         write_jsonl(layout.chunks(key), chunks)
         tokens = [c["n_tokens"] for c in chunks]
+        empty = empty_document_warning(key, text)
+        if empty:
+            context.log.warning(empty)
         return dg.MaterializeResult(
             metadata={
+                **({"warning": empty} if empty else {}),
                 "path": dg.MetadataValue.path(str(layout.chunks(key))),
                 "source": dg.MetadataValue.path(str(path)),
                 CONTENT_HASH_KEY: content_hash(text.encode("utf-8")),
