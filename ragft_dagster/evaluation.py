@@ -225,8 +225,9 @@ def score_api_cell(
     In sampled mode ``rounds`` more replies per question are drawn at the recipe's temperature.
 
     Returns:
-        (records, stats): per-question records as :func:`score_cell` (``reply`` instead of
-        probabilities; no acc_norm) and the request counts.
+        (records, stats): per-question records as :func:`score_cell` (``reply``, and
+        ``truncated`` when it was cut off at ``max_tokens``, instead of probabilities; no
+        acc_norm) and the request counts, with a warning per cut-off reply without a letter.
     """
     sampled = sampling is not None and sampling.rounds > 0
     endpoint = Endpoint(client, api, "evaluation.api", sleep)
@@ -249,7 +250,7 @@ def score_api_cell(
                     },
                 )
             )
-    replies: dict[tuple[int, int], str] = {}
+    replies: dict[tuple[int, int], dict[str, Any]] = {}
     todo = []
     where = str(getattr(client, "base_url", ""))  # the same model name at another provider
     for i, round_index, request in jobs:
@@ -258,7 +259,7 @@ def score_api_cell(
         hit = None if refresh and round_index < 0 else cache.get(key)
         if hit is not None:
             stats.cache_hits += 1
-            replies[(i, round_index)] = hit["content"]
+            replies[(i, round_index)] = hit
         else:
             todo.append((i, round_index, request, key))
 
@@ -278,20 +279,24 @@ def score_api_cell(
             stats.requests += 1
             stats.prompt_tokens += reply["prompt_tokens"]
             stats.completion_tokens += reply["completion_tokens"]
-            replies[(i, round_index)] = reply["content"]
+            replies[(i, round_index)] = reply
 
     with ThreadPoolExecutor(max_workers=api.max_concurrency) as pool:
         errors = [e for e in (f.exception() for f in [pool.submit(work, j) for j in todo]) if e]
     if errors:
+        first = next((e for e in errors if not isinstance(e, LlmCallError)), errors[0])
+        if not isinstance(first, LlmCallError):
+            raise first  # a bug, not the endpoint: keep its traceback
         raise LlmCallError(
-            f"{model_name}: {errors[0]} ({len(replies)} of {len(jobs)} replies are cached; "
-            "a rerun continues from there)"
+            f"{model_name}: {first}. {len(replies)} of {len(jobs)} replies are cached "
+            f"({stats.requests} paid in this run); a rerun continues from there"
         )
 
     records = []
     for i, (q, hits) in enumerate(zip(questions, hits_per_q, strict=True)):
         reply = replies[(i, -1)]
-        letter = parse_letter(reply)
+        letter = parse_letter(reply["content"])
+        truncated = reply.get("finish_reason") == "length"
         rec = {
             **_base_record(q, hits),
             "predicted": letter,
@@ -299,10 +304,21 @@ def score_api_cell(
             "invalid": letter is None,
             "predicted_norm": None,
             "is_correct_norm": None,
-            "reply": reply,
+            "reply": reply["content"],
+            "truncated": truncated,
         }
+        if truncated:
+            stats.truncated += 1
+            if letter is None:
+                stats.warnings.append(
+                    f"question row {q.row}: the reply was cut off at evaluation.api.max_tokens="
+                    f"{api.max_tokens} before a letter A-D ({reply['content']!r}); it counts "
+                    "as an invalid answer. Raise evaluation.api.max_tokens to ask again."
+                )
         if sampled and sampling:
-            rec["samples"] = [parse_letter(replies[(i, r)]) for r in range(sampling.rounds)]
+            rec["samples"] = [
+                parse_letter(replies[(i, r)]["content"]) for r in range(sampling.rounds)
+            ]
         records.append(rec)
     return records, stats
 

@@ -8,6 +8,7 @@ paid reply is cached on disk before it is parsed, so a crash or a re-run never p
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import hashlib
 import json
@@ -15,6 +16,7 @@ import random
 import re
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -152,7 +154,10 @@ def parse_qa_reply(text: str) -> tuple[list[dict[str, str]], str]:
         pairs = _pairs_from_json(data)
         if pairs:
             return pairs, how
-    pairs = []
+    # A reply cut off mid-JSON (finish_reason "length") still holds its complete objects.
+    pairs = _pairs_from_json(_complete_json_objects(body))
+    if pairs:
+        return pairs, "json_partial"
     for m in re.finditer(
         r"(?:^|\n)\s*(?:\d+[.)]\s*)?(?:Q|Question)\s*[:.]\s*(.+?)\s*\n\s*(?:A|Answer)\s*[:.]\s*"
         r"(.+?)(?=\n\s*(?:\d+[.)]\s*)?(?:Q|Question)\s*[:.]|\Z)",
@@ -161,6 +166,20 @@ def parse_qa_reply(text: str) -> tuple[list[dict[str, str]], str]:
     ):
         pairs.append({"question": m.group(1).strip(), "answer": m.group(2).strip()})
     return (pairs, "text") if pairs else ([], "failed")
+
+
+def _complete_json_objects(text: str) -> list[Any]:
+    """Every complete, outermost JSON object in ``text``, in order (a cut-off tail is left out)."""
+    decoder = json.JSONDecoder()
+    objects, pos = [], 0
+    while (start := text.find("{", pos)) >= 0:
+        try:
+            obj, pos = decoder.raw_decode(text, start)
+        except json.JSONDecodeError:
+            pos = start + 1  # not a complete object from here: try the next brace inside it
+            continue
+        objects.append(obj)
+    return objects
 
 
 def _pairs_from_json(data: Any) -> list[dict[str, str]]:
@@ -190,10 +209,15 @@ class LlmStats:
     cache_hits: int = 0
     retries: int = 0
     truncated: int = 0
+    """Replies cut off at ``max_tokens`` (finish_reason ``length``)."""
+    short_replies: int = 0
+    """Q&A replies holding fewer pairs than ``qa.questions_per_chunk``."""
     prompt_tokens: int = 0
     completion_tokens: int = 0
     retry_wait_seconds: float = 0.0
     parse: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    """One line per reply that was cut off, short or unreadable, saying what to do."""
 
     def cost_usd(self, prompt_per_1k: float, completion_per_1k: float) -> float:
         return round(
@@ -291,21 +315,145 @@ def retry_after_seconds(headers: Any) -> float | None:
         return max(when.timestamp() - time.time(), 0.0)
 
 
+API_KEY_ENV_ATTR = "ragft_api_key_env"
+"""Attribute of a client naming the variable its key came from (set by LlmEndpointResource), so
+errors can say which variable to fix; clients without it are described generically."""
+
+
+def endpoint_url(client: Any) -> str:
+    """The client's base URL without credentials or query (safe to show in errors and logs)."""
+    return safe_url(str(getattr(client, "base_url", "") or ""))
+
+
+def safe_url(raw: str) -> str:
+    """``raw`` without user info, query or fragment, where an API key could hide."""
+    parts = urllib.parse.urlsplit(raw)
+    if not parts.scheme:
+        return raw or "the endpoint"
+    try:
+        port = parts.port
+    except ValueError:  # not a valid port: show nothing rather than a malformed secret
+        return "the endpoint"
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    netloc = f"{host}:{port}" if port else host
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+
+
+_BASE64_TOKEN = re.compile(r"[A-Za-z0-9+/_-]{12,}={0,2}")
+
+
+def redact_secret(text: str, secret: str | None) -> str:
+    """``text`` with ``secret`` masked in the forms a server or library may echo it in (as is,
+    URL-encoded, or inside base64, e.g. an ``Authorization: Basic`` header), so an error
+    message never carries the API key into the run log."""
+    if not secret or len(secret) < 4:
+        return text
+    forms = {secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote_plus(secret)}
+    for form in sorted(forms, key=len, reverse=True):
+        text = text.replace(form, "***")
+
+    def decoded_holds_secret(match: re.Match[str]) -> str:
+        token = match.group(0)
+        for decode in (base64.b64decode, base64.urlsafe_b64decode):
+            try:
+                raw = decode(token.rstrip("=") + "=" * (-len(token.rstrip("=")) % 4))
+            except ValueError:
+                continue
+            if secret.encode() in raw:
+                return "***"
+        return token
+
+    return _BASE64_TOKEN.sub(decoded_holds_secret, text)
+
+
 @dataclass
 class Endpoint:
     """How to call the LLM: the client, and the recipe section holding the retry settings
-    (``max_retries``, ``initial_backoff``, ``max_backoff``), named in error messages."""
+    (``max_retries``, ``initial_backoff``, ``max_backoff``, ``request_timeout``), named in error
+    messages."""
 
     client: Any
     retry: EndpointCalls
     section: str = "qa"
     sleep: Callable[[float], None] = time.sleep
 
+    @property
+    def url(self) -> str:
+        return endpoint_url(self.client)
 
-def _describe(exc: Exception) -> str:
-    status = getattr(exc, "status_code", None)
-    name = type(exc).__name__
-    return f"HTTP {status} ({name})" if status else name
+    @property
+    def key_env(self) -> str:
+        name = getattr(self.client, API_KEY_ENV_ATTR, None)
+        if name:
+            return f"{name} (llm.api_key_env in the profile)"
+        return "the variable named by llm.api_key_env in the profile"
+
+    @property
+    def model_field(self) -> str:
+        return "qa.model" if self.section == "qa" else f"{self.section}.models"
+
+    def describe(self, exc: BaseException) -> str:
+        """The exception's message with the client's API key masked."""
+        text = str(getattr(exc, "message", "") or exc)
+        text = text if len(text) <= 300 else text[:299] + "…"
+        return redact_secret(text, getattr(self.client, "api_key", None))
+
+
+def _never_connected(exc: BaseException) -> bool:
+    """Whether a connection error happened before any connection (refused, unknown host), as
+    opposed to one dropped mid-reply. openai wraps its HTTP library's ``ConnectError``."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if type(seen).__name__ == "ConnectError" or isinstance(seen, ConnectionRefusedError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _retryable_advice(endpoint: Endpoint, exc: BaseException) -> str:
+    """What a failure that retries did not fix means, and what to do about it."""
+    import openai
+
+    url, section = endpoint.url, endpoint.section
+    if isinstance(exc, openai.APITimeoutError):
+        return (
+            f"no reply from {url} within {section}.request_timeout="
+            f"{endpoint.retry.request_timeout:g}s: raise {section}.request_timeout (long "
+            "generations need more) or check the server's load"
+        )
+    if isinstance(exc, openai.APIConnectionError):
+        if _never_connected(exc):
+            return (
+                f"could not connect to {url}: start the server, or correct llm.base_url in the "
+                "profile"
+            )
+        return (
+            f"{url} closed the connection before its reply was complete "
+            f"({type(exc.__cause__ or exc).__name__}): check the server's log and that "
+            "llm.base_url in the profile points at it"
+        )
+    if isinstance(exc, openai.APIStatusError):
+        if exc.status_code == 429:
+            return (
+                f"{url} kept rate-limiting the requests (HTTP 429): lower "
+                f"{section}.max_concurrency, or raise {section}.max_backoff"
+            )
+        return (
+            f"{url} kept failing with HTTP {exc.status_code} ({endpoint.describe(exc)}): the "
+            "server is in trouble; try again later"
+        )
+    if isinstance(exc, ValueError | openai.APIResponseValidationError):
+        return (
+            f"{url} did not answer with an OpenAI chat completion (unreadable body: "
+            f"{endpoint.describe(exc)}): check that llm.base_url in the profile points at the "
+            "server's OpenAI-compatible API (usually ending in /v1)"
+        )
+    return (
+        f"{url} answered without a choice ({type(exc).__name__}): check that llm.base_url in "
+        "the profile points at an OpenAI-compatible chat completions API"
+    )
 
 
 def call_llm(
@@ -322,12 +470,12 @@ def call_llm(
         stats_lock: Guards ``stats`` across worker threads.
 
     Raises:
-        LlmCallError: With the status, what it means and what to do.
+        LlmCallError: Naming the endpoint, what went wrong and what to do; never the API key.
     """
     import openai
 
-    retry, section = endpoint.retry, endpoint.section
-    last = "no attempt"
+    retry, section, url = endpoint.retry, endpoint.section, endpoint.url
+    last: BaseException | None = None
     for attempt in range(retry.max_retries + 1):
         started = time.monotonic()
         wait: float | None = None
@@ -346,22 +494,37 @@ def call_llm(
             status = exc.status_code
             if status in (401, 403):
                 raise LlmCallError(
-                    f"the endpoint rejected the API key (HTTP {status}): check the key in the "
-                    "variable named by llm.api_key_env in the profile"
+                    f"{url} rejected the API key (HTTP {status}): put a valid key for this "
+                    f"endpoint in {endpoint.key_env}"
+                ) from None
+            if status == 429 and getattr(exc, "code", None) == "insufficient_quota":
+                raise LlmCallError(
+                    f"{url} says the account has no quota left (HTTP 429 insufficient_quota): "
+                    f"add credit to the account, or put another key in {endpoint.key_env}"
                 ) from None
             if status not in (408, 409, 429) and status < 500:
+                hint = (
+                    f"; check the model name ({endpoint.model_field} in the recipe) and "
+                    "llm.base_url in the profile"
+                )
+                if status == 400:  # most often: prompt + max_tokens exceed the context
+                    shorter = (
+                        "qa.max_tokens or chunking.chunk_size"
+                        if section == "qa"
+                        else f"{section}.max_tokens or retrieval.top_k"
+                    )
+                    hint = f"; if the prompt is too long for the model, lower {shorter}" + hint
                 raise LlmCallError(
-                    f"the endpoint refused the request for model {request.get('model')!r} "
-                    f"(HTTP {status}): {_short(exc)}; check the model name in the recipe's "
-                    f"{section} section and llm.base_url in the profile"
+                    f"{url} refused the request for model {request.get('model')!r} "
+                    f"(HTTP {status}): {endpoint.describe(exc)}{hint}"
                 ) from None
             wait = retry_after_seconds(exc.response.headers if exc.response else None)
-            last = _describe(exc)
+            last = exc
         except (openai.APIConnectionError, openai.APIResponseValidationError, ValueError) as exc:
             # APITimeoutError is an APIConnectionError; ValueError covers unreadable JSON bodies
-            last = _describe(exc)
-        except (AttributeError, IndexError, TypeError):
-            last = "a reply without choices"
+            last = exc
+        except (AttributeError, IndexError, TypeError) as exc:  # a reply without choices
+            last = exc
         if attempt == retry.max_retries:
             break
         if wait is None:
@@ -371,16 +534,11 @@ def call_llm(
             stats.retries += 1
             stats.retry_wait_seconds += wait
         endpoint.sleep(wait)
+    advice = _retryable_advice(endpoint, last) if last is not None else f"{url}: no attempt"
     raise LlmCallError(
-        f"gave up after {retry.max_retries + 1} attempts (last error: {last}); check that "
-        f"llm.base_url in the profile is reachable, or raise {section}.max_retries / "
-        f"{section}.request_timeout"
+        f"gave up after {retry.max_retries + 1} attempts ({section}.max_retries="
+        f"{retry.max_retries}): {advice}"
     )
-
-
-def _short(exc: Exception, limit: int = 200) -> str:
-    text = str(getattr(exc, "message", "") or exc)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def doc_title_of(chunks: list[dict[str, Any]], doc_key: str) -> str:
@@ -433,6 +591,7 @@ def generate_document_qa(
     cache: ReplyCache,
     client: Any | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    log: Callable[[str], None] | None = None,
 ) -> tuple[list[dict[str, Any]], LlmStats]:
     """Q&A rows for every chunk (and pass) of one document with the recipe's generator.
 
@@ -448,13 +607,15 @@ def generate_document_qa(
         cache: Where generated replies are kept.
         client: An ``openai.OpenAI`` client; required for ``qa.generator == "openai"``.
         sleep: Used between retries (tests pass a recorder).
+        log: Receives a warning line per reply that was cut off, short or unreadable.
 
     Returns:
         (rows, stats): stored rows in chunk order, and what was generated vs. cached.
 
     Raises:
         BudgetExceeded: Before a request would cross ``qa.budget``; completed replies are cached.
-        LlmCallError: An endpoint failure retries could not fix; completed replies are cached.
+        LlmCallError: An endpoint failure retries could not fix, or replies of which not one
+            held a pair; completed replies are cached.
     """
     if qa.generator == "openai" and client is None:
         raise ValueError("the openai generator needs a client")
@@ -515,16 +676,55 @@ def generate_document_qa(
     rows: list[dict[str, Any]] = []
     for task in tasks:
         reply = replies[task.index]
-        if "pairs" in reply:
-            pairs = reply["pairs"]
-        else:
-            parsed, how = parse_qa_reply(reply["content"])
-            stats.parse[how] = stats.parse.get(how, 0) + 1
-            if reply.get("finish_reason") == "length":
-                stats.truncated += 1
-            pairs = [{**p, "kind": f"llm_{how}"} for p in parsed[: qa.questions_per_chunk * 2]]
+        pairs = reply["pairs"] if "pairs" in reply else _llm_pairs(task, reply, qa, stats)
         rows += qa_rows_for_chunk(task.chunk, pairs, qa.generator, qa.model)
+    if log is not None:
+        for line in stats.warnings:
+            log(f"{doc_key}: {line}")
+    if qa.generator == "openai" and tasks and not rows:
+        outcomes = ", ".join(f"{how} {n}" for how, n in sorted(stats.parse.items()))
+        raise LlmCallError(
+            f"none of the {len(tasks)} replies of model {qa.model!r} held a question/answer "
+            f"pair (parse outcomes: {outcomes}; {stats.truncated} cut off at qa.max_tokens); "
+            f"nothing was written, and the replies stay cached under {cache.root}, so a rerun "
+            "pays nothing for them. Make qa.prompt ask for a JSON list of "
+            '{"question", "answer"} objects, raise qa.max_tokens if replies were cut off, or '
+            "pick a qa.model that follows the prompt (either edit makes new requests)"
+        )
     return _dedupe_rows(rows), stats
+
+
+def _llm_pairs(
+    task: _Task, reply: dict[str, Any], qa: QaRecipe, stats: LlmStats
+) -> list[dict[str, str]]:
+    """The pairs of one LLM reply; cut-off, short and unreadable replies are counted and get a
+    warning naming the chunk and what to do."""
+    parsed, how = parse_qa_reply(reply["content"])
+    stats.parse[how] = stats.parse.get(how, 0) + 1
+    where = f"chunk {task.chunk['id']} ({' > '.join(task.chunk['heading_path']) or 'top'})"
+    if reply.get("finish_reason") == "length":
+        stats.truncated += 1
+        stats.warnings.append(
+            f"{where}: the reply was cut off at qa.max_tokens={qa.max_tokens} (finish_reason "
+            f"length); {len(parsed)} complete pair(s) kept. Raise qa.max_tokens to ask again."
+        )
+    elif how == "failed":
+        stats.warnings.append(
+            f"{where}: the reply held no question/answer pair "
+            f"({_preview(reply['content'])}); check that qa.prompt asks for JSON."
+        )
+    elif len(parsed) < qa.questions_per_chunk:
+        stats.short_replies += 1
+        stats.warnings.append(
+            f"{where}: {len(parsed)} pair(s) instead of qa.questions_per_chunk="
+            f"{qa.questions_per_chunk}; kept as they are."
+        )
+    return [{**p, "kind": f"llm_{how}"} for p in parsed[: qa.questions_per_chunk * 2]]
+
+
+def _preview(text: str, limit: int = 80) -> str:
+    flat = " ".join((text or "").split())
+    return repr(flat if len(flat) <= limit else flat[: limit - 1] + "…")
 
 
 def _run_llm_tasks(

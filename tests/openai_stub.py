@@ -2,10 +2,23 @@
 
 Replies are scripted: each request pops the next reply (or repeats the last). A reply is the
 assistant's text, a function of the request body returning a reply, or a dict to script a
-fault: ``{"status": 429, "headers": {...}}`` answers with that status, ``{"delay": s}`` waits
-first, ``{"raw": "..."}`` sends a malformed body, ``{"finish_reason": "length"}`` marks a
-truncated reply. Every request is counted and recorded, and the most requests ever in flight at
-once is tracked.
+fault:
+
+- ``{"status": 429, "headers": {...}}`` answers with that status (``"code"`` sets the error's
+  code, ``"echo_auth": True`` puts the request's Authorization header in the error message, as
+  some servers do);
+- ``{"delay": s}`` waits first; ``{"hang": True}`` waits until the client gives up or the stub
+  stops (at most ``hang_limit`` seconds, so no test can wait forever);
+- ``{"raw": "..."}`` sends a malformed body with status 200;
+- ``{"body": {...}}`` sends that JSON object with status 200 (e.g. one without ``choices``);
+- ``{"cut": True}`` promises the whole reply in Content-Length, sends half of it and closes
+  the connection; ``{"drop": True}`` closes the connection without an answer;
+- ``{"stop": True}`` drops the connection and stops the server (the endpoint goes down: every
+  later connection is refused);
+- ``{"finish_reason": "length"}`` marks a truncated reply.
+
+Every request is counted and recorded with its arrival time, and the most requests ever in
+flight at once is tracked.
 """
 
 from __future__ import annotations
@@ -18,13 +31,17 @@ from typing import Any
 
 
 class OpenAIStub:
-    def __init__(self, replies: list[Any]):
+    def __init__(self, replies: list[Any], hang_limit: float = 30.0):
         self.replies = list(replies)
         self.requests: list[dict] = []
+        self.times: list[float] = []  # time.monotonic() at each request's arrival
         self.auth_headers: list[str] = []
         self.in_flight = 0
         self.max_in_flight = 0
+        self.hang_limit = hang_limit
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._stopped = False
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -45,6 +62,7 @@ class OpenAIStub:
                 body = json.loads(self.rfile.read(length) or b"{}")
                 with stub._lock:
                     stub.requests.append(body)
+                    stub.times.append(time.monotonic())
                     stub.auth_headers.append(self.headers.get("Authorization", ""))
                     reply = stub.replies.pop(0) if len(stub.replies) > 1 else stub.replies[0]
                     stub.in_flight += 1
@@ -64,28 +82,60 @@ class OpenAIStub:
                 script = reply if isinstance(reply, dict) else {"content": reply}
                 if script.get("delay"):
                     time.sleep(script["delay"])
+                if script.get("hang"):
+                    stub._stopping.wait(stub.hang_limit)
+                    self.close_connection = True
+                    return
+                if script.get("stop"):
+                    threading.Thread(target=stub.stop, daemon=True).start()
+                    self.close_connection = True
+                    return
+                if script.get("drop"):
+                    self.close_connection = True
+                    return
                 if "status" in script:
-                    error = {"error": {"message": f"scripted {script['status']}"}}
+                    message = f"scripted {script['status']}"
+                    if script.get("echo_auth"):
+                        message += f" for {self.headers.get('Authorization', '')}"
+                    error = {"error": {"message": message, "code": script.get("code")}}
                     self._send(script["status"], json.dumps(error).encode(), script.get("headers"))
                     return
                 if "raw" in script:
                     self._send(200, script["raw"].encode())
                     return
-                payload = {
-                    "id": f"chatcmpl-{len(stub.requests)}",
-                    "object": "chat.completion",
-                    "created": 0,
-                    "model": body.get("model", "stub"),
-                    "choices": [
-                        {
-                            "index": 0,
-                            "finish_reason": script.get("finish_reason", "stop"),
-                            "message": {"role": "assistant", "content": script["content"]},
-                        }
-                    ],
-                    "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120},
-                }
-                self._send(200, json.dumps(payload).encode())
+                if "body" in script:
+                    self._send(200, json.dumps(script["body"]).encode())
+                    return
+                payload = json.dumps(
+                    {
+                        "id": f"chatcmpl-{len(stub.requests)}",
+                        "object": "chat.completion",
+                        "created": 0,
+                        "model": body.get("model", "stub"),
+                        "choices": [
+                            {
+                                "index": 0,
+                                "finish_reason": script.get("finish_reason", "stop"),
+                                "message": {"role": "assistant", "content": script["content"]},
+                            }
+                        ],
+                        "usage": {
+                            "prompt_tokens": 100,
+                            "completion_tokens": 20,
+                            "total_tokens": 120,
+                        },
+                    }
+                ).encode()
+                if script.get("cut"):
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload[: len(payload) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self._send(200, payload)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -100,6 +150,16 @@ class OpenAIStub:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop serving and close the port (idempotent)."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        self._stopping.set()  # release hanging handlers
+        if self.thread.is_alive():
+            self.server.shutdown()
         self.server.server_close()
         self.thread.join(timeout=10)

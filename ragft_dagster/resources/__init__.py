@@ -36,26 +36,57 @@ class ComputeResource(dg.ConfigurableResource):
         )
 
 
+OPENAI_URL = "https://api.openai.com/v1"  # the openai client's default base_url
+
+
 class LlmEndpointResource(dg.ConfigurableResource):
     """Any OpenAI-compatible endpoint (OpenAI, vLLM, Ollama, llama.cpp server).
 
-    The key arrives through ``dg.EnvVar`` only; it is never logged or stored in metadata.
+    The key arrives through ``dg.EnvVar`` only, and is never logged or stored in metadata:
+    either ``api_key=dg.EnvVar(NAME)`` (Dagster resolves it when a run that uses this resource
+    starts, and fails the run if NAME is unset), or ``api_key_env=NAME`` alone (read through
+    ``dg.EnvVar(NAME)`` when a client is made, so a run that never calls the endpoint — a local
+    model's score cell — does not need the key, and Dagster's run config holds only the name).
     """
 
     base_url: str | None = None
     api_key: str | None = None
+    api_key_env: str | None = None
+    """The variable holding the key: read at use when ``api_key`` is unset; named in errors."""
+
+    def __init__(self, **data: Any):
+        key = data.get("api_key")
+        if isinstance(key, dg.EnvVar) and not data.get("api_key_env"):
+            # Remember the variable's name (not its value) so errors can say which to fix.
+            data["api_key_env"] = key.env_var_name
+        super().__init__(**data)
 
     def client(self, *, timeout: float, max_retries: int) -> Any:
+        """An ``openai.OpenAI`` client for the endpoint.
+
+        Raises:
+            LlmCallError: No key, naming the variable to export.
+        """
         import openai
 
-        if not self.api_key:
-            raise RuntimeError(
-                "no API key for the LLM endpoint: export the variable named by llm.api_key_env "
-                "in the profile (default OPENAI_API_KEY), or use qa.generator: offline"
+        from ragft_dagster.qa_generation import API_KEY_ENV_ATTR, LlmCallError, safe_url
+
+        key = self.api_key
+        if not key and self.api_key_env:
+            key = dg.EnvVar(self.api_key_env).get_value()
+        if not key:
+            name = self.api_key_env or "the variable named by llm.api_key_env in the profile"
+            raise LlmCallError(
+                f"no API key for the LLM endpoint {safe_url(self.base_url or OPENAI_URL)}"
+                f": {name} is unset or empty. Export the endpoint's key in it (the profile's "
+                "llm.api_key_env names the variable); to run without an endpoint, set "
+                "qa.generator: offline and list no evaluation.api.models"
             )
-        return openai.OpenAI(
-            base_url=self.base_url, api_key=self.api_key, timeout=timeout, max_retries=max_retries
+        client = openai.OpenAI(
+            base_url=self.base_url, api_key=key, timeout=timeout, max_retries=max_retries
         )
+        setattr(client, API_KEY_ENV_ATTR, self.api_key_env)
+        return client
 
 
 class VectorStoreResource(dg.ConfigurableResource):
