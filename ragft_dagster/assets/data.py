@@ -114,7 +114,12 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
             ) from None
         try:
             rows, stats = generate_document_qa(
-                chunks, key, qa, client=client, cache=ReplyCache(layout.llm_cache)
+                chunks,
+                key,
+                qa,
+                client=client,
+                cache=ReplyCache(layout.llm_cache),
+                log=context.log.warning,  # cut-off or short replies: which chunk, what to change
             )
         except (BudgetExceeded, LlmCallError) as exc:
             raise dg.Failure(description=f"synthetic_qa[{key}]: {exc}") from None
