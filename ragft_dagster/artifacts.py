@@ -169,6 +169,37 @@ def replace_dir(src: Path, final: Path) -> None:
         os.rename(src, final)
 
 
+def read_utf8_file(
+    path: Path, error: type[Exception], *, what: str, key: str, expected: str, noun: str = "file"
+) -> str:
+    """Read a UTF-8 data file named by the recipe (a byte-order mark is dropped).
+
+    Args:
+        path: The file.
+        error: Exception class raised with a message naming the file, the line and the fix.
+        what: What the file is ("benchmark file").
+        key: The recipe key that names it ("evaluation.questions").
+        expected: What the key must name ("a CSV file").
+        noun: How the fix calls it ("CSV").
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise error(f"{path}: {what} not found; fix {key} in the recipe") from None
+    except OSError as exc:  # a folder, no permission
+        raise error(
+            f"{path}: cannot read the {what} ({exc.strerror}); {key} must name {expected}"
+        ) from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise error(
+            f"{path}: line {line}: not valid UTF-8 (byte {exc.start}); re-save the {noun} as UTF-8"
+        ) from None
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and an atomic rename."""
     path = Path(path)

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ragft_dagster.artifacts import read_utf8_file
+
 LETTERS = ("A", "B", "C", "D")
 COLUMNS = ("question", "a", "b", "c", "d", "correct")
 
@@ -69,24 +71,14 @@ def load_questions(path: Path) -> list[Question]:
         McqError: Naming the file, the row (and its line) and the column, and the fix.
     """
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise McqError(
-            f"{path}: benchmark file not found; fix evaluation.questions in the recipe"
-        ) from None
-    except OSError as exc:  # a folder, no permission
-        raise McqError(
-            f"{path}: cannot read the benchmark file ({exc.strerror}); evaluation.questions "
-            "must name a CSV file"
-        ) from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise McqError(
-            f"{path}: not valid UTF-8 (byte {exc.start}, line {line}); re-save the CSV as UTF-8"
-        ) from None
+    text = read_utf8_file(
+        path,
+        McqError,
+        what="benchmark file",
+        key="evaluation.questions",
+        expected="a CSV file",
+        noun="CSV",
+    )
     # strict: a stray quote ('"1"x') or a quote never closed is an error, not a silent guess.
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     records = _csv_records(reader, path)

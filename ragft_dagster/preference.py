@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ragft_dagster.artifacts import read_utf8_file
 from ragft_dagster.checkpoints import train_resuming, training_dir
 from ragft_dagster.model_refs import (
     count_parameters,
@@ -99,24 +100,13 @@ def _read_local_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
             '(one {"prompt": ..., "chosen": ..., "rejected": ...} object a line) and point '
             "dpo.dataset at the .jsonl file"
         )
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise PreferenceDataError(
-            f"{path}: preference file not found; fix dpo.dataset in the recipe"
-        ) from None
-    except OSError as exc:  # a folder, no permission
-        raise PreferenceDataError(
-            f"{path}: cannot read the preference file ({exc.strerror}); dpo.dataset must name "
-            "a JSON-lines file"
-        ) from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        lineno = raw.count(b"\n", 0, exc.start) + 1
-        raise PreferenceDataError(
-            f"{path}: line {lineno}: not valid UTF-8 (byte {exc.start}); re-save the file as UTF-8"
-        ) from None
+    text = read_utf8_file(
+        path,
+        PreferenceDataError,
+        what="preference file",
+        key="dpo.dataset",
+        expected="a JSON-lines file",
+    )
     if path.suffix == ".json" and text.lstrip().startswith("["):
         return _json_array_rows(path, text)
     rows = []

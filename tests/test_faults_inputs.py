@@ -389,7 +389,7 @@ def test_benchmark_csv_tolerates_blank_lines_and_empty_trailing_cells(tmp_path):
 def test_benchmark_csv_not_utf8_or_missing(tmp_path):
     path = tmp_path / "mcq.csv"
     path.write_bytes((HEADER + "Caf\xe9?,1,2,3,4,A\n").encode("latin-1"))
-    with pytest.raises(McqError, match=r"not valid UTF-8 \(byte 28, line 2\); re-save the CSV"):
+    with pytest.raises(McqError, match=r"line 2: not valid UTF-8 \(byte 28\); re-save the CSV"):
         load_questions(path)
     with pytest.raises(McqError, match=r"nope\.csv: benchmark file not found; fix evaluation"):
         load_questions(tmp_path / "nope.csv")
