@@ -23,6 +23,7 @@ from ragft_dagster.checkpoints import (
     wants_checkpoints,
 )
 from ragft_dagster.compute import ComputeSettings
+from ragft_dagster.recipe import Recipe
 from ragft_dagster.train_worker import PARENT_PID_ENV, launch_command, write_spec
 
 
@@ -117,3 +118,64 @@ def run_training(
             "stderr for the launcher's output"
         )
     return messages[-1]
+
+
+def train_artifact(
+    context: dg.AssetExecutionContext,
+    kind: str,
+    settings: ComputeSettings,
+    recipe: Recipe,
+    *,
+    final: Path,
+    artifact_root: Path,
+    model_dir: Path,
+    data: dict[str, Any],
+    data_files: list[Path],
+    run: dict[str, Any],
+    data_identity: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train ``kind`` ("sft" or "dpo") from ``model_dir`` into the artifact ``final``, with
+    checkpoints for this exact run when the recipe asks for them, and return the metrics.
+
+    Args:
+        data: The training data argument (``dataset_dir`` or ``rows``).
+        data_files: Local data files (their content identifies the run).
+        run: Recipe sections that shape the training (``args``, ``lora``...), passed on as
+            arguments and part of the checkpoint fingerprint.
+        data_identity: What else identifies the data (e.g. a hub dataset id and split).
+    """
+    fingerprint = {
+        **run,
+        **({"data": data_identity} if data_identity else {}),
+        "chat_template": recipe.chat_template,
+        "compute": settings.run_identity(),
+    }
+    with checkpointed_output(
+        final,
+        artifact_root=artifact_root,
+        asset=context.asset_key.path[-1],
+        fingerprint_of={"model_dir": model_dir, "data_files": data_files, "settings": fingerprint},
+    ) as (tmp, checkpoints):
+        metrics = run_training(
+            context,
+            kind,
+            settings,
+            {
+                "model_dir": str(model_dir),
+                **data,
+                "out_dir": tmp,
+                **run,
+                "compute_args": settings.trainer_args(),
+                "dtype": settings.torch_dtype(),
+                "chat_template": recipe.chat_template,
+                "trust_remote_code": recipe.trust_remote_code,
+                "checkpoints": checkpoints,
+            },
+        )
+    resumed = metrics["resumed_from_step"]
+    context.log.info(
+        f"{kind}: {metrics['steps']} steps"
+        + (f", resumed from step {resumed}" if resumed else "")
+        + f", train loss {metrics['train_loss']:.4f}"
+    )
+    return metrics

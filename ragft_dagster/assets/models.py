@@ -7,7 +7,7 @@ import dagster as dg
 
 from ragft_dagster.artifacts import atomic_dir, dir_size_bytes
 from ragft_dagster.assets._meta import training_result
-from ragft_dagster.assets._training import checkpointed_output, run_training
+from ragft_dagster.assets._training import train_artifact
 from ragft_dagster.merging import (
     MergeCompatibilityError,
     merge_models,
@@ -97,43 +97,26 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[dg.
             dpo_file or recipe.dpo.dataset, split=recipe.dpo.split, max_rows=recipe.dpo.max_rows
         )
         settings = compute.settings()
-        data = {"dataset": recipe.dpo.dataset, "split": recipe.dpo.split}
-        lora = recipe.dpo.lora.model_dump() if recipe.dpo.lora else None
-        with checkpointed_output(
-            layout.dpo_model,
+        m = train_artifact(
+            context,
+            "dpo",
+            settings,
+            recipe,
+            final=layout.dpo_model,
             artifact_root=layout.root,
-            asset="dpo_model",
-            fingerprint_of={
-                "model_dir": layout.merged_model,
-                "data_files": [dpo_file] if dpo_file else [],
-                "settings": {
-                    "args": recipe.dpo.args,
-                    "lora": lora,
-                    "data": {**data, "max_rows": recipe.dpo.max_rows},
-                    "chat_template": recipe.chat_template,
-                    "compute": settings.run_identity(),
-                },
+            model_dir=layout.merged_model,
+            data={"rows": rows},
+            data_files=[dpo_file] if dpo_file else [],
+            run={
+                "args": recipe.dpo.args,
+                "lora": recipe.dpo.lora.model_dump() if recipe.dpo.lora else None,
             },
-        ) as (tmp, checkpoints):
-            m = run_training(
-                context,
-                "dpo",
-                settings,
-                {
-                    "model_dir": str(layout.merged_model),
-                    "rows": rows,
-                    "out_dir": tmp,
-                    "args": recipe.dpo.args,
-                    "compute_args": settings.trainer_args(),
-                    "dtype": settings.torch_dtype(),
-                    "chat_template": recipe.chat_template,
-                    "trust_remote_code": recipe.trust_remote_code,
-                    "checkpoints": checkpoints,
-                    "lora": lora,
-                },
-            )
-        resumed = f", resumed from step {m['resumed_from_step']}" if m["resumed_from_step"] else ""
-        context.log.info(f"DPO: {m['steps']} steps{resumed}, final loss {m['final_loss']:.4f}")
+            data_identity={
+                "dataset": recipe.dpo.dataset,
+                "split": recipe.dpo.split,
+                "max_rows": recipe.dpo.max_rows,
+            },
+        )
         return training_result(layout.dpo_model, m)
 
     return [merged_model, dpo_model]

@@ -10,7 +10,7 @@ import dagster as dg
 
 from ragft_dagster.artifacts import atomic_dir, read_jsonl
 from ragft_dagster.assets._meta import EAGER, preview_table, read_all_documents, training_result
-from ragft_dagster.assets._training import checkpointed_output, run_training
+from ragft_dagster.assets._training import train_artifact
 from ragft_dagster.contamination import Finding, find_contamination
 from ragft_dagster.indexing import load_embedder
 from ragft_dagster.mcq import McqError, load_questions
@@ -184,44 +184,22 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[dg.
         """A LoRA adapter for the DPO model, fine-tuned (assistant-only loss) on the SFT data."""
         layout = artifacts.layout()
         settings = compute.settings()
-        run = {
-            "args": recipe.sft.args,
-            "lora": recipe.lora.model_dump(),
-            "quantization": recipe.sft.quantization,
-        }
-        data_files = [layout.sft_dataset / f"{s}.jsonl" for s in ("train", "validation")]
-        with checkpointed_output(
-            layout.lora_adapter,
+        m = train_artifact(
+            context,
+            "sft",
+            settings,
+            recipe,
+            final=layout.lora_adapter,
             artifact_root=layout.root,
-            asset="lora_adapter",
-            fingerprint_of={
-                "model_dir": layout.dpo_model,
-                "data_files": data_files,
-                "settings": {
-                    **run,
-                    "chat_template": recipe.chat_template,
-                    "compute": settings.run_identity(),
-                },
+            model_dir=layout.dpo_model,
+            data={"dataset_dir": layout.sft_dataset},
+            data_files=[layout.sft_dataset / f"{s}.jsonl" for s in ("train", "validation")],
+            run={
+                "args": recipe.sft.args,
+                "lora": recipe.lora.model_dump(),
+                "quantization": recipe.sft.quantization,
             },
-        ) as (tmp, checkpoints):
-            m = run_training(
-                context,
-                "sft",
-                settings,
-                {
-                    "model_dir": str(layout.dpo_model),
-                    "dataset_dir": layout.sft_dataset,
-                    "out_dir": tmp,
-                    **run,
-                    "compute_args": settings.trainer_args(),
-                    "dtype": settings.torch_dtype(),
-                    "chat_template": recipe.chat_template,
-                    "trust_remote_code": recipe.trust_remote_code,
-                    "checkpoints": checkpoints,
-                },
-            )
-        resumed = f", resumed from step {m['resumed_from_step']}" if m["resumed_from_step"] else ""
-        context.log.info(f"SFT: {m['steps']} steps{resumed}, eval loss {m['eval_loss']:.4f}")
+        )
         return training_result(
             layout.lora_adapter, m, lora_r=recipe.lora.r, lora_alpha=recipe.lora.lora_alpha
         )
