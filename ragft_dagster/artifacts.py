@@ -305,6 +305,10 @@ class ArtifactLayout:
         return self.root / "tiny"
 
     @property
+    def specialist_model(self) -> Path:
+        return self.root / "models" / "specialist"
+
+    @property
     def merged_model(self) -> Path:
         return self.root / "models" / "merged"
 

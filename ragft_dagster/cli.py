@@ -56,6 +56,25 @@ class PipelineResult:
         return sum(step.seconds for step in self.steps if step.job in jobs)
 
 
+def _failure_messages(events: list[Any]) -> list[str]:
+    """What failed in a run: each failed step's error, else the run's own failure (a run that
+    failed before any step, e.g. a resource that could not start). Only STEP_FAILURE events
+    carry step_failure_data (Dagster raises on any other event)."""
+    steps = [
+        e.step_failure_data.error.message.strip()
+        for e in events
+        if e.is_step_failure and e.step_failure_data.error
+    ]
+    if steps:
+        return steps
+    runs = [e for e in events if e.event_type_value == "RUN_FAILURE"]
+    out = []
+    for e in runs:
+        error = getattr(e.event_specific_data, "error", None)
+        out.append(error.message.strip() if error else (e.message or "the run failed"))
+    return out
+
+
 def run_pipeline(
     recipe_path: str | None,
     profile_path: str | None,
@@ -114,9 +133,8 @@ def run_pipeline(
         )
         label = f"{job_name}" + (f" [{partition}]" if partition else "")
         if not outcome.success:
-            for event in outcome.all_events:
-                if event.is_failure and event.step_failure_data and event.step_failure_data.error:
-                    echo(f"FAILED {label}: {event.step_failure_data.error.message.strip()}")
+            for message in _failure_messages(outcome.all_events):
+                echo(f"FAILED {label}: {message}")
             echo(f"run {outcome.run_id} failed; see it with `make ui`")
             result.success = False
             return False

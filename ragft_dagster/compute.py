@@ -2,8 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX): there, bf16 matmuls
+    run about 3x faster than float32 (measured on SmolLM2-135M, 2 cores); elsewhere torch
+    emulates them and they are slower."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
 
 
 @dataclass(frozen=True)
@@ -36,12 +51,26 @@ class ComputeSettings:
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
 
+    def cpu_autocast(self) -> bool:
+        """bfloat16 autocast over float32 weights: ``dtype: auto`` on a CPU with native bf16.
+        The weights (and the optimizer's updates) stay float32, so small learning rates are
+        not lost to bf16 rounding; the matmuls run in bf16."""
+        return self.dtype == "auto" and self.torch_device() == "cpu" and cpu_has_native_bf16()
+
+    def inference_dtype(self) -> Any:
+        """The weights' dtype for scoring and generation (no optimizer updates to lose):
+        bfloat16 where :meth:`cpu_autocast` would train in it, else :meth:`torch_dtype`."""
+        import torch
+
+        return torch.bfloat16 if self.cpu_autocast() else self.torch_dtype()
+
     def run_identity(self) -> dict[str, Any]:
         """What a resumed run must share with the interrupted one: a checkpoint taken with
         another world size or precision would skip the wrong batches or change the numbers."""
         return {
             "device": self.torch_device(),
             "dtype": str(self.torch_dtype()),
+            "autocast": self.cpu_autocast(),
             "processes": self.processes,
         }
 
@@ -53,7 +82,7 @@ class ComputeSettings:
         dtype = self.torch_dtype()
         args = {
             "use_cpu": on_cpu,
-            "bf16": (not on_cpu) and dtype == torch.bfloat16,
+            "bf16": ((not on_cpu) and dtype == torch.bfloat16) or self.cpu_autocast(),
             "fp16": (not on_cpu) and dtype == torch.float16,
             "report_to": "none",
         }

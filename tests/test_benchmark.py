@@ -12,7 +12,7 @@ from ragft_dagster.mcq import Question, load_questions, parse_letter, supporting
 from ragft_dagster.report import build_report, regressions
 from ragft_dagster.stats import sampled_cell, sampled_pair
 
-from .conftest import LOCAL_PROFILE, QUICKSTART, write_recipe
+from .conftest import LOCAL_PROFILE, QUICKSTART_DATA, TINY_RECIPE, write_recipe
 from .openai_stub import OpenAIStub
 
 
@@ -171,8 +171,8 @@ def test_regression_is_a_drop_below_the_previous_ci():
 
 def _api_recipe(tmp_path: Path, n_questions: int, **evaluation):
     """A recipe scoring only API models, closed-book, on the first n quickstart questions."""
-    lines = (QUICKSTART.parent / "mcq.csv").read_text(encoding="utf-8")
-    questions = load_questions(QUICKSTART.parent / "mcq.csv")[:n_questions]
+    lines = (QUICKSTART_DATA / "mcq.csv").read_text(encoding="utf-8")
+    questions = load_questions(QUICKSTART_DATA / "mcq.csv")[:n_questions]
     # keep the header and the first n records (records may span lines: cut by row count)
     import csv
     import io
@@ -352,8 +352,8 @@ def test_sampled_mode_draws_seeded_rounds_and_reports_question_level_variance(
     from ragft_dagster.evaluation import score_cell
     from ragft_dagster.recipe import SamplingRecipe, load_recipe
 
-    ev = load_recipe(QUICKSTART).evaluation
-    questions = load_questions(QUICKSTART.parent / "mcq.csv")[:8]
+    ev = load_recipe(TINY_RECIPE).evaluation
+    questions = load_questions(QUICKSTART_DATA / "mcq.csv")[:8]
     import torch
 
     from ragft_dagster.mcq import letter_token_ids

@@ -17,9 +17,9 @@ from ragft_dagster.recipe import load_recipe
 from ragft_dagster.resources import ArtifactStoreResource, ComputeResource
 from ragft_dagster.sft import CONTAMINATION_FILE, build_sft_dataset
 
-from .conftest import QUICKSTART, write_recipe
+from .conftest import QUICKSTART_DATA, TINY_RECIPE, write_recipe
 
-MCQ = load_questions(QUICKSTART.parent / "mcq.csv")
+MCQ = load_questions(QUICKSTART_DATA / "mcq.csv")
 BY_ROW = {q.row: q for q in MCQ}
 
 # Planted duplicates of quickstart benchmark questions (row number in mcq.csv).
@@ -67,7 +67,7 @@ def embed():
     from ragft_dagster.indexing import load_embedder
     from ragft_dagster.model_refs import resolve_model_ref
 
-    recipe = load_recipe(QUICKSTART)
+    recipe = load_recipe(TINY_RECIPE)
     model_dir = resolve_model_ref(recipe.retrieval.embedding_model, Path("."), recipe.root)
     return load_embedder(model_dir).get_text_embedding_batch
 
@@ -179,7 +179,7 @@ def test_code_version_follows_contamination_inputs(tmp_path):
 
     base = version("base")
     mcq = tmp_path / "mcq.csv"
-    mcq.write_text((QUICKSTART.parent / "mcq.csv").read_text() + "Extra?,a,b,c,d,A\n")
+    mcq.write_text((QUICKSTART_DATA / "mcq.csv").read_text() + "Extra?,a,b,c,d,A\n")
     assert version("blocking", contamination(blocking=True)) == base
     assert version("top_k", lambda raw: raw["retrieval"].update(top_k=5)) == base
     changed = {

@@ -11,7 +11,7 @@ from ragft_dagster.qa_generation import generate_offline_qa, parse_qa_reply, ren
 from ragft_dagster.report import wilson_interval
 from ragft_dagster.sft import build_sft_dataset
 
-from .conftest import QUICKSTART
+from .conftest import QUICKSTART_DATA
 
 DOC = """# Guide
 
@@ -156,7 +156,7 @@ def test_sft_dataset_dedupes_and_splits_stably(tmp_path):
 
 
 def test_shipped_mcq_parses():
-    qs = load_questions(QUICKSTART.parent / "mcq.csv")
+    qs = load_questions(QUICKSTART_DATA / "mcq.csv")
     assert len(qs) >= 30
     assert any("\n" in o for q in qs for o in q.options)
 

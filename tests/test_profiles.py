@@ -24,7 +24,7 @@ from ragft_dagster.indexing import MODEL_KEY
 from ragft_dagster.profile import K8S_CONFIG_TAG, Profile, ProfileError, load_profile
 from ragft_dagster.recipe import load_recipe
 
-from .conftest import QUICKSTART, ROOT
+from .conftest import ROOT, TINY_RECIPE
 
 PROFILES = sorted((ROOT / "resources").glob("*.yaml"))
 K8S_PROFILE = ROOT / "resources" / "k8s.yaml"
@@ -58,7 +58,7 @@ def test_shipped_profiles_are_local_gpu_and_k8s():
 @pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.stem)
 def test_every_profile_builds_definitions(path):
     # gpu/k8s ask for CUDA: nothing may need it until a step runs (this machine has none).
-    profile, recipe = load_profile(path), load_recipe(QUICKSTART)
+    profile, recipe = load_profile(path), load_recipe(TINY_RECIPE)
     repo = definitions_for(recipe, profile).get_repository_def()
     assert "index_job" in repo.job_names
     compute = build_resources(recipe, profile)["compute"]
@@ -75,7 +75,7 @@ def test_every_profile_builds_definitions(path):
 
 
 def test_executor_follows_the_profile():
-    recipe = load_recipe(QUICKSTART)
+    recipe = load_recipe(TINY_RECIPE)
 
     def executor_name(executor: str) -> str:
         profile = Profile.model_validate({"name": executor, "executor": executor})
@@ -101,7 +101,7 @@ def test_k8s_executor_config_passes_the_executor_schema():
     from dagster._core.system_config.objects import ResolvedRunConfig
 
     profile = load_profile(K8S_PROFILE)
-    recipe = load_recipe(QUICKSTART)
+    recipe = load_recipe(TINY_RECIPE)
     job = definitions_for(recipe, profile).resolve_job_def("training_job")
     # What Dagster does at launch: apply the configured executor's config to its schema.
     config = ResolvedRunConfig.build(job, {}).execution.execution_engine_config
@@ -116,7 +116,7 @@ def test_k8s_executor_rejects_a_config_its_schema_does_not_know():
     from dagster._core.system_config.objects import ResolvedRunConfig
     from dagster_k8s import k8s_job_executor
 
-    defs = definitions_for(load_recipe(QUICKSTART), load_profile(K8S_PROFILE))
+    defs = definitions_for(load_recipe(TINY_RECIPE), load_profile(K8S_PROFILE))
     job = defs.resolve_job_def("index_job").with_executor_def(
         k8s_job_executor.configured({"job_namespce": "ragft"})
     )
@@ -223,7 +223,7 @@ def test_gpu_op_tags_survive_dagster_tag_normalisation():
 
 
 def test_gpu_steps_of_the_k8s_definitions_carry_the_gpu_request():
-    defs = definitions_for(load_recipe(QUICKSTART), load_profile(K8S_PROFILE))
+    defs = definitions_for(load_recipe(TINY_RECIPE), load_profile(K8S_PROFILE))
     graph = defs.resolve_asset_graph()
     tagged = {}
     for key in graph.get_all_asset_keys():
@@ -248,7 +248,7 @@ def test_http_vector_store_talks_to_a_chroma_server(tmp_path):
         {"name": "http"}, vector_store={"mode": "http", "host": "127.0.0.1", "port": port}
     )
     profile = Profile.model_validate(raw)
-    store = build_resources(load_recipe(QUICKSTART), profile, tmp_path / "art")["vector_store"]
+    store = build_resources(load_recipe(TINY_RECIPE), profile, tmp_path / "art")["vector_store"]
     assert (store.mode, store.host, store.port) == ("http", "127.0.0.1", port)
 
     log = (tmp_path / "chroma.log").open("w")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import QUICKSTART
+from .conftest import QUICKSTART_DATA, TINY_RECIPE
 
 DOCS = ["chunking.md", "vector-index.md", "evaluation.md"]
 
@@ -14,7 +14,7 @@ DOCS = ["chunking.md", "vector-index.md", "evaluation.md"]
 def recipe():
     from ragft_dagster.recipe import load_recipe
 
-    return load_recipe(QUICKSTART)
+    return load_recipe(TINY_RECIPE)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def collection(tmp_path_factory, recipe, tiny_tokenizer, embedder):
     from ragft_dagster.chunking import chunk_document
     from ragft_dagster.indexing import open_collection, sync_index
 
-    docs = QUICKSTART.parent / "docs"
+    docs = QUICKSTART_DATA / "docs"
     chunks = [
         c.to_dict()
         for name in DOCS

@@ -11,7 +11,7 @@ PROFILES = sorted((ROOT / "resources").glob("*.yaml"))
 
 def test_shipped_recipes_exist():
     names = {p.parent.name for p in RECIPES}
-    assert {"quickstart", "mistral-7b"} <= names
+    assert {"quickstart", "tiny", "mistral-7b"} <= names
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.parent.name)

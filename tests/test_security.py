@@ -30,7 +30,7 @@ from ragft_dagster.artifacts import ArtifactLayout, read_jsonl
 from ragft_dagster.definitions import build_definitions
 from ragft_dagster.recipe import load_recipe
 
-from .conftest import LOCAL_PROFILE, QUICKSTART, ROOT, write_recipe
+from .conftest import LOCAL_PROFILE, QUICKSTART_DATA, ROOT, TINY_RECIPE, write_recipe
 from .openai_stub import OpenAIStub
 
 KEY_ENV = "RAGFT_CANARY_KEY"
@@ -87,8 +87,8 @@ def test_api_key_is_never_written_anywhere(tmp_path, monkeypatch, capfd, tiny_ba
     shutil.copytree(tiny_base.parent, root / "tiny")
     docs = tmp_path / "docs"
     docs.mkdir()
-    shutil.copy(QUICKSTART.parent / "docs" / "installation.md", docs / "installation.md")
-    rows = list(csv.reader(io.StringIO((QUICKSTART.parent / "mcq.csv").read_text("utf-8"))))
+    shutil.copy(QUICKSTART_DATA / "docs" / "installation.md", docs / "installation.md")
+    rows = list(csv.reader(io.StringIO((QUICKSTART_DATA / "mcq.csv").read_text("utf-8"))))
     with (tmp_path / "mcq.csv").open("w", encoding="utf-8", newline="") as fh:
         csv.writer(fh).writerows(rows[:3])  # the header and two questions
 
@@ -258,7 +258,7 @@ def _materialize_model_assets(tmp_path: Path, tiny_base: Path, opt_in: bool):
 
 
 def test_remote_code_stays_off_unless_the_recipe_opts_in(tmp_path, monkeypatch, tiny_base):
-    assert load_recipe(QUICKSTART).trust_remote_code is False
+    assert load_recipe(TINY_RECIPE).trust_remote_code is False
     calls = _record_remote_code_flags(monkeypatch)
     _materialize_model_assets(tmp_path / "default", tiny_base, opt_in=False)
     entry_points = {label for label, _, _ in calls}

@@ -18,7 +18,7 @@ from ragft_dagster.checkpoints import resumable_checkpoint, run_fingerprint
 from ragft_dagster.compute import ComputeSettings
 from ragft_dagster.recipe import load_recipe
 from ragft_dagster.train_worker import launch_command
-from tests.conftest import write_recipe
+from tests.conftest import QUICKSTART_DATA, write_recipe
 
 SCRIPT = """
 import sys
@@ -292,9 +292,8 @@ def test_checkpoint_cadence_does_not_make_trained_assets_stale(tmp_path):
 @pytest.mark.slow
 def test_dpo_continues_from_the_checkpoint_it_finds(tmp_path, tiny_base):
     from ragft_dagster.preference import load_preference_pairs, train_dpo
-    from tests.conftest import QUICKSTART
 
-    rows = load_preference_pairs(QUICKSTART.parent / "preference_pairs.jsonl", max_rows=8)
+    rows = load_preference_pairs(QUICKSTART_DATA / "preference_pairs.jsonl", max_rows=8)
     ckpt = tmp_path / "checkpoints"
 
     def train(max_steps: int, out: str) -> dict:
@@ -320,9 +319,8 @@ def test_lora_dpo_saves_a_full_merged_model(tmp_path, tiny_base):
     from transformers import AutoModelForCausalLM
 
     from ragft_dagster.preference import load_preference_pairs, train_dpo
-    from tests.conftest import QUICKSTART
 
-    rows = load_preference_pairs(QUICKSTART.parent / "preference_pairs.jsonl", max_rows=4)
+    rows = load_preference_pairs(QUICKSTART_DATA / "preference_pairs.jsonl", max_rows=4)
     out = tmp_path / "dpo"
     m = train_dpo(
         str(tiny_base),

@@ -33,7 +33,7 @@ from dagster_graphql import DagsterGraphQLClient
 
 from ragft_dagster.definitions import JOB_SELECTIONS
 
-from .conftest import LOCAL_PROFILE, QUICKSTART, ROOT, write_recipe
+from .conftest import LOCAL_PROFILE, QUICKSTART_DATA, ROOT, write_recipe
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Offline-safe: no sandbox (root in CI), no GPU, and none of the browser's own network traffic.
@@ -51,7 +51,7 @@ REPOSITORY = {"repositoryLocationName": LOCATION, "repositoryName": "__repositor
 ALL_ASSETS = sorted({asset for assets in JOB_SELECTIONS.values() for asset in assets})
 # The whole quickstart: every document and every model x context cell. The run count sets the
 # test's time (each run is a fresh process; the gpu pool runs the scoring cells one at a time).
-DOCS = sorted(p.name for p in (QUICKSTART.parent / "docs").glob("*.md"))
+DOCS = sorted(p.name for p in (QUICKSTART_DATA / "docs").glob("*.md"))
 MODELS = ["base", "merged", "dpo", "sft"]
 # What a person sees at this size is the whole graph with every node's details (status,
 # partitions, checks); a smaller window shows bare names.
@@ -398,7 +398,7 @@ def test_ui_graph_materialize_and_the_whole_pipeline_through_graphql(
     # The docs folder was empty until now: nothing can have run yet.
     assert dev.query(RUNS)["runsOrError"]["results"] == []
     for name in DOCS:
-        shutil.copy(QUICKSTART.parent / "docs" / name, dev.docs / name)
+        shutil.copy(QUICKSTART_DATA / "docs" / name, dev.docs / name)
         added = dev.query(ADD_PARTITION, repo=REPOSITORY, key=name)["addDynamicPartition"]
         assert added["__typename"] == "AddDynamicPartitionSuccess", added
 

