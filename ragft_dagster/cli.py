@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 import warnings
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from dagster import DagsterInvalidConfigError
 
 from ragft_dagster.artifacts import ArtifactLayout
 from ragft_dagster.assets._meta import DOCUMENTS
@@ -75,6 +77,23 @@ def _failure_messages(events: list[Any]) -> list[str]:
     return out
 
 
+def _config_error_messages(exc: Any) -> list[str]:
+    """The readable part of each error of a run that could not start (Dagster appends the
+    stack trace of its own config machinery to each)."""
+    out = []
+    for error in getattr(exc, "errors", None) or [exc]:
+        text = str(getattr(error, "message", error)).split("Stack Trace:")[0].strip()
+        variable = re.search(r'environment variable "([^"]+)" which is not set', text)
+        if variable:
+            text = (
+                f"environment variable {variable.group(1)} is not set; export it (the key of the "
+                "profile's llm endpoint, llm.api_key_env), or remove what needs the endpoint "
+                "(evaluation.api.models, qa.generator: openai)"
+            )
+        out.append(text)
+    return out
+
+
 def run_pipeline(
     recipe_path: str | None,
     profile_path: str | None,
@@ -123,15 +142,23 @@ def run_pipeline(
     def run(job_name: str, partition: str | None = None) -> bool:
         t0 = time.monotonic()
         job = defs.resolve_job_def(job_name)
-        outcome = job.execute_in_process(
-            instance=instance,
-            partition_key=partition,
-            raise_on_error=False,
-            # Step events stay in the instance (see them with `make ui`); the console gets one
-            # line per run.
-            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-        )
         label = f"{job_name}" + (f" [{partition}]" if partition else "")
+        try:
+            outcome = job.execute_in_process(
+                instance=instance,
+                partition_key=partition,
+                raise_on_error=False,
+                # Step events stay in the instance (see them with `make ui`); the console gets
+                # one line per run.
+                run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+            )
+        except DagsterInvalidConfigError as exc:
+            # The run could not start (e.g. an EnvVar that is not set): no run id exists.
+            for message in _config_error_messages(exc):
+                echo(f"FAILED {label}: {message}")
+            echo(f"{label} could not start; nothing of it ran")
+            result.success = False
+            return False
         if not outcome.success:
             for message in _failure_messages(outcome.all_events):
                 echo(f"FAILED {label}: {message}")
