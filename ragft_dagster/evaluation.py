@@ -15,11 +15,11 @@ from ragft_dagster.artifacts import ArtifactLayout
 from ragft_dagster.compute import ComputeSettings
 from ragft_dagster.mcq import (
     Question,
+    answer_support,
     build_messages,
     load_questions,
     parse_letter,
     score_questions,
-    supporting_chunks,
 )
 from ragft_dagster.model_refs import resolve_model_ref
 from ragft_dagster.qa_generation import Endpoint, LlmCallError, LlmStats, ReplyCache, call_llm
@@ -125,9 +125,11 @@ def score_cell(
         sample_key: Part of the sampling seed (the cell's name), so cells draw independently.
 
     Returns:
-        One record per question: ``predicted``/``is_correct`` (acc), ``predicted_norm``/
-        ``is_correct_norm`` (acc_norm), letter probabilities, A-D mass, the retrieved chunks
-        and, in sampled mode, ``samples`` (a letter, or None for an invalid answer, per round).
+        One record per question: ``predicted``/``is_correct`` (acc: the letter),
+        ``predicted_norm``/``is_correct_norm`` (acc_norm: the option text per byte),
+        ``predicted_option``/``is_correct_option`` (acc_option: the option text), letter
+        probabilities, A-D mass, the retrieved chunks and, in sampled mode, ``samples`` (a
+        letter, or None for an invalid answer, per round).
     """
     hits_per_q = retrieve_all(questions, retriever)
     messages = question_messages(
@@ -187,6 +189,8 @@ def score_local(
             "invalid": False,
             "predicted_norm": s["predicted_norm"],
             "is_correct_norm": s["predicted_norm"] == q.correct,
+            "predicted_option": s["predicted_option"],
+            "is_correct_option": s["predicted_option"] == q.correct,
             "probs": s["probs"],
             "mass": s["mass"],
             "option_logprobs": s["option_logprobs"],
@@ -227,7 +231,8 @@ def score_api_cell(
     Returns:
         (records, stats): per-question records as :func:`score_cell` (``reply``, and
         ``truncated`` when it was cut off at ``max_tokens``, instead of probabilities; no
-        acc_norm) and the request counts, with a warning per cut-off reply without a letter.
+        acc_norm or acc_option) and the request counts, with a warning per cut-off reply
+        without a letter.
     """
     sampled = sampling is not None and sampling.rounds > 0
     endpoint = Endpoint(client, api, "evaluation.api", sleep)
@@ -304,6 +309,8 @@ def score_api_cell(
             "invalid": letter is None,
             "predicted_norm": None,
             "is_correct_norm": None,
+            "predicted_option": None,
+            "is_correct_option": None,
             "reply": reply["content"],
             "truncated": truncated,
         }
@@ -323,16 +330,50 @@ def score_api_cell(
     return records, stats
 
 
+RANK_DEPTH = 10
+"""How deep the retrieval diagnostics rank the supporting chunk (hit@k up to this k)."""
+
+
 def annotate_support(
-    records: list[dict[str, Any]], questions: list[Question], chunks: list[dict[str, Any]]
+    records: list[dict[str, Any]],
+    questions: list[Question],
+    chunks: list[dict[str, Any]],
+    *,
+    threshold: float,
+    ranked: list[list[dict[str, Any]]] | None = None,
+    depth: int = RANK_DEPTH,
 ) -> None:
-    """Add ``support`` (ids of the chunks holding the correct answer) and ``retrieval_hit``
-    (whether retrieval surfaced one of them; None when no chunk holds the answer)."""
-    for rec, q in zip(records, questions, strict=True):
-        support = supporting_chunks(q, chunks)
+    """Add where the answer is in the docs and whether retrieval found it, to RAG records.
+
+    Args:
+        records: A RAG cell's records (with ``retrieved``, the chunks the prompt showed).
+        questions: Their questions.
+        chunks: Every chunk of the index.
+        threshold: Coverage from which a chunk holds the answer (``evaluation.support_threshold``).
+        ranked: Per question, a deeper retrieval (``depth`` chunks), to rank the supporting
+            chunk beyond the prompt's top-k; None ranks within the retrieved chunks only.
+        depth: How deep ``ranked`` goes.
+
+    Adds ``support`` (the chunks that best hold the answer, when they reach ``threshold``; else
+    none: the answer is not located, and a wrong answer is blamed on neither retrieval nor
+    generation), ``support_coverage`` (their coverage, even below the threshold),
+    ``retrieval_hit`` (the prompt showed a supporting chunk; None when not located),
+    ``support_rank`` (1-based rank of the first supporting chunk in the retrieval ranking: the
+    prompt's chunks, then ``ranked``'s others; None when not located or not in it) and
+    ``ranked_to`` (how deep that ranking went, for hit@k).
+    """
+    for i, (rec, q) in enumerate(zip(records, questions, strict=True)):
+        found = answer_support(q, chunks)
+        support = found.chunk_ids if found.coverage >= threshold else []
+        shown = [r["id"] for r in rec["retrieved"]]
+        # The prompt's own chunks first, so rank <= top_k exactly when retrieval_hit is True.
+        order = shown + [h["id"] for h in (ranked[i] if ranked else []) if h["id"] not in shown]
+        ranks = [order.index(c) + 1 for c in support if c in order]
         rec["support"] = support
-        retrieved = {r["id"] for r in rec["retrieved"]}
-        rec["retrieval_hit"] = bool(retrieved & set(support)) if support else None
+        rec["support_coverage"] = found.coverage
+        rec["retrieval_hit"] = bool(set(shown) & set(support)) if support else None
+        rec["support_rank"] = min(ranks) if ranks else None
+        rec["ranked_to"] = max(depth, len(shown)) if ranked is not None else len(shown)
 
 
 def model_paths(recipe: Recipe, layout: ArtifactLayout, model_key: str) -> tuple[str, str | None]:
@@ -354,7 +395,7 @@ def load_recipe_model(
         weights,
         adapter,
         device=compute.torch_device(),
-        dtype=compute.torch_dtype(),
+        dtype=compute.inference_dtype(),
         chat_template=recipe.chat_template,
         trust_remote_code=recipe.trust_remote_code,
     )
@@ -389,7 +430,8 @@ def evaluate_cell(
     ev = recipe.evaluation
     questions = load_questions(recipe.questions_path)
     with ExitStack() as stack:
-        retriever, chunks = None, []
+        retriever, chunks, ranked = None, [], None
+        depth = max(recipe.retrieval.top_k, RANK_DEPTH)
         if context_name == "rag":
             from ragft_dagster.indexing import Retriever, all_chunks, load_embedder
 
@@ -400,6 +442,8 @@ def evaluate_cell(
             collection = stack.enter_context(open_collection())
             retriever = Retriever(collection, embedder, recipe.retrieval.top_k)
             chunks = all_chunks(collection)
+            # deeper, for hit@k beyond top_k; the prompts keep the top-k retriever's own hits
+            ranked = retrieve_all(questions, Retriever(collection, embedder, depth))
         hits = retrieve_all(questions, retriever)
         messages = question_messages(
             questions,
@@ -438,5 +482,12 @@ def evaluate_cell(
             )
             stats = None
         if context_name == "rag":
-            annotate_support(records, questions, chunks)
+            annotate_support(
+                records,
+                questions,
+                chunks,
+                threshold=ev.support_threshold,
+                ranked=ranked,
+                depth=depth,
+            )
     return records, stats

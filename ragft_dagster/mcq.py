@@ -1,8 +1,15 @@
 """Multiple-choice benchmark: loading, prompting and log-likelihood scoring (Dagster-free).
 
-Local models are scored like lm-evaluation-harness's ``acc``: the log-probability of each answer
-letter as the next token after the chat prompt, renormalised over A-D. The raw probability mass
-on A-D is recorded too: a model that puts little mass there is not really answering.
+Local models are scored by log-likelihood, with lm-evaluation-harness's metric names:
+
+* ``acc`` is the letter, as the harness scores MMLU: the log-probability of each answer letter as
+  the next token after the chat prompt, renormalised over A-D. The raw probability mass on A-D is
+  recorded too: a model that puts little mass there is not really answering. API models answer
+  with a letter too, so this is the one metric every cell has.
+* ``acc_norm`` is the option text, as the harness scores ARC and HellaSwag: each option's
+  log-likelihood per byte after the prompt.
+* ``acc_option`` is that option log-likelihood unnormalised (what the harness's ARC calls
+  ``acc``; named apart here because this benchmark's ``acc`` is the letter).
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ import hashlib
 import io
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -200,30 +207,92 @@ def build_messages(
     return [{"role": "system", "content": system_prompt}, {"role": "user", "content": user}]
 
 
-def letter_token_ids(tokenizer: Any, prompt: str, prompt_ids: list[int] | None = None) -> list[int]:
-    """The token each letter becomes when it directly follows ``prompt`` ("A" vs " A").
+@dataclass(frozen=True)
+class AnswerTokens:
+    """How one prompt's answers are tokenised for scoring.
 
-    Only the prompt's last characters are re-tokenised with each letter (a long RAG prompt is
-    not tokenised five times): when the tail's tokens, bar the first two, are the end of the
-    prompt's own tokens (``prompt_ids``), the letter's token is decided there; otherwise the
-    whole prompt is used.
+    As lm-evaluation-harness does with its target delimiter, the prompt's trailing whitespace is
+    moved into the answer: after a generation prompt ending in ``"Answer: "`` the letter is
+    scored as ``" B"`` after ``"Answer:"``, the one token a GPT-2-style BPE writes for it, never
+    as an unspaced ``"B"`` after a lone-space token (a sequence the model hardly ever saw).
     """
-    prompt_ids = prompt_ids or tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    tail = prompt[-64:]
+
+    context_ids: list[int]
+    """What the model reads: the prompt without its trailing whitespace, plus the tokens every
+    letter's continuation starts with (e.g. a chat template's closing newline, which a BPE keeps
+    apart from the letter): for a prompt without trailing space, exactly the prompt's tokens."""
+    letter_ids: tuple[int, ...]
+    """A-D: the one token each letter is written as after ``context_ids``."""
+    option_ids: tuple[list[int], ...]
+    """Each option's text, written after the same whitespace, as tokens after ``context_ids``."""
+
+
+def answer_tokens(tokenizer: Any, prompt: str, options: Sequence[str] = ()) -> AnswerTokens:
+    """The context and the answer tokens of one prompt, as the tokenizer writes them.
+
+    Each answer (``whitespace + letter``, ``whitespace + option``) is tokenised together with
+    the prompt and its tokens are those after the prompt's own; only the prompt's last
+    characters are re-tokenised with each answer (a long RAG prompt is not tokenised nine
+    times) when their tokens, bar the first two, are the end of the prompt's own tokens.
+
+    Args:
+        tokenizer: The model's tokenizer.
+        prompt: The rendered prompt (chat template applied, generation prompt added).
+        options: The four option texts, for ``acc_norm``/``acc_option``; none for letters only.
+
+    Returns:
+        The context and the letter and option tokens that follow it.
+
+    Raises:
+        McqError: When no answer letter can follow the prompt as a token of its own (the
+            tokenizer merges it with the prompt's last characters).
+    """
+    context = prompt.rstrip()
+    delimiter = prompt[len(context) :]
+    context_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
+    tail = context[-64:]
     tail_ids = tokenizer(tail, add_special_tokens=False)["input_ids"]
-    text, base = (tail, tail_ids)
-    if len(tail) == len(prompt) or prompt_ids[-(len(tail_ids) - 2) :] != tail_ids[2:]:
-        text, base = (prompt, prompt_ids)
-    ids = []
-    for letter in LETTERS:
-        full = tokenizer(text + letter, add_special_tokens=False)["input_ids"]
-        if full[: len(base)] != base or len(full) == len(base):
+    # The tail's first two tokens may start mid-word; the rest must be the context's own.
+    tail_fits = len(tail) < len(context) and context_ids[2 - len(tail_ids) :] == tail_ids[2:]
+    base_text, base_ids = (
+        (tail, tail_ids) if len(tail_ids) > 2 and tail_fits else (context, context_ids)
+    )
+    answers = [delimiter + text for text in (*LETTERS, *options)]
+    written = tokenizer([base_text + a for a in answers], add_special_tokens=False)["input_ids"]
+    after = [ids[len(base_ids) :] if ids[: len(base_ids)] == base_ids else [] for ids in written]
+    letters = after[:4]
+    for letter, ids in zip(LETTERS, letters, strict=True):
+        if not ids:
             raise McqError(
-                f"tokenizer merges the answer letter {letter!r} into the prompt; "
-                "end the user template with a separator such as 'Answer:'"
+                f"no answer letter can follow the prompt: the tokenizer merges {letter!r} with "
+                f"the prompt's last characters {context[-16:]!r}; end the user template (or the "
+                "chat template's generation prompt) with a separator such as 'Answer:'"
             )
-        ids.append(full[len(base)])
-    return ids
+    shared = letters[0][:-1]
+    if any(ids[:-1] != shared for ids in letters) or len({ids[-1] for ids in letters}) < 4:
+        shown = [tokenizer.convert_ids_to_tokens(ids) for ids in letters]
+        raise McqError(
+            f"no answer letter can follow the prompt as one token of its own: after "
+            f"{context[-16:]!r} the tokenizer writes the letters A-D as {shown}; end the user "
+            "template (or the chat template's generation prompt) with a separator such as "
+            "'Answer:'"
+        )
+    option_ids = []
+    for text, ids in zip(options, after[4:], strict=True):
+        if len(ids) > len(shared) and ids[: len(shared)] == shared:
+            option_ids.append(ids[len(shared) :])
+        else:
+            # The tokenizer merges this option with the prompt's end (or with what the letters
+            # keep apart): its own tokens after the same context are the closest it can be.
+            option_ids.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return AnswerTokens(context_ids + shared, tuple(ids[-1] for ids in letters), tuple(option_ids))
+
+
+def letter_token_ids(tokenizer: Any, prompt: str) -> list[int]:
+    """The token each letter A-D is written as after ``prompt`` (``" A"`` after ``"Answer: "``);
+    it follows :func:`answer_tokens`' ``context_ids``, which for a prompt without trailing
+    whitespace are the prompt's own tokens."""
+    return list(answer_tokens(tokenizer, prompt).letter_ids)
 
 
 def _accepts(model: Any, name: str) -> bool:
@@ -245,17 +314,23 @@ def score_questions(
     device: str = "cpu",
     temperature: float | None = None,
 ) -> list[dict[str, Any]]:
-    """``acc`` and ``acc_norm`` log-likelihoods of every question, batched.
+    """Log-likelihoods of every question's answers, for ``acc``, ``acc_norm`` and
+    ``acc_option``, batched.
 
-    One forward pass over a batch of prompts (left-padded, only the last position's logits kept)
-    gives the next-token distribution after each prompt, and its key/value cache; a second,
-    short pass scores each question's four option texts as continuations on top of that cache
-    (prompt and option tokenised separately, so the prompt's tokens are the same for all four).
-    So the long RAG prompt is processed once per question, not once per option. From these:
+    Answers are tokenised as :func:`answer_tokens` says (the prompt's trailing whitespace moved
+    into the answer). One forward pass over a batch of contexts (left-padded, only the last
+    position's logits kept) gives the next-token distribution after each, and its key/value
+    cache; a second, short pass scores each question's four option texts as continuations on
+    top of that cache. So the long RAG prompt is processed once per question, not once per
+    option. From these, in lm-evaluation-harness's terms:
 
-    * ``acc``: the log-probability of each answer letter as the next token after the prompt;
-    * ``acc_norm``: the summed log-probability of each option's text divided by its length in
-      bytes (so long options are not penalised for having more tokens).
+    * ``acc`` (the letter, as the harness's MMLU): the log-probability of each answer letter as
+      the next token;
+    * ``acc_norm`` (the option text, as the harness's ARC/HellaSwag ``acc_norm``): the summed
+      log-probability of each option's text divided by its length in bytes (so long options are
+      not penalised for having more tokens);
+    * ``acc_option`` (the option text, as the harness's ARC/HellaSwag ``acc``): that sum,
+      unnormalised.
 
     Args:
         model: A causal LM (eval mode is set here).
@@ -269,8 +344,9 @@ def score_questions(
 
     Returns:
         Per prompt: ``logprobs`` (A-D), ``probs`` renormalised over A-D, ``mass`` on A-D,
-        ``predicted`` (acc), ``option_logprobs``, ``option_bytes``, ``predicted_norm`` (acc_norm)
-        and, with a temperature, ``sample_probs`` (A-D; ``1 - sum`` is the invalid share).
+        ``predicted`` (acc), ``option_logprobs``, ``option_bytes``, ``predicted_norm``
+        (acc_norm), ``predicted_option`` (acc_option) and, with a temperature, ``sample_probs``
+        (A-D; ``1 - sum`` is the invalid share).
     """
     import torch
 
@@ -281,8 +357,11 @@ def score_questions(
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start : start + batch_size]
         batch_options = options[start : start + batch_size]
-        ctx = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in batch]
-        letter_ids = [letter_token_ids(tokenizer, p, c) for p, c in zip(batch, ctx, strict=True)]
+        answers = [
+            answer_tokens(tokenizer, p, o) for p, o in zip(batch, batch_options, strict=True)
+        ]
+        ctx = [a.context_ids for a in answers]
+        letter_ids = [a.letter_ids for a in answers]
         width = max(len(c) for c in ctx)
         ids = torch.full((len(ctx), width), pad, dtype=torch.long)
         mask = torch.zeros((len(ctx), width), dtype=torch.long)
@@ -302,11 +381,7 @@ def score_questions(
         next_logp = torch.log_softmax(next_logits, dim=-1)
 
         # The options of question q are rows 4q..4q+3, right-padded after the cached prompt.
-        conts = [
-            tokenizer(text, add_special_tokens=False)["input_ids"] or [pad]
-            for opts in batch_options
-            for text in opts
-        ]
+        conts = [ids or [pad] for a in answers for ids in a.option_ids]
         cwidth = max(len(c) for c in conts)
         cids = torch.full((len(conts), cwidth), pad, dtype=torch.long)
         cmask = torch.zeros((len(conts), cwidth), dtype=torch.long)
@@ -346,6 +421,7 @@ def score_questions(
                 "option_logprobs": dict(zip(LETTERS, option_lps, strict=True)),
                 "option_bytes": dict(zip(LETTERS, option_bytes, strict=True)),
                 "predicted_norm": LETTERS[max(range(4), key=lambda i: normed[i])],
+                "predicted_option": LETTERS[max(range(4), key=lambda i: option_lps[i])],
             }
             if temperature is not None:
                 tempered = torch.log_softmax(next_logits[q] / temperature, dim=-1)
@@ -386,31 +462,53 @@ def _content_words(text: str) -> set[str]:
     return {w for w in words(text) if w not in _STOP}
 
 
-def supporting_chunks(
-    question: Question, chunks: list[dict[str, Any]], source: str | None = None
-) -> list[str]:
-    """Ids of the chunks that hold the correct answer of ``question``.
+@dataclass(frozen=True)
+class Support:
+    """Where the correct answer of one question is found among the chunks."""
 
-    A chunk supports the answer when it contains every content word of the correct option;
-    among those, the ones that share the most content words with the question win (a number
-    like "64" appears in many chunks, the question says which one is meant). ``source`` (default:
-    the CSV's optional column) restricts the search to one document. Empty when no chunk holds
-    the answer: then a wrong answer cannot be blamed on retrieval.
+    chunk_ids: list[str]
+    """The chunk(s) that best hold it: the highest coverage, ties broken by the question."""
+    coverage: float
+    """The share of the correct option's content words those chunks contain (0 to 1)."""
+
+
+def answer_support(
+    question: Question, chunks: list[dict[str, Any]], source: str | None = None
+) -> Support:
+    """The chunks that best hold the correct answer of ``question``, with how much of it.
+
+    Coverage is graded: a real benchmark's options paraphrase the docs, so a chunk rarely holds
+    every content word of a long option. The chunks with the highest coverage win; among those,
+    the ones that share the most content words with the question (a number like "64" appears in
+    many chunks, the question says which one is meant).
+
+    Args:
+        question: The question.
+        chunks: Chunks with ``id``, ``text`` and ``doc``.
+        source: Search only this document (default: the CSV's optional ``source`` column).
+
+    Returns:
+        The best chunk ids and their coverage; no ids and coverage 0 when no chunk holds any
+        content word of the answer (or the answer has none, e.g. "it").
     """
     source = source or question.source
     answer = _content_words(question.options["ABCD".index(question.correct)])
+    if not answer:
+        return Support([], 0.0)
     asked = _content_words(question.question)
     best: list[str] = []
-    best_score = -1.0
+    best_key = (0.0, 0.0)
     for chunk in chunks:
         if source and chunk.get("doc") != source:
             continue
-        words = _content_words(chunk["text"])
-        if not answer or not answer <= words:
+        held = _content_words(chunk["text"])
+        # rounded, so that equal shares compare equal and the question breaks the tie
+        key = (
+            round(len(answer & held) / len(answer), 9),
+            round(len(asked & held) / max(len(asked), 1), 9),
+        )
+        if key[0] == 0 or key < best_key:
             continue
-        score = len(asked & words) / max(len(asked), 1)
-        if score > best_score + 1e-9:
-            best, best_score = [chunk["id"]], score
-        elif abs(score - best_score) <= 1e-9:
-            best.append(chunk["id"])
-    return best
+        best = [*best, chunk["id"]] if key == best_key else [chunk["id"]]
+        best_key = key
+    return Support(best, best_key[0])

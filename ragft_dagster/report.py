@@ -1,13 +1,16 @@
-"""The benchmark report: accuracy per model x context with Wilson intervals, paired tests,
-retrieval diagnostics, a per-question table, sampled-mode statistics and a chart."""
+"""The benchmark report: accuracy per model x context with Wilson intervals, paired tests (the
+comparisons the method is about Holm-corrected, the rest exploratory), retrieval diagnostics,
+a per-question table, sampled-mode statistics and a chart."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+from ragft_dagster.recipe import LOCAL_MODELS
 from ragft_dagster.stats import (
     comparisons_markdown,
     mde_sentence,
@@ -32,58 +35,109 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def summarise_scores(records: dict[tuple[str, str], list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """One row per (model, context): acc with its CI, acc_norm (local models), invalid answers,
-    the A-D mass and, with RAG, how often retrieval surfaced the supporting chunk and how the
-    wrong answers split into retrieval and generation failures."""
+METRICS = {
+    "acc": ("is_correct", "predicted"),
+    "acc_norm": ("is_correct_norm", "predicted_norm"),
+    "acc_option": ("is_correct_option", "predicted_option"),
+}
+"""Each metric's (correctness, answer) fields in the score records; names as
+lm-evaluation-harness uses them (see :mod:`ragft_dagster.mcq`)."""
+
+METRIC_MEANINGS = {
+    "acc": "the answer letter's log-probability (as lm-evaluation-harness scores MMLU)",
+    "acc_norm": "the option text's log-likelihood per byte (lm-evaluation-harness's ARC acc_norm)",
+    "acc_option": "the option text's log-likelihood, unnormalised (lm-evaluation-harness's ARC "
+    "acc)",
+}
+
+HIT_AT = (1, 3, 5, 10)
+"""The k of the hit@k retrieval diagnostics."""
+
+
+def _support_rank(r: dict[str, Any]) -> tuple[int | None, int]:
+    """(1-based rank of the first supporting chunk, how deep the ranking went) of a RAG record;
+    records scored before ``support_rank`` existed are ranked within their retrieved chunks."""
+    shown = [h["id"] for h in r["retrieved"]]
+    if "support_rank" in r:
+        return r["support_rank"], r.get("ranked_to", len(shown))
+    ranks = [shown.index(c) + 1 for c in r.get("support") or [] if c in shown]
+    return (min(ranks) if ranks else None), len(shown)
+
+
+def summarise_scores(
+    records: dict[tuple[str, str], list[dict[str, Any]]], metric: str = "acc"
+) -> list[dict[str, Any]]:
+    """One row per (model, context).
+
+    Args:
+        records: Each cell's per-question records.
+        metric: The headline metric (``acc``, ``acc_norm`` or ``acc_option``).
+
+    Returns:
+        Rows with ``metric`` and its ``accuracy``, ``correct``, ``n`` and 95% CI; every metric
+        with its CI under its own name (NaN where a cell has none, e.g. API models' acc_norm);
+        invalid answers; the A-D mass; and, with RAG: how many answers the docs were found to
+        hold (``answer_located``), hit@k for k in :data:`HIT_AT` (NaN beyond the ranked depth),
+        how often the prompt showed a supporting chunk, and the wrong (headline) answers split
+        into retrieval failures, generation failures and questions whose answer was not located.
+    """
     rows = []
+    field = METRICS[metric][0]
     for (model, context), recs in sorted(records.items()):
-        n = len(recs)
-        k = sum(1 for r in recs if r["is_correct"])
-        lo, hi = wilson_interval(k, n)
-        row: dict[str, Any] = {
-            "model": model,
-            "context": context,
-            "n": n,
-            "correct": k,
-            "accuracy": k / n if n else float("nan"),
-            "ci_low": lo,
-            "ci_high": hi,
-            "invalid": sum(1 for r in recs if r.get("invalid")),
-            "acc_norm": float("nan"),
-            "acc_norm_ci_low": float("nan"),
-            "acc_norm_ci_high": float("nan"),
-            "mean_letter_mass": _mean([r["mass"] for r in recs if r.get("mass") is not None]),
-        }
-        normed = [r["is_correct_norm"] for r in recs if r.get("is_correct_norm") is not None]
-        if normed:
-            kn = sum(normed)
-            row["acc_norm"] = kn / len(normed)
-            row["acc_norm_ci_low"], row["acc_norm_ci_high"] = wilson_interval(kn, len(normed))
-        hits = [r.get("retrieval_hit") for r in recs]
+        row: dict[str, Any] = {"model": model, "context": context, "metric": metric}
+        for name, (key, _) in METRICS.items():
+            known = [bool(r[key]) for r in recs if r.get(key) is not None]
+            k = sum(known)
+            row[name] = k / len(known) if known else float("nan")
+            row[f"{name}_ci_low"], row[f"{name}_ci_high"] = wilson_interval(k, len(known))
+            if name == metric:
+                row.update(n=len(known), correct=k, accuracy=row[name])
+                row["ci_low"], row["ci_high"] = row[f"{name}_ci_low"], row[f"{name}_ci_high"]
+        row["invalid"] = sum(1 for r in recs if r.get("invalid"))
+        row["mean_letter_mass"] = _mean([r["mass"] for r in recs if r.get("mass") is not None])
         if context == "rag":
-            known = [h for h in hits if h is not None]
-            row["retrieval_hit_rate"] = _mean([float(h) for h in known])
-            row["wrong_retrieval_miss"] = sum(
-                1 for r in recs if not r["is_correct"] and r.get("retrieval_hit") is False
-            )
-            row["wrong_retrieval_hit"] = sum(
-                1 for r in recs if not r["is_correct"] and r.get("retrieval_hit") is True
-            )
+            row.update(_retrieval_figures(recs, field))
         rows.append(row)
     return rows
+
+
+def _retrieval_figures(recs: list[dict[str, Any]], field: str) -> dict[str, Any]:
+    located = [r for r in recs if r.get("retrieval_hit") is not None]
+    ranked = [_support_rank(r) for r in located]
+    depth = min((d for _, d in ranked), default=0)
+    out: dict[str, Any] = {
+        "answer_located": len(located),
+        "retrieval_hit_rate": _mean([float(r["retrieval_hit"]) for r in located]),
+    }
+    for k in HIT_AT:
+        hits = [float(rank is not None and rank <= k) for rank, _ in ranked]
+        out[f"hit_at_{k}"] = _mean(hits) if k <= depth else float("nan")
+    wrong = [r for r in recs if r.get(field) is False]
+    out["wrong_retrieval_miss"] = sum(1 for r in wrong if r.get("retrieval_hit") is False)
+    out["wrong_retrieval_hit"] = sum(1 for r in wrong if r.get("retrieval_hit") is True)
+    out["wrong_not_located"] = sum(1 for r in wrong if r.get("retrieval_hit") is None)
+    return out
 
 
 def _pct(value: float) -> str:
     return "–" if math.isnan(value) else f"{100 * value:.1f}%"
 
 
+def _whole(value: float) -> str:
+    return "–" if math.isnan(value) else f"{100 * value:.0f}"
+
+
 def comparison_markdown(rows: list[dict[str, Any]], models: list[str], contexts: list[str]) -> str:
-    """The published-style table: one row per model, one column per context (acc with its 95%
-    CI; acc_norm and invalid answers where they apply)."""
+    """The published-style table: one row per model, one column per context (the headline
+    metric with its 95% CI; the other metrics and invalid answers where they apply)."""
     cell = {(r["model"], r["context"]): r for r in rows}
-    head = "| model | " + " | ".join(contexts) + " |\n|---|" + "---|" * len(contexts) + "\n"
-    body = ""
+    metric = rows[0]["metric"] if rows else "acc"
+    others = [m for m in METRICS if m != metric]
+    out = (
+        f"Headline metric: **{metric}**, {METRIC_MEANINGS[metric]}, with its 95% Wilson "
+        f"interval; then {', '.join(f'{m} ({METRIC_MEANINGS[m]})' for m in others)}.\n\n"
+    )
+    out += "| model | " + " | ".join(contexts) + " |\n|---|" + "---|" * len(contexts) + "\n"
     for m in models:
         parts = []
         for c in contexts:
@@ -91,42 +145,55 @@ def comparison_markdown(rows: list[dict[str, Any]], models: list[str], contexts:
             if r is None:
                 parts.append("–")
                 continue
-            text = (
-                f"{100 * r['accuracy']:.1f}% [{100 * r['ci_low']:.0f}–{100 * r['ci_high']:.0f}]"
-                f" (n={r['n']})"
-            )
-            if not math.isnan(r["acc_norm"]):
-                text += f"; acc_norm {_pct(r['acc_norm'])}"
+            text = f"{_pct(r['accuracy'])} [{_whole(r['ci_low'])}–{_whole(r['ci_high'])}]"
+            text += f" (n={r['n']})"
+            text += "".join(f"; {o} {_pct(r[o])}" for o in others if not math.isnan(r[o]))
             if r["invalid"]:
                 text += f"; {r['invalid']} invalid"
             parts.append(text)
-        body += f"| {m} | " + " | ".join(parts) + " |\n"
-    return head + body
+        out += f"| {m} | " + " | ".join(parts) + " |\n"
+    return out
 
 
-def retrieval_markdown(rows: list[dict[str, Any]]) -> str:
-    """Per RAG cell: how often the supporting chunk was retrieved, and the wrong answers split
-    into retrieval failures (chunk not retrieved) and generation failures (it was)."""
+def retrieval_markdown(rows: list[dict[str, Any]], support_threshold: float | None = None) -> str:
+    """Per RAG cell: for how many questions the docs hold the answer, hit@k of its chunk, how
+    often the prompt showed it, and the wrong answers split into retrieval failures (not shown),
+    generation failures (shown) and questions whose answer was not located (no verdict)."""
     rag = [r for r in rows if r["context"] == "rag"]
     if not rag:
         return ""
+    held = (
+        f"at least {100 * support_threshold:.0f}% of the correct option's content words "
+        "(`evaluation.support_threshold`)"
+        if support_threshold is not None
+        else "the correct option's content words"
+    )
     out = (
-        "| cell | supporting chunk retrieved | wrong: retrieval failure | "
-        "wrong: generation failure |\n|---|---:|---:|---:|\n"
+        f"A chunk holds a question's answer when it contains {held}; among such chunks, those "
+        "with the highest share win, ties going to the one sharing most words with the question. "
+        "hit@k: share of the located questions whose answer chunk is among the top k retrieved "
+        "(– where retrieval was not ranked that deep).\n\n"
+        "| cell | answer located | " + " | ".join(f"hit@{k}" for k in HIT_AT) + " | supporting "
+        "chunk in the prompt | wrong: retrieval failure | wrong: generation failure | wrong: "
+        "answer not located |\n|---|---:|" + "---:|" * len(HIT_AT) + "---:|---:|---:|---:|\n"
     )
     for r in rag:
         out += (
-            f"| {r['model']} rag | {_pct(r['retrieval_hit_rate'])} | "
-            f"{r['wrong_retrieval_miss']} | {r['wrong_retrieval_hit']} |\n"
+            f"| {r['model']} rag | {r['answer_located']} of {r['n']} | "
+            + " | ".join(_pct(r[f"hit_at_{k}"]) for k in HIT_AT)
+            + f" | {_pct(r['retrieval_hit_rate'])} | {r['wrong_retrieval_miss']} | "
+            f"{r['wrong_retrieval_hit']} | {r['wrong_not_located']} |\n"
         )
     return out
 
 
 def per_question_rows(
-    records: dict[tuple[str, str], list[dict[str, Any]]],
+    records: dict[tuple[str, str], list[dict[str, Any]]], metric: str = "acc"
 ) -> list[dict[str, Any]]:
-    """One row per question: each cell's answer (``B ✓``, ``C ✗``, ``– ✗`` for invalid), the
-    chunks retrieved for it, the chunks that support its answer and whether retrieval found one."""
+    """One row per question: each cell's answer under the headline metric (``B ✓``, ``C ✗``,
+    ``– ✗`` for invalid), the chunks retrieved for it, the chunks that hold its answer with
+    their coverage (or the best coverage found), whether the prompt showed one and its rank."""
+    field, answer = METRICS[metric]
     by_q: dict[str, dict[str, Any]] = {}
     for (model, context), recs in sorted(records.items()):
         for r in recs:
@@ -134,18 +201,34 @@ def per_question_rows(
                 r["question_id"],
                 {"row": r["row"], "question": r["question"], "correct": r["correct"]},
             )
-            mark = "✓" if r["is_correct"] else "✗"
-            row[f"{model} {context}"] = f"{r['predicted'] or '–'} {mark}"
+            if r.get(field) is None and metric != "acc":
+                row[f"{model} {context}"] = "n/a"
+            else:
+                mark = "✓" if r.get(field) else "✗"
+                row[f"{model} {context}"] = f"{r.get(answer) or '–'} {mark}"
             if context == "rag" and "retrieved" not in row:
                 row["retrieved"] = " ".join(h["id"][:8] for h in r["retrieved"])
-                row["support"] = " ".join(s[:8] for s in r.get("support") or []) or "not found"
+                row["support"] = _support_text(r)
                 hit = r.get("retrieval_hit")
                 row["retrieval_hit"] = "n/a" if hit is None else ("yes" if hit else "no")
+                rank, depth = _support_rank(r)
+                row["support_rank"] = (
+                    "n/a" if hit is None else str(rank) if rank is not None else f"> {depth}"
+                )
     return sorted(by_q.values(), key=lambda x: x["row"])
 
 
+def _support_text(r: dict[str, Any]) -> str:
+    coverage = r.get("support_coverage")
+    if r.get("support"):
+        ids = " ".join(s[:8] for s in r["support"])
+        return ids if coverage is None else f"{ids} ({100 * coverage:.0f}%)"
+    return "not found" if coverage is None else f"not found (best {100 * coverage:.0f}%)"
+
+
 def per_question_markdown(rows: list[dict[str, Any]], cells: list[str]) -> str:
-    extra = [c for c in ("retrieved", "support", "retrieval_hit") if rows and c in rows[0]]
+    extra = ["retrieved", "support", "retrieval_hit", "support_rank"]
+    extra = [c for c in extra if rows and c in rows[0]]
     head = ["row", "correct", *cells, *extra]
     out = "| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n"
     for r in rows:
@@ -234,13 +317,14 @@ class Report:
     sampled_pairs: list[dict[str, Any]] = field(default_factory=list)
     sampled_md: str = ""
     mismatched_rows: list[int] = field(default_factory=list)
+    metric: str = "acc"
 
     @property
     def markdown(self) -> str:
         parts = [
             "# MCQ benchmark\n",
             self.table_md,
-            "\n## Paired comparisons (same questions)\n",
+            f"\n## Paired comparisons (same questions, {self.metric})\n",
             self.comparisons_md,
         ]
         if self.mismatched_rows:
@@ -257,37 +341,72 @@ class Report:
         return "\n".join(parts)
 
 
+def headline_family(models: list[str], contexts: list[str]) -> list[tuple[str, str]]:
+    """The comparisons the method is about, each ``(a, b)`` read as "a vs. b", for the
+    multiplicity correction.
+
+    Every model with vs. without RAG; each training stage vs. the one before it in the same
+    context (merged vs. base, dpo vs. merged, sft vs. dpo; a stage not scored is skipped, so the
+    next is compared with the last one scored); and the finished model with RAG vs. the base
+    model with RAG. Cells are named ``"<model> <context>"``.
+    """
+    pairs = []
+    if "rag" in contexts and "closed_book" in contexts:
+        pairs += [(f"{m} rag", f"{m} closed_book") for m in models]
+    stages = [m for m in LOCAL_MODELS if m in models]
+    for c in contexts:
+        pairs += [(f"{later} {c}", f"{earlier} {c}") for earlier, later in pairwise(stages)]
+    if "rag" in contexts and {"base", "sft"} <= set(models):
+        pairs.append(("sft rag", "base rag"))
+    return list(dict.fromkeys(pairs))
+
+
 def build_report(
     records: dict[tuple[str, str], list[dict[str, Any]]],
     models: list[str],
     contexts: list[str],
     n_boot: int = 10_000,
+    metric: str = "acc",
+    support_threshold: float | None = None,
 ) -> Report:
-    """Summarise every (model, context) cell and compare every pair on the same questions."""
-    rows = summarise_scores(records)
+    """Summarise every (model, context) cell and compare pairs on the same questions: the
+    :func:`headline_family` Holm-corrected, every other pair exploratory.
+
+    Args:
+        records: Each cell's per-question records.
+        models: Row order.
+        contexts: Column order.
+        n_boot: Bootstrap resamples per comparison.
+        metric: The headline metric (``evaluation.headline_metric``).
+        support_threshold: ``evaluation.support_threshold``, named in the retrieval section.
+    """
+    rows = summarise_scores(records, metric)
+    field = METRICS[metric][0]
     pairs = paired_comparisons(
         {
-            f"{m} {c}": {r["question_id"]: bool(r["is_correct"]) for r in recs}
+            f"{m} {c}": {r["question_id"]: bool(r[field]) for r in recs if r.get(field) is not None}
             for (m, c), recs in records.items()
         },
         n_boot=n_boot,
+        family=headline_family(models, contexts),
     )
     n_questions = max((r["n"] for r in rows), default=0)
-    questions = per_question_rows(records)
+    questions = per_question_rows(records, metric)
     cells = [f"{m} {c}" for m in models for c in contexts if (m, c) in records]
     sampled_cells, sampled_pairs, sampled_md = sampled_report(records)
     return Report(
         rows=rows,
         pairs=pairs,
         table_md=comparison_markdown(rows, models, contexts),
-        comparisons_md=f"{mde_sentence(n_questions)}\n\n{comparisons_markdown(pairs)}",
-        retrieval_md=retrieval_markdown(rows),
+        comparisons_md=f"{mde_sentence(n_questions)}\n\n{comparisons_markdown(pairs, metric)}",
+        retrieval_md=retrieval_markdown(rows, support_threshold),
         questions=questions,
         questions_md=per_question_markdown(questions, cells),
         sampled_cells=sampled_cells,
         sampled_pairs=sampled_pairs,
         sampled_md=sampled_md,
         mismatched_rows=context_mismatches(records),
+        metric=metric,
     )
 
 
@@ -315,7 +434,7 @@ def regressions(previous: dict[str, Any], rows: list[dict[str, Any]]) -> list[di
 def accuracy_chart(
     rows: list[dict[str, Any]], models: list[str], contexts: list[str], path: Path
 ) -> Path:
-    """Grouped bars of accuracy with 95% CI error bars, saved as PNG."""
+    """Grouped bars of the headline metric with 95% CI error bars, saved as PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -339,7 +458,7 @@ def accuracy_chart(
         ax.bar(xs, ys, width, yerr=err, capsize=3, label=c)
     ax.axhline(25, color="grey", linestyle=":", linewidth=1, label="chance (25%)")
     ax.set_xticks(range(len(models)), models)
-    ax.set_ylabel("accuracy (%)")
+    ax.set_ylabel(f"{rows[0]['metric'] if rows else 'acc'} (%)")
     ax.set_ylim(0, 100)
     ax.set_title("MCQ accuracy with 95% Wilson intervals")
     ax.legend()

@@ -4,6 +4,8 @@ Every cell answers the same questions, so two cells are compared question by que
 McNemar test on the discordant pairs, a paired bootstrap interval of the accuracy difference
 (resampling questions, never reruns), and the smallest difference this many questions could
 detect. Reruns of the same questions are not independent evidence; only more questions are.
+Testing many pairs makes some look significant by chance: the comparisons an analysis is about
+form one family, Holm-corrected together, and every other pair is labelled exploratory.
 """
 
 from __future__ import annotations
@@ -91,69 +93,134 @@ def minimum_detectable_difference(
     return hi
 
 
+def holm_adjust(p_values: list[float]) -> list[float]:
+    """Holm-adjusted p-values of one family of tests (step-down Bonferroni).
+
+    The smallest p is multiplied by the family's size m, the next by m - 1, and so on, each kept
+    at least as large as the one before and at most 1; rejecting where the adjusted p is below
+    alpha keeps the chance of any false positive in the family at most alpha.
+
+    Args:
+        p_values: The family's raw p-values, in any order.
+
+    Returns:
+        The adjusted p-values, in the same order.
+    """
+    from statsmodels.stats.multitest import multipletests
+
+    if not p_values:
+        return []
+    return [float(p) for p in multipletests(p_values, method="holm")[1]]
+
+
 def paired_comparisons(
-    cells: dict[str, dict[str, bool]], alpha: float = 0.05, n_boot: int = 10_000
+    cells: dict[str, dict[str, bool]],
+    alpha: float = 0.05,
+    n_boot: int = 10_000,
+    family: list[tuple[str, str]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Every pair of cells compared on the questions both answered.
+    """Pairs of cells compared on the questions both answered.
 
     Args:
         cells: ``{cell name: {question id: is_correct}}``.
-        alpha: Significance level for the label.
+        alpha: Significance level for the verdict.
         n_boot: Bootstrap resamples.
+        family: The comparisons the analysis is about, each ``(a, b)`` oriented as given and
+            Holm-corrected together; every other pair is exploratory (p uncorrected). None puts
+            every pair in the family. Pairs naming a missing cell are left out.
 
     Returns:
-        One row per pair: accuracies, difference, discordant counts, McNemar p, bootstrap CI,
-        the minimum detectable difference and ``significant``.
+        The family's rows, then the exploratory ones. Each: accuracies, difference, discordant
+        counts, McNemar p, bootstrap CI, the minimum detectable difference, ``family``
+        (``headline`` or ``exploratory``), ``holm_p`` (None when exploratory) and
+        ``significant`` (``holm_p < alpha`` in the family, the raw ``p < alpha`` otherwise).
     """
+    pairs = list(combinations(cells, 2)) if family is None else family
+    headline = [(a, b) for a, b in dict.fromkeys(pairs) if a in cells and b in cells]
+    chosen = {frozenset(p) for p in headline}
+    others = [p for p in combinations(cells, 2) if frozenset(p) not in chosen]
     rows = []
-    for name_a, name_b in combinations(cells, 2):
-        shared = sorted(set(cells[name_a]) & set(cells[name_b]))
-        if not shared:
-            continue
-        a = [cells[name_a][q] for q in shared]
-        b = [cells[name_b][q] for q in shared]
-        only_a = sum(x and not y for x, y in zip(a, b, strict=True))
-        only_b = sum(y and not x for x, y in zip(a, b, strict=True))
-        n = len(shared)
-        p = mcnemar_exact(only_a, only_b)
-        lo, hi = paired_bootstrap_ci(a, b, n_boot=n_boot)
-        rows.append(
-            {
-                "a": name_a,
-                "b": name_b,
-                "n": n,
-                "accuracy_a": sum(a) / n,
-                "accuracy_b": sum(b) / n,
-                "difference": (sum(a) - sum(b)) / n,
-                "only_a": only_a,
-                "only_b": only_b,
-                "mcnemar_p": p,
-                "diff_ci_low": lo,
-                "diff_ci_high": hi,
-                "mde": minimum_detectable_difference(n, (only_a + only_b) / n),
-                "significant": p < alpha,
-            }
-        )
+    for kind, group in (("headline", headline), ("exploratory", others)):
+        compared = [r for a, b in group if (r := _paired_row(cells, a, b, n_boot)) is not None]
+        adjusted = holm_adjust([r["mcnemar_p"] for r in compared]) if kind == "headline" else []
+        for i, row in enumerate(compared):
+            row["family"] = kind
+            row["holm_p"] = adjusted[i] if adjusted else None
+            row["significant"] = (adjusted[i] if adjusted else row["mcnemar_p"]) < alpha
+        rows += compared
     return rows
 
 
-def comparisons_markdown(rows: list[dict[str, Any]]) -> str:
-    """The paired comparisons as a table, with an explicit "not significant" label."""
-    out = (
-        "| A vs B | n | acc A | acc B | A − B [95% bootstrap CI] | only A / only B "
-        "| exact McNemar p | min. detectable diff. | verdict |\n"
-        "|---|---:|---:|---:|---|---:|---:|---:|---|\n"
-    )
-    for r in rows:
-        verdict = "significant" if r["significant"] else "not significant"
+def _paired_row(
+    cells: dict[str, dict[str, bool]], name_a: str, name_b: str, n_boot: int
+) -> dict[str, Any] | None:
+    shared = sorted(set(cells[name_a]) & set(cells[name_b]))
+    if not shared:
+        return None
+    a = [cells[name_a][q] for q in shared]
+    b = [cells[name_b][q] for q in shared]
+    only_a = sum(x and not y for x, y in zip(a, b, strict=True))
+    only_b = sum(y and not x for x, y in zip(a, b, strict=True))
+    n = len(shared)
+    lo, hi = paired_bootstrap_ci(a, b, n_boot=n_boot)
+    return {
+        "a": name_a,
+        "b": name_b,
+        "n": n,
+        "accuracy_a": sum(a) / n,
+        "accuracy_b": sum(b) / n,
+        "difference": (sum(a) - sum(b)) / n,
+        "only_a": only_a,
+        "only_b": only_b,
+        "mcnemar_p": mcnemar_exact(only_a, only_b),
+        "diff_ci_low": lo,
+        "diff_ci_high": hi,
+        "mde": minimum_detectable_difference(n, (only_a + only_b) / n),
+    }
+
+
+def comparisons_markdown(rows: list[dict[str, Any]], metric: str = "acc") -> str:
+    """The paired comparisons as two tables: the headline family with raw and Holm-adjusted p
+    (verdict from the adjusted one), then the exploratory pairs, uncorrected and labelled so."""
+    headline = [r for r in rows if r.get("family", "headline") == "headline"]
+    exploratory = [r for r in rows if r.get("family") == "exploratory"]
+    out = ""
+    if headline:
         out += (
-            f"| {r['a']} vs {r['b']} | {r['n']} | {100 * r['accuracy_a']:.1f}% | "
-            f"{100 * r['accuracy_b']:.1f}% | {100 * r['difference']:+.1f} pts "
-            f"[{100 * r['diff_ci_low']:+.1f}, {100 * r['diff_ci_high']:+.1f}] | "
-            f"{r['only_a']} / {r['only_b']} | {r['mcnemar_p']:.3f} | "
-            f"{_pts(r['mde'])} | {verdict} |\n"
+            f"**Headline comparisons** ({len(headline)}, Holm-corrected together; the verdict "
+            "is from the adjusted p):\n\n" + _comparisons_head(metric, holm=True)
         )
+        for r in headline:
+            verdict = "significant" if r["significant"] else "not significant"
+            out += _comparison_line(r, f"{r['holm_p']:.3f} | ", verdict)
+    if exploratory:
+        out += (
+            f"\n**Exploratory comparisons** ({len(exploratory)}, every other pair; p not "
+            "corrected for multiplicity: a small p here is a lead to test on new questions, not "
+            "a finding):\n\n" + _comparisons_head(metric, holm=False)
+        )
+        for r in exploratory:
+            verdict = "p < 0.05 uncorrected" if r["significant"] else "not significant"
+            out += _comparison_line(r, "", verdict)
     return out
+
+
+def _comparisons_head(metric: str, holm: bool) -> str:
+    return (
+        f"| A vs B | n | {metric} A | {metric} B | A − B [95% bootstrap CI] | only A / only B "
+        f"| exact McNemar p | {'Holm-adjusted p | ' if holm else ''}min. detectable diff. "
+        f"| verdict |\n|---|---:|---:|---:|---|---:|---:|{'---:|' if holm else ''}---:|---|\n"
+    )
+
+
+def _comparison_line(r: dict[str, Any], holm: str, verdict: str) -> str:
+    return (
+        f"| {r['a']} vs {r['b']} | {r['n']} | {100 * r['accuracy_a']:.1f}% | "
+        f"{100 * r['accuracy_b']:.1f}% | {100 * r['difference']:+.1f} pts "
+        f"[{100 * r['diff_ci_low']:+.1f}, {100 * r['diff_ci_high']:+.1f}] | "
+        f"{r['only_a']} / {r['only_b']} | {r['mcnemar_p']:.3f} | {holm}"
+        f"{_pts(r['mde'])} | {verdict} |\n"
+    )
 
 
 def _pts(value: float) -> str:

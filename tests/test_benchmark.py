@@ -8,7 +8,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from ragft_dagster.mcq import Question, load_questions, parse_letter, supporting_chunks
+from ragft_dagster.mcq import Question, Support, answer_support, load_questions, parse_letter
 from ragft_dagster.report import build_report, regressions
 from ragft_dagster.stats import sampled_cell, sampled_pair
 
@@ -78,15 +78,19 @@ def _q(question, options, correct="A", source=None):
 
 
 def test_supporting_chunk_is_the_one_holding_the_answer_for_this_question():
+    # Support is graded now (issue 13, item 8): the best chunk comes with its coverage, where
+    # it used to be all-or-nothing (an empty list here, now coverage 0).
     chunks = [
         {"id": "c1", "doc": "a.md", "text": "The embedding dimension is 64 in the tiny model."},
         {"id": "c2", "doc": "b.md", "text": "Hidden size of the tiny models is 64 wide."},
         {"id": "c3", "doc": "b.md", "text": "Nothing relevant here."},
     ]
     q = _q("How wide is the hidden state of tiny models?", ("64", "32", "16", "8"))
-    assert supporting_chunks(q, chunks) == ["c2"]
-    assert supporting_chunks(_q(q.question, q.options, source="a.md"), chunks) == ["c1"]
-    assert supporting_chunks(_q("Where?", ("nowhere at all", "b", "c", "d")), chunks) == []
+    assert answer_support(q, chunks) == Support(["c2"], 1.0)
+    assert answer_support(_q(q.question, q.options, source="a.md"), chunks) == Support(["c1"], 1.0)
+    assert answer_support(_q("Where?", ("nowhere at all", "b", "c", "d")), chunks) == Support(
+        [], 0.0
+    )
 
 
 def test_sampled_statistics_against_hand_computed_values():

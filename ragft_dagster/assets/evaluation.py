@@ -61,7 +61,8 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[Any
         llm: LlmEndpointResource,
     ) -> dg.MaterializeResult:
         """Per-question multiple-choice results of one model, closed-book or with RAG: local
-        models by log-likelihood (acc, acc_norm), API models by the letter they answer."""
+        models by log-likelihood (acc: the letter; acc_norm, acc_option: the option text), API
+        models by the letter they answer."""
         keys = partitions.get_partition_key_from_str(context.partition_key).keys_by_dimension
         model_key, ctx = keys["model"], keys["context"]
         layout = artifacts.layout()
@@ -95,12 +96,15 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[Any
             "correct": row["correct"],
             "invalid_answers": row["invalid"],
         }
-        if not math.isnan(row["acc_norm"]):
-            metadata["acc_norm"] = row["acc_norm"]
+        for name in ("acc_norm", "acc_option"):
+            if not math.isnan(row[name]):
+                metadata[name] = row[name]
         if not math.isnan(row["mean_letter_mass"]):
             metadata["mean_letter_mass"] = row["mean_letter_mass"]
-        if ctx == "rag" and not math.isnan(row["retrieval_hit_rate"]):
-            metadata["retrieval_hit_rate"] = row["retrieval_hit_rate"]
+        if ctx == "rag":
+            metadata["answer_located"] = row["answer_located"]
+            if not math.isnan(row["retrieval_hit_rate"]):
+                metadata["retrieval_hit_rate"] = row["retrieval_hit_rate"]
         if ev.sampling.rounds:
             sampled = sampled_cell(
                 {r["question_id"]: [s == r["correct"] for s in r["samples"]] for r in records}
@@ -118,8 +122,9 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[Any
                 }
             )
         columns = ["row", "correct", "predicted", "is_correct", "predicted_norm"]
+        columns += ["predicted_option"]
         columns += ["reply"] if stats is not None else ["mass"]
-        columns += ["retrieval_hit"] if ctx == "rag" else []
+        columns += ["support_coverage", "retrieval_hit"] if ctx == "rag" else []
         metadata["per_question"] = preview_table(records, columns, limit=50)
         return dg.MaterializeResult(metadata=metadata)
 
@@ -128,11 +133,13 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[Any
         deps=[dg.AssetDep(mcq_scores, partition_mapping=dg.AllPartitionMapping())],
         group_name="evaluation",
         kinds={"pandas", "matplotlib"},
-        code_version=recipe.section_version("evaluation"),
+        # the headline metric is left out of mcq_scores' version (choosing it re-scores nothing)
+        code_version=recipe.section_version("evaluation", "evaluation.headline_metric"),
     )
     def mcq_report(artifacts: ArtifactStoreResource) -> dg.MaterializeResult:
-        """Accuracy per model x context with 95% intervals, paired tests, retrieval vs.
-        generation failures, a per-question table and a chart."""
+        """Accuracy per model x context with 95% intervals, paired tests (the method's
+        comparisons Holm-corrected, the rest exploratory), retrieval vs. generation failures, a
+        per-question table and a chart."""
         layout = artifacts.layout()
         models, contexts = ev.all_models, [str(c) for c in ev.contexts]
         cells = [(m, c) for m in models for c in contexts]
@@ -147,6 +154,8 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[Any
             models,
             contexts,
             n_boot=ev.bootstrap_samples,
+            metric=ev.headline_metric,
+            support_threshold=ev.support_threshold,
         )
         rows = report.rows
         with atomic_dir(layout.report) as tmp:
@@ -167,13 +176,17 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[Any
             "path": dg.MetadataValue.path(str(layout.report)),
             "comparison": dg.MetadataValue.md(report.table_md),
             "paired_comparisons": dg.MetadataValue.md(report.comparisons_md),
-            "significant_pairs": sum(1 for r in report.pairs if r["significant"]),
+            "headline_metric": ev.headline_metric,
+            # the headline family's verdicts (Holm); exploratory pairs are not findings
+            "significant_pairs": sum(
+                1 for r in report.pairs if r["family"] == "headline" and r["significant"]
+            ),
             "per_question": dg.MetadataValue.md(report.questions_md),
             "context_mismatched_rows": len(report.mismatched_rows),
             "summary": preview_table(
                 rows,
-                ["model", "context", "n", "correct", "accuracy", "ci_low", "ci_high"]
-                + ["acc_norm", "acc_norm_ci_low", "acc_norm_ci_high", "invalid"],
+                ["model", "context", "metric", "n", "correct", "accuracy", "ci_low", "ci_high"]
+                + ["acc", "acc_norm", "acc_option", "invalid"],
                 limit=len(rows),
             ),
             "chart": dg.MetadataValue.md(f"![accuracy](data:image/png;base64,{png})"),
@@ -187,8 +200,9 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[Any
             metadata[f"accuracy_{cell}"] = r["accuracy"]
             metadata[f"ci_low_{cell}"] = r["ci_low"]
             metadata[f"ci_high_{cell}"] = r["ci_high"]
-            if not math.isnan(r["acc_norm"]):
-                metadata[f"acc_norm_{cell}"] = r["acc_norm"]
+            for name in ("acc", "acc_norm", "acc_option"):
+                if not math.isnan(r[name]):
+                    metadata[f"{name}_{cell}"] = r[name]
         return dg.MaterializeResult(metadata=metadata)
 
     @dg.asset_check(
@@ -209,7 +223,19 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[Any
                 metadata={"compared_with": "nothing (first report)"},
             )
         previous = history[1].asset_materialization
-        dropped = regressions(_numeric(dict(previous.metadata)) if previous else {}, rows)
+        before = dict(previous.metadata) if previous else {}
+        # reports before headline_metric existed headlined acc
+        metric = before["headline_metric"].value if "headline_metric" in before else "acc"
+        if metric != ev.headline_metric:
+            return dg.AssetCheckResult(
+                passed=True,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={
+                    "compared_with": f"nothing (the previous report's headline was {metric}, "
+                    f"this one's is {ev.headline_metric})"
+                },
+            )
+        dropped = regressions(_numeric(before), rows)
         return dg.AssetCheckResult(
             passed=not dropped,
             severity=dg.AssetCheckSeverity.WARN,
