@@ -349,6 +349,9 @@ class ArtifactLayout:
     def scores(self, model: str, context: str) -> Path:
         return self.root / "scores" / f"{model}__{context}.jsonl"
 
+    def general_scores(self, model: str) -> Path:
+        return self.root / "general_scores" / f"{model}.jsonl"
+
     @property
     def report(self) -> Path:
         return self.root / "report"

@@ -200,12 +200,19 @@ def run_pipeline(
     if index_ran and not run("index_job"):
         return result
     ev = recipe.evaluation
-    cells = [f"{c}|{m}" for m in ev.models for c in ev.contexts]
+    # API models are cells too (they were left out, so their cells were never scored)
+    cells = [f"{c}|{m}" for m in ev.all_models for c in ev.contexts]
     scored = [k for k in cells if due("evaluation_job", models_ran or training_ran or index_ran, k)]
     for key in scored:
         if not run("evaluation_job", key):
             return result
-    if due("report_job", bool(scored)) and not run("report_job"):
+    general = []
+    if "general_job" in selections:
+        general = [m for m in ev.models if due("general_job", models_ran or training_ran, m)]
+    for key in general:
+        if not run("general_job", key):
+            return result
+    if due("report_job", bool(scored or general)) and not run("report_job"):
         return result
     # After the report, so the exported model card quotes fresh figures (recipe export.enabled).
     if due("export_job", models_ran or training_ran) and not run("export_job"):

@@ -51,6 +51,15 @@ class ComputeSettings:
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
 
+    def _flush_denormals(self) -> None:
+        # Fine-tuning drives many fp32 values into the denormal range, where x86 arithmetic is
+        # an order of magnitude slower: flushing them to zero roughly halved a SmolLM2 training
+        # step on 2 cores. Set per process, before the math starts.
+        import torch
+
+        if self.torch_device() == "cpu":
+            torch.set_flush_denormal(True)
+
     def cpu_autocast(self) -> bool:
         """bfloat16 autocast over float32 weights: ``dtype: auto`` on a CPU with native bf16.
         The weights (and the optimizer's updates) stay float32, so small learning rates are
@@ -62,6 +71,7 @@ class ComputeSettings:
         bfloat16 where :meth:`cpu_autocast` would train in it, else :meth:`torch_dtype`."""
         import torch
 
+        self._flush_denormals()
         return torch.bfloat16 if self.cpu_autocast() else self.torch_dtype()
 
     def run_identity(self) -> dict[str, Any]:
@@ -75,9 +85,11 @@ class ComputeSettings:
         }
 
     def trainer_args(self) -> dict[str, Any]:
-        """Precision/device fields for trl configs; recipe args may override them."""
+        """Precision/device fields for trl configs; recipe args may override them (flushes
+        denormals on a CPU: this process is about to train)."""
         import torch
 
+        self._flush_denormals()
         on_cpu = self.torch_device() == "cpu"
         dtype = self.torch_dtype()
         args = {

@@ -49,6 +49,13 @@ def job_selections(recipe: Recipe) -> dict[str, list[str]]:
     jobs = dict(JOB_SELECTIONS)
     if recipe.specialist is not None:
         jobs["model_job"] = ["specialist_model", *jobs["model_job"]]
+    if recipe.general_questions_path is not None and recipe.evaluation.models:
+        # partitioned by model alone: its own job, before the report
+        jobs = {
+            **{k: v for k, v in jobs.items() if k != "report_job"},
+            "general_job": ["general_scores"],
+            "report_job": jobs["report_job"],
+        }
     if recipe.export.enabled:
         jobs["export_job"] = ["exported_model"]
     return jobs

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, ExitStack
+from pathlib import Path
 from typing import Any
 
 from ragft_dagster.artifacts import ArtifactLayout
@@ -374,6 +375,54 @@ def annotate_support(
         rec["retrieval_hit"] = bool(set(shown) & set(support)) if support else None
         rec["support_rank"] = min(ranks) if ranks else None
         rec["ranked_to"] = max(depth, len(shown)) if ranked is not None else len(shown)
+
+
+def evaluate_general(
+    recipe: Recipe, layout: ArtifactLayout, model_key: str, *, compute: ComputeSettings
+) -> list[dict[str, Any]]:
+    """Score one local model on the general-capability set, closed-book, exactly as the
+    benchmark's closed-book cells are scored (same prompt, same scorer).
+
+    Returns:
+        Per-question records (see :func:`score_cell`), each with its ``category`` column
+        (e.g. ``general`` or ``arithmetic``) when the CSV has one.
+    """
+    path = recipe.general_questions_path
+    if path is None:
+        raise ValueError("evaluation.general_questions is off; nothing to score")
+    ev = recipe.evaluation
+    questions = load_questions(path)
+    hits: list[list[dict[str, Any]]] = [[] for _ in questions]
+    messages = question_messages(
+        questions,
+        hits,
+        system_prompt=ev.system_prompt,
+        user_template=ev.user_template,
+        context_template=ev.context_template,
+    )
+    model, tokenizer = load_recipe_model(recipe, layout, model_key, compute)
+    records = score_local(
+        questions,
+        hits,
+        messages,
+        model,
+        tokenizer,
+        batch_size=ev.batch_size,
+        device=compute.torch_device(),
+    )
+    for record, category in zip(records, _categories(path, len(questions)), strict=True):
+        record["category"] = category
+    return records
+
+
+def _categories(path: Path, n: int) -> list[str | None]:
+    """The optional ``category`` column, row by row (load_questions has checked the file)."""
+    import csv
+
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if any((v or "").strip() for v in r.values())]
+    values = [(r.get("category") or "").strip() or None for r in rows]
+    return values if len(values) == n else [None] * n
 
 
 def model_paths(recipe: Recipe, layout: ArtifactLayout, model_key: str) -> tuple[str, str | None]:

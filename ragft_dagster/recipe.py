@@ -64,6 +64,10 @@ Answer:"""
 SPECIALIST_REF = "specialist:"
 """Prefix of a merge input that is the recipe's derived specialist (``specialist:<name>``)."""
 
+BUILTIN_GENERAL = "builtin"
+GENERAL_SET = Path(__file__).resolve().parent / "evaluation_data" / "general_mcq.csv"
+"""The shipped general-capability set (written for this project; see its README)."""
+
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
 
 
@@ -412,6 +416,11 @@ class EvaluationRecipe(_Section):
     """Share of the correct option's content words a chunk must hold to count as holding the
     answer, for the retrieval diagnostics; 1 means every word, which options that paraphrase
     the docs rarely meet."""
+    general_questions: str | None = BUILTIN_GENERAL
+    """The general-capability set every local model is also scored on, closed-book, the same
+    way (``general_scores``): forgetting and a merge's skill gain made visible. ``builtin``:
+    80 general and arithmetic questions shipped in ragft_dagster/evaluation_data/; or a CSV in
+    the benchmark's format relative to the recipe; null: off."""
 
     # Adding a model or a context adds partitions; it must not make the existing cells stale.
     # The headline metric is the report's choice (its own code version names it).
@@ -543,6 +552,14 @@ class Recipe(_Section):
     def questions_path(self) -> Path:
         return self.resolve(self.evaluation.questions)
 
+    @property
+    def general_questions_path(self) -> Path | None:
+        """The general-capability set, or None when ``evaluation.general_questions`` is off."""
+        name = self.evaluation.general_questions
+        if name is None:
+            return None
+        return GENERAL_SET if name == BUILTIN_GENERAL else self.resolve(name)
+
     def dpo_dataset_path(self) -> Path | None:
         """The local preference file, or None when ``dpo.dataset`` is a hub id."""
         if self.dpo.dataset.endswith(DATA_SUFFIXES) or self.dpo.dataset.startswith((".", "/")):
@@ -635,6 +652,9 @@ def _missing_files(recipe: Recipe) -> list[tuple[str, str]]:
     if not questions.is_file():
         what = "is a folder, not a CSV file" if questions.exists() else "file not found"
         problems.append(("evaluation.questions", f"{what}: {questions}"))
+    general = recipe.general_questions_path
+    if general is not None and not general.is_file():
+        problems.append(("evaluation.general_questions", f"file not found: {general}"))
     dpo_path = recipe.dpo_dataset_path()
     if dpo_path is not None and not dpo_path.is_file():
         problems.append(("dpo.dataset", f"file not found: {dpo_path}"))

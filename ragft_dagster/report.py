@@ -467,3 +467,83 @@ def accuracy_chart(
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def general_report(
+    general: dict[str, list[dict[str, Any]]],
+    docs_rows: list[dict[str, Any]],
+    models: list[str],
+    metric: str = "acc",
+    n_boot: int = 10_000,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
+    """Forgetting and skill gain: every local model's docs score beside its general score.
+
+    The general-capability set is scored closed-book like the benchmark; each stage is compared
+    with the one before it on the same general questions (merged vs. base: what the merge
+    gained or lost; dpo vs. merged; sft vs. dpo: what fine-tuning on the docs cost), the pairs
+    Holm-corrected together.
+
+    Args:
+        general: Each model's general-capability records (``category`` per question).
+        docs_rows: :func:`summarise_scores` rows of the benchmark.
+        models: Row order (local models only are scored on the general set).
+        metric: The headline metric.
+        n_boot: Bootstrap resamples per comparison.
+
+    Returns:
+        (summary rows per model and category, paired comparisons, markdown).
+    """
+    scored = [m for m in models if m in general]
+    if not scored:
+        return [], [], ""
+    field = METRICS[metric][0]
+    categories = sorted({r.get("category") for recs in general.values() for r in recs} - {None})
+    groups = {"all": None, **{c: c for c in categories}}
+    rows = []
+    for m in scored:
+        for name, category in groups.items():
+            recs = [r for r in general[m] if category is None or r.get("category") == category]
+            row = summarise_scores({(m, "general"): recs}, metric)[0]
+            rows.append({**row, "category": name})
+    stages = [m for m in LOCAL_MODELS if m in scored]
+    family = [(later, earlier) for earlier, later in pairwise(stages)]
+    pairs = paired_comparisons(
+        {m: {r["question_id"]: bool(r[field]) for r in general[m]} for m in scored},
+        n_boot=n_boot,
+        family=family,
+    )
+    pairs = [p for p in pairs if p["family"] == "headline"]
+    docs = {(r["model"], r["context"]): r for r in docs_rows}
+    cell = {(r["model"], r["category"]): r for r in rows}
+
+    def fmt(r: dict[str, Any] | None) -> str:
+        if r is None:
+            return "–"
+        return f"{_pct(r['accuracy'])} [{_whole(r['ci_low'])}–{_whole(r['ci_high'])}]"
+
+    n = cell[(scored[0], "all")]["n"]
+    out = (
+        f"Each local model on this project's docs benchmark and on the general-capability set "
+        f"({n} questions: {', '.join(categories) or 'uncategorised'}; closed-book, scored like "
+        f"the benchmark), {metric} with 95% Wilson intervals. A merge that adds a skill shows "
+        "in the arithmetic column; forgetting shows as a general score that falls from one "
+        "stage to the next.\n\n"
+        "| model | docs closed-book | docs RAG | general set | "
+        + " | ".join(categories)
+        + " |\n|---|---|---|---|"
+        + "---|" * len(categories)
+        + "\n"
+    )
+    for m in scored:
+        out += (
+            f"| {m} | {fmt(docs.get((m, 'closed_book')))} | {fmt(docs.get((m, 'rag')))} | "
+            f"{fmt(cell[(m, 'all')])} | "
+            + " | ".join(fmt(cell.get((m, c))) for c in categories)
+            + " |\n"
+        )
+    if pairs:
+        out += (
+            "\nEach stage vs. the one before it on the general set (same questions; Holm-"
+            "corrected together):\n\n" + comparisons_markdown(pairs, metric)
+        )
+    return rows, pairs, out

@@ -78,3 +78,55 @@ def test_rag_cell_ranks_the_answer_chunk_beyond_the_prompts_top_k(tmp_path):
             assert r["support"] == [] and r["support_coverage"] < 0.6
     # MiniLM ranks some answer chunks 4th-10th here: found only by the deeper retrieval
     assert any((r["support_rank"] or 0) > retrieval.top_k for r in records)
+
+
+def test_general_scores_asset_scores_the_shipped_set_by_category(tmp_path):
+    """general_scores[base] on the tiny base model: the 80 shipped questions, closed-book, each
+    record with its category; accuracy per category in the metadata."""
+    import dagster as dg
+
+    from ragft_dagster.artifacts import ArtifactLayout, read_jsonl
+    from ragft_dagster.assets import build_all_assets
+    from ragft_dagster.definitions import build_resources
+    from ragft_dagster.profile import load_profile
+    from ragft_dagster.recipe import GENERAL_SET, load_recipe
+
+    from .conftest import LOCAL_PROFILE
+
+    recipe = load_recipe(write_recipe(tmp_path))
+    assert recipe.general_questions_path == GENERAL_SET
+    root = tmp_path / "artifacts"
+    result = dg.materialize(
+        build_all_assets(recipe),
+        resources=build_resources(recipe, load_profile(LOCAL_PROFILE), root),
+        instance=dg.DagsterInstance.ephemeral(),
+        selection="general_scores",
+        partition_key="base",
+    )
+    meta = result.asset_materializations_for_node("general_scores")[0].metadata
+    records = read_jsonl(ArtifactLayout(root).general_scores("base"))
+    assert meta["questions"].value == len(records) == 80
+    assert {r["category"] for r in records} == {"general", "arithmetic"}
+    assert all(not r["retrieved"] for r in records)  # closed-book
+    arithmetic = [r["is_correct"] for r in records if r["category"] == "arithmetic"]
+    assert meta["accuracy_arithmetic"].value == sum(arithmetic) / len(arithmetic)
+
+
+def test_general_questions_can_be_switched_off_or_replaced(tmp_path):
+    from ragft_dagster.definitions import job_selections
+    from ragft_dagster.recipe import RecipeError, load_recipe
+
+    off = load_recipe(
+        write_recipe(tmp_path, lambda raw: raw["evaluation"].update(general_questions=None))
+    )
+    assert off.general_questions_path is None and "general_job" not in job_selections(off)
+    try:
+        load_recipe(
+            write_recipe(
+                tmp_path, lambda raw: raw["evaluation"].update(general_questions="mine.csv")
+            )
+        )
+    except RecipeError as exc:
+        assert "evaluation.general_questions" in str(exc) and "mine.csv" in str(exc)
+    else:
+        raise AssertionError("a missing general set must fail at recipe load")

@@ -158,9 +158,7 @@ def test_exported_model_serves_the_adapter_without_peft(tmp_path, root, adapter)
     assert meta["path"].value == str(out)
     assert meta["parameters"].value == sum(p.numel() for p in exported.parameters())
     assert meta["size_mb"].value > 0 and meta["shards"].value == len(shards)
-    assert meta["dtype"].value == "float32" and meta["served_model_name"].value == (
-        "ragft-tiny"
-    )
+    assert meta["dtype"].value == "float32" and meta["served_model_name"].value == ("ragft-tiny")
     assert "vllm serve" in meta["serve"].value
 
 

@@ -138,7 +138,9 @@ def test_downstream_updates_once_after_a_document_run(tmp_path):
     defs = build_definitions(recipe, artifact_root=tmp_path / "a")
     graph = defs.resolve_asset_graph()
     cells = graph.get(dg.AssetKey("mcq_scores")).partitions_def.get_partition_keys()
+    models = graph.get(dg.AssetKey("general_scores")).partitions_def.get_partition_keys()
     automated = ["sft_dataset", "vector_index", "lora_adapter", "mcq_scores", "mcq_report"]
+    automated.append("general_scores")
     for key in graph.get_all_asset_keys():
         has = graph.get(key).automation_condition is not None
         assert has == (key.to_user_string() in automated), key
@@ -149,6 +151,7 @@ def test_downstream_updates_once_after_a_document_run(tmp_path):
         for asset in ("doc_chunks", "synthetic_qa"):
             _report(instance, asset, DOCS)
         _report(instance, "mcq_scores", cells)
+        _report(instance, "general_scores", models)
         _report(instance, "mcq_report", [None])
 
         start = dg.evaluate_automation_conditions(defs=defs, instance=instance)
@@ -173,9 +176,10 @@ def test_downstream_updates_once_after_a_document_run(tmp_path):
         for asset in ("sft_dataset", "vector_index", "lora_adapter"):
             _report(instance, asset, [None])
         cursor, requested = tick(cursor)
-        assert requested == {"mcq_scores": set(cells)}
+        assert requested == {"mcq_scores": set(cells), "general_scores": set(models)}
         # ... then the report; and once all is done, nothing more: no double runs.
         _report(instance, "mcq_scores", cells)
+        _report(instance, "general_scores", models)
         cursor, requested = tick(cursor)
         assert requested == {"mcq_report": {None}}
         _report(instance, "mcq_report", [None])

@@ -24,6 +24,7 @@ ALL_ASSETS = {
     "lora_adapter",
     "vector_index",
     "mcq_scores",
+    "general_scores",
     "mcq_report",
 }
 
@@ -43,8 +44,10 @@ def test_definitions_load_with_the_asset_graph():
     assert parents["synthetic_qa"] == {"doc_chunks"}
     assert parents["lora_adapter"] == {"dpo_model", "sft_dataset"}
     assert parents["vector_index"] == {"doc_chunks"}
-    assert parents["mcq_report"] == {"mcq_scores"}
-    for name in ("specialist_model", "merged_model", "dpo_model", "lora_adapter", "mcq_scores"):
+    assert parents["mcq_report"] == {"mcq_scores", "general_scores"}
+    assert parents["general_scores"] == {"merged_model", "dpo_model", "lora_adapter"}
+    gpu_bound = ("specialist_model", "merged_model", "dpo_model", "lora_adapter")
+    for name in (*gpu_bound, "mcq_scores", "general_scores"):
         assert graph.get(dg.AssetKey(name)).pools == {"gpu"}
     for name in JOB_SELECTIONS:
         assert defs.resolve_job_def(name)

@@ -229,7 +229,7 @@ def test_gpu_steps_of_the_k8s_definitions_carry_the_gpu_request():
     for key in graph.get_all_asset_keys():
         tags = graph.get(key).assets_def.op.tags
         tagged[key.to_user_string()] = K8S_CONFIG_TAG in tags
-    gpu_steps = {"merged_model", "dpo_model", "lora_adapter", "mcq_scores"}
+    gpu_steps = {"merged_model", "dpo_model", "lora_adapter", "mcq_scores", "general_scores"}
     assert {name for name, has in tagged.items() if has} == gpu_steps
     config = graph.get(dg.AssetKey("lora_adapter")).assets_def.op.tags[K8S_CONFIG_TAG]
     config = json.loads(config) if isinstance(config, str) else config

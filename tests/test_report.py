@@ -218,7 +218,7 @@ def test_report_asset_headlines_the_recipe_metric_and_counts_only_headline_verdi
             write_recipe(
                 tmp_path / metric,
                 lambda raw, m=metric: raw["evaluation"].update(
-                    models=["base", "sft"], headline_metric=m
+                    models=["base", "sft"], headline_metric=m, general_questions=None
                 ),
             )
         )
@@ -242,3 +242,42 @@ def test_report_asset_headlines_the_recipe_metric_and_counts_only_headline_verdi
     assert "Exploratory comparisons" in option["paired_comparisons"].value
     # the previous report headlined acc: its figures are not compared with acc_norm ones
     assert check.passed and "headline was acc" in check.metadata["compared_with"].value
+
+
+def _general(i: int, correct: bool, category: str) -> dict:
+    return {
+        "question_id": f"g{i}",
+        "row": i + 1,
+        "category": category,
+        "correct": "A",
+        "predicted": "A" if correct else "B",
+        "is_correct": correct,
+    }
+
+
+def test_general_report_sets_docs_beside_general_scores_and_tests_each_stage():
+    from ragft_dagster.report import general_report
+
+    n = 40  # 20 general, 20 arithmetic questions
+    cats = ["general" if i % 2 else "arithmetic" for i in range(n)]
+    right = {  # the merge learns arithmetic; sft forgets general knowledge
+        "base": lambda i: i < 20,
+        "merged": lambda i: i < 20 or cats[i] == "arithmetic",
+        "sft": lambda i: cats[i] == "arithmetic",
+    }
+    general = {m: [_general(i, f(i), cats[i]) for i in range(n)] for m, f in right.items()}
+    docs = summarise_scores(
+        {("base", "closed_book"): [_record(i, "A", "A", "A", "A") for i in range(10)]}
+    )
+    rows, pairs, md = general_report(general, docs, ["base", "merged", "dpo", "sft"], n_boot=200)
+    acc = {(r["model"], r["category"]): r["accuracy"] for r in rows}
+    assert acc[("base", "all")] == 0.5 and acc[("merged", "arithmetic")] == 1.0
+    assert acc[("sft", "general")] == 0.0 and acc[("sft", "all")] == 0.5
+    # stages in order, dpo not scored: merged vs base, then sft vs merged
+    assert [(p["a"], p["b"]) for p in pairs] == [("merged", "base"), ("sft", "merged")]
+    assert [p["only_a"] for p in pairs] == [10, 0] and [p["only_b"] for p in pairs] == [0, 10]
+    # 10 discordant pairs one way: exact McNemar p = 2 * 0.5**10; Holm doubles the smaller
+    assert math.isclose(pairs[0]["mcnemar_p"], 2 * 0.5**10)
+    assert math.isclose(pairs[0]["holm_p"], 2 * 2 * 0.5**10)
+    assert "| base | 100.0% [" in md and "| arithmetic | general |" in md
+    assert "| dpo |" not in md  # a model without general scores gets no row

@@ -31,9 +31,10 @@ import pytest
 import yaml
 from dagster_graphql import DagsterGraphQLClient
 
-from ragft_dagster.definitions import JOB_SELECTIONS
+from ragft_dagster.definitions import job_selections
+from ragft_dagster.recipe import load_recipe
 
-from .conftest import LOCAL_PROFILE, QUICKSTART_DATA, ROOT, write_recipe
+from .conftest import LOCAL_PROFILE, QUICKSTART_DATA, ROOT, TINY_RECIPE, write_recipe
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Offline-safe: no sandbox (root in CI), no GPU, and none of the browser's own network traffic.
@@ -48,7 +49,8 @@ CHROMIUM_ARGS = [
 ]
 LOCATION = "ragft_dagster"  # [tool.dagster] code_location_name
 REPOSITORY = {"repositoryLocationName": LOCATION, "repositoryName": "__repository__"}
-ALL_ASSETS = sorted({asset for assets in JOB_SELECTIONS.values() for asset in assets})
+JOBS = job_selections(load_recipe(TINY_RECIPE))
+ALL_ASSETS = sorted({asset for assets in JOBS.values() for asset in assets})
 # The whole quickstart: every document and every model x context cell. The run count sets the
 # test's time (each run is a fresh process; the gpu pool runs the scoring cells one at a time).
 DOCS = sorted(p.name for p in (QUICKSTART_DATA / "docs").glob("*.md"))
@@ -413,10 +415,10 @@ def test_ui_graph_materialize_and_the_whole_pipeline_through_graphql(
         {"model_job": [None]},
         {"document_job": list(DOCS)},
         {"training_job": [None], "index_job": [None]},  # independent: launched together
-        {"evaluation_job": cells},
+        {"evaluation_job": cells, "general_job": list(MODELS)},
         {"report_job": [None]},
     ]
-    assert [job for stage in stages for job in stage] == list(JOB_SELECTIONS)
+    assert [job for stage in stages for job in stage] == list(JOBS)
     launched = sum(len(_run_all(dev, stage)) for stage in stages)
 
     # Playwright's driver must never look for (or fetch) a browser of its own.

@@ -10,11 +10,17 @@ import dagster as dg
 
 from ragft_dagster.artifacts import atomic_dir, atomic_write_text, read_jsonl, write_jsonl
 from ragft_dagster.assets._meta import EAGER, TRIGGER_TAG, preview_table
-from ragft_dagster.evaluation import evaluate_cell
+from ragft_dagster.evaluation import evaluate_cell, evaluate_general
 from ragft_dagster.mcq import McqError
 from ragft_dagster.qa_generation import LlmCallError
 from ragft_dagster.recipe import Recipe
-from ragft_dagster.report import accuracy_chart, build_report, regressions, summarise_scores
+from ragft_dagster.report import (
+    accuracy_chart,
+    build_report,
+    general_report,
+    regressions,
+    summarise_scores,
+)
 from ragft_dagster.resources import (
     ArtifactStoreResource,
     ComputeResource,
@@ -128,9 +134,63 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[Any
         metadata["per_question"] = preview_table(records, columns, limit=50)
         return dg.MaterializeResult(metadata=metadata)
 
+    general_path = recipe.general_questions_path
+    general_scores = None
+    if general_path is not None and ev.models:
+        general_partitions = dg.StaticPartitionsDefinition(list(ev.models))
+
+        @dg.asset(
+            automation_condition=EAGER,
+            deps=["merged_model", "dpo_model", "lora_adapter"],
+            partitions_def=general_partitions,
+            group_name="evaluation",
+            pool="gpu",
+            op_tags=dict(gpu_tags or {}),
+            kinds={"pytorch"},
+            code_version=recipe.section_version(
+                "evaluation.general_questions",
+                "evaluation.system_prompt",
+                "evaluation.user_template",
+                "base_model",
+                files=(general_path,),
+            ),
+        )
+        def general_scores(
+            context: dg.AssetExecutionContext,
+            artifacts: ArtifactStoreResource,
+            compute: ComputeResource,
+        ) -> dg.MaterializeResult:
+            """One local model on the general-capability set (general knowledge and arithmetic),
+            closed-book and scored like the benchmark: what merging gains and fine-tuning
+            forgets."""
+            model_key = context.partition_key
+            layout = artifacts.layout()
+            try:
+                records = evaluate_general(recipe, layout, model_key, compute=compute.settings())
+            except McqError as exc:
+                raise dg.Failure(description=f"general_scores[{model_key}]: {exc}") from None
+            path = layout.general_scores(model_key)
+            write_jsonl(path, records)
+            rows, _, _ = general_report({model_key: records}, [], [model_key], ev.headline_metric)
+            metadata: dict[str, Any] = {"path": dg.MetadataValue.path(str(path))}
+            for row in rows:
+                suffix = "" if row["category"] == "all" else f"_{row['category']}"
+                metadata[f"accuracy{suffix}"] = row["accuracy"]
+                metadata[f"ci95_low{suffix}"] = row["ci_low"]
+                metadata[f"ci95_high{suffix}"] = row["ci_high"]
+            metadata["questions"] = len(records)
+            metadata["per_question"] = preview_table(
+                records, ["row", "category", "correct", "predicted", "is_correct"], limit=100
+            )
+            return dg.MaterializeResult(metadata=metadata)
+
+    report_deps: list[Any] = [dg.AssetDep(mcq_scores, partition_mapping=dg.AllPartitionMapping())]
+    if general_scores is not None:
+        report_deps.append(dg.AssetDep(general_scores, partition_mapping=dg.AllPartitionMapping()))
+
     @dg.asset(
         automation_condition=EAGER,
-        deps=[dg.AssetDep(mcq_scores, partition_mapping=dg.AllPartitionMapping())],
+        deps=report_deps,
         group_name="evaluation",
         kinds={"pandas", "matplotlib"},
         # the headline metric is left out of mcq_scores' version (choosing it re-scores nothing)
@@ -158,9 +218,28 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[Any
             support_threshold=ev.support_threshold,
         )
         rows = report.rows
+        general: dict[str, list[dict[str, Any]]] = {}
+        if general_scores is not None:
+            absent = [m for m in ev.models if not layout.general_scores(m).is_file()]
+            if absent:
+                raise dg.Failure(
+                    f"general_scores is not materialized for {absent}; materialize every "
+                    "general_scores partition first"
+                )
+            general = {m: read_jsonl(layout.general_scores(m)) for m in ev.models}
+        general_rows, general_pairs, general_md = general_report(
+            general, rows, models, ev.headline_metric, ev.bootstrap_samples
+        )
         with atomic_dir(layout.report) as tmp:
             chart = accuracy_chart(rows, models, contexts, tmp / "accuracy.png")
-            atomic_write_text(tmp / "report.md", report.markdown)
+            markdown = report.markdown
+            if general_md:
+                markdown += "\n## Docs vs. general capability (forgetting)\n\n" + general_md
+                atomic_write_text(
+                    tmp / "general.json",
+                    json.dumps({"rows": general_rows, "pairs": general_pairs}, indent=2),
+                )
+            atomic_write_text(tmp / "report.md", markdown)
             atomic_write_text(tmp / "summary.json", json.dumps(rows, indent=2))
             atomic_write_text(tmp / "comparisons.json", json.dumps(report.pairs, indent=2))
             atomic_write_text(tmp / "questions.json", json.dumps(report.questions, indent=2))
@@ -191,6 +270,11 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[Any
             ),
             "chart": dg.MetadataValue.md(f"![accuracy](data:image/png;base64,{png})"),
         }
+        if general_md:
+            metadata["docs_vs_general"] = dg.MetadataValue.md(general_md)
+            for g in general_rows:
+                if g["category"] == "all":
+                    metadata[f"general_accuracy_{g['model']}"] = g["accuracy"]
         if report.retrieval_md:
             metadata["retrieval_vs_generation"] = dg.MetadataValue.md(report.retrieval_md)
         if report.sampled_md:
@@ -250,4 +334,5 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[Any
             + ", ".join(f"{d['cell']} ({d['previous']:.3f} → {d['now']:.3f})" for d in dropped),
         )
 
-    return [mcq_scores, mcq_report, mcq_report_no_regression]
+    general = [general_scores] if general_scores is not None else []
+    return [mcq_scores, *general, mcq_report, mcq_report_no_regression]
