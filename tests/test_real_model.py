@@ -97,9 +97,12 @@ def test_the_chat_template_renders_prompts_as_prefixes_of_the_training_sequences
     recipe, _, tokenizer = real
     rows = load_preference_pairs(Path(recipe.dpo_dataset_path()))
     for row in rows:
-        prompt = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True)
+        prompt = tokenizer.apply_chat_template(
+            row["prompt"], add_generation_prompt=True, return_dict=True
+        )["input_ids"]
         for completion in (row["chosen"], row["rejected"]):
-            full = tokenizer.apply_chat_template(row["prompt"] + completion)
+            full = tokenizer.apply_chat_template(row["prompt"] + completion, return_dict=True)
+            full = full["input_ids"]
             assert full[: len(prompt)] == prompt, row["prompt"]
     # and the assistant turn is marked for trl's assistant-only loss
     marked = tokenizer.apply_chat_template(
@@ -117,14 +120,14 @@ def test_the_real_model_answers_in_english_through_the_recipes_template(real):
     recipe, layout, tokenizer = real
     model = AutoModelForCausalLM.from_pretrained(model_paths(recipe, layout, "base")[0])
     ids = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "Name the largest planet of the solar system."}],
+        [{"role": "user", "content": "What is the capital of France?"}],
         add_generation_prompt=True,
         return_tensors="pt",
         return_dict=True,
     )
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=16, do_sample=False)
-    assert "Jupiter" in tokenizer.decode(out[0][ids["input_ids"].shape[1] :])
+    assert "Paris" in tokenizer.decode(out[0][ids["input_ids"].shape[1] :])
 
 
 def test_merging_the_real_model_with_itself_fails_in_the_preflight(real, tmp_path):
