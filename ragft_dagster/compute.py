@@ -51,14 +51,21 @@ class ComputeSettings:
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
 
-    def _flush_denormals(self) -> None:
+    def _prepare_cpu(self, training: bool = False) -> None:
         # Fine-tuning drives many fp32 values into the denormal range, where x86 arithmetic is
         # an order of magnitude slower: flushing them to zero roughly halved a SmolLM2 training
-        # step on 2 cores. Set per process, before the math starts.
+        # step on 2 cores. trl's fused LM head is a GPU kernel whose CPU fallback cost more than
+        # the logits it avoids (ragft_dagster/dense_logprobs.py). Set per process, before the
+        # math starts.
         import torch
 
-        if self.torch_device() == "cpu":
-            torch.set_flush_denormal(True)
+        if self.torch_device() != "cpu":
+            return
+        torch.set_flush_denormal(True)
+        if training:
+            from ragft_dagster.dense_logprobs import use_dense_logprobs_on_cpu
+
+            use_dense_logprobs_on_cpu()
 
     def cpu_autocast(self) -> bool:
         """bfloat16 autocast over float32 weights: ``dtype: auto`` on a CPU with native bf16.
@@ -71,7 +78,7 @@ class ComputeSettings:
         bfloat16 where :meth:`cpu_autocast` would train in it, else :meth:`torch_dtype`."""
         import torch
 
-        self._flush_denormals()
+        self._prepare_cpu()
         return torch.bfloat16 if self.cpu_autocast() else self.torch_dtype()
 
     def run_identity(self) -> dict[str, Any]:
@@ -85,11 +92,11 @@ class ComputeSettings:
         }
 
     def trainer_args(self) -> dict[str, Any]:
-        """Precision/device fields for trl configs; recipe args may override them (flushes
-        denormals on a CPU: this process is about to train)."""
+        """Precision/device fields for trl configs; recipe args may override them. On a CPU
+        it also prepares this process, which is about to train (see :meth:`_prepare_cpu`)."""
         import torch
 
-        self._flush_denormals()
+        self._prepare_cpu(training=True)
         on_cpu = self.torch_device() == "cpu"
         dtype = self.torch_dtype()
         args = {
