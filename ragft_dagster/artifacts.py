@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import glob
+import hashlib
 import json
 import os
 import shutil
@@ -282,6 +283,15 @@ def scratch_dir(beside: Path) -> Iterator[Path]:
     Path(beside).parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="ragft-train-", dir=Path(beside).parent) as tmp:
         yield Path(tmp)
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's content, read in 1 MiB blocks (model files are large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def dir_size_bytes(path: Path) -> int:

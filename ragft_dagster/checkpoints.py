@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ragft_dagster.artifacts import scratch_dir
+from ragft_dagster.artifacts import file_sha256, scratch_dir
 
 CHECKPOINTS_DIR = "checkpoints"
 # trl/transformers argument prefixes that change how often a run is saved or logged, not what it
@@ -45,14 +45,6 @@ def _model_identity(model_dir: Path) -> list[tuple[str, int, int]]:
     )
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def run_fingerprint(
     *, model_dir: Path, data_files: Iterable[Path], settings: dict[str, Any]
 ) -> str:
@@ -73,7 +65,7 @@ def run_fingerprint(
     }
     payload = {
         "model": _model_identity(Path(model_dir)),
-        "data": [_file_digest(Path(f)) for f in data_files],
+        "data": [file_sha256(Path(f)) for f in data_files],
         "settings": relevant,
     }
     blob = json.dumps(payload, sort_keys=True, default=str).encode()

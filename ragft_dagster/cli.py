@@ -9,7 +9,7 @@ import re
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,7 +58,7 @@ class PipelineResult:
         return sum(step.seconds for step in self.steps if step.job in jobs)
 
 
-def _failure_messages(events: list[Any]) -> list[str]:
+def _failure_messages(events: Sequence[Any]) -> list[str]:
     """What failed in a run: each failed step's error, else the run's own failure (a run that
     failed before any step, e.g. a resource that could not start). Only STEP_FAILURE events
     carry step_failure_data (Dagster raises on any other event)."""

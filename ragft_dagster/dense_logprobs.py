@@ -83,5 +83,6 @@ def use_dense_logprobs_on_cpu() -> bool:
     if current is None:
         return False
     if not isinstance(current, DenseLogProbs):
-        utils._ChunkedLogProbFunction = DenseLogProbs(current)
+        # trl's patched forward looks the name up at call time: this swaps the implementation
+        vars(utils)["_ChunkedLogProbFunction"] = DenseLogProbs(current)
     return True

@@ -400,19 +400,35 @@ def evaluate_general(
         user_template=ev.user_template,
         context_template=ev.context_template,
     )
+    records = _score_recipe_model(recipe, layout, model_key, compute, questions, hits, messages)
+    for record, category in zip(records, _categories(path, len(questions)), strict=True):
+        record["category"] = category
+    return records
+
+
+def _score_recipe_model(
+    recipe: Recipe,
+    layout: ArtifactLayout,
+    model_key: str,
+    compute: ComputeSettings,
+    questions: list[Question],
+    hits: list[list[dict[str, Any]]],
+    messages: list[list[dict[str, str]]],
+    **sampled: Any,
+) -> list[dict[str, Any]]:
+    """:func:`score_local` with a local ``model`` partition loaded as the recipe and the
+    compute profile say (``sampled``: its ``sampling`` and ``sample_key``)."""
     model, tokenizer = load_recipe_model(recipe, layout, model_key, compute)
-    records = score_local(
+    return score_local(
         questions,
         hits,
         messages,
         model,
         tokenizer,
-        batch_size=ev.batch_size,
+        batch_size=recipe.evaluation.batch_size,
         device=compute.torch_device(),
+        **sampled,
     )
-    for record, category in zip(records, _categories(path, len(questions)), strict=True):
-        record["category"] = category
-    return records
 
 
 def _categories(path: Path, n: int) -> list[str | None]:
@@ -516,16 +532,14 @@ def evaluate_cell(
                 refresh=refresh_api,
             )
         else:
-            device = compute.torch_device()
-            model, tokenizer = load_recipe_model(recipe, layout, model_key, compute)
-            records = score_local(
+            records = _score_recipe_model(
+                recipe,
+                layout,
+                model_key,
+                compute,
                 questions,
                 hits,
                 messages,
-                model,
-                tokenizer,
-                batch_size=ev.batch_size,
-                device=device,
                 sampling=ev.sampling,
                 sample_key=f"{model_key}|{context_name}",
             )

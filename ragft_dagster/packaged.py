@@ -15,13 +15,13 @@ when a wheel ships several.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
-from ragft_dagster.artifacts import atomic_dir
+from ragft_dagster.artifacts import atomic_dir, file_sha256
 
 PACKAGED_DIR = "packaged"
 """Folder below the artifact root holding converted packaged models."""
@@ -136,7 +136,7 @@ def _models_in(dist: metadata.Distribution) -> list[PackagedModel]:
             if any(f"{folder}/{w}" in files for w in _WEIGHTS):
                 folders.add(folder)
     found += [Path(str(dist.locate_file(folder))) for folder in sorted(folders)]
-    meta = dist.metadata
+    meta: Any = dist.metadata  # an email.message.Message at run time
     licence = (
         meta.get("License-Expression")
         or meta.get("License")
@@ -159,14 +159,6 @@ def _models_in(dist: metadata.Distribution) -> list[PackagedModel]:
         )
         for path in found
     ]
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def packaged_model_dir(ref: str, artifact_root: Path | None) -> Path:

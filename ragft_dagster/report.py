@@ -497,15 +497,17 @@ def general_report(
     if not scored:
         return [], [], ""
     field = METRICS[metric][0]
-    categories = sorted({r.get("category") for recs in general.values() for r in recs} - {None})
-    groups = {"all": None, **{c: c for c in categories}}
+    categories: list[str] = sorted(
+        {str(r["category"]) for recs in general.values() for r in recs if r.get("category")}
+    )
+    groups: dict[str, str | None] = {"all": None, **{c: c for c in categories}}
     rows = []
     for m in scored:
         for name, category in groups.items():
             recs = [r for r in general[m] if category is None or r.get("category") == category]
             row = summarise_scores({(m, "general"): recs}, metric)[0]
             rows.append({**row, "category": name})
-    stages = [m for m in LOCAL_MODELS if m in scored]
+    stages: list[str] = [m for m in LOCAL_MODELS if m in scored]
     family = [(later, earlier) for earlier, later in pairwise(stages)]
     pairs = paired_comparisons(
         {m: {r["question_id"]: bool(r[field]) for r in general[m]} for m in scored},

@@ -334,5 +334,5 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[Any
             + ", ".join(f"{d['cell']} ({d['previous']:.3f} → {d['now']:.3f})" for d in dropped),
         )
 
-    general = [general_scores] if general_scores is not None else []
+    general: list[Any] = [general_scores] if general_scores is not None else []
     return [mcq_scores, *general, mcq_report, mcq_report_no_regression]
