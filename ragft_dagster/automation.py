@@ -29,7 +29,6 @@ from ragft_dagster.recipe import Recipe
 from ragft_dagster.resources import ArtifactStoreResource
 
 DOCUMENT_ASSETS = ["doc_chunks", "synthetic_qa"]
-AUTOMATED_ASSETS = ["sft_dataset", "vector_index", "lora_adapter", "mcq_scores", "mcq_report"]
 # A removal changes no partition's data, so nothing upstream "updates": the sensor itself asks
 # for these two, and the eager conditions take over from there.
 REMOVAL_ASSETS = ["sft_dataset", "vector_index"]
@@ -166,7 +165,10 @@ def build_docs_sensor(recipe: Recipe) -> dg.SensorDefinition:
 def build_automation_sensor() -> dg.AutomationConditionSensorDefinition:
     return dg.AutomationConditionSensorDefinition(
         "ragft_automation",
-        target=dg.AssetSelection.assets(*AUTOMATED_ASSETS),
+        # Every asset of the graph: those with an eager condition (mcq_scores, general_scores,
+        # ...) are evaluated, the others have none. Naming them here would leave an optional
+        # asset to Dagster's own default sensor, which is off.
+        target=dg.AssetSelection.all(),
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Evaluates the eager conditions of the assets downstream of the documents.",
     )

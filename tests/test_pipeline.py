@@ -51,6 +51,9 @@ def test_definitions_load_with_the_asset_graph():
         assert graph.get(dg.AssetKey(name)).pools == {"gpu"}
     for name in JOB_SELECTIONS:
         assert defs.resolve_job_def(name)
+    # every eager asset (general_scores too) is ours to evaluate: no default sensor appears
+    sensors = {s.name for s in defs.get_repository_def().sensor_defs}
+    assert sensors == {"docs_sensor", "ragft_automation"}
     scores = graph.get(dg.AssetKey("mcq_scores")).partitions_def
     assert len(scores.get_partition_keys()) == 8
 
