@@ -53,10 +53,10 @@ class ComputeSettings:
 
     def _prepare_cpu(self, training: bool = False) -> None:
         # Fine-tuning drives many fp32 values into the denormal range, where x86 arithmetic is
-        # an order of magnitude slower: flushing them to zero roughly halved a SmolLM2 training
-        # step on 2 cores. trl's fused LM head is a GPU kernel whose CPU fallback cost more than
-        # the logits it avoids (ragft_dagster/dense_logprobs.py). Set per process, before the
-        # math starts.
+        # an order of magnitude slower: with them flushed to zero a SmolLM2 training step took
+        # 9.6 s instead of 18.0 s on 2 cores (the slower run shared the CPU). trl's fused LM
+        # head is a GPU kernel whose CPU fallback cost more than the logits it avoids
+        # (ragft_dagster/dense_logprobs.py). Set per process, before the math starts.
         import torch
 
         if self.torch_device() != "cpu":

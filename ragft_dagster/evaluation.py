@@ -24,7 +24,7 @@ from ragft_dagster.mcq import (
 )
 from ragft_dagster.model_refs import resolve_model_ref
 from ragft_dagster.qa_generation import Endpoint, LlmCallError, LlmStats, ReplyCache, call_llm
-from ragft_dagster.recipe import ApiScoringRecipe, Recipe, SamplingRecipe
+from ragft_dagster.recipe import ApiScoringRecipe, EvaluationRecipe, Recipe, SamplingRecipe
 
 
 def load_scoring_model(
@@ -377,6 +377,19 @@ def annotate_support(
         rec["ranked_to"] = max(depth, len(shown)) if ranked is not None else len(shown)
 
 
+def recipe_messages(
+    ev: EvaluationRecipe, questions: list[Question], hits: list[list[dict[str, Any]]]
+) -> list[list[dict[str, str]]]:
+    """:func:`question_messages` with the recipe's system prompt and templates."""
+    return question_messages(
+        questions,
+        hits,
+        system_prompt=ev.system_prompt,
+        user_template=ev.user_template,
+        context_template=ev.context_template,
+    )
+
+
 def evaluate_general(
     recipe: Recipe, layout: ArtifactLayout, model_key: str, *, compute: ComputeSettings
 ) -> list[dict[str, Any]]:
@@ -393,13 +406,7 @@ def evaluate_general(
     ev = recipe.evaluation
     questions = load_questions(path)
     hits: list[list[dict[str, Any]]] = [[] for _ in questions]
-    messages = question_messages(
-        questions,
-        hits,
-        system_prompt=ev.system_prompt,
-        user_template=ev.user_template,
-        context_template=ev.context_template,
-    )
+    messages = recipe_messages(ev, questions, hits)
     records = _score_recipe_model(recipe, layout, model_key, compute, questions, hits, messages)
     for record, category in zip(records, _categories(path, len(questions)), strict=True):
         record["category"] = category
@@ -510,13 +517,7 @@ def evaluate_cell(
             # deeper, for hit@k beyond top_k; the prompts keep the top-k retriever's own hits
             ranked = retrieve_all(questions, Retriever(collection, embedder, depth))
         hits = retrieve_all(questions, retriever)
-        messages = question_messages(
-            questions,
-            hits,
-            system_prompt=ev.system_prompt,
-            user_template=ev.user_template,
-            context_template=ev.context_template,
-        )
+        messages = recipe_messages(ev, questions, hits)
         if model_key in ev.api.models:
             if llm_client is None:
                 raise ValueError(f"scoring the API model {model_key!r} needs an LLM client")

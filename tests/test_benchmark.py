@@ -213,16 +213,10 @@ def _answer_by_question(questions, answers):
 
 def _closed_book(ev, questions):
     """(no retrieved chunks, the messages every model is asked) for closed-book questions."""
-    from ragft_dagster.evaluation import question_messages
+    from ragft_dagster.evaluation import recipe_messages
 
     hits = [[] for _ in questions]
-    return hits, question_messages(
-        questions,
-        hits,
-        system_prompt=ev.system_prompt,
-        user_template=ev.user_template,
-        context_template=ev.context_template,
-    )
+    return hits, recipe_messages(ev, questions, hits)
 
 
 def _api_scorer(tmp_path, n_questions, **evaluation):
