@@ -8,7 +8,7 @@ export TOKENIZERS_PARALLELISM := false
 # The UI test drives Debian's chromium; nothing may fetch a browser build of its own.
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
-.PHONY: run ui test lint install chromium bench-incremental bench-scoring bench-gpu
+.PHONY: run ui test test-fast lint install chromium bench-incremental bench-scoring bench-gpu
 
 $(BIN)/ragft: pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,10 @@ ui: install $(DAGSTER_HOME)/dagster.yaml
 
 test: install $(CHROMIUM)
 	$(BIN)/pytest -q
+
+# The inner loop: everything but the end-to-end tests marked slow (a few minutes).
+test-fast: install
+	$(BIN)/pytest -q -m "not slow"
 
 lint: install
 	$(BIN)/ruff check ragft_dagster tests

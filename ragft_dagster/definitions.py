@@ -17,6 +17,7 @@ from ragft_dagster.automation import (
     build_docs_sensor,
     build_nightly_schedule,
 )
+from ragft_dagster.orchestration.stages import Stage, stage_jobs, stages_of
 from ragft_dagster.profile import Profile, load_profile
 from ragft_dagster.recipe import Recipe, RecipeError, load_recipe
 from ragft_dagster.resources import (
@@ -30,35 +31,10 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RECIPE = PROJECT_ROOT / "assets" / "quickstart" / "recipe.yaml"
 DEFAULT_PROFILE = PROJECT_ROOT / "resources" / "local.yaml"
 
-# Jobs are homogeneous in partitioning (Dagster re-runs unpartitioned assets in every partition
-# run of a mixed job); `ragft run` launches them in graph order.
-JOB_SELECTIONS = {
-    "model_job": ["merged_model", "dpo_model"],
-    "document_job": ["doc_chunks", "synthetic_qa"],
-    "training_job": ["sft_dataset", "lora_adapter"],
-    "index_job": ["vector_index"],
-    "evaluation_job": ["mcq_scores"],
-    "report_job": ["mcq_report"],
-}
 
-
-def job_selections(recipe: Recipe) -> dict[str, list[str]]:
-    """The jobs of this recipe, in graph order: :data:`JOB_SELECTIONS`, with the optional
-    ``specialist_model`` first in ``model_job`` when the recipe has a ``specialist`` section,
-    then ``export_job`` when ``export.enabled`` puts ``exported_model`` in the graph."""
-    jobs = dict(JOB_SELECTIONS)
-    if recipe.specialist is not None:
-        jobs["model_job"] = ["specialist_model", *jobs["model_job"]]
-    if recipe.general_questions_path is not None and recipe.evaluation.models:
-        # partitioned by model alone: its own job, before the report
-        jobs = {
-            **{k: v for k, v in jobs.items() if k != "report_job"},
-            "general_job": ["general_scores"],
-            "report_job": jobs["report_job"],
-        }
-    if recipe.export.enabled:
-        jobs["export_job"] = ["exported_model"]
-    return jobs
+def recipe_stages(recipe: Recipe) -> list[Stage]:
+    """The stages (one job each) of a recipe's graph, in the order ``ragft run`` runs them."""
+    return stages_of(build_all_assets(recipe))
 
 
 def build_resources(recipe: Recipe, profile: Profile, artifact_root: Path | None = None) -> dict:
@@ -124,15 +100,10 @@ def definitions_for(
     Returns:
         The Definitions.
     """
-    jobs = [
-        dg.define_asset_job(
-            name, selection=selection, description=f"Materialize {', '.join(selection)}."
-        )
-        for name, selection in job_selections(recipe).items()
-    ]
+    assets = build_all_assets(recipe, profile.gpu_op_tags())
     return dg.Definitions(
-        assets=build_all_assets(recipe, profile.gpu_op_tags()),
-        jobs=jobs,
+        assets=assets,
+        jobs=stage_jobs(assets),
         sensors=[build_docs_sensor(recipe), build_automation_sensor()],
         schedules=[build_nightly_schedule(recipe)],
         resources=build_resources(recipe, profile, artifact_root),

@@ -203,6 +203,8 @@ def score_local(
             invalid = max(0.0, 1.0 - sum(weights))
             draws = rng.choices([*letters, None], weights=[*weights, invalid], k=sampling.rounds)
             rec["samples"] = draws
+            # the exact chance of sampling each letter (the rest: an invalid first token)
+            rec["sample_probs"] = s["sample_probs"]
         records.append(rec)
     return records
 

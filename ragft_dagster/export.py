@@ -63,7 +63,7 @@ def check_export_inputs(dpo_dir: Path, adapter_dir: Path) -> None:
     if not (Path(dpo_dir) / "config.json").is_file():
         raise ExportError(
             f"dpo_model is not materialized: {dpo_dir} has no config.json; materialize "
-            "dpo_model (model_job) first"
+            "dpo_model (models_job) first"
         )
     if not (Path(adapter_dir) / ADAPTER_CONFIG).is_file():
         raise ExportError(
@@ -295,10 +295,13 @@ def _lineage_rows(
         )
     else:
         sft_data = f"synthetic Q&A (generator: {generator}); sft_dataset was not on disk"
-    lora = recipe.lora
-    targets = lora.target_modules
-    lora_line = f"r={lora.r}, alpha={lora.lora_alpha}, dropout {lora.lora_dropout}, target " + (
-        targets if isinstance(targets, str) else ", ".join(targets)
+    saved = layout.lora_adapter / "adapter_config.json"
+    lora = json.loads(saved.read_text()) if saved.is_file() else recipe.lora.model_dump()
+    targets = lora.get("target_modules") or "peft's default for the architecture"
+    lora_line = (
+        f"r={lora.get('r', 'peft default')}, alpha={lora.get('lora_alpha', 'peft default')}, "
+        f"dropout {lora.get('lora_dropout', 'peft default')}, target "
+        + (targets if isinstance(targets, str) else ", ".join(sorted(targets)))
     )
     lora_line += "; SFT (trl, assistant-only loss): " + _facts(
         [

@@ -6,7 +6,7 @@ module rebuilds that protocol with our own code on the same inputs our scorer us
 chroma collection, embedder, top-k, system prompt and templates), so that the two can be timed
 against each other and their answers compared (``python -m ragft_dagster.bench scoring``):
 
-- :class:`GreedyTransformersLLM`: a llama-index ``CustomLLM`` around a transformers causal LM
+- :class:`TransformersLLM`: a llama-index ``CustomLLM`` around a transformers causal LM
   that generates up to ``max_new_tokens`` (3) tokens greedily, one prompt at a time.
 - :class:`PublishedProtocol`: a query engine (``VectorStoreIndex.from_vector_store(...)
   .as_query_engine(...)``) whose QA template renders exactly the prompt our scorer builds, or the
@@ -44,9 +44,10 @@ def render_chat(tokenizer: Any, messages: Sequence[ChatMessage]) -> str:
     return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
 
 
-class GreedyTransformersLLM(CustomLLM):
-    """A transformers causal LM as a llama-index LLM: greedy, a few new tokens, one prompt at a
-    time (no batching), as the published notebook ran it.
+class TransformersLLM(CustomLLM):
+    """A transformers causal LM as a llama-index LLM: a few new tokens, one prompt at a time (no
+    batching), as the published notebook ran it; greedy at ``temperature`` 0, else sampled at
+    that temperature from the whole vocabulary (no top-k or top-p cut).
 
     Chat prompts are rendered with the tokenizer's chat template (``messages_to_prompt``) and
     tokenized without extra special tokens, exactly like the log-likelihood scorer's prompts, so
@@ -58,6 +59,7 @@ class GreedyTransformersLLM(CustomLLM):
     model_name: str = Field(default="transformers", description="Shown in llama-index metadata.")
     context_window: int = Field(default=4096, gt=0)
     max_new_tokens: int = Field(default=3, gt=0)
+    temperature: float = Field(default=0.0, ge=0)
     device: str = "cpu"
     generate_seconds: float = 0.0
     _model: Any = PrivateAttr()
@@ -105,8 +107,12 @@ class GreedyTransformersLLM(CustomLLM):
             out = self._model.generate(
                 **enc,
                 max_new_tokens=self.max_new_tokens,
-                do_sample=False,
                 pad_token_id=self._tokenizer.pad_token_id,
+                **(
+                    {"do_sample": True, "temperature": self.temperature, "top_k": 0, "top_p": 1.0}
+                    if self.temperature > 0
+                    else {"do_sample": False}
+                ),
             )
         self.generate_seconds += time.perf_counter() - started
         self._prompts.append(prompt)
@@ -186,7 +192,7 @@ class PublishedProtocol:
 
     def __init__(
         self,
-        llm: GreedyTransformersLLM,
+        llm: TransformersLLM,
         *,
         system_prompt: str,
         user_template: str,

@@ -31,6 +31,7 @@ from ragft_dagster.merging import RUNTIME_MERGE_OPTIONS, check_merge_options, me
 from ragft_dagster.upstream_schema import (
     dataclass_fields,
     init_parameters,
+    typed_dataclass_values,
     validate_merge_config,
 )
 
@@ -93,7 +94,8 @@ class _Section(BaseModel):
 
 
 def _check_dataclass_keys(args: dict[str, Any], cls_path: str) -> dict[str, Any]:
-    """Reject keys that the upstream trl config class does not have (typos fail loudly)."""
+    """Reject keys that the upstream trl config class does not have (typos fail loudly) and
+    values that do not fit its field types; returns the values as upstream types them."""
     cls_name = cls_path.rsplit(".", 1)[1]
     known = dataclass_fields(cls_path)
     unknown = sorted(set(args) - known)
@@ -101,7 +103,7 @@ def _check_dataclass_keys(args: dict[str, Any], cls_path: str) -> dict[str, Any]
         raise ValueError(f"unknown {cls_name} field(s) {unknown}; see the trl docs for {cls_name}")
     if "output_dir" in args:
         raise ValueError("output_dir is chosen by the artifact store; remove it from the recipe")
-    return args
+    return typed_dataclass_values(cls_path, args)
 
 
 def _training_version(dump: dict[str, Any], args: dict[str, Any]) -> dict[str, Any]:
@@ -256,21 +258,22 @@ class SftDatasetRecipe(_Section):
 
 
 class LoraRecipe(_Section):
-    """peft ``LoraConfig`` fields; the task type is always causal LM."""
+    """peft ``LoraConfig`` fields, typed by peft's own annotations; what the recipe leaves out
+    is peft's default. The task type is always causal LM."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
-    r: int = Field(default=8, gt=0)
-    lora_alpha: int = Field(default=16, gt=0)
-    lora_dropout: float = Field(default=0.05, ge=0, lt=1)
-    target_modules: str | list[str] = "all-linear"
 
-    @model_validator(mode="after")
-    def _known_lora_fields(self) -> LoraRecipe:
-        known = dataclass_fields("peft.LoraConfig")
-        unknown = sorted(set(self.model_extra or {}) - known)
+    @model_validator(mode="before")
+    @classmethod
+    def _peft_fields(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        unknown = sorted(set(data) - dataclass_fields("peft.LoraConfig"))
         if unknown:
             raise ValueError(f"unknown LoraConfig field(s) {unknown}")
-        return self
+        if "task_type" in data:
+            raise ValueError("task_type is always CAUSAL_LM; remove it from the recipe")
+        return typed_dataclass_values("peft.LoraConfig", data)
 
 
 DpoRecipe.model_rebuild()  # its ``lora`` field refers to LoraRecipe, defined above

@@ -108,6 +108,12 @@ def build_sft_dataset(
     }
 
 
+def adapter_config(adapter_dir: Path) -> dict[str, Any]:
+    """What peft saved of a trained adapter's settings (``r``, ``lora_alpha``, the target
+    modules...): the recipe's values with peft's defaults filled in."""
+    return json.loads((Path(adapter_dir) / "adapter_config.json").read_text(encoding="utf-8"))
+
+
 def train_lora(
     model_dir: str,
     dataset_dir: Path,

@@ -137,3 +137,63 @@ def validate_merge_options(options: dict[str, Any]) -> None:
         return
     build_merge_options(options)
     _remember(path, "valid")
+
+
+def _plain(value: Any, original: Any) -> Any:
+    """A validated value as plain JSON data (an enum as its value); the original when the
+    upstream type has no plain form."""
+    import enum
+
+    if isinstance(value, enum.Enum):
+        return value.value
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return original
+    return value
+
+
+def _type_name(hint: Any) -> str:
+    """``float``, ``int | None``, ``SchedulerType | str``: a type as a reader writes it."""
+    import re
+
+    if isinstance(hint, type):
+        return hint.__name__
+    return re.sub(r"\b(?:[A-Za-z_]\w*\.)+([A-Za-z_]\w*)", r"\1", str(hint))
+
+
+def typed_dataclass_values(cls_path: str, values: dict[str, Any]) -> dict[str, Any]:
+    """Check ``values`` against the field types of an upstream config dataclass (e.g.
+    ``trl.SFTConfig``) and return them converted the way pydantic's lax mode converts (YAML
+    reads ``5e-5`` as a string: it becomes the float 5e-05). Remembered per package version
+    and payload, like the other checks here.
+
+    Raises:
+        ValueError: Naming each field whose value does not fit its upstream type.
+    """
+    path, known = _remembered("typed-values", cls_path.split(".")[0], [cls_path, values])
+    if isinstance(known, dict):
+        return known
+    import typing
+
+    from pydantic import ConfigDict, PydanticSchemaGenerationError, TypeAdapter, ValidationError
+
+    module_name, cls_name = cls_path.rsplit(".", 1)
+    hints = typing.get_type_hints(getattr(import_module(module_name), cls_name))
+    out: dict[str, Any] = {}
+    errors = []
+    for key, value in values.items():
+        try:
+            adapter = TypeAdapter(hints[key], config=ConfigDict(arbitrary_types_allowed=True))
+        except (KeyError, PydanticSchemaGenerationError, TypeError):
+            out[key] = value  # no usable annotation: upstream checks it when training starts
+            continue
+        try:
+            out[key] = _plain(adapter.validate_python(value), value)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            errors.append(f"{key}: {value!r} is not {_type_name(hints[key])} ({first['msg']})")
+    if errors:
+        raise ValueError(f"{cls_name}: " + "; ".join(errors))
+    _remember(path, out)
+    return out

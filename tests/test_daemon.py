@@ -60,7 +60,7 @@ def test_backfill_sensor_and_automation_through_the_daemon(tmp_path, monkeypatch
     instance.add_dynamic_partitions("documents", DOCS)
     for doc in DOCS:
         assert (
-            defs.resolve_job_def("document_job")
+            defs.resolve_job_def("documents_job")
             .execute_in_process(instance=instance, partition_key=doc)
             .success
         )
@@ -74,7 +74,7 @@ def test_backfill_sensor_and_automation_through_the_daemon(tmp_path, monkeypatch
     recipe.write_text(yaml.safe_dump(raw))
     cli = [str(BIN / "dagster"), "job", "backfill", "-m", "ragft_dagster.definitions"]
     subprocess.run(
-        [*cli, "-j", "document_job", "--partitions", ",".join(DOCS), "--noprompt"],
+        [*cli, "-j", "documents_job", "--partitions", ",".join(DOCS), "--noprompt"],
         env=env,
         check=True,
         timeout=180,

@@ -113,13 +113,15 @@ def test_general_scores_asset_scores_the_shipped_set_by_category(tmp_path):
 
 
 def test_general_questions_can_be_switched_off_or_replaced(tmp_path):
-    from ragft_dagster.definitions import job_selections
+    from ragft_dagster.definitions import recipe_stages
     from ragft_dagster.recipe import RecipeError, load_recipe
 
     off = load_recipe(
         write_recipe(tmp_path, lambda raw: raw["evaluation"].update(general_questions=None))
     )
-    assert off.general_questions_path is None and "general_job" not in job_selections(off)
+    assert off.general_questions_path is None and "general_job" not in {
+        s.job for s in recipe_stages(off)
+    }
     try:
         load_recipe(
             write_recipe(

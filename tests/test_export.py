@@ -183,7 +183,11 @@ def test_the_export_is_in_the_graph_only_when_the_recipe_enables_it(tmp_path):
     seven_b = definitions_for(load_recipe(SEVEN_B), profile, tmp_path)
     graph = seven_b.resolve_asset_graph()
     node = graph.get(dg.AssetKey("exported_model"))
-    assert {p.to_user_string() for p in node.parent_keys} == {"dpo_model", "lora_adapter"}
+    assert {p.to_user_string() for p in node.parent_keys} == {
+        "dpo_model",
+        "lora_adapter",
+        "mcq_report",
+    }
     assert node.pools == {"gpu"} and node.group_name == "export"
     assert node.automation_condition is None  # exporting is asked for, not automatic
     assert seven_b.resolve_job_def("export_job")

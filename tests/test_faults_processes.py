@@ -227,7 +227,7 @@ def chunk_ids(layout: ArtifactLayout, docs: list[str]) -> set[str]:
 
 
 def materialize_documents(defs: dg.Definitions, instance, docs: list[str]) -> None:
-    job = defs.resolve_job_def("document_job")
+    job = defs.resolve_job_def("documents_job")
     for doc in docs:
         assert job.execute_in_process(instance=instance, partition_key=doc).success
 
@@ -307,7 +307,7 @@ def test_synthetic_qa_killed_mid_run_reruns_without_paying_twice(tmp_path, tiny_
                 "recipe": str(recipe),
                 "profile": str(profile),
                 "root": str(root),
-                "runs": [["document_job", doc]],
+                "runs": [["documents_job", doc]],
             }
             worker = Worker(tmp_path, "killed", home, cfg)
             started.append(worker)
@@ -334,7 +334,7 @@ def test_synthetic_qa_killed_mid_run_reruns_without_paying_twice(tmp_path, tiny_
         sent_before = len(stub.requests)
         defs = build_definitions(recipe, profile, artifact_root=root)
         with dg.DagsterInstance.from_config(str(home)) as instance:
-            rerun = defs.resolve_job_def("document_job").execute_in_process(
+            rerun = defs.resolve_job_def("documents_job").execute_in_process(
                 instance=instance, partition_key=doc
             )
         assert rerun.success
@@ -355,7 +355,7 @@ def test_synthetic_qa_killed_mid_run_reruns_without_paying_twice(tmp_path, tiny_
         recipe, profile = openai_setup(tmp_path / "clean-recipe", clean_stub.base_url)
         instance.add_dynamic_partitions("documents", [doc])
         defs = build_definitions(recipe, profile, artifact_root=clean_root)
-        job = defs.resolve_job_def("document_job")
+        job = defs.resolve_job_def("documents_job")
         assert job.execute_in_process(instance=instance, partition_key=doc).success
         assert len(clean_stub.requests) == n_chunks
     assert rows == read_jsonl(ArtifactLayout(clean_root).qa(doc))
@@ -377,7 +377,7 @@ def test_vector_index_killed_mid_write_keeps_the_previous_index_and_resumes(tmp_
     with dg.DagsterInstance.from_config(str(home)) as instance:
         instance.add_dynamic_partitions("documents", before)
         materialize_documents(defs, instance, before)
-        assert defs.resolve_job_def("index_job").execute_in_process(instance=instance).success
+        assert defs.resolve_job_def("retrieval_job").execute_in_process(instance=instance).success
         instance.add_dynamic_partitions("documents", added)
         materialize_documents(defs, instance, added)
     old_ids, new_ids = chunk_ids(layout, before), chunk_ids(layout, added)
@@ -389,7 +389,7 @@ def test_vector_index_killed_mid_write_keeps_the_previous_index_and_resumes(tmp_
         cfg = {
             "recipe": str(recipe),
             "root": str(root),
-            "runs": [["index_job", None]],
+            "runs": [["retrieval_job", None]],
             "pause_index_add": str(marker),
         }
         worker = Worker(tmp_path, "killed", home, cfg)
@@ -413,7 +413,7 @@ def test_vector_index_killed_mid_write_keeps_the_previous_index_and_resumes(tmp_
 
     # The rerun embeds only what is missing, cleans up the killed run's copy, and matches.
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        rerun = defs.resolve_job_def("index_job").execute_in_process(instance=instance)
+        rerun = defs.resolve_job_def("retrieval_job").execute_in_process(instance=instance)
     assert rerun.success
     meta = rerun.asset_materializations_for_node("vector_index")[0].metadata
     assert meta["embedded_now"].value == len(new_ids)
@@ -446,7 +446,7 @@ def test_concurrent_materializations_of_the_same_assets_do_not_corrupt(tmp_path,
     cfg = {
         "recipe": str(recipe),
         "root": str(root),
-        "runs": [["document_job", doc], ["index_job", None]],
+        "runs": [["documents_job", doc], ["retrieval_job", None]],
         "barrier_dir": str(tmp_path / "barrier"),
         "parties": 2,
     }
@@ -455,8 +455,8 @@ def test_concurrent_materializations_of_the_same_assets_do_not_corrupt(tmp_path,
         outs = [w.wait(timeout=300) for w in started]
     for out in outs:
         assert [(r["job"], r["success"]) for r in out] == [
-            ("document_job", True),
-            ("index_job", True),
+            ("documents_job", True),
+            ("retrieval_job", True),
         ]
         assert out[1]["checks"]["vector_index_matches_chunks"]
 
@@ -476,7 +476,11 @@ def test_concurrent_materializations_of_the_same_assets_do_not_corrupt(tmp_path,
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("documents", [doc, other])
         materialize_documents(clean_defs, instance, [doc, other])
-        assert clean_defs.resolve_job_def("index_job").execute_in_process(instance=instance).success
+        assert (
+            clean_defs.resolve_job_def("retrieval_job")
+            .execute_in_process(instance=instance)
+            .success
+        )
     for path_of in (ArtifactLayout.chunks, ArtifactLayout.qa):
         assert path_of(layout, doc).read_bytes() == path_of(ArtifactLayout(clean), doc).read_bytes()
     got, want = index_state(layout.vector_index), index_state(ArtifactLayout(clean).vector_index)
@@ -557,13 +561,13 @@ def test_a_document_deleted_mid_run_fails_clearly_and_keeps_every_artifact(tmp_p
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("documents", docs)
         materialize_documents(defs, instance, docs)
-        assert defs.resolve_job_def("index_job").execute_in_process(instance=instance).success
+        assert defs.resolve_job_def("retrieval_job").execute_in_process(instance=instance).success
         files = {p: p.read_bytes() for d in docs for p in layout.document_files(d)}
         index_before = index_state(layout.vector_index)
 
         # Its partition is requested after the file went (the sensor saw it, then it was deleted).
         (docs_dir / gone).unlink()
-        result = defs.resolve_job_def("document_job").execute_in_process(
+        result = defs.resolve_job_def("documents_job").execute_in_process(
             instance=instance, partition_key=gone, raise_on_error=False
         )
         assert not result.success
@@ -586,7 +590,7 @@ def test_a_document_deleted_mid_run_fails_clearly_and_keeps_every_artifact(tmp_p
         assert list(delete.partition_keys or []) == [gone]
         assert not any(p.exists() for p in layout.document_files(gone))
         for job, asset, upstream in (
-            ("index_job", "vector_index", "doc_chunks"),
+            ("retrieval_job", "vector_index", "doc_chunks"),
             ("training_job", "sft_dataset", "synthetic_qa"),
         ):
             result = defs.resolve_job_def(job).execute_in_process(
@@ -601,7 +605,7 @@ def test_a_document_deleted_mid_run_fails_clearly_and_keeps_every_artifact(tmp_p
 
         # Once the partition is gone, the rebuild drops the document's vectors.
         instance.delete_dynamic_partition("documents", gone)
-        rebuild = defs.resolve_job_def("index_job").execute_in_process(instance=instance)
+        rebuild = defs.resolve_job_def("retrieval_job").execute_in_process(instance=instance)
         assert rebuild.success
         meta = rebuild.asset_materializations_for_node("vector_index")[0].metadata
         assert meta["embedded_now"].value == 0

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from ragft_dagster.artifacts import ArtifactLayout, read_jsonl
-from ragft_dagster.definitions import JOB_SELECTIONS, build_definitions
+from ragft_dagster.definitions import build_definitions, load_inputs, recipe_stages
 from ragft_dagster.recipe import relocatable_raw
 
 from .conftest import LOCAL_PROFILE, QUICKSTART_DATA, TINY_RECIPE, write_recipe
@@ -49,8 +49,18 @@ def test_definitions_load_with_the_asset_graph():
     gpu_bound = ("specialist_model", "merged_model", "dpo_model", "lora_adapter")
     for name in (*gpu_bound, "mcq_scores", "general_scores"):
         assert graph.get(dg.AssetKey(name)).pools == {"gpu"}
-    for name in JOB_SELECTIONS:
-        assert defs.resolve_job_def(name)
+    stages = recipe_stages(load_inputs()[0])  # the default recipe
+    assert [s.job for s in stages] == [
+        "models_job",
+        "documents_job",
+        "training_job",
+        "retrieval_job",
+        "evaluation_job",
+        "general_job",
+        "report_job",
+    ]
+    for stage in stages:
+        assert defs.resolve_job_def(stage.job)
     # every eager asset (general_scores too) is ours to evaluate: no default sensor appears
     sensors = {s.name for s in defs.get_repository_def().sensor_defs}
     assert sensors == {"docs_sensor", "ragft_automation"}
@@ -95,7 +105,7 @@ def test_synthetic_qa_through_an_openai_compatible_endpoint(tmp_path, tiny_base,
         defs = build_definitions(
             _openai_recipe(tmp_path), _profile(tmp_path, stub.base_url), artifact_root=root
         )
-        job = defs.resolve_job_def("document_job")
+        job = defs.resolve_job_def("documents_job")
         with dg.instance_for_test() as instance:
             instance.add_dynamic_partitions("documents", [doc])
             result = job.execute_in_process(instance=instance, partition_key=doc)
@@ -140,7 +150,7 @@ def test_missing_api_key_fails_clearly(tmp_path, monkeypatch):
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("documents", ["overview.md"])
         with pytest.raises(dg.DagsterInvalidConfigError, match="RAGFT_TEST_KEY.*not set"):
-            defs.resolve_job_def("document_job").execute_in_process(
+            defs.resolve_job_def("documents_job").execute_in_process(
                 instance=instance, partition_key="overview.md"
             )
 
@@ -199,7 +209,20 @@ def test_quickstart_end_to_end(tmp_path):
 
     with dg.instance_for_test() as instance:
         full = run()
-        assert full.steps[0].job == "model_job" and full.steps[-1].job == "export_job"
+        jobs = [s.job for s in full.steps]
+        assert set(jobs) == {
+            "models_job",
+            "documents_job",
+            "training_job",
+            "retrieval_job",
+            "evaluation_job",
+            "general_job",
+            "report_job",
+            "export_job",
+        }
+        # the graph's order: the export follows the report it quotes
+        assert jobs.index("retrieval_job") < jobs.index("evaluation_job") < jobs.index("report_job")
+        assert jobs[-1] == "export_job"
         failed = [name for step in full.steps for name, ok in step.checks.items() if not ok]
         assert not failed, failed
         layout = ArtifactLayout(root)
@@ -270,10 +293,10 @@ def test_quickstart_end_to_end(tmp_path):
             f.write("\n## Nightly\n\nThe **nightly schedule** re-scores every cell at 02:00.\n")
         (recipe_dir / "docs" / removed).unlink()
         inc = run()
-        assert [s.partition for s in inc.steps if s.job == "document_job"] == [edited]
+        assert [s.partition for s in inc.steps if s.job == "documents_job"] == [edited]
         new_ids = {c["id"] for c in read_jsonl(layout.chunks(edited))} - old_ids
         assert new_ids and inc.total("synthetic_qa", "generated") == len(new_ids)
-        index = inc.steps[[s.job for s in inc.steps].index("index_job")]
+        index = inc.steps[[s.job for s in inc.steps].index("retrieval_job")]
         assert index.metadata["vector_index"]["embedded_now"] == len(new_ids)
         assert index.checks == {
             "vector_index_matches_chunks": True,
@@ -297,3 +320,50 @@ def test_quickstart_end_to_end(tmp_path):
             recipe_dir, instance, root, lambda raw: raw["qa"].update(prompt=prompt)
         )
         assert stale == {"synthetic_qa": len(docs) - 1}
+
+
+@pytest.mark.slow
+def test_ragft_run_scores_api_models_at_the_endpoint_and_reports_them(tmp_path):
+    """`ragft run` (the CLI, in its own process) takes the cells from mcq_scores' own
+    partitions, API models included, scores them at a loopback OpenAI-compatible server and
+    ends with the report."""
+    import os
+    import subprocess
+    import sys
+
+    from ragft_dagster.mcq import load_questions
+
+    from .conftest import ROOT, recipe_with_docs
+
+    recipe, _ = recipe_with_docs(tmp_path, ["glossary.md", "chunking.md"])
+    raw = yaml.safe_load(recipe.read_text())
+    raw["evaluation"].update(models=["base"], api={"models": ["stub-model"]})
+    recipe.write_text(yaml.safe_dump(raw))
+    home = tmp_path / "home"
+    home.mkdir()
+    with OpenAIStub(["B"]) as stub:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ragft_dagster.cli",
+                "run",
+                "--recipe",
+                str(recipe),
+                "--profile",
+                str(_profile(tmp_path, stub.base_url)),
+            ],
+            cwd=ROOT,
+            env={**os.environ, "DAGSTER_HOME": str(home), "RAGFT_TEST_KEY": "sk-test"},
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        out = done.stdout + done.stderr
+        assert done.returncode == 0, out
+        questions = len(load_questions(QUICKSTART_DATA / "mcq.csv"))
+        assert len(stub.requests) == 2 * questions  # closed_book and rag, once each
+    for cell in ("closed_book|stub-model", "rag|stub-model", "closed_book|base", "rag|base"):
+        assert f"evaluation_job [{cell}]" in out
+    assert "ok  report_job" in out and "| stub-model |" in out
+    assert "Traceback" not in out

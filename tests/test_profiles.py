@@ -60,7 +60,7 @@ def test_every_profile_builds_definitions(path):
     # gpu/k8s ask for CUDA: nothing may need it until a step runs (this machine has none).
     profile, recipe = load_profile(path), load_recipe(TINY_RECIPE)
     repo = definitions_for(recipe, profile).get_repository_def()
-    assert "index_job" in repo.job_names
+    assert "retrieval_job" in repo.job_names
     compute = build_resources(recipe, profile)["compute"]
     assert (compute.device, compute.processes, compute.launcher) == (
         profile.compute.device,
@@ -79,7 +79,7 @@ def test_executor_follows_the_profile():
 
     def executor_name(executor: str) -> str:
         profile = Profile.model_validate({"name": executor, "executor": executor})
-        return definitions_for(recipe, profile).resolve_job_def("index_job").executor_def.name
+        return definitions_for(recipe, profile).resolve_job_def("retrieval_job").executor_def.name
 
     assert executor_name("in_process") == dg.in_process_executor.name
     assert executor_name("multiprocess") == dg.multi_or_in_process_executor.name
@@ -117,7 +117,7 @@ def test_k8s_executor_rejects_a_config_its_schema_does_not_know():
     from dagster_k8s import k8s_job_executor
 
     defs = definitions_for(load_recipe(TINY_RECIPE), load_profile(K8S_PROFILE))
-    job = defs.resolve_job_def("index_job").with_executor_def(
+    job = defs.resolve_job_def("retrieval_job").with_executor_def(
         k8s_job_executor.configured({"job_namespce": "ragft"})
     )
     with pytest.raises(dg.DagsterInvalidConfigError, match="job_namespce"):

@@ -68,7 +68,7 @@ def test_query_engine_prompt_is_the_scorers_prompt(
     from ragft_dagster.evaluation import score_cell
     from ragft_dagster.indexing import Retriever
     from ragft_dagster.mcq import load_questions
-    from ragft_dagster.published_protocol import GreedyTransformersLLM, PublishedProtocol
+    from ragft_dagster.published_protocol import TransformersLLM, PublishedProtocol
 
     model, tok = model_and_tokenizer
     questions = load_questions(recipe.questions_path)[:2]
@@ -95,7 +95,7 @@ def test_query_engine_prompt_is_the_scorers_prompt(
         )
         monkeypatch.undo()
 
-        llm = GreedyTransformersLLM(model, tok)
+        llm = TransformersLLM(model, tok)
         protocol = PublishedProtocol(
             llm,
             collection=collection if rag else None,

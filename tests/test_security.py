@@ -113,7 +113,7 @@ def test_api_key_is_never_written_anywhere(tmp_path, monkeypatch, capfd, tiny_ba
         instance = dg.DagsterInstance.get()
         assert Path(instance.root_directory) == home  # on disk, not ephemeral
         instance.add_dynamic_partitions("documents", ["installation.md"])
-        documents = defs.resolve_job_def("document_job")
+        documents = defs.resolve_job_def("documents_job")
         scores = defs.resolve_job_def("evaluation_job")
         runs = [
             documents.execute_in_process(instance=instance, partition_key="installation.md"),

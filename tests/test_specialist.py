@@ -98,7 +98,7 @@ def test_specialist_model_trains_and_the_merge_uses_it(tmp_path):
 
     defs = build_definitions(write_recipe(tmp_path, edit), LOCAL_PROFILE, tmp_path / "art")
     with dg.instance_for_test() as instance:
-        result = defs.resolve_job_def("model_job").execute_in_process(instance=instance)
+        result = defs.resolve_job_def("models_job").execute_in_process(instance=instance)
     assert result.success
     meta = result.asset_materializations_for_node("specialist_model")[0].metadata
     assert meta["train_rows"].value == 24 and meta["steps"].value == 3
@@ -128,7 +128,7 @@ def test_ragft_run_prints_a_failed_step_and_exits_1_without_a_traceback(tmp_path
     done = _ragft_run(tmp_path, recipe)
     out = done.stdout + done.stderr
     assert done.returncode == 1, out
-    assert "FAILED model_job: " in out and "names 'tiny:base' twice" in out
+    assert "FAILED models_job: " in out and "names 'tiny:base' twice" in out
     assert re.search(r"run [0-9a-f-]{36} failed", out)
     assert "Traceback" not in out and "CheckError" not in out
 
@@ -143,5 +143,5 @@ def test_ragft_run_prints_a_run_start_failure_and_exits_1_without_a_traceback(tm
     done = _ragft_run(tmp_path, write_recipe(tmp_path, edit))
     out = done.stdout + done.stderr
     assert done.returncode == 1, out
-    assert re.search(r"FAILED document_job \[[\w.-]+\]: environment variable OPENAI_API_KEY", out)
+    assert re.search(r"FAILED documents_job \[[\w.-]+\]: environment variable OPENAI_API_KEY", out)
     assert "Traceback" not in out and "CheckError" not in out

@@ -31,7 +31,7 @@ import pytest
 import yaml
 from dagster_graphql import DagsterGraphQLClient
 
-from ragft_dagster.definitions import job_selections
+from ragft_dagster.definitions import recipe_stages
 from ragft_dagster.recipe import load_recipe
 
 from .conftest import LOCAL_PROFILE, QUICKSTART_DATA, ROOT, TINY_RECIPE, write_recipe
@@ -49,7 +49,7 @@ CHROMIUM_ARGS = [
 ]
 LOCATION = "ragft_dagster"  # [tool.dagster] code_location_name
 REPOSITORY = {"repositoryLocationName": LOCATION, "repositoryName": "__repository__"}
-JOBS = job_selections(load_recipe(TINY_RECIPE))
+JOBS = {s.job: list(s.assets) for s in recipe_stages(load_recipe(TINY_RECIPE))}
 ALL_ASSETS = sorted({asset for assets in JOBS.values() for asset in assets})
 # The whole quickstart: every document and every model x context cell. The run count sets the
 # test's time (each run is a fresh process; the gpu pool runs the scoring cells one at a time).
@@ -412,9 +412,9 @@ def test_ui_graph_materialize_and_the_whole_pipeline_through_graphql(
         for c in ("closed_book", "rag")
     ]
     stages: list[dict[str, list[str | None]]] = [
-        {"model_job": [None]},
-        {"document_job": list(DOCS)},
-        {"training_job": [None], "index_job": [None]},  # independent: launched together
+        {"models_job": [None]},
+        {"documents_job": list(DOCS)},
+        {"training_job": [None], "retrieval_job": [None]},  # independent: launched together
         {"evaluation_job": cells, "general_job": list(MODELS)},
         {"report_job": [None]},
     ]

@@ -41,7 +41,7 @@ def _gone(path: Path) -> str:
 def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
     @dg.asset(
         partitions_def=documents_partitions,
-        group_name="data",
+        group_name="documents",
         kinds={"markdown"},
         code_version=recipe.section_version("chunking", "base_model"),
     )
@@ -88,7 +88,7 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
     @dg.asset(
         deps=[doc_chunks],
         partitions_def=documents_partitions,
-        group_name="data",
+        group_name="documents",
         kinds={"openai"} if recipe.qa.generator == "openai" else {"python"},
         code_version=recipe.section_version("qa"),
     )

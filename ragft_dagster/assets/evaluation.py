@@ -143,7 +143,7 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[Any
             automation_condition=EAGER,
             deps=["merged_model", "dpo_model", "lora_adapter"],
             partitions_def=general_partitions,
-            group_name="evaluation",
+            group_name="general",
             pool="gpu",
             op_tags=dict(gpu_tags or {}),
             kinds={"pytorch"},
@@ -191,7 +191,7 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[Any
     @dg.asset(
         automation_condition=EAGER,
         deps=report_deps,
-        group_name="evaluation",
+        group_name="report",
         kinds={"pandas", "matplotlib"},
         # the headline metric is left out of mcq_scores' version (choosing it re-scores nothing)
         code_version=recipe.section_version("evaluation", "evaluation.headline_metric"),

@@ -42,7 +42,8 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[dg.
     cfg = recipe.export
 
     @dg.asset(
-        deps=["dpo_model", "lora_adapter"],
+        # The card quotes the benchmark report, so the export follows it.
+        deps=["dpo_model", "lora_adapter", "mcq_report"],
         group_name="export",
         pool="gpu",
         op_tags=dict(gpu_tags or {}),

@@ -17,7 +17,7 @@ from ragft_dagster.mcq import McqError, load_questions
 from ragft_dagster.model_refs import resolve_model_ref
 from ragft_dagster.recipe import Recipe
 from ragft_dagster.resources import ArtifactStoreResource, ComputeResource
-from ragft_dagster.sft import CONTAMINATION_FILE, build_sft_dataset
+from ragft_dagster.sft import CONTAMINATION_FILE, adapter_config, build_sft_dataset
 
 FINDING_COLUMNS = [
     "detector",
@@ -200,8 +200,9 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[dg.
                 "quantization": recipe.sft.quantization,
             },
         )
+        saved = adapter_config(layout.lora_adapter)
         return training_result(
-            layout.lora_adapter, m, lora_r=recipe.lora.r, lora_alpha=recipe.lora.lora_alpha
+            layout.lora_adapter, m, lora_r=saved["r"], lora_alpha=saved["lora_alpha"]
         )
 
     checks = [sft_dataset_not_contaminated] if contamination.enabled else []

@@ -1,0 +1,254 @@
+"""``ragft run``: bring every asset up to date through Dagster, stage by stage.
+
+What runs and in what order comes from the asset graph alone (:mod:`.stages`): each stage's
+partitions come from its own partitions definition, and an asset (partition) is stale when it
+was never materialized, its code version changed, its document's content changed, or an
+upstream asset ran in this invocation. Every run is an ordinary Dagster run in the instance
+(see it with ``make ui``).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from dagster import DagsterInvalidConfigError
+
+from ragft_dagster.artifacts import ArtifactLayout
+from ragft_dagster.assets._meta import DOCUMENTS
+from ragft_dagster.automation import document_changes, is_current
+from ragft_dagster.definitions import definitions_for, load_inputs
+from ragft_dagster.documents import purge_document_files
+from ragft_dagster.orchestration.stages import Stage, plan_stages
+
+
+@dataclass
+class StepResult:
+    """One run of ``ragft run``: which job (partition), how long, what its assets reported."""
+
+    job: str
+    partition: str | None
+    seconds: float
+    metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
+    checks: dict[str, bool] = field(default_factory=dict)
+
+
+@dataclass
+class PipelineResult:
+    success: bool
+    steps: list[StepResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def __bool__(self) -> bool:
+        return self.success
+
+    def total(self, asset: str, key: str) -> float:
+        """Sum of one numeric metadata entry over every run of this invocation."""
+        return sum(float(step.metadata.get(asset, {}).get(key, 0) or 0) for step in self.steps)
+
+    def seconds_of(self, *jobs: str) -> float:
+        return sum(step.seconds for step in self.steps if step.job in jobs)
+
+
+def _failure_messages(events: Sequence[Any]) -> list[str]:
+    """What failed in a run: each failed step's error, else the run's own failure (a run that
+    failed before any step, e.g. a resource that could not start). Only STEP_FAILURE events
+    carry step_failure_data (Dagster raises on any other event)."""
+    steps = [
+        e.step_failure_data.error.message.strip()
+        for e in events
+        if e.is_step_failure and e.step_failure_data.error
+    ]
+    if steps:
+        return steps
+    runs = [e for e in events if e.event_type_value == "RUN_FAILURE"]
+    out = []
+    for e in runs:
+        error = getattr(e.event_specific_data, "error", None)
+        out.append(error.message.strip() if error else (e.message or "the run failed"))
+    return out
+
+
+def _release_freed_memory() -> None:
+    """Give memory that the finished job freed back to the OS. Every job runs in this one
+    process (in-process execution): without this, glibc keeps each job's freed model and
+    optimizer buffers in its arenas and the process's resident size only grows."""
+    import contextlib
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def _execute_releasing_memory(job: Any, **kwargs: Any) -> Any:
+    try:
+        return job.execute_in_process(**kwargs)
+    finally:
+        _release_freed_memory()
+
+
+def _config_error_messages(exc: Any) -> list[str]:
+    """The readable part of each error of a run that could not start (Dagster appends the
+    stack trace of its own config machinery to each)."""
+    out = []
+    for error in getattr(exc, "errors", None) or [exc]:
+        text = str(getattr(error, "message", error)).split("Stack Trace:")[0].strip()
+        variable = re.search(r'environment variable "([^"]+)" which is not set', text)
+        if variable:
+            text = (
+                f"environment variable {variable.group(1)} is not set; export it (the key of the "
+                "profile's llm endpoint, llm.api_key_env), or remove what needs the endpoint "
+                "(evaluation.api.models, qa.generator: openai)"
+            )
+        out.append(text)
+    return out
+
+
+def stage_partitions(stage: Stage, instance: dg.DagsterInstance) -> list[str | None]:
+    """The partition keys of a stage, from its own partitions definition; ``[None]`` when it
+    is unpartitioned."""
+    if stage.partitions_def is None:
+        return [None]
+    return list(stage.partitions_def.get_partition_keys(dynamic_partitions_store=instance))
+
+
+def run_pipeline(
+    recipe_path: str | None,
+    profile_path: str | None,
+    instance: Any = None,
+    artifact_root: Path | None = None,
+    echo: Callable[[str], Any] = print,
+    full: bool = False,
+    jobs: set[str] | None = None,
+) -> PipelineResult:
+    """Bring every asset up to date, stage by stage in graph order, recording runs in
+    ``instance``.
+
+    Incremental unless ``full``: an asset partition runs when it was never materialized or its
+    code version changed, when it is a document whose file is new or changed (content hash),
+    or when an upstream asset ran in this invocation (in any partition, or in the same
+    partition when both share a partitions definition). Removed documents lose their partition
+    and files first, and count as a change of the document assets. ``jobs`` limits the run to
+    some stages (``<group>_job``; the benchmark runs only the data and index stages).
+
+    Returns:
+        What ran and what it reported; truthy when every run succeeded.
+    """
+    recipe, profile = load_inputs(recipe_path, profile_path)
+    defs = definitions_for(recipe, profile, artifact_root)
+    instance = instance or dg.DagsterInstance.get()
+    current, changes = document_changes(instance, recipe)
+    if not current:
+        raise SystemExit(f"no documents matching {recipe.docs.glob!r} in {recipe.docs_dir}")
+    if changes.added:
+        instance.add_dynamic_partitions(DOCUMENTS, changes.added)
+    for key in changes.removed:
+        instance.delete_dynamic_partition(DOCUMENTS, key)
+    layout = ArtifactLayout(artifact_root or profile.artifact_root)
+    purge_document_files(layout.document_files, changes.removed)
+    echo(f"recipe {recipe.name}: {len(current)} documents ({changes.summary()})")
+    for warning in changes.warnings(recipe.docs_dir):
+        echo(f"  skipped {warning}")
+
+    graph = defs.resolve_asset_graph()
+    stages = plan_stages(graph)
+    node = {name: graph.get(dg.AssetKey(name)) for stage in stages for name in stage.assets}
+    parents = {
+        name: [p.to_user_string() for p in n.parent_keys if p.to_user_string() in node]
+        for name, n in node.items()
+    }
+    # What ran in this invocation: asset -> partitions (None when unpartitioned).
+    ran: dict[str, set[str | None]] = {}
+    for name, n in node.items():
+        by_documents = getattr(n.partitions_def, "name", None) == DOCUMENTS
+        if by_documents and changes.removed:
+            ran[name] = set(changes.removed)
+
+    def stale(name: str, partition: str | None, in_run: set[str]) -> bool:
+        n = node[name]
+        if full or not is_current(instance, name, n.code_version, partition):
+            return True
+        if getattr(n.partitions_def, "name", None) == DOCUMENTS and partition in changes.to_run:
+            return True
+        for parent in parents[name]:
+            if parent in in_run:
+                return True
+            done = ran.get(parent)
+            if done and (node[parent].partitions_def != n.partitions_def or partition in done):
+                return True
+        return False
+
+    result = PipelineResult(success=True)
+    started = time.monotonic()
+
+    def run(stage: Stage, partition: str | None, assets: list[str]) -> bool:
+        t0 = time.monotonic()
+        job = defs.resolve_job_def(stage.job)
+        label = f"{stage.job}" + (f" [{partition}]" if partition else "")
+        try:
+            outcome = _execute_releasing_memory(
+                job,
+                instance=instance,
+                partition_key=partition,
+                asset_selection=[dg.AssetKey(a) for a in assets],
+                raise_on_error=False,
+                # Step events stay in the instance (see them with `make ui`); the console gets
+                # one line per run.
+                run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+            )
+        except DagsterInvalidConfigError as exc:
+            # The run could not start (e.g. an EnvVar that is not set): no run id exists.
+            for message in _config_error_messages(exc):
+                echo(f"FAILED {label}: {message}")
+            echo(f"{label} could not start; nothing of it ran")
+            result.success = False
+            return False
+        if not outcome.success:
+            for message in _failure_messages(outcome.all_events):
+                echo(f"FAILED {label}: {message}")
+            echo(f"run {outcome.run_id} failed; see it with `make ui`")
+            result.success = False
+            return False
+        step = StepResult(stage.job, partition, time.monotonic() - t0)
+        for event in outcome.get_asset_materialization_events():
+            mat = event.step_materialization_data.materialization
+            step.metadata[mat.asset_key.to_user_string()] = {
+                k: getattr(v, "value", v) for k, v in mat.metadata.items()
+            }
+        for check in outcome.get_asset_check_evaluations():
+            step.checks[check.check_name] = check.passed
+            if not check.passed:
+                echo(f"CHECK FAILED {check.asset_key.to_user_string()}: {check.check_name}")
+        result.steps.append(step)
+        echo(f"ok  {label:<40} {step.seconds:6.1f}s")
+        return True
+
+    for stage in stages:
+        if jobs is not None and stage.job not in jobs:
+            continue
+        for partition in stage_partitions(stage, instance):
+            selected: set[str] = set()
+            for name in stage.assets:  # topological: a stale asset makes its dependents stale
+                if stale(name, partition, selected):
+                    selected.add(name)
+            if not selected:
+                continue
+            if not run(stage, partition, [a for a in stage.assets if a in selected]):
+                return result
+            for name in selected:
+                ran.setdefault(name, set()).add(partition)
+    result.seconds = time.monotonic() - started
+    if not result.steps:
+        echo("everything is up to date (`ragft run --full` re-runs it all)")
+    echo(f"pipeline finished in {result.seconds:.1f}s")
+    report = layout.report / "report.md"
+    if report.is_file() and "mcq_report" in ran:
+        echo(report.read_text())
+    return result
