@@ -21,7 +21,7 @@ $(BIN)/ragft: pyproject.toml constraints.txt
 
 install: $(BIN)/ragft
 
-# The browser of the UI test (tests/test_ui_e2e.py): Debian's chromium, driven by Playwright.
+# The browser of the UI test (tests/orchestration/test_ui_e2e.py): Debian's chromium, driven by Playwright.
 # Playwright never downloads a browser of its own (the test points it at this file).
 CHROMIUM := /usr/bin/chromium
 APT_CHROMIUM := apt-get install -y --no-install-recommends chromium
@@ -64,16 +64,16 @@ lint: install
 
 # Full vs. incremental data + index stages on a 34-document corpus (figures in the README).
 bench-incremental: install
-	$(BIN)/python -m ragft_dagster.bench incremental --json .artifacts/bench-incremental.json
+	$(BIN)/python -m ragft_dagster.benchmarks.bench incremental --json .artifacts/bench-incremental.json
 
 # Batched log-likelihood scoring vs. the published generate-and-parse protocol, quickstart questions
-# with RAG (figures in the README; `python -m ragft_dagster.bench scoring --model DIR` for a real model).
+# with RAG (figures in the README; `python -m ragft_dagster.benchmarks.bench scoring --model DIR` for a real model).
 bench-scoring: install
-	HF_HUB_OFFLINE=1 $(BIN)/python -m ragft_dagster.bench scoring --json .artifacts/bench-scoring.json
+	HF_HUB_OFFLINE=1 $(BIN)/python -m ragft_dagster.benchmarks.bench scoring --json .artifacts/bench-scoring.json
 
 # GPU host only (elsewhere it stops with a message): SFT LoRA, DPO and MCQ-scoring throughput and
 # MFU of a random-init Mistral-7B-shaped model at the published settings, and the published SFT run
 # projected from them (targets: <= 4 min and MFU >= 40% on one H100). Nothing is downloaded;
-# `python -m ragft_dagster.gpu_bench --shape tiny --device cpu` checks the script on any machine.
+# `python -m ragft_dagster.benchmarks.gpu_bench --shape tiny --device cpu` checks the script on any machine.
 bench-gpu: install
-	HF_HUB_OFFLINE=1 $(BIN)/python -m ragft_dagster.gpu_bench --json .artifacts/bench-gpu.json
+	HF_HUB_OFFLINE=1 $(BIN)/python -m ragft_dagster.benchmarks.gpu_bench --json .artifacts/bench-gpu.json

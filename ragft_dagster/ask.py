@@ -20,13 +20,14 @@ from typing import Any
 
 from ragft_dagster.artifacts import ArtifactLayout
 from ragft_dagster.compute import ComputeSettings
-from ragft_dagster.evaluation import load_recipe_model
-from ragft_dagster.indexing import MODEL_KEY, Retriever, load_embedder
-from ragft_dagster.model_refs import resolve_model_ref
-from ragft_dagster.recipe import Recipe, RetrievalRecipe
+from ragft_dagster.config.recipe import Recipe, RetrievalRecipe
+from ragft_dagster.evaluation.scoring import load_recipe_model
+from ragft_dagster.models.refs import resolve_model_ref
+from ragft_dagster.retrieval.indexing import MODEL_KEY, Retriever, load_embedder
 
 HEADING_SEPARATOR = " > "
-"""How :func:`ragft_dagster.indexing.sync_index` joins a chunk's heading path in its metadata."""
+"""How :func:`ragft_dagster.retrieval.indexing.sync_index` joins a chunk's heading path in
+its metadata."""
 
 
 class AskError(RuntimeError):
@@ -116,7 +117,7 @@ def ask_messages(
         hits: Retrieved chunks (empty closed-book).
         system_prompt: ``sft_dataset.system_prompt`` (the model was trained with it), or None.
         context_template: ``evaluation.context_template`` (``{context}`` = chunks joined by a
-            blank line, as in :func:`ragft_dagster.evaluation.question_messages`).
+            blank line, as in :func:`ragft_dagster.evaluation.scoring.question_messages`).
 
     Returns:
         System (when given) and user messages.

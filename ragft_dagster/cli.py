@@ -80,9 +80,9 @@ def ask(args: argparse.Namespace) -> int:
         format_sources,
         materialize_hint,
     )
-    from ragft_dagster.model_refs import ModelReferenceError
-    from ragft_dagster.profile import ProfileError
-    from ragft_dagster.recipe import RecipeError
+    from ragft_dagster.config.profile import ProfileError
+    from ragft_dagster.config.recipe import RecipeError
+    from ragft_dagster.models.refs import ModelReferenceError
 
     try:
         recipe, profile = load_inputs(args.recipe, args.profile)
@@ -162,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    from ragft_dagster.profile import ProfileError
-    from ragft_dagster.recipe import RecipeError
+    from ragft_dagster.config.profile import ProfileError
+    from ragft_dagster.config.recipe import RecipeError
 
     try:
         ok = bool(run_pipeline(args.recipe, args.profile, full=args.full))

@@ -56,14 +56,14 @@ class ComputeSettings:
         # an order of magnitude slower: with them flushed to zero a SmolLM2 training step took
         # 9.6 s instead of 18.0 s on 2 cores (the slower run shared the CPU). trl's fused LM
         # head is a GPU kernel whose CPU fallback cost more than the logits it avoids
-        # (ragft_dagster/dense_logprobs.py). Set per process, before the math starts.
+        # (ragft_dagster/training/dense_logprobs.py). Set per process, before the math starts.
         import torch
 
         if self.torch_device() != "cpu":
             return
         torch.set_flush_denormal(True)
         if training:
-            from ragft_dagster.dense_logprobs import use_dense_logprobs_on_cpu
+            from ragft_dagster.training.dense_logprobs import use_dense_logprobs_on_cpu
 
             use_dense_logprobs_on_cpu()
 

@@ -12,14 +12,14 @@ from pathlib import Path
 import dagster as dg
 
 from ragft_dagster.assets import build_all_assets
-from ragft_dagster.automation import (
+from ragft_dagster.config.profile import Profile, load_profile
+from ragft_dagster.config.recipe import Recipe, RecipeError, load_recipe
+from ragft_dagster.orchestration.automation import (
     build_automation_sensor,
     build_docs_sensor,
     build_nightly_schedule,
 )
 from ragft_dagster.orchestration.stages import Stage, stage_jobs, stages_of
-from ragft_dagster.profile import Profile, load_profile
-from ragft_dagster.recipe import Recipe, RecipeError, load_recipe
 from ragft_dagster.resources import (
     ArtifactStoreResource,
     ComputeResource,

@@ -26,7 +26,7 @@ def write_recipe(tmp_path: Path, mutate=None) -> Path:
     ``mutate(raw_dict)``."""
     import yaml
 
-    from ragft_dagster.recipe import relocatable_raw
+    from ragft_dagster.config.recipe import relocatable_raw
 
     raw = relocatable_raw(TINY_RECIPE)
     if mutate is not None:
@@ -56,7 +56,7 @@ def tiny_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_base(tiny_cache) -> Path:
-    from ragft_dagster.tiny import build_tiny_model
+    from ragft_dagster.models.tiny import build_tiny_model
 
     return build_tiny_model("base", tiny_cache / "tiny")
 

@@ -16,7 +16,7 @@ import yaml
 from ragft_dagster import cli
 from ragft_dagster.artifacts import ArtifactLayout
 from ragft_dagster.ask import ask_messages, heading_trail
-from ragft_dagster.recipe import load_recipe
+from ragft_dagster.config.recipe import load_recipe
 
 from .conftest import LOCAL_PROFILE, TINY_RECIPE, write_recipe
 
@@ -45,9 +45,9 @@ def finished(tmp_path_factory, tiny_base) -> tuple[Path, Path]:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ragft_dagster.chunking import chunk_document
-    from ragft_dagster.indexing import load_embedder, open_collection, sync_index
-    from ragft_dagster.model_refs import resolve_model_ref
+    from ragft_dagster.data.chunking import chunk_document
+    from ragft_dagster.models.refs import resolve_model_ref
+    from ragft_dagster.retrieval.indexing import load_embedder, open_collection, sync_index
 
     tmp = tmp_path_factory.mktemp("ask")
     recipe = load_recipe(write_recipe(tmp))
@@ -133,7 +133,7 @@ def _without_index(root: Path) -> None:
 
 
 def _with_empty_index(root: Path) -> None:
-    from ragft_dagster.indexing import open_collection
+    from ragft_dagster.retrieval.indexing import open_collection
 
     index = ArtifactLayout(root).vector_index
     shutil.rmtree(index)

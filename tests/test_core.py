@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 
 from ragft_dagster.artifacts import atomic_dir, read_jsonl, write_jsonl
-from ragft_dagster.chunking import DocumentError, chunk_document, read_document, split_sections
-from ragft_dagster.mcq import McqError, load_questions, score_questions
-from ragft_dagster.qa_generation import generate_offline_qa, parse_qa_reply, render_prompt
-from ragft_dagster.report import wilson_interval
-from ragft_dagster.sft import build_sft_dataset
+from ragft_dagster.data.chunking import DocumentError, chunk_document, read_document, split_sections
+from ragft_dagster.data.qa_generation import generate_offline_qa, parse_qa_reply, render_prompt
+from ragft_dagster.evaluation.mcq import McqError, load_questions, score_questions
+from ragft_dagster.evaluation.report import wilson_interval
+from ragft_dagster.training.sft import build_sft_dataset
 
 from .conftest import QUICKSTART_DATA
 
@@ -48,7 +48,7 @@ def test_atomic_dir_keeps_previous_artifact_on_failure(tmp_path):
 def test_tiny_models_are_deterministic(tiny_cache, tmp_path):
     from safetensors.torch import load_file
 
-    from ragft_dagster.tiny import build_tiny_model
+    from ragft_dagster.models.tiny import build_tiny_model
 
     a = build_tiny_model("base", tiny_cache / "tiny")
     b = build_tiny_model("base", tmp_path / "tiny")
@@ -236,7 +236,7 @@ def test_jsonl_roundtrip(tmp_path):
 def test_sync_index_is_incremental_and_refuses_mixed_models(tmp_path):
     from llama_index.core.embeddings import MockEmbedding
 
-    from ragft_dagster.indexing import IndexMismatchError, open_collection, sync_index
+    from ragft_dagster.retrieval.indexing import IndexMismatchError, open_collection, sync_index
 
     def chunk(i: int) -> dict:
         return {"id": f"id{i}", "text": f"text {i}", "doc": "d.md", "heading_path": ["D"]}
@@ -254,7 +254,7 @@ def test_sync_index_is_incremental_and_refuses_mixed_models(tmp_path):
 
 
 def test_exact_mcnemar_against_hand_computed_values():
-    from ragft_dagster.stats import mcnemar_exact
+    from ragft_dagster.evaluation.stats import mcnemar_exact
 
     assert mcnemar_exact(0, 0) == 1.0
     assert mcnemar_exact(5, 0) == pytest.approx(2 / 32)  # 2 * 0.5**5
@@ -264,7 +264,7 @@ def test_exact_mcnemar_against_hand_computed_values():
 
 
 def test_paired_bootstrap_and_minimum_detectable_difference():
-    from ragft_dagster.stats import minimum_detectable_difference, paired_bootstrap_ci
+    from ragft_dagster.evaluation.stats import minimum_detectable_difference, paired_bootstrap_ci
 
     assert paired_bootstrap_ci([True] * 10, [False] * 10) == (1.0, 1.0)
     assert paired_bootstrap_ci([True, False] * 5, [True, False] * 5) == (0.0, 0.0)
@@ -278,7 +278,7 @@ def test_paired_bootstrap_and_minimum_detectable_difference():
 
 
 def test_paired_comparisons_label_not_significant():
-    from ragft_dagster.stats import comparisons_markdown, paired_comparisons
+    from ragft_dagster.evaluation.stats import comparisons_markdown, paired_comparisons
 
     q = [f"q{i}" for i in range(20)]
     cells = {

@@ -27,8 +27,8 @@ import pytest
 import yaml
 
 from ragft_dagster.artifacts import ArtifactLayout, read_jsonl
+from ragft_dagster.config.recipe import load_recipe
 from ragft_dagster.definitions import build_definitions
-from ragft_dagster.recipe import load_recipe
 
 from .conftest import LOCAL_PROFILE, QUICKSTART_DATA, ROOT, TINY_RECIPE, write_recipe
 from .openai_stub import OpenAIStub
@@ -300,7 +300,7 @@ def test_every_loading_call_site_passes_the_flag():
             if not any(k.arg == "trust_remote_code" for k in node.keywords):
                 missing.append(f"{path.relative_to(ROOT)}:{node.lineno} {owner}")
     assert not missing, missing
-    from ragft_dagster.merging import _merge_options
+    from ragft_dagster.models.merging import _merge_options
 
     assert _merge_options({}, "cpu", True)[0].trust_remote_code is True
     assert _merge_options({}, "cpu", False)[0].trust_remote_code is False
@@ -419,8 +419,8 @@ def test_errors_show_the_endpoint_without_credentials():
     the server never reaches an error message."""
     import openai
 
-    from ragft_dagster.qa_generation import Endpoint, LlmCallError, LlmStats, call_llm
-    from ragft_dagster.recipe import QaRecipe
+    from ragft_dagster.config.recipe import QaRecipe
+    from ragft_dagster.data.qa_generation import Endpoint, LlmCallError, LlmStats, call_llm
 
     canary = f"sk-ragft-LEAK-CANARY-{uuid.uuid4()}"
     forms = _encodings(canary)

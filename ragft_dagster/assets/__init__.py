@@ -7,7 +7,7 @@ from typing import Any
 
 import dagster as dg
 
-from ragft_dagster.recipe import Recipe
+from ragft_dagster.config.recipe import Recipe
 
 
 def build_all_assets(

@@ -15,16 +15,16 @@ from typing import Any
 import dagster as dg
 
 from ragft_dagster.artifacts import atomic_dir
-from ragft_dagster.checkpoints import (
+from ragft_dagster.compute import ComputeSettings
+from ragft_dagster.config.recipe import Recipe
+from ragft_dagster.training.checkpoints import (
     CHECKPOINTS_DIR,
     checkpoint_dir,
     progress_callback,
     run_fingerprint,
     wants_checkpoints,
 )
-from ragft_dagster.compute import ComputeSettings
-from ragft_dagster.recipe import Recipe
-from ragft_dagster.train_worker import PARENT_PID_ENV, launch_command, write_spec
+from ragft_dagster.training.train_worker import PARENT_PID_ENV, launch_command, write_spec
 
 
 @contextmanager
@@ -83,8 +83,8 @@ def run_training(
     settings: ComputeSettings,
     kwargs: dict[str, Any],
 ) -> dict[str, Any]:
-    """Train (``kind`` "sft" → :func:`ragft_dagster.sft.train_lora`, "dpo" →
-    :func:`ragft_dagster.preference.train_dpo`) and return its metrics.
+    """Train (``kind`` "sft" → :func:`ragft_dagster.training.sft.train_lora`, "dpo" →
+    :func:`ragft_dagster.training.preference.train_dpo`) and return its metrics.
 
     With ``settings.processes`` > 1 the ranks run in child processes started by the launcher
     through ``dg.PipesSubprocessClient``; rank 0 reports progress and the metrics back.
@@ -93,10 +93,10 @@ def run_training(
     if settings.processes <= 1:
         _warn_about_idle_gpus(context, settings)
         if kind == "sft":
-            from ragft_dagster.sft import train_lora
+            from ragft_dagster.training.sft import train_lora
 
             return train_lora(**kwargs, callbacks=[progress_callback(log)])
-        from ragft_dagster.preference import train_dpo
+        from ragft_dagster.training.preference import train_dpo
 
         return train_dpo(**kwargs, callbacks=[progress_callback(log)])
     on_cpu = settings.torch_device() == "cpu"

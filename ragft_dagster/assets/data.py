@@ -7,21 +7,21 @@ import dagster as dg
 
 from ragft_dagster.artifacts import read_jsonl, write_jsonl
 from ragft_dagster.assets._meta import documents_partitions, preview_table
-from ragft_dagster.chunking import (
+from ragft_dagster.config.recipe import Recipe
+from ragft_dagster.data.chunking import (
     DocumentError,
     chunk_document,
     empty_document_warning,
     read_document,
 )
-from ragft_dagster.documents import CONTENT_HASH_KEY, content_hash
-from ragft_dagster.model_refs import load_tokenizer, resolve_model_ref
-from ragft_dagster.qa_generation import (
+from ragft_dagster.data.documents import CONTENT_HASH_KEY, content_hash
+from ragft_dagster.data.qa_generation import (
     BudgetExceeded,
     LlmCallError,
     ReplyCache,
     generate_document_qa,
 )
-from ragft_dagster.recipe import Recipe
+from ragft_dagster.models.refs import load_tokenizer, resolve_model_ref
 from ragft_dagster.resources import ArtifactStoreResource, LlmEndpointResource
 
 

@@ -10,24 +10,24 @@ import dagster as dg
 
 from ragft_dagster.artifacts import atomic_dir, atomic_write_text, read_jsonl, write_jsonl
 from ragft_dagster.assets._meta import EAGER, TRIGGER_TAG, preview_table
-from ragft_dagster.evaluation import evaluate_cell, evaluate_general
-from ragft_dagster.mcq import McqError
-from ragft_dagster.qa_generation import LlmCallError
-from ragft_dagster.recipe import Recipe
-from ragft_dagster.report import (
+from ragft_dagster.config.recipe import Recipe
+from ragft_dagster.data.qa_generation import LlmCallError
+from ragft_dagster.evaluation.mcq import McqError
+from ragft_dagster.evaluation.report import (
     accuracy_chart,
     build_report,
     general_report,
     regressions,
     summarise_scores,
 )
+from ragft_dagster.evaluation.scoring import evaluate_cell, evaluate_general
+from ragft_dagster.evaluation.stats import sampled_cell
 from ragft_dagster.resources import (
     ArtifactStoreResource,
     ComputeResource,
     LlmEndpointResource,
     VectorStoreResource,
 )
-from ragft_dagster.stats import sampled_cell
 
 
 def _numeric(metadata: dict[str, Any]) -> dict[str, float]:

@@ -6,14 +6,14 @@ from typing import Any
 import dagster as dg
 
 from ragft_dagster.artifacts import atomic_dir, atomic_write_text, dir_size_bytes
-from ragft_dagster.export import (
+from ragft_dagster.config.recipe import Recipe
+from ragft_dagster.models.export import (
     CARD_FILE,
     ExportError,
     export_model,
     model_card,
     served_model_name,
 )
-from ragft_dagster.recipe import Recipe
 from ragft_dagster.resources import ArtifactStoreResource, ComputeResource
 
 # What the model card reports of the training runs (from their latest materialization).

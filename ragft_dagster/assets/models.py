@@ -9,19 +9,19 @@ import dagster as dg
 from ragft_dagster.artifacts import atomic_dir, dir_size_bytes
 from ragft_dagster.assets._meta import training_result
 from ragft_dagster.assets._training import train_artifact
-from ragft_dagster.checkpoints import progress_callback
-from ragft_dagster.merging import (
+from ragft_dagster.config.recipe import Recipe
+from ragft_dagster.data.skills import skill_rows
+from ragft_dagster.models.merging import (
     MergeCompatibilityError,
     merge_models,
     preflight_markdown,
     stages_markdown,
 )
-from ragft_dagster.model_refs import resolve_model_ref
-from ragft_dagster.preference import load_preference_pairs
-from ragft_dagster.recipe import Recipe
+from ragft_dagster.models.refs import resolve_model_ref
 from ragft_dagster.resources import ArtifactStoreResource, ComputeResource
-from ragft_dagster.skills import skill_rows
-from ragft_dagster.specialist import train_specialist
+from ragft_dagster.training.checkpoints import progress_callback
+from ragft_dagster.training.preference import load_preference_pairs
+from ragft_dagster.training.specialist import train_specialist
 
 
 def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[dg.AssetsDefinition]:

@@ -7,7 +7,10 @@ import dagster as dg
 
 from ragft_dagster.artifacts import artifact_lock, atomic_dir, read_jsonl
 from ragft_dagster.assets._meta import EAGER, read_all_documents
-from ragft_dagster.indexing import (
+from ragft_dagster.config.recipe import Recipe
+from ragft_dagster.models.refs import resolve_model_ref
+from ragft_dagster.resources import ArtifactStoreResource, ComputeResource, VectorStoreResource
+from ragft_dagster.retrieval.indexing import (
     IndexMismatchError,
     Retriever,
     id_differences,
@@ -15,9 +18,6 @@ from ragft_dagster.indexing import (
     retrieval_quality,
     sync_index,
 )
-from ragft_dagster.model_refs import resolve_model_ref
-from ragft_dagster.recipe import Recipe
-from ragft_dagster.resources import ArtifactStoreResource, ComputeResource, VectorStoreResource
 
 
 def build(recipe: Recipe) -> list[dg.AssetsDefinition]:

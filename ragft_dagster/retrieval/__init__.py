@@ -1,0 +1,1 @@
+"""The vector index (llama-index over Chroma) and retrieval."""

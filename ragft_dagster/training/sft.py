@@ -1,0 +1,209 @@
+"""SFT dataset building and LoRA fine-tuning with trl + peft (Dagster-free)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ragft_dagster.artifacts import atomic_write_text, write_jsonl
+from ragft_dagster.data.contamination import Finding, summarise
+from ragft_dagster.evaluation.mcq import fold
+from ragft_dagster.models.refs import (
+    count_parameters,
+    load_tokenizer,
+    load_trainable_model,
+    loss_history,
+)
+from ragft_dagster.training.checkpoints import train_resuming, training_dir
+
+CONTAMINATION_FILE = "contamination.json"
+
+
+def build_sft_dataset(
+    qa_rows: list[dict[str, Any]],
+    out_dir: Path,
+    *,
+    validation_fraction: float,
+    seed: int,
+    system_prompt: str | None,
+    detect_contamination: Callable[[list[dict[str, Any]]], list[Finding]] | None = None,
+    remove_contaminated: bool = True,
+) -> dict[str, Any]:
+    """Dedupe Q&A rows, decontaminate them, split train/validation deterministically and
+    write chat-format JSONL.
+
+    A row goes to validation when the hash of (seed, normalised question) falls below the
+    fraction, so adding a document never reshuffles the rows already assigned.
+
+    Args:
+        qa_rows: Rows from every ``synthetic_qa`` partition.
+        out_dir: Receives ``train.jsonl`` and ``validation.jsonl`` (``messages`` + provenance)
+            and, with a detector, ``contamination.json`` (every finding, both texts).
+        validation_fraction: Share of questions held out.
+        seed: Salt of the split hash.
+        system_prompt: Optional system message for every conversation.
+        detect_contamination: Finds the deduplicated rows that resemble benchmark questions
+            (e.g. :func:`ragft_dagster.data.contamination.find_contamination` with its settings).
+        remove_contaminated: Drop the flagged rows from both splits; otherwise keep them (they
+            are still listed in ``contamination.json``).
+
+    Returns:
+        Counts for metadata.
+    """
+    seen: set[tuple[str, str]] = set()
+    unique: list[dict[str, Any]] = []
+    duplicates = 0
+    for row in sorted(qa_rows, key=lambda r: (r["doc"], r["id"])):
+        key = (fold(row["question"]), fold(row["answer"]))
+        if key in seen:
+            duplicates += 1
+            continue
+        seen.add(key)
+        unique.append(row)
+    contamination: dict[str, Any] = {}
+    if detect_contamination is not None:
+        findings = detect_contamination(unique)
+        flagged = {f.train_id for f in findings}
+        contamination = {**summarise(findings), "contaminated_rows_removed": 0}
+        if remove_contaminated:
+            unique = [r for r in unique if r["id"] not in flagged]
+            contamination["contaminated_rows_removed"] = len(flagged)
+        report = {
+            "removed": remove_contaminated,
+            **contamination,
+            "findings": [f.to_dict() for f in findings],
+        }
+        atomic_write_text(
+            Path(out_dir) / CONTAMINATION_FILE, json.dumps(report, indent=1, ensure_ascii=False)
+        )
+    train: list[dict[str, Any]] = []
+    validation: list[dict[str, Any]] = []
+    for row in unique:
+        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        messages += [
+            {"role": "user", "content": row["question"]},
+            {"role": "assistant", "content": row["answer"]},
+        ]
+        record = {
+            "messages": messages,
+            "id": row["id"],
+            "chunk_id": row["chunk_id"],
+            "doc": row["doc"],
+            "generator": row["generator"],
+        }
+        h = hashlib.sha256(f"{seed}\n{fold(row['question'])}".encode()).digest()
+        bucket = int.from_bytes(h[:8], "big") / 2**64
+        (validation if bucket < validation_fraction else train).append(record)
+    write_jsonl(Path(out_dir) / "train.jsonl", train)
+    write_jsonl(Path(out_dir) / "validation.jsonl", validation)
+    return {
+        "input_rows": len(qa_rows),
+        "duplicates_removed": duplicates,
+        **contamination,
+        "train_rows": len(train),
+        "validation_rows": len(validation),
+    }
+
+
+def adapter_config(adapter_dir: Path) -> dict[str, Any]:
+    """What peft saved of a trained adapter's settings (``r``, ``lora_alpha``, the target
+    modules...): the recipe's values with peft's defaults filled in."""
+    return json.loads((Path(adapter_dir) / "adapter_config.json").read_text(encoding="utf-8"))
+
+
+def train_lora(
+    model_dir: str,
+    dataset_dir: Path,
+    out_dir: Path,
+    *,
+    lora: dict[str, Any],
+    args: dict[str, Any],
+    compute_args: dict[str, Any],
+    dtype: Any = None,
+    chat_template: str | None = None,
+    trust_remote_code: bool = False,
+    quantization: dict[str, Any] | None = None,
+    checkpoints: Path | None = None,
+    callbacks: list[Any] | None = None,
+) -> dict[str, Any]:
+    """LoRA SFT on the chat dataset with assistant-only loss; saves a PEFT adapter.
+
+    Runs the same under ``torchrun``/``accelerate`` (one process per rank): only rank 0 saves.
+
+    Args:
+        model_dir: The model to adapt (the DPO model).
+        dataset_dir: Folder with ``train.jsonl`` and ``validation.jsonl``.
+        out_dir: Receives the adapter (``adapter_config.json``, weights) and the tokenizer.
+        lora: peft ``LoraConfig`` fields from the recipe.
+        args: trl ``SFTConfig`` fields from the recipe.
+        compute_args: Precision/device fields from the compute profile (recipe args win).
+        dtype: Torch dtype for the base weights.
+        chat_template: Template for tokenizers without one.
+        trust_remote_code: Only when the recipe opts in.
+        quantization: transformers ``BitsAndBytesConfig`` fields (4-bit QLoRA); None = off.
+        checkpoints: Persistent folder for the trainer's checkpoints (resumed from when it
+            holds one); None = checkpoints, if any, go to a scratch folder.
+        callbacks: transformers ``TrainerCallback``s (e.g. progress to the run log).
+
+    Returns:
+        Metrics for metadata: losses, steps, parameter counts, the step resumed from.
+    """
+    from datasets import load_dataset
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    tokenizer = load_tokenizer(model_dir, chat_template, trust_remote_code)
+    on_gpu = not compute_args.get("use_cpu", False)
+    model = load_trainable_model(
+        model_dir, dtype, trust_remote_code, quantization, args, on_gpu=on_gpu
+    )
+    files = {"train": str(Path(dataset_dir) / "train.jsonl")}
+    has_validation = (Path(dataset_dir) / "validation.jsonl").stat().st_size > 0
+    if has_validation:
+        files["validation"] = str(Path(dataset_dir) / "validation.jsonl")
+    data = load_dataset("json", data_files=files)
+    data = data.select_columns(["messages"])
+    with training_dir(out_dir, checkpoints) as run_dir:
+        config = SFTConfig(
+            **{
+                **compute_args,
+                "assistant_only_loss": True,
+                "save_strategy": "no",
+                "logging_steps": 1,
+                "eval_strategy": "epoch" if has_validation else "no",
+                **args,
+            },
+            output_dir=str(run_dir),
+        )
+        trainer = SFTTrainer(
+            model=model,
+            callbacks=callbacks,
+            args=config,
+            train_dataset=data["train"],
+            eval_dataset=data["validation"] if has_validation else None,
+            processing_class=tokenizer,
+            peft_config=LoraConfig(task_type="CAUSAL_LM", **lora),
+        )
+        total, trainable = count_parameters(trainer.model)
+        result, resumed_from = train_resuming(trainer, checkpoints)
+        eval_loss = trainer.evaluate()["eval_loss"] if has_validation else float("nan")
+    if trainer.is_world_process_zero():
+        trained: Any = trainer.model
+        trained.save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
+    losses = [float(e["loss"]) for e in loss_history(trainer)]
+    return {
+        "train_loss": float(result.training_loss),
+        "final_loss": losses[-1] if losses else float(result.training_loss),
+        "eval_loss": float(eval_loss),
+        "steps": int(result.global_step),
+        "resumed_from_step": resumed_from,
+        "processes": int(trainer.args.world_size),
+        "train_rows": len(data["train"]),
+        "parameters": total,
+        "trainable_parameters": trainable,
+        "loss_curve": losses,
+    }

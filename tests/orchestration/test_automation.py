@@ -1,0 +1,193 @@
+"""When the docs change: the change plan, the docs sensor, declarative automation, code versions."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from ragft_dagster.artifacts import ArtifactLayout
+from ragft_dagster.data.documents import plan_document_changes, scan_documents
+from ragft_dagster.definitions import build_definitions
+from ragft_dagster.orchestration.automation import REMOVAL_ASSETS
+from ragft_dagster.resources import ArtifactStoreResource
+
+from ..conftest import recipe_with_docs, write_recipe
+
+DOCS = ["glossary.md", "installation.md", "overview.md"]
+
+
+def test_plan_document_changes():
+    current = {"a.md": "1", "b.md": "2", "c.md": "3"}
+    built = {"a.md": "1", "b.md": "old", "d.md": "4"}
+    changes = plan_document_changes(current, {"a.md", "b.md", "d.md"}, built.get)
+    assert changes.added == ["c.md"]
+    assert changes.changed == ["b.md"]
+    assert changes.removed == ["d.md"]
+    assert changes.unchanged == ["a.md"]
+    assert changes.to_run == ["b.md", "c.md"]
+    # a partition that was never built counts as changed
+    assert plan_document_changes({"a.md": "1"}, {"a.md"}, lambda k: None).changed == ["a.md"]
+
+
+def _code_versions(recipe: Path, tmp_path: Path) -> dict[str, str]:
+    graph = build_definitions(recipe, artifact_root=tmp_path / "a").resolve_asset_graph()
+    return {k.to_user_string(): graph.get(k).code_version for k in graph.get_all_asset_keys()}
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda raw: raw["lora"].update(r=4), {"lora_adapter"}),
+        (
+            lambda raw: raw["qa"].update(prompt="Ask {n} questions about: {context}"),
+            {"synthetic_qa"},
+        ),
+        (lambda raw: raw["chunking"].update(chunk_size=200), {"doc_chunks"}),
+        (lambda raw: raw["retrieval"].update(top_k=5), {"vector_index", "mcq_scores"}),
+        # operational settings change nothing that is produced
+        (lambda raw: raw["qa"].update(budget={"max_requests": 10}, max_retries=9), set()),
+    ],
+    ids=["lora", "qa-prompt", "chunking", "retrieval", "qa-budget"],
+)
+def test_code_versions_follow_recipe_sections(tmp_path, edit, expected):
+    (tmp_path / "before").mkdir()
+    (tmp_path / "after").mkdir()
+    before = _code_versions(write_recipe(tmp_path / "before"), tmp_path)
+    after = _code_versions(write_recipe(tmp_path / "after", edit), tmp_path)
+    assert {k for k in before if before[k] != after[k]} == expected
+
+
+def _tick(defs: dg.Definitions, instance, root: Path, cursor: str | None) -> dg.SensorResult:
+    sensor = defs.get_sensor_def("docs_sensor")
+    context = dg.build_sensor_context(
+        instance=instance,
+        cursor=cursor,
+        resources={"artifacts": ArtifactStoreResource(root=str(root))},
+        definitions=defs,
+    )
+    return sensor(context)
+
+
+def test_docs_sensor_adds_reruns_and_removes_documents(tmp_path):
+    recipe, docs = recipe_with_docs(tmp_path, DOCS)
+    root = tmp_path / "artifacts"
+    defs = build_definitions(recipe, artifact_root=root)
+    assert defs.get_sensor_def("docs_sensor").default_status == dg.DefaultSensorStatus.RUNNING
+    hashes = scan_documents(docs)
+    with dg.instance_for_test() as instance:
+        first = _tick(defs, instance, root, None)
+        (add,) = first.dynamic_partitions_requests
+        assert sorted(add.partition_keys) == DOCS
+        assert [r.partition_key for r in first.run_requests] == DOCS
+        assert [r.run_key for r in first.run_requests] == [f"{d}@{hashes[d][:16]}" for d in DOCS]
+        assert {
+            tuple(k.to_user_string() for k in r.asset_selection) for r in first.run_requests
+        } == {("doc_chunks", "synthetic_qa")}
+        instance.add_dynamic_partitions("documents", DOCS)
+
+        # Nothing changed: nothing to do.
+        quiet = _tick(defs, instance, root, first.cursor)
+        assert not quiet.run_requests and not quiet.dynamic_partitions_requests
+
+        # One document edited: one run, keyed by its new content.
+        with (docs / "installation.md").open("a") as f:
+            f.write("\n## Upgrading\n\nRun `make install` again after pulling.\n")
+        edited = _tick(defs, instance, root, quiet.cursor)
+        assert [r.partition_key for r in edited.run_requests] == ["installation.md"]
+        new_hash = scan_documents(docs)["installation.md"]
+        assert edited.run_requests[0].run_key == f"installation.md@{new_hash[:16]}"
+        assert edited.run_requests[0].tags["ragft/trigger"] == "changed"
+
+        # One document removed: its partition, chunks and Q&A go; index and dataset rebuild.
+        layout = ArtifactLayout(root)
+        for path in layout.document_files("glossary.md"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("{}\n")
+        (docs / "glossary.md").unlink()
+        removed = _tick(defs, instance, root, edited.cursor)
+        (delete,) = removed.dynamic_partitions_requests
+        assert list(delete.partition_keys) == ["glossary.md"]
+        assert not any(p.exists() for p in layout.document_files("glossary.md"))
+        (rebuild,) = removed.run_requests
+        assert {k.to_user_string() for k in rebuild.asset_selection} == set(REMOVAL_ASSETS)
+        assert json.loads(removed.cursor).keys() == {"installation.md", "overview.md"}
+
+
+def test_docs_sensor_skips_a_missing_folder(tmp_path):
+    recipe, docs = recipe_with_docs(tmp_path, DOCS)
+    defs = build_definitions(recipe, artifact_root=tmp_path / "a")
+    shutil.rmtree(docs)
+    with dg.instance_for_test() as instance:
+        result = _tick(defs, instance, tmp_path / "a", None)
+    assert isinstance(result, dg.SkipReason) and "docs.path" in result.skip_message
+
+
+def _report(instance, asset: str, partitions: list[str | None]) -> None:
+    for p in partitions:
+        instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=asset, partition=p))
+
+
+def test_downstream_updates_once_after_a_document_run(tmp_path):
+    """Declarative automation: after one document's chunks and Q&A update, every unpartitioned
+    downstream asset (and every score cell) is requested in one tick, and never again."""
+    recipe, _ = recipe_with_docs(tmp_path, DOCS)
+    defs = build_definitions(recipe, artifact_root=tmp_path / "a")
+    graph = defs.resolve_asset_graph()
+    cells = graph.get(dg.AssetKey("mcq_scores")).partitions_def.get_partition_keys()
+    models = graph.get(dg.AssetKey("general_scores")).partitions_def.get_partition_keys()
+    automated = ["sft_dataset", "vector_index", "lora_adapter", "mcq_scores", "mcq_report"]
+    automated.append("general_scores")
+    for key in graph.get_all_asset_keys():
+        has = graph.get(key).automation_condition is not None
+        assert has == (key.to_user_string() in automated), key
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("documents", DOCS)
+        for asset in ("merged_model", "dpo_model", "sft_dataset", "vector_index", "lora_adapter"):
+            _report(instance, asset, [None])
+        for asset in ("doc_chunks", "synthetic_qa"):
+            _report(instance, asset, DOCS)
+        _report(instance, "mcq_scores", cells)
+        _report(instance, "general_scores", models)
+        _report(instance, "mcq_report", [None])
+
+        start = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+        assert start.total_requested == 0
+
+        def tick(cursor):
+            result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
+            requested = {
+                k.to_user_string(): result.get_requested_partitions(k)
+                for k in graph.get_all_asset_keys()
+                if result.get_num_requested(k)
+            }
+            return result.cursor, requested
+
+        _report(instance, "doc_chunks", ["installation.md"])
+        _report(instance, "synthetic_qa", ["installation.md"])
+        # Unpartitioned assets that can share a run are requested together ...
+        cursor, requested = tick(start.cursor)
+        assert requested == {"sft_dataset": {None}, "vector_index": {None}, "lora_adapter": {None}}
+        # ... the score cells once that run is done (they cannot share a run; while it is in
+        # progress, eager's ~any_deps_in_progress holds them back) ...
+        for asset in ("sft_dataset", "vector_index", "lora_adapter"):
+            _report(instance, asset, [None])
+        cursor, requested = tick(cursor)
+        assert requested == {"mcq_scores": set(cells), "general_scores": set(models)}
+        # ... then the report; and once all is done, nothing more: no double runs.
+        _report(instance, "mcq_scores", cells)
+        _report(instance, "general_scores", models)
+        cursor, requested = tick(cursor)
+        assert requested == {"mcq_report": {None}}
+        _report(instance, "mcq_report", [None])
+        cursor, requested = tick(cursor)
+        assert requested == {}
+
+        # While a document partition is missing (just added, not built), nothing runs.
+        instance.add_dynamic_partitions("documents", ["new.md"])
+        _report(instance, "synthetic_qa", ["overview.md"])
+        cursor, requested = tick(cursor)
+        assert requested == {}

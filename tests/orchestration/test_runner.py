@@ -1,0 +1,369 @@
+"""Dagster-level tests: definitions, the OpenAI path through a loopback server, end to end."""
+
+import json
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from ragft_dagster.artifacts import ArtifactLayout, read_jsonl
+from ragft_dagster.config.recipe import relocatable_raw
+from ragft_dagster.definitions import build_definitions, load_inputs, recipe_stages
+
+from ..conftest import LOCAL_PROFILE, QUICKSTART_DATA, TINY_RECIPE, write_recipe
+from ..openai_stub import OpenAIStub
+
+ALL_ASSETS = {
+    "merged_model",
+    "dpo_model",
+    "doc_chunks",
+    "synthetic_qa",
+    "sft_dataset",
+    "lora_adapter",
+    "vector_index",
+    "mcq_scores",
+    "general_scores",
+    "mcq_report",
+}
+
+
+def test_definitions_load_with_the_asset_graph():
+    from ragft_dagster.definitions import defs
+
+    defs = defs()  # @dg.definitions is lazy
+    graph = defs.resolve_asset_graph()
+    keys = {k.path[0] for k in graph.get_all_asset_keys()}
+    assert keys == ALL_ASSETS | {"specialist_model"}  # the quickstart derives a specialist
+    parents = {
+        k.path[0]: {p.path[0] for p in graph.get(k).parent_keys} for k in graph.get_all_asset_keys()
+    }
+    assert parents["merged_model"] == {"specialist_model"}
+    assert parents["dpo_model"] == {"merged_model"}
+    assert parents["synthetic_qa"] == {"doc_chunks"}
+    assert parents["lora_adapter"] == {"dpo_model", "sft_dataset"}
+    assert parents["vector_index"] == {"doc_chunks"}
+    assert parents["mcq_report"] == {"mcq_scores", "general_scores"}
+    assert parents["general_scores"] == {"merged_model", "dpo_model", "lora_adapter"}
+    gpu_bound = ("specialist_model", "merged_model", "dpo_model", "lora_adapter")
+    for name in (*gpu_bound, "mcq_scores", "general_scores"):
+        assert graph.get(dg.AssetKey(name)).pools == {"gpu"}
+    stages = recipe_stages(load_inputs()[0])  # the default recipe
+    assert [s.job for s in stages] == [
+        "models_job",
+        "documents_job",
+        "training_job",
+        "retrieval_job",
+        "evaluation_job",
+        "general_job",
+        "report_job",
+    ]
+    for stage in stages:
+        assert defs.resolve_job_def(stage.job)
+    # every eager asset (general_scores too) is ours to evaluate: no default sensor appears
+    sensors = {s.name for s in defs.get_repository_def().sensor_defs}
+    assert sensors == {"docs_sensor", "ragft_automation"}
+    scores = graph.get(dg.AssetKey("mcq_scores")).partitions_def
+    assert len(scores.get_partition_keys()) == 8
+
+
+def _openai_recipe(tmp_path: Path) -> Path:
+    qa = {
+        "generator": "openai",
+        "model": "stub-model",
+        "questions_per_chunk": 2,
+        "max_retries": 0,
+        "request_timeout": 10,
+    }
+    return write_recipe(tmp_path, lambda raw: raw.update(qa=qa))
+
+
+def _profile(tmp_path: Path, base_url: str) -> Path:
+    p = tmp_path / "resources" / "stub.yaml"
+    p.parent.mkdir(exist_ok=True)
+    p.write_text(
+        yaml.safe_dump(
+            {"name": "stub", "llm": {"base_url": base_url, "api_key_env": "RAGFT_TEST_KEY"}}
+        )
+    )
+    return p
+
+
+def test_synthetic_qa_through_an_openai_compatible_endpoint(tmp_path, tiny_base, monkeypatch):
+    secret = "sk-test-DO-NOT-LEAK-8f3a"
+    monkeypatch.setenv("RAGFT_TEST_KEY", secret)
+    replies = [
+        "this is {not json at all",  # malformed: counted, not fatal
+        'Here you go:\n```json\n[{"question": "What is X?", "answer": "X is Y."},'
+        ' {"question": "Why?", "answer": "Because."}]\n```',
+    ]
+    doc = "installation.md"
+    with OpenAIStub(replies) as stub:
+        root = tmp_path / "artifacts"
+        shutil.copytree(tiny_base.parent, root / "tiny")  # reuse the session's tiny model
+        defs = build_definitions(
+            _openai_recipe(tmp_path), _profile(tmp_path, stub.base_url), artifact_root=root
+        )
+        job = defs.resolve_job_def("documents_job")
+        with dg.instance_for_test() as instance:
+            instance.add_dynamic_partitions("documents", [doc])
+            result = job.execute_in_process(instance=instance, partition_key=doc)
+            assert result.success
+            n_chunks = len(read_jsonl(ArtifactLayout(root).chunks(doc)))
+            assert len(stub.requests) == n_chunks
+            assert stub.auth_headers[0] == f"Bearer {secret}"
+            sent = stub.requests[0]
+            assert sent["model"] == "stub-model"
+            assert "Reply with JSON only" in sent["messages"][0]["content"]
+            meta = result.asset_materializations_for_node("synthetic_qa")[0].metadata
+            assert meta["llm_requests"].value == n_chunks
+            assert meta["parse_outcomes"].value["failed"] == 1
+            rows = read_jsonl(ArtifactLayout(root).qa(doc))
+            assert len(rows) == 2 * (n_chunks - 1)
+            assert {r["generator"] for r in rows} == {"openai"}
+            chunk_ids = {c["id"] for c in read_jsonl(ArtifactLayout(root).chunks(doc))}
+            assert {r["chunk_id"] for r in rows} <= chunk_ids
+
+            # Re-materializing unchanged chunks is free: every reply comes from the cache.
+            again = job.execute_in_process(instance=instance, partition_key=doc)
+            assert again.success and len(stub.requests) == n_chunks
+            meta2 = again.asset_materializations_for_node("synthetic_qa")[0].metadata
+            assert meta2["cache_hits"].value == n_chunks and meta2["llm_requests"].value == 0
+
+            for event in instance.all_logs(result.run_id) + instance.all_logs(again.run_id):
+                assert secret not in json.dumps(str(event))
+    assert not any(
+        secret in p.read_text(errors="ignore")
+        for p in root.rglob("*")
+        if p.is_file() and p.stat().st_size < 2**20
+    )
+
+
+def test_missing_api_key_fails_clearly(tmp_path, monkeypatch):
+    monkeypatch.delenv("RAGFT_TEST_KEY", raising=False)
+    defs = build_definitions(
+        _openai_recipe(tmp_path),
+        _profile(tmp_path, "http://127.0.0.1:9/v1"),
+        artifact_root=tmp_path / "a",
+    )
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("documents", ["overview.md"])
+        with pytest.raises(dg.DagsterInvalidConfigError, match="RAGFT_TEST_KEY.*not set"):
+            defs.resolve_job_def("documents_job").execute_in_process(
+                instance=instance, partition_key="overview.md"
+            )
+
+
+def chromadb_collection(layout: ArtifactLayout):
+    from ragft_dagster.retrieval.indexing import open_collection
+
+    return open_collection("tiny", path=layout.vector_index)
+
+
+def stale_assets(recipe_dir: Path, instance, root: Path, edit) -> dict[str, int]:
+    """Assets Dagster calls stale after editing the recipe in ``recipe_dir`` with ``edit``, with
+    how many of their partitions are stale."""
+    from dagster._utils.test.data_versions import get_stale_status_resolver
+
+    path = recipe_dir / "recipe.yaml"
+    raw = yaml.safe_load(path.read_text())
+    edit(raw)
+    edited = recipe_dir / "edited.yaml"
+    edited.write_text(yaml.safe_dump(raw))
+    defs = build_definitions(edited, LOCAL_PROFILE, artifact_root=root)
+    resolver = get_stale_status_resolver(instance, list(defs.assets))
+    graph = defs.resolve_asset_graph()
+    out = {}
+    for key in graph.get_all_asset_keys():
+        pdef = graph.get(key).partitions_def
+        keys = pdef.get_partition_keys(dynamic_partitions_store=instance) if pdef else [None]
+        n = sum(resolver.get_status(key, k).value == "STALE" for k in keys)
+        if n:
+            out[key.to_user_string()] = n
+    return out
+
+
+@pytest.mark.slow
+def test_quickstart_end_to_end(tmp_path):
+    """The whole quickstart graph, exactly as `make run` runs it, into a temporary instance."""
+    from ragft_dagster.cli import run_pipeline
+
+    root = tmp_path / "artifacts"
+    recipe_dir = tmp_path / "recipe"
+    shutil.copytree(QUICKSTART_DATA / "docs", recipe_dir / "docs")  # the test edits them
+    recipe = str(recipe_dir / "recipe.yaml")
+    raw = relocatable_raw(TINY_RECIPE)
+    raw["docs"]["path"] = "docs"
+    raw["export"] = {"enabled": True, "dtype": "float32"}  # `ragft run` ends with export_job
+    Path(recipe).write_text(yaml.safe_dump(raw, sort_keys=False))
+    lines: list[str] = []
+
+    def run():
+        lines.clear()
+        result = run_pipeline(
+            recipe, str(LOCAL_PROFILE), instance=instance, artifact_root=root, echo=lines.append
+        )
+        assert result, "\n".join(lines)
+        return result
+
+    with dg.instance_for_test() as instance:
+        full = run()
+        jobs = [s.job for s in full.steps]
+        assert set(jobs) == {
+            "models_job",
+            "documents_job",
+            "training_job",
+            "retrieval_job",
+            "evaluation_job",
+            "general_job",
+            "report_job",
+            "export_job",
+        }
+        # the graph's order: the export follows the report it quotes
+        assert jobs.index("retrieval_job") < jobs.index("evaluation_job") < jobs.index("report_job")
+        assert jobs[-1] == "export_job"
+        failed = [name for step in full.steps for name, ok in step.checks.items() if not ok]
+        assert not failed, failed
+        layout = ArtifactLayout(root)
+        docs = sorted(p.name for p in (recipe_dir / "docs").glob("*.md"))
+        assert sorted(instance.get_dynamic_partitions("documents")) == docs
+
+        for d in (layout.merged_model, layout.dpo_model):
+            assert (d / "config.json").is_file() and (d / "model.safetensors").is_file()
+            assert (d / "chat_template.jinja").is_file()
+        assert (layout.merged_model / "mergekit_config.yml").is_file()
+        assert (layout.exported_model / "model.safetensors").is_file()
+        assert not (layout.exported_model / "adapter_config.json").exists()
+        assert (layout.lora_adapter / "adapter_config.json").is_file()
+        assert json.loads((layout.lora_adapter / "adapter_config.json").read_text())["r"] == 8
+        chunks = [c for d in docs for c in read_jsonl(layout.chunks(d))]
+        assert len({c["id"] for c in chunks}) == len(chunks) > 50
+        qa = [r for d in docs for r in read_jsonl(layout.qa(d))]
+        assert {r["chunk_id"] for r in qa} <= {c["id"] for c in chunks}
+        assert (layout.sft_dataset / "train.jsonl").stat().st_size > 0
+        for m in ("base", "merged", "dpo", "sft"):
+            for c in ("closed_book", "rag"):
+                recs = read_jsonl(layout.scores(m, c))
+                assert len(recs) == 36
+                assert all(len(r["retrieved"]) == (3 if c == "rag" else 0) for r in recs)
+        assert (layout.report / "accuracy.png").stat().st_size > 5000
+
+        def meta(name, partition=None):
+            ev = (
+                instance.get_latest_materialization_event(dg.AssetKey(name))
+                if partition is None
+                else None
+            )
+            return ev.asset_materialization.metadata
+
+        assert meta("vector_index")["vectors"].value == len(chunks)
+        assert meta("lora_adapter")["trainable_parameters"].value > 0
+        assert meta("dpo_model")["pairs"].value >= 50
+        report = meta("mcq_report")
+        assert "| sft |" in report["comparison"].value
+        assert "data:image/png;base64," in report["chart"].value
+        for m in ("base", "merged", "dpo", "sft"):
+            for c in ("closed_book", "rag"):
+                assert 0 <= report[f"accuracy_{m}_{c}"].value <= 1
+                assert 0 <= report[f"acc_norm_{m}_{c}"].value <= 1
+        assert "retrieval failure" in report["retrieval_vs_generation"].value
+        assert "| row | correct |" in report["per_question"].value
+        assert report["context_mismatched_rows"].value == 0
+        rag = read_jsonl(layout.scores("sft", "rag"))
+        assert sum(r["retrieval_hit"] is not None for r in rag) > 30  # supporting chunk found
+        checks = {name for step in full.steps for name in step.checks}
+        assert checks == {
+            "sft_dataset_not_contaminated",
+            "vector_index_matches_chunks",
+            "vector_index_retrieval_quality",
+            "mcq_report_no_regression",
+        }
+        assert any("pipeline finished" in line for line in lines)
+        assert meta("synthetic_qa")["generated"].value > 0
+
+        # Nothing changed: nothing runs.
+        assert run().steps == []
+
+        # One document edited, one removed: only the edited document's partition reruns, only
+        # its new chunks are generated and embedded, the removed document's vectors are gone.
+        edited, removed = "glossary.md", "troubleshooting.md"
+        old_ids = {c["id"] for c in read_jsonl(layout.chunks(edited))}
+        with (recipe_dir / "docs" / edited).open("a") as f:
+            f.write("\n## Nightly\n\nThe **nightly schedule** re-scores every cell at 02:00.\n")
+        (recipe_dir / "docs" / removed).unlink()
+        inc = run()
+        assert [s.partition for s in inc.steps if s.job == "documents_job"] == [edited]
+        new_ids = {c["id"] for c in read_jsonl(layout.chunks(edited))} - old_ids
+        assert new_ids and inc.total("synthetic_qa", "generated") == len(new_ids)
+        index = inc.steps[[s.job for s in inc.steps].index("retrieval_job")]
+        assert index.metadata["vector_index"]["embedded_now"] == len(new_ids)
+        assert index.checks == {
+            "vector_index_matches_chunks": True,
+            "vector_index_retrieval_quality": True,
+        }
+        assert not any(p.exists() for p in layout.document_files(removed))
+        chunks = [c for d in docs if d != removed for c in read_jsonl(layout.chunks(d))]
+        assert index.metadata["vector_index"]["vectors"] == len({c["id"] for c in chunks})
+        with chromadb_collection(layout) as col:
+            held = col.get(include=["metadatas"])
+        assert removed not in {m["doc"] for m in held["metadatas"]}
+        assert set(held["ids"]) == {c["id"] for c in chunks}
+
+        # Editing the LoRA section: lora_adapter is stale, nothing upstream is (its downstream
+        # turns stale once it is rebuilt, and eager automation rebuilds it then).
+        stale = stale_assets(recipe_dir, instance, root, lambda raw: raw["lora"].update(r=4))
+        assert stale == {"lora_adapter": 1}
+        # Editing the Q&A prompt: every synthetic_qa partition is stale.
+        prompt = "Write {n} questions with answers about:\n{context}"
+        stale = stale_assets(
+            recipe_dir, instance, root, lambda raw: raw["qa"].update(prompt=prompt)
+        )
+        assert stale == {"synthetic_qa": len(docs) - 1}
+
+
+@pytest.mark.slow
+def test_ragft_run_scores_api_models_at_the_endpoint_and_reports_them(tmp_path):
+    """`ragft run` (the CLI, in its own process) takes the cells from mcq_scores' own
+    partitions, API models included, scores them at a loopback OpenAI-compatible server and
+    ends with the report."""
+    import os
+    import subprocess
+    import sys
+
+    from ragft_dagster.evaluation.mcq import load_questions
+
+    from ..conftest import ROOT, recipe_with_docs
+
+    recipe, _ = recipe_with_docs(tmp_path, ["glossary.md", "chunking.md"])
+    raw = yaml.safe_load(recipe.read_text())
+    raw["evaluation"].update(models=["base"], api={"models": ["stub-model"]})
+    recipe.write_text(yaml.safe_dump(raw))
+    home = tmp_path / "home"
+    home.mkdir()
+    with OpenAIStub(["B"]) as stub:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ragft_dagster.cli",
+                "run",
+                "--recipe",
+                str(recipe),
+                "--profile",
+                str(_profile(tmp_path, stub.base_url)),
+            ],
+            cwd=ROOT,
+            env={**os.environ, "DAGSTER_HOME": str(home), "RAGFT_TEST_KEY": "sk-test"},
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        out = done.stdout + done.stderr
+        assert done.returncode == 0, out
+        questions = len(load_questions(QUICKSTART_DATA / "mcq.csv"))
+        assert len(stub.requests) == 2 * questions  # closed_book and rag, once each
+    for cell in ("closed_book|stub-model", "rag|stub-model", "closed_book|base", "rag|base"):
+        assert f"evaluation_job [{cell}]" in out
+    assert "ok  report_job" in out and "| stub-model |" in out
+    assert "Traceback" not in out

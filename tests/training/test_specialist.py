@@ -1,0 +1,147 @@
+"""The derived specialist (skill set, training, the merge's reference to it), the duplicate-input
+merge preflight, and `ragft run`'s failure output through the real CLI."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from ragft_dagster.config.recipe import RecipeError, load_recipe
+from ragft_dagster.data.skills import skill_rows
+from ragft_dagster.models.merging import MergeCompatibilityError, preflight_merge
+
+from ..conftest import LOCAL_PROFILE, ROOT, write_recipe
+
+
+def test_skill_rows_are_deterministic_distinct_and_correct():
+    rows = skill_rows("arithmetic", 200, seed=0)
+    assert rows == skill_rows("arithmetic", 200, seed=0)
+    assert rows != skill_rows("arithmetic", 200, seed=1)
+    questions = [r["messages"][0]["content"] for r in rows]
+    assert len(set(questions)) == 200
+    for row in rows:
+        user, assistant = row["messages"]
+        assert (user["role"], assistant["role"]) == ("user", "assistant")
+        work, result = re.fullmatch(r"(.*)\. The answer is (\d+)\.", assistant["content"]).groups()
+        # The worked calculation's last step evaluates to the stated answer.
+        *_, expression, value = work.rsplit(", so ", 1)[-1].split(" = ")
+        assert re.fullmatch(r"[\d +\-x/]+", expression), row
+        assert eval(expression.replace("x", "*"), {}) == int(value) == int(result), row
+    with pytest.raises(ValueError, match="unknown skill"):
+        skill_rows("poetry", 3)
+
+
+def _slerp(a: str, b: str) -> dict:
+    return {
+        "merge_method": "slerp",
+        "base_model": a,
+        "slices": [
+            {"sources": [{"model": a, "layer_range": [0, 2]}, {"model": b, "layer_range": [0, 2]}]}
+        ],
+        "parameters": {"t": 0.5},
+        "dtype": "float32",
+    }
+
+
+def test_a_merge_of_a_model_with_itself_fails_in_the_preflight(tmp_path):
+    with pytest.raises(MergeCompatibilityError) as err:
+        preflight_merge(_slerp("tiny:base", "tiny:base"), tmp_path, tmp_path)
+    message = str(err.value)
+    assert "slices[0].sources names 'tiny:base' twice" in message
+    assert "specialist:<name>" in message and "Duplicate merge inputs" not in message
+
+
+def test_two_references_to_one_folder_are_the_same_model(tmp_path, tiny_base):
+    with pytest.raises(MergeCompatibilityError, match="names 'tiny:base' and"):
+        preflight_merge(_slerp("tiny:base", str(tiny_base)), tiny_base.parent.parent, tmp_path)
+
+
+def test_a_specialist_reference_must_name_the_recipe_specialist(tmp_path):
+    def edit(raw):
+        raw["merge"] = _slerp("tiny:base", "specialist:code")
+
+    with pytest.raises(RecipeError, match="'specialist:code' names no specialist of this recipe"):
+        load_recipe(write_recipe(tmp_path, edit))
+
+
+def test_the_merge_preflight_names_the_specialist_to_materialize(tmp_path):
+    from ragft_dagster.models.merging import merge_stages
+
+    assert merge_stages(_slerp("tiny:base", "specialist:math"))
+    with pytest.raises(MergeCompatibilityError, match="re-materialize specialist_model"):
+        preflight_merge(_slerp("tiny:base", "specialist:math"), tmp_path, tmp_path)
+
+
+@pytest.mark.slow
+def test_specialist_model_trains_and_the_merge_uses_it(tmp_path):
+    """A tiny specialist derived and SLERP-merged with its base through the model job."""
+    import dagster as dg
+
+    from ragft_dagster.artifacts import ArtifactLayout
+    from ragft_dagster.definitions import build_definitions
+
+    def edit(raw):
+        raw["specialist"] = {
+            "name": "math",
+            "base_model": "tiny:base",
+            "examples": 24,
+            "args": {
+                "per_device_train_batch_size": 8,
+                "max_length": 64,
+                "learning_rate": 1e-3,
+                "num_train_epochs": 1,
+            },
+        }
+        raw["merge"] = _slerp("tiny:base", "specialist:math")
+
+    defs = build_definitions(write_recipe(tmp_path, edit), LOCAL_PROFILE, tmp_path / "art")
+    with dg.instance_for_test() as instance:
+        result = defs.resolve_job_def("models_job").execute_in_process(instance=instance)
+    assert result.success
+    meta = result.asset_materializations_for_node("specialist_model")[0].metadata
+    assert meta["train_rows"].value == 24 and meta["steps"].value == 3
+    layout = ArtifactLayout(tmp_path / "art")
+    assert (layout.specialist_model / "model.safetensors").is_file()
+    merged = result.asset_materializations_for_node("merged_model")[0].metadata
+    assert "specialist:math" in merged["sources"].value
+
+
+def _ragft_run(tmp_path, recipe, extra_env=None):
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home"), **(extra_env or {})}
+    (tmp_path / "home").mkdir(exist_ok=True)
+    env.pop("OPENAI_API_KEY", None)
+    return subprocess.run(
+        [sys.executable, "-m", "ragft_dagster.cli", "run", "--recipe", str(recipe)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.mark.slow
+def test_ragft_run_prints_a_failed_step_and_exits_1_without_a_traceback(tmp_path):
+    recipe = write_recipe(tmp_path, lambda raw: raw.update(merge=_slerp("tiny:base", "tiny:base")))
+    done = _ragft_run(tmp_path, recipe)
+    out = done.stdout + done.stderr
+    assert done.returncode == 1, out
+    assert "FAILED models_job: " in out and "names 'tiny:base' twice" in out
+    assert re.search(r"run [0-9a-f-]{36} failed", out)
+    assert "Traceback" not in out and "CheckError" not in out
+
+
+@pytest.mark.slow
+def test_ragft_run_prints_a_run_start_failure_and_exits_1_without_a_traceback(tmp_path):
+    """An API model without its key: the EnvVar cannot resolve, the run fails before any step."""
+
+    def edit(raw):
+        raw["evaluation"]["api"] = {"models": ["stub-model"]}
+
+    done = _ragft_run(tmp_path, write_recipe(tmp_path, edit))
+    out = done.stdout + done.stderr
+    assert done.returncode == 1, out
+    assert re.search(r"FAILED documents_job \[[\w.-]+\]: environment variable OPENAI_API_KEY", out)
+    assert "Traceback" not in out and "CheckError" not in out
