@@ -26,14 +26,13 @@ from pydantic import (
     model_validator,
 )
 
+from ragft_dagster.config.merge import RUNTIME_MERGE_OPTIONS, check_merge_options, merge_stages
 from ragft_dagster.config.upstream import (
     dataclass_fields,
     init_parameters,
     typed_dataclass_values,
     validate_merge_config,
 )
-from ragft_dagster.models.merging import RUNTIME_MERGE_OPTIONS, check_merge_options, merge_stages
-from ragft_dagster.training.checkpoints import training_relevant
 
 PUBLISHED_SYSTEM_PROMPT = (
     "You are a helpful and careful assistant. You will use the given context to answer the "
@@ -91,6 +90,16 @@ class _Section(BaseModel):
             nested = getattr(self, key, None)
             out[key] = nested.versioned_dump() if isinstance(nested, _Section) else value
         return out
+
+
+# trl/transformers argument prefixes that change how often a run is saved or logged, not what it
+# computes: editing them must not orphan the checkpoints of a run in progress.
+BOOKKEEPING_PREFIXES = ("save_", "logging_", "report_to", "output_dir", "disable_tqdm")
+
+
+def training_relevant(args: dict[str, Any]) -> dict[str, Any]:
+    """Trainer arguments without the saving/logging cadence (what the run computes)."""
+    return {k: v for k, v in args.items() if not k.startswith(BOOKKEEPING_PREFIXES)}
 
 
 def _check_dataclass_keys(args: dict[str, Any], cls_path: str) -> dict[str, Any]:
@@ -682,8 +691,8 @@ def _missing_files(recipe: Recipe) -> list[tuple[str, str]]:
 def _bad_model_refs(recipe: Recipe) -> list[tuple[str, str]]:
     """(key, problem) for each model reference that names nothing loadable (checked without
     loading or building anything: tiny: names, pkg: distributions, local folders)."""
-    from ragft_dagster.models.merging import source_models
-    from ragft_dagster.models.refs import ModelReferenceError, check_model_ref
+    from ragft_dagster.config.merge import source_models
+    from ragft_dagster.config.references import ModelReferenceError, check_model_ref
 
     refs = [
         ("base_model", recipe.base_model),

@@ -18,16 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from ragft_dagster.artifacts import file_sha256, scratch_dir
+from ragft_dagster.config.recipe import training_relevant  # noqa: F401  (re-exported)
 
 CHECKPOINTS_DIR = "checkpoints"
-# trl/transformers argument prefixes that change how often a run is saved or logged, not what it
-# computes: editing them must not orphan the checkpoints of a run in progress.
-BOOKKEEPING_PREFIXES = ("save_", "logging_", "report_to", "output_dir", "disable_tqdm")
-
-
-def training_relevant(args: dict[str, Any]) -> dict[str, Any]:
-    """Trainer arguments without the saving/logging cadence (what the run computes)."""
-    return {k: v for k, v in args.items() if not k.startswith(BOOKKEEPING_PREFIXES)}
 
 
 def wants_checkpoints(args: dict[str, Any]) -> bool:

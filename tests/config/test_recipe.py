@@ -138,3 +138,24 @@ def test_training_values_take_upstream_types_and_defaults(tmp_path):
     recipe = load_recipe(write_recipe(tmp_path, edit))
     assert recipe.sft.args["learning_rate"] == 5e-5
     assert recipe.lora.model_dump() == {"r": 4}
+
+
+def test_the_schema_imports_no_execution_code_and_the_product_no_benchmark():
+    """config/ is data: importing the recipe schema loads no torch, transformers, Dagster or
+    execution module; the product (definitions, CLI) never imports ragft_dagster.benchmarks."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, ragft_dagster.config.recipe\n"
+        "ours = {m for m in sys.modules if m.startswith('ragft_dagster.')}\n"
+        "heavy = {'torch', 'transformers', 'dagster', 'trl'} & set(sys.modules)\n"
+        "assert ours <= {'ragft_dagster.config', 'ragft_dagster.config.merge',\n"
+        "    'ragft_dagster.config.recipe', 'ragft_dagster.config.upstream'}, ours\n"
+        "assert not heavy, heavy\n"
+        "import ragft_dagster.cli, ragft_dagster.definitions\n"
+        "ragft_dagster.definitions.defs()\n"
+        "assert not [m for m in sys.modules if m.startswith('ragft_dagster.benchmarks')]\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
