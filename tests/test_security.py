@@ -420,7 +420,7 @@ def test_errors_show_the_endpoint_without_credentials():
     import openai
 
     from ragft_dagster.config.recipe import QaRecipe
-    from ragft_dagster.data.qa_generation import Endpoint, LlmCallError, LlmStats, call_llm
+    from ragft_dagster.llm.client import Endpoint, LlmCallError, LlmStats, call_llm
 
     canary = f"sk-ragft-LEAK-CANARY-{uuid.uuid4()}"
     forms = _encodings(canary)

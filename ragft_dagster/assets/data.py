@@ -15,12 +15,9 @@ from ragft_dagster.data.chunking import (
     read_document,
 )
 from ragft_dagster.data.documents import CONTENT_HASH_KEY, content_hash
-from ragft_dagster.data.qa_generation import (
-    BudgetExceeded,
-    LlmCallError,
-    ReplyCache,
-    generate_document_qa,
-)
+from ragft_dagster.data.qa_generation import generate_document_qa
+from ragft_dagster.llm.cache import ReplyCache
+from ragft_dagster.llm.client import BudgetExceeded, LlmCallError
 from ragft_dagster.models.refs import load_tokenizer, resolve_model_ref
 from ragft_dagster.resources import ArtifactStoreResource, LlmEndpointResource
 

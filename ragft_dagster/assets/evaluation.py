@@ -11,7 +11,6 @@ import dagster as dg
 from ragft_dagster.artifacts import atomic_dir, atomic_write_text, read_jsonl, write_jsonl
 from ragft_dagster.assets._meta import EAGER, TRIGGER_TAG, preview_table
 from ragft_dagster.config.recipe import Recipe
-from ragft_dagster.data.qa_generation import LlmCallError
 from ragft_dagster.evaluation.mcq import McqError
 from ragft_dagster.evaluation.report import (
     accuracy_chart,
@@ -22,6 +21,7 @@ from ragft_dagster.evaluation.report import (
 )
 from ragft_dagster.evaluation.scoring import evaluate_cell, evaluate_general
 from ragft_dagster.evaluation.stats import sampled_cell
+from ragft_dagster.llm.client import BudgetExceeded, LlmCallError
 from ragft_dagster.resources import (
     ArtifactStoreResource,
     ComputeResource,
@@ -88,7 +88,7 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[Any
                 # the nightly run re-asks hosted models: their answers may change over time
                 refresh_api=context.run.tags.get(TRIGGER_TAG) == "nightly",
             )
-        except (LlmCallError, McqError) as exc:
+        except (BudgetExceeded, LlmCallError, McqError) as exc:
             raise dg.Failure(description=f"mcq_scores[{model_key}|{ctx}]: {exc}") from None
         path = layout.scores(model_key, ctx)
         write_jsonl(path, records)

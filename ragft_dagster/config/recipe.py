@@ -172,7 +172,7 @@ class QaBudget(_Section):
     """Most LLM requests one run may send."""
     max_tokens: int | None = Field(default=None, gt=0)
     """Most prompt + completion tokens one run may use (a request counts its prompt estimate
-    plus ``qa.max_tokens`` until the endpoint reports its usage)."""
+    plus the section's ``max_tokens`` until the endpoint reports its usage)."""
 
 
 class QaPricing(_Section):
@@ -194,9 +194,18 @@ class EndpointCalls(_Section):
     """Longest wait between retries, also the cap on a server's Retry-After."""
     max_concurrency: int = Field(default=4, gt=0, le=64)
     """Requests in flight at once."""
+    budget: QaBudget = Field(default_factory=lambda: QaBudget())
+    """Per-run limits; the run stops before exceeding them (paid replies stay cached)."""
 
     UNVERSIONED: ClassVar[frozenset[str]] = frozenset(
-        {"request_timeout", "max_retries", "initial_backoff", "max_backoff", "max_concurrency"}
+        {
+            "request_timeout",
+            "max_retries",
+            "initial_backoff",
+            "max_backoff",
+            "max_concurrency",
+            "budget",
+        }
     )
 
 
@@ -212,12 +221,10 @@ class QaRecipe(EndpointCalls):
     max_tokens: int = Field(default=1024, gt=0)
     passes: int = Field(default=1, gt=0, le=10)
     """Generation passes per chunk (use temperature > 0 for different questions per pass)."""
-    budget: QaBudget = Field(default_factory=lambda: QaBudget())
-    """Per-run limits; the run stops before exceeding them (paid replies stay cached)."""
     pricing: QaPricing = Field(default_factory=lambda: QaPricing())
     """USD per 1,000 tokens, for the estimated cost in the metadata."""
 
-    UNVERSIONED: ClassVar[frozenset[str]] = EndpointCalls.UNVERSIONED | {"budget", "pricing"}
+    UNVERSIONED: ClassVar[frozenset[str]] = EndpointCalls.UNVERSIONED | {"pricing"}
 
     @model_validator(mode="after")
     def _model_for_openai(self) -> QaRecipe:

@@ -9,23 +9,19 @@ paid reply is cached on disk before it is parsed, so a crash or a re-run never p
 
 from __future__ import annotations
 
-import base64
-import email.utils
 import hashlib
 import json
-import random
 import re
-import threading
 import time
-import urllib.parse
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ragft_dagster.artifacts import atomic_write_text
-from ragft_dagster.config.recipe import EndpointCalls, QaRecipe
+from ragft_dagster.config.recipe import QaRecipe
+from ragft_dagster.llm.cache import ReplyCache
+from ragft_dagster.llm.client import Endpoint, LlmCallError, LlmStats, RequestBudget
+from ragft_dagster.llm.runner import LlmRequest, run_requests
 
 
 def qa_row_id(chunk_id: str, question: str) -> str:
@@ -1051,346 +1047,6 @@ def _pairs_from_json(data: Any) -> list[dict[str, str]]:
     return pairs
 
 
-@dataclass
-class LlmStats:
-    """What one generator run did: calls made vs. answered from the cache, tokens, retries."""
-
-    requests: int = 0
-    cache_hits: int = 0
-    retries: int = 0
-    truncated: int = 0
-    """Replies cut off at ``max_tokens`` (finish_reason ``length``)."""
-    short_replies: int = 0
-    """Q&A replies holding fewer pairs than ``qa.questions_per_chunk``."""
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    retry_wait_seconds: float = 0.0
-    parse: dict[str, int] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    """One line per reply that was cut off, short or unreadable, saying what to do."""
-
-    def cost_usd(self, prompt_per_1k: float, completion_per_1k: float) -> float:
-        return round(
-            self.prompt_tokens / 1000 * prompt_per_1k
-            + self.completion_tokens / 1000 * completion_per_1k,
-            6,
-        )
-
-
-class ReplyCache:
-    """Generated replies on disk, one file per key, written atomically before they are used."""
-
-    def __init__(self, root: Path):
-        self.root = Path(root)
-
-    @staticmethod
-    def key(**parts: Any) -> str:
-        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        path = self.root / key[:2] / f"{key}.json"
-        if not path.is_file():
-            return None
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return None  # a torn entry is treated as a miss and overwritten
-
-    def put(self, key: str, value: dict[str, Any]) -> None:
-        atomic_write_text(self.root / key[:2] / f"{key}.json", json.dumps(value))
-
-
-class LlmCallError(RuntimeError):
-    """An endpoint failure that retrying will not fix (or that outlasted the retries)."""
-
-
-class BudgetExceeded(RuntimeError):
-    """The run's request/token budget would be exceeded by the next request."""
-
-
-class RequestBudget:
-    """Per-run limits on LLM requests and tokens, shared by the worker threads.
-
-    A request reserves its estimated tokens (prompt estimate + ``max_tokens``) before it is sent
-    and settles to the endpoint's reported usage afterwards, so the limit is never crossed.
-    """
-
-    def __init__(self, max_requests: int | None = None, max_tokens: int | None = None):
-        self.max_requests = max_requests
-        self.max_tokens = max_tokens
-        self.requests = 0
-        self.tokens = 0
-        self._lock = threading.Lock()
-
-    def reserve(self, estimated_tokens: int) -> None:
-        with self._lock:
-            if self.max_requests is not None and self.requests + 1 > self.max_requests:
-                raise BudgetExceeded(
-                    f"qa.budget.max_requests={self.max_requests} reached after "
-                    f"{self.requests} requests"
-                )
-            if self.max_tokens is not None and self.tokens + estimated_tokens > self.max_tokens:
-                raise BudgetExceeded(
-                    f"qa.budget.max_tokens={self.max_tokens} would be exceeded: {self.tokens} "
-                    f"tokens used or reserved, the next request may use up to {estimated_tokens}"
-                )
-            self.requests += 1
-            self.tokens += estimated_tokens
-
-    def settle(self, estimated_tokens: int, used_tokens: int) -> None:
-        with self._lock:
-            self.tokens += used_tokens - estimated_tokens
-
-
-def retry_after_seconds(headers: Any) -> float | None:
-    """The wait a server asks for: ``retry-after-ms``, or ``Retry-After`` as seconds or a date."""
-    if headers is None:
-        return None
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return max(float(ms) / 1000, 0.0)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        return max(when.timestamp() - time.time(), 0.0)
-
-
-API_KEY_ENV_ATTR = "ragft_api_key_env"
-"""Attribute of a client naming the variable its key came from (set by LlmEndpointResource), so
-errors can say which variable to fix; clients without it are described generically."""
-
-
-def endpoint_url(client: Any) -> str:
-    """The client's base URL without credentials or query (safe to show in errors and logs)."""
-    return safe_url(str(getattr(client, "base_url", "") or ""))
-
-
-def safe_url(raw: str) -> str:
-    """``raw`` without user info, query or fragment, where an API key could hide."""
-    parts = urllib.parse.urlsplit(raw)
-    if not parts.scheme:
-        return raw or "the endpoint"
-    try:
-        port = parts.port
-    except ValueError:  # not a valid port: show nothing rather than a malformed secret
-        return "the endpoint"
-    host = parts.hostname or ""
-    if ":" in host:  # IPv6 literal
-        host = f"[{host}]"
-    netloc = f"{host}:{port}" if port else host
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
-
-
-_BASE64_TOKEN = re.compile(r"[A-Za-z0-9+/_-]{12,}={0,2}")
-
-
-def redact_secret(text: str, secret: str | None) -> str:
-    """``text`` with ``secret`` masked in the forms a server or library may echo it in (as is,
-    URL-encoded, or inside base64, e.g. an ``Authorization: Basic`` header), so an error
-    message never carries the API key into the run log."""
-    if not secret or len(secret) < 4:
-        return text
-    forms = {secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote_plus(secret)}
-    for form in sorted(forms, key=len, reverse=True):
-        text = text.replace(form, "***")
-
-    def decoded_holds_secret(match: re.Match[str]) -> str:
-        token = match.group(0)
-        for decode in (base64.b64decode, base64.urlsafe_b64decode):
-            try:
-                raw = decode(token.rstrip("=") + "=" * (-len(token.rstrip("=")) % 4))
-            except ValueError:
-                continue
-            if secret.encode() in raw:
-                return "***"
-        return token
-
-    return _BASE64_TOKEN.sub(decoded_holds_secret, text)
-
-
-@dataclass
-class Endpoint:
-    """How to call the LLM: the client, and the recipe section holding the retry settings
-    (``max_retries``, ``initial_backoff``, ``max_backoff``, ``request_timeout``), named in error
-    messages."""
-
-    client: Any
-    retry: EndpointCalls
-    section: str = "qa"
-    sleep: Callable[[float], None] = time.sleep
-
-    @property
-    def url(self) -> str:
-        return endpoint_url(self.client)
-
-    @property
-    def key_env(self) -> str:
-        name = getattr(self.client, API_KEY_ENV_ATTR, None)
-        if name:
-            return f"{name} (llm.api_key_env in the profile)"
-        return "the variable named by llm.api_key_env in the profile"
-
-    @property
-    def model_field(self) -> str:
-        return "qa.model" if self.section == "qa" else f"{self.section}.models"
-
-    def describe(self, exc: BaseException) -> str:
-        """The exception's message with the client's API key masked."""
-        text = str(getattr(exc, "message", "") or exc)
-        text = text if len(text) <= 300 else text[:299] + "…"
-        return redact_secret(text, getattr(self.client, "api_key", None))
-
-
-def _never_connected(exc: BaseException) -> bool:
-    """Whether a connection error happened before any connection (refused, unknown host), as
-    opposed to one dropped mid-reply. openai wraps its HTTP library's ``ConnectError``."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if type(seen).__name__ == "ConnectError" or isinstance(seen, ConnectionRefusedError):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
-def _retryable_advice(endpoint: Endpoint, exc: BaseException) -> str:
-    """What a failure that retries did not fix means, and what to do about it."""
-    import openai
-
-    url, section = endpoint.url, endpoint.section
-    if isinstance(exc, openai.APITimeoutError):
-        return (
-            f"no reply from {url} within {section}.request_timeout="
-            f"{endpoint.retry.request_timeout:g}s: raise {section}.request_timeout (long "
-            "generations need more) or check the server's load"
-        )
-    if isinstance(exc, openai.APIConnectionError):
-        if _never_connected(exc):
-            return (
-                f"could not connect to {url}: start the server, or correct llm.base_url in the "
-                "profile"
-            )
-        return (
-            f"{url} closed the connection before its reply was complete "
-            f"({type(exc.__cause__ or exc).__name__}): check the server's log and that "
-            "llm.base_url in the profile points at it"
-        )
-    if isinstance(exc, openai.APIStatusError):
-        if exc.status_code == 429:
-            return (
-                f"{url} kept rate-limiting the requests (HTTP 429): lower "
-                f"{section}.max_concurrency, or raise {section}.max_backoff"
-            )
-        return (
-            f"{url} kept failing with HTTP {exc.status_code} ({endpoint.describe(exc)}): the "
-            "server is in trouble; try again later"
-        )
-    if isinstance(exc, ValueError | openai.APIResponseValidationError):
-        return (
-            f"{url} did not answer with an OpenAI chat completion (unreadable body: "
-            f"{endpoint.describe(exc)}): check that llm.base_url in the profile points at the "
-            "server's OpenAI-compatible API (usually ending in /v1)"
-        )
-    return (
-        f"{url} answered without a choice ({type(exc).__name__}): check that llm.base_url in "
-        "the profile points at an OpenAI-compatible chat completions API"
-    )
-
-
-def call_llm(
-    endpoint: Endpoint, request: dict[str, Any], stats: LlmStats, stats_lock: threading.Lock
-) -> dict[str, Any]:
-    """One chat completion with retries: 408/409/429/5xx, timeouts, dropped connections and
-    unreadable replies are retried with exponential backoff (jittered, capped at
-    ``max_backoff``), honouring the server's Retry-After; other errors fail at once.
-
-    Args:
-        endpoint: Client and retry settings.
-        request: ``chat.completions.create`` arguments (model, messages, temperature, ...).
-        stats: Retries and waits are counted here.
-        stats_lock: Guards ``stats`` across worker threads.
-
-    Raises:
-        LlmCallError: Naming the endpoint, what went wrong and what to do; never the API key.
-    """
-    import openai
-
-    retry, section, url = endpoint.retry, endpoint.section, endpoint.url
-    last: BaseException | None = None
-    for attempt in range(retry.max_retries + 1):
-        started = time.monotonic()
-        wait: float | None = None
-        try:
-            response = endpoint.client.chat.completions.create(**request)
-            choice = response.choices[0]
-            usage = getattr(response, "usage", None)
-            return {
-                "content": choice.message.content or "",
-                "finish_reason": getattr(choice, "finish_reason", None),
-                "prompt_tokens": getattr(usage, "prompt_tokens", 0) or 0,
-                "completion_tokens": getattr(usage, "completion_tokens", 0) or 0,
-                "seconds": round(time.monotonic() - started, 3),
-            }
-        except openai.APIStatusError as exc:
-            status = exc.status_code
-            if status in (401, 403):
-                raise LlmCallError(
-                    f"{url} rejected the API key (HTTP {status}): put a valid key for this "
-                    f"endpoint in {endpoint.key_env}"
-                ) from None
-            if status == 429 and getattr(exc, "code", None) == "insufficient_quota":
-                raise LlmCallError(
-                    f"{url} says the account has no quota left (HTTP 429 insufficient_quota): "
-                    f"add credit to the account, or put another key in {endpoint.key_env}"
-                ) from None
-            if status not in (408, 409, 429) and status < 500:
-                hint = (
-                    f"; check the model name ({endpoint.model_field} in the recipe) and "
-                    "llm.base_url in the profile"
-                )
-                if status == 400:  # most often: prompt + max_tokens exceed the context
-                    shorter = (
-                        "qa.max_tokens or chunking.chunk_size"
-                        if section == "qa"
-                        else f"{section}.max_tokens or retrieval.top_k"
-                    )
-                    hint = f"; if the prompt is too long for the model, lower {shorter}" + hint
-                raise LlmCallError(
-                    f"{url} refused the request for model {request.get('model')!r} "
-                    f"(HTTP {status}): {endpoint.describe(exc)}{hint}"
-                ) from None
-            wait = retry_after_seconds(exc.response.headers if exc.response else None)
-            last = exc
-        except (openai.APIConnectionError, openai.APIResponseValidationError, ValueError) as exc:
-            # APITimeoutError is an APIConnectionError; ValueError covers unreadable JSON bodies
-            last = exc
-        except (AttributeError, IndexError, TypeError) as exc:  # a reply without choices
-            last = exc
-        if attempt == retry.max_retries:
-            break
-        if wait is None:
-            wait = retry.initial_backoff * 2**attempt * (0.5 + random.random() / 2)
-        wait = min(wait, retry.max_backoff)
-        with stats_lock:
-            stats.retries += 1
-            stats.retry_wait_seconds += wait
-        endpoint.sleep(wait)
-    advice = _retryable_advice(endpoint, last) if last is not None else f"{url}: no attempt"
-    raise LlmCallError(
-        f"gave up after {retry.max_retries + 1} attempts ({section}.max_retries="
-        f"{retry.max_retries}): {advice}"
-    )
-
-
 def doc_title_of(chunks: list[dict[str, Any]], doc_key: str) -> str:
     for c in chunks:
         if c["heading_path"]:
@@ -1429,10 +1085,6 @@ class _Task:
     chunk: dict[str, Any]
     key: str
     prompt: str
-
-
-def _estimate_tokens(prompt: str, max_tokens: int) -> int:
-    return len(prompt) // 3 + max_tokens  # generous: ~4 characters per token in English
 
 
 def generate_document_qa(
@@ -1503,7 +1155,6 @@ def generate_document_qa(
             tasks.append(_Task(len(tasks), chunk, key, prompt))
 
     stats = LlmStats()
-    lock = threading.Lock()
     replies: dict[int, dict[str, Any]] = {}
     todo = []
     for task in tasks:
@@ -1523,7 +1174,31 @@ def generate_document_qa(
             stats.requests += 1
             replies[task.index] = reply
     elif todo:
-        _run_llm_tasks(todo, qa, client, cache, stats, lock, replies, sleep, len(tasks))
+        requests = [
+            LlmRequest(
+                task.index,
+                task.key,
+                {
+                    "model": qa.model,
+                    "messages": [{"role": "user", "content": task.prompt}],
+                    "temperature": qa.temperature,
+                    "max_tokens": qa.max_tokens,
+                },
+            )
+            for task in todo
+        ]
+        replies.update(
+            run_requests(
+                requests,
+                Endpoint(client, qa, "qa", sleep),
+                cache,
+                concurrency=qa.max_concurrency,
+                budget=RequestBudget(qa.budget.max_requests, qa.budget.max_tokens, "qa"),
+                stats=stats,
+                cached=len(tasks) - len(todo),
+                total=len(tasks),
+            )
+        )
 
     rows: list[dict[str, Any]] = []
     for task in tasks:
@@ -1577,67 +1252,6 @@ def _llm_pairs(
 def _preview(text: str, limit: int = 80) -> str:
     flat = " ".join((text or "").split())
     return repr(flat if len(flat) <= limit else flat[: limit - 1] + "…")
-
-
-def _run_llm_tasks(
-    todo: list[_Task],
-    qa: QaRecipe,
-    client: Any,
-    cache: ReplyCache,
-    stats: LlmStats,
-    lock: threading.Lock,
-    replies: dict[int, dict[str, Any]],
-    sleep: Callable[[float], None],
-    total: int,
-) -> None:
-    endpoint = Endpoint(client, qa, "qa", sleep)
-    budget = RequestBudget(qa.budget.max_requests, qa.budget.max_tokens)
-    stop = threading.Event()
-
-    def work(task: _Task) -> None:
-        if stop.is_set():
-            return
-        estimate = _estimate_tokens(task.prompt, qa.max_tokens)
-        try:
-            budget.reserve(estimate)
-            request = {
-                "model": qa.model,
-                "messages": [{"role": "user", "content": task.prompt}],
-                "temperature": qa.temperature,
-                "max_tokens": qa.max_tokens,
-            }
-            reply = call_llm(endpoint, request, stats, lock)
-        except BaseException:
-            stop.set()  # no new requests once one has failed or the budget is spent
-            raise
-        cache.put(task.key, reply)  # paid for: keep it before anything else can fail
-        budget.settle(estimate, reply["prompt_tokens"] + reply["completion_tokens"])
-        with lock:
-            stats.requests += 1
-            stats.prompt_tokens += reply["prompt_tokens"]
-            stats.completion_tokens += reply["completion_tokens"]
-            replies[task.index] = reply
-
-    errors: list[BaseException] = []
-    with ThreadPoolExecutor(max_workers=qa.max_concurrency) as pool:
-        for future in [pool.submit(work, t) for t in todo]:
-            exc = future.exception()
-            if exc is not None:
-                errors.append(exc)
-    if errors:
-        first = next((e for e in errors if isinstance(e, BudgetExceeded)), errors[0])
-        note = (
-            f"{len(replies)} of {total} replies are in the cache "
-            f"({stats.requests} paid in this run); a rerun continues from there"
-        )
-        if isinstance(first, BudgetExceeded):
-            raise BudgetExceeded(
-                f"{first}; stopped before exceeding it. {note}. "
-                "Raise qa.budget in the recipe to go on."
-            ) from None
-        if isinstance(first, LlmCallError):
-            raise LlmCallError(f"{first}. {note}.") from None
-        raise first
 
 
 def _dedupe_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import random
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
 from typing import Any
@@ -15,7 +13,6 @@ from typing import Any
 from ragft_dagster.artifacts import ArtifactLayout
 from ragft_dagster.compute import ComputeSettings
 from ragft_dagster.config.recipe import ApiScoringRecipe, EvaluationRecipe, Recipe, SamplingRecipe
-from ragft_dagster.data.qa_generation import Endpoint, LlmCallError, LlmStats, ReplyCache, call_llm
 from ragft_dagster.evaluation.mcq import (
     Question,
     answer_support,
@@ -24,6 +21,9 @@ from ragft_dagster.evaluation.mcq import (
     parse_letter,
     score_questions,
 )
+from ragft_dagster.llm.cache import ReplyCache
+from ragft_dagster.llm.client import Endpoint, LlmStats, RequestBudget
+from ragft_dagster.llm.runner import LlmRequest, run_requests
 from ragft_dagster.models.refs import resolve_model_ref
 
 
@@ -239,7 +239,7 @@ def score_api_cell(
     """
     sampled = sampling is not None and sampling.rounds > 0
     endpoint = Endpoint(client, api, "evaluation.api", sleep)
-    stats, lock = LlmStats(), threading.Lock()
+    stats = LlmStats()
     jobs: list[tuple[int, int, dict[str, Any]]] = []  # (question, round or -1, request)
     for i, msgs in enumerate(messages):
         settings = [(-1, 0.0)]
@@ -271,34 +271,19 @@ def score_api_cell(
         else:
             todo.append((i, round_index, request, key))
 
-    stop = threading.Event()
-
-    def work(job: tuple[int, int, dict[str, Any], str]) -> None:
-        if stop.is_set():
-            return
-        i, round_index, request, key = job
-        try:
-            reply = call_llm(endpoint, request, stats, lock)
-        except BaseException:
-            stop.set()  # no new requests once one has failed
-            raise
-        cache.put(key, reply)  # paid for: keep it before anything else can fail
-        with lock:
-            stats.requests += 1
-            stats.prompt_tokens += reply["prompt_tokens"]
-            stats.completion_tokens += reply["completion_tokens"]
-            replies[(i, round_index)] = reply
-
-    with ThreadPoolExecutor(max_workers=api.max_concurrency) as pool:
-        errors = [e for e in (f.exception() for f in [pool.submit(work, j) for j in todo]) if e]
-    if errors:
-        first = next((e for e in errors if not isinstance(e, LlmCallError)), errors[0])
-        if not isinstance(first, LlmCallError):
-            raise first  # a bug, not the endpoint: keep its traceback
-        raise LlmCallError(
-            f"{model_name}: {first}. {len(replies)} of {len(jobs)} replies are cached "
-            f"({stats.requests} paid in this run); a rerun continues from there"
+    replies.update(
+        run_requests(
+            [LlmRequest((i, round_index), key, request) for i, round_index, request, key in todo],
+            endpoint,
+            cache,
+            concurrency=api.max_concurrency,
+            budget=RequestBudget(api.budget.max_requests, api.budget.max_tokens, "evaluation.api"),
+            stats=stats,
+            cached=len(jobs) - len(todo),
+            total=len(jobs),
+            what=f"{model_name}: ",
         )
+    )
 
     records = []
     for i, (q, hits) in enumerate(zip(questions, hits_per_q, strict=True)):

@@ -69,7 +69,7 @@ class LlmEndpointResource(dg.ConfigurableResource):
         """
         import openai
 
-        from ragft_dagster.data.qa_generation import API_KEY_ENV_ATTR, LlmCallError, safe_url
+        from ragft_dagster.llm.client import API_KEY_ENV_ATTR, LlmCallError, safe_url
 
         key = self.api_key
         if not key and self.api_key_env:

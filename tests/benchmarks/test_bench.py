@@ -229,8 +229,8 @@ def _api_scorer(tmp_path, n_questions, **evaluation):
     """(evaluation section, questions, messages, score(client, refresh=False)) for gpt-4 at a
     loopback endpoint, closed-book, replies cached under tmp_path."""
     from ragft_dagster.config.recipe import load_recipe
-    from ragft_dagster.data.qa_generation import ReplyCache
     from ragft_dagster.evaluation.scoring import score_api_cell
+    from ragft_dagster.llm.cache import ReplyCache
 
     recipe_path, questions = _api_recipe(tmp_path, n_questions, **evaluation)
     ev = load_recipe(recipe_path).evaluation

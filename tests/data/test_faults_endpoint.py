@@ -530,7 +530,9 @@ def test_api_score_cell_endpoint_fault(api_scene, name):
         assert f"mcq_scores[{API_MODEL}|closed_book]" in message and stub.base_url in message
         for pattern in fault.expect:
             assert re.search(pattern, message), (pattern, message)
-        assert f"{fault.paid} of 3 replies are cached ({fault.paid} paid in this run)" in message
+        assert (
+            f"{fault.paid} of 3 replies are in the cache ({fault.paid} paid in this run)" in message
+        )
         assert api_scene.output.read_bytes() == previous
         _no_leftovers(api_scene.output.parent)
 
@@ -567,7 +569,7 @@ def test_api_score_cell_unreachable_endpoint(api_scene):
     down = f"http://127.0.0.1:{_closed_port()}/v1"
     message = _failure_message(api_scene.materialize(down))
     assert f"could not connect to {down}" in message and "llm.base_url" in message
-    assert "0 of 3 replies are cached" in message
+    assert "0 of 3 replies are in the cache" in message
     assert api_scene.output.read_bytes() == previous
 
 
@@ -632,7 +634,8 @@ def test_cut_short_and_unreadable_replies_are_logged_with_what_to_do(tmp_path):
     import openai
 
     from ragft_dagster.config.recipe import QaRecipe
-    from ragft_dagster.data.qa_generation import ReplyCache, generate_document_qa
+    from ragft_dagster.data.qa_generation import generate_document_qa
+    from ragft_dagster.llm.cache import ReplyCache
 
     chunks = [
         {"id": f"c{i}", "doc": "d.md", "heading_path": ["Doc", f"Part {i}"], "text": f"T {i}."}
@@ -653,3 +656,20 @@ def test_cut_short_and_unreadable_replies_are_logged_with_what_to_do(tmp_path):
     assert "cut off at qa.max_tokens=1024" in lines[0] and "2 complete pair(s) kept" in lines[0]
     assert "1 pair(s) instead of qa.questions_per_chunk=2" in lines[1]
     assert "held no question/answer pair" in lines[2] and "qa.prompt" in lines[2]
+
+
+def test_api_score_cell_stops_at_its_budget_like_qa_generation(api_scene):
+    """API scoring goes through the same runner as Q&A generation: evaluation.api.budget stops
+    it before the limit is crossed, and a rerun with a larger budget pays only for the rest."""
+    api_scene.overrides[2] = {"budget": {"max_requests": 2}}
+    with OpenAIStub(["B"]) as stub:  # one endpoint: the cache keys name it
+        message = _failure_message(api_scene.materialize(stub.base_url, version=2))
+        assert len(stub.requests) == 2
+        assert "evaluation.api.budget.max_requests=2" in message
+        assert "2 of 3 replies are in the cache (2 paid in this run)" in message
+        assert "Raise evaluation.api.budget in the recipe" in message
+        api_scene.overrides[2] = {"budget": {"max_requests": 5}}
+        api_scene.recipe(2).unlink()  # the same prompt version (cache keys), a larger budget
+        rerun = api_scene.materialize(stub.base_url, version=2)
+        assert rerun.success, _failure_message(rerun)
+        assert len(stub.requests) == 3

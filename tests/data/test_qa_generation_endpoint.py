@@ -6,13 +6,9 @@ import openai
 import pytest
 
 from ragft_dagster.config.recipe import QaRecipe
-from ragft_dagster.data.qa_generation import (
-    BudgetExceeded,
-    LlmCallError,
-    ReplyCache,
-    generate_document_qa,
-    retry_after_seconds,
-)
+from ragft_dagster.data.qa_generation import generate_document_qa
+from ragft_dagster.llm.cache import ReplyCache
+from ragft_dagster.llm.client import BudgetExceeded, LlmCallError, retry_after_seconds
 
 from ..openai_stub import OpenAIStub
 
