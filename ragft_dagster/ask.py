@@ -22,8 +22,7 @@ from ragft_dagster.artifacts import ArtifactLayout
 from ragft_dagster.compute import ComputeSettings
 from ragft_dagster.config.recipe import Recipe, RetrievalRecipe
 from ragft_dagster.evaluation.scoring import load_recipe_model
-from ragft_dagster.models.refs import resolve_model_ref
-from ragft_dagster.retrieval.indexing import MODEL_KEY, Retriever, load_embedder
+from ragft_dagster.retrieval.indexing import MODEL_KEY, Retriever, retrieval_embedder
 
 HEADING_SEPARATOR = " > "
 """How :func:`ragft_dagster.retrieval.indexing.sync_index` joins a chunk's heading path in
@@ -257,8 +256,8 @@ def answer_question(
         if collection is not None:
             ref = recipe.retrieval.embedding_model
             try:
-                embedder = load_embedder(
-                    resolve_model_ref(ref, layout.root, recipe.root), compute.torch_device()
+                embedder = retrieval_embedder(
+                    recipe.retrieval, layout.root, recipe.root, compute.torch_device()
                 )
             except OSError as exc:
                 raise AskError(

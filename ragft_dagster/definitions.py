@@ -13,7 +13,7 @@ import dagster as dg
 
 from ragft_dagster.assets import build_all_assets
 from ragft_dagster.config.profile import Profile, load_profile
-from ragft_dagster.config.recipe import Recipe, RecipeError, load_recipe
+from ragft_dagster.config.recipe import Recipe, RecipeError, load_recipe, with_hub_mirror
 from ragft_dagster.orchestration.automation import (
     build_automation_sensor,
     build_docs_sensor,
@@ -84,7 +84,7 @@ def load_inputs(
     the quickstart recipe and the local profile."""
     recipe = load_recipe(recipe_path or os.environ.get("RAGFT_RECIPE") or DEFAULT_RECIPE)
     profile = load_profile(profile_path or os.environ.get("RAGFT_PROFILE") or DEFAULT_PROFILE)
-    return recipe, profile
+    return with_hub_mirror(recipe, profile.mirror()), profile
 
 
 def definitions_for(

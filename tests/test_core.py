@@ -9,7 +9,7 @@ from ragft_dagster.artifacts import atomic_dir, read_jsonl, write_jsonl
 from ragft_dagster.data.chunking import DocumentError, chunk_document, read_document, split_sections
 from ragft_dagster.data.qa_generation import generate_offline_qa, parse_qa_reply, render_prompt
 from ragft_dagster.evaluation.mcq import McqError, load_questions, score_questions
-from ragft_dagster.evaluation.report import wilson_interval
+from ragft_dagster.evaluation.stats import wilson_interval
 from ragft_dagster.training.sft import build_sft_dataset
 
 from .conftest import QUICKSTART_DATA

@@ -8,13 +8,12 @@ import dagster as dg
 from ragft_dagster.artifacts import artifact_lock, atomic_dir, read_jsonl
 from ragft_dagster.assets._meta import EAGER, read_all_documents
 from ragft_dagster.config.recipe import Recipe
-from ragft_dagster.models.refs import resolve_model_ref
 from ragft_dagster.resources import ArtifactStoreResource, ComputeResource, VectorStoreResource
 from ragft_dagster.retrieval.indexing import (
     IndexMismatchError,
     Retriever,
     id_differences,
-    load_embedder,
+    retrieval_embedder,
     retrieval_quality,
     sync_index,
 )
@@ -41,8 +40,8 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
         _, chunks = read_all_documents(
             context, "doc_chunks", layout.chunks, docs_dir=recipe.docs_dir
         )
-        model_dir = resolve_model_ref(r.embedding_model, layout.root, recipe.root)
-        embedder = load_embedder(model_dir, compute.settings().torch_device(), r.embed_batch_size)
+        device = compute.settings().torch_device()
+        embedder = retrieval_embedder(r, layout.root, recipe.root, device)
         final = layout.vector_index
         # One writer at a time: a concurrent materialization waits, then builds on this one's
         # result (embedding only what is still missing) instead of racing it to the swap.
@@ -132,8 +131,8 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
                 description="no held-out questions: materialize sft_dataset, then run this check",
             )
         rows = sorted(read_jsonl(held_out), key=lambda row: row["id"])
-        model_dir = resolve_model_ref(r.embedding_model, layout.root, recipe.root)
-        embedder = load_embedder(model_dir, compute.settings().torch_device(), r.embed_batch_size)
+        device = compute.settings().torch_device()
+        embedder = retrieval_embedder(r, layout.root, recipe.root, device)
         with (
             artifact_lock(layout.vector_index, "vector_index", context.log.info, shared=True),
             vector_store.collection(r.collection, layout.vector_index) as collection,

@@ -14,9 +14,8 @@ from ragft_dagster.assets._training import train_artifact
 from ragft_dagster.config.recipe import Recipe
 from ragft_dagster.data.contamination import Finding, find_contamination
 from ragft_dagster.evaluation.mcq import McqError, load_questions
-from ragft_dagster.models.refs import resolve_model_ref
 from ragft_dagster.resources import ArtifactStoreResource, ComputeResource
-from ragft_dagster.retrieval.indexing import load_embedder
+from ragft_dagster.retrieval.indexing import retrieval_embedder
 from ragft_dagster.training.sft import CONTAMINATION_FILE, adapter_config, build_sft_dataset
 
 FINDING_COLUMNS = [
@@ -51,9 +50,8 @@ def contamination_detector(
         raise dg.Failure(description=f"sft_dataset contamination check: {exc}") from None
     embed = None
     if c.embedding_threshold is not None:
-        r = recipe.retrieval
-        model_dir = resolve_model_ref(r.embedding_model, artifact_root, recipe.root)
-        embed = load_embedder(model_dir, device, r.embed_batch_size).get_text_embedding_batch
+        embedder = retrieval_embedder(recipe.retrieval, artifact_root, recipe.root, device)
+        embed = embedder.get_text_embedding_batch
     return functools.partial(
         find_contamination,
         questions=questions,

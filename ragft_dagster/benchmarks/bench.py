@@ -504,7 +504,7 @@ def scoring(args: argparse.Namespace) -> int:
     from ragft_dagster.evaluation.mcq import load_questions
     from ragft_dagster.evaluation.scoring import load_scoring_model
     from ragft_dagster.models.refs import load_tokenizer, resolve_model_ref
-    from ragft_dagster.retrieval.indexing import load_embedder, open_collection, sync_index
+    from ragft_dagster.retrieval.indexing import open_collection, retrieval_embedder, sync_index
 
     recipe = load_recipe(args.recipe or DEFAULT_RECIPE)
     ev, r = recipe.evaluation, recipe.retrieval
@@ -532,11 +532,7 @@ def scoring(args: argparse.Namespace) -> int:
         ) as collection:
             if rag:
                 chunks = _recipe_chunks(recipe, load_tokenizer(base_dir, recipe.chat_template))
-                embedder = load_embedder(
-                    resolve_model_ref(r.embedding_model, root, recipe.root),
-                    device,
-                    r.embed_batch_size,
-                )
+                embedder = retrieval_embedder(r, root, recipe.root, device)
                 sync_index(collection, chunks, embedder, r.embedding_model)
             prompts: dict[str, Any] = dict(
                 system_prompt=ev.system_prompt,

@@ -115,6 +115,9 @@ class BenchShape:
     lora_r: int
     lora_alpha: int
     lora_dropout: float
+    dpo_lora_r: int
+    dpo_lora_alpha: int
+    dpo_lora_dropout: float
     sft_batch: int
     sft_accum: int
     dpo_batch: int
@@ -146,10 +149,20 @@ class BenchShape:
         )
 
 
-SHAPES = {
-    # Mistral-7B-v0.1's config.json; LoRA and batch settings of assets/mistral-7b/recipe.yaml
-    # (lora, sft.args, dpo.args, retrieval.top_k x chunking.chunk_size, evaluation.batch_size).
-    "7b": BenchShape(
+SEVEN_B_RECIPE = PROJECT_ROOT / "assets" / "mistral-7b" / "recipe.yaml"
+
+
+def recipe_shape(recipe_path: Path = SEVEN_B_RECIPE) -> BenchShape:
+    """Mistral-7B-v0.1's config.json with the workload settings of the 7B recipe itself
+    (``lora`` and ``sft.args`` for SFT, ``dpo.lora`` and ``dpo.args`` for DPO,
+    ``retrieval.top_k`` x ``chunking.chunk_size`` of context and ``evaluation.batch_size`` for
+    scoring), read from the recipe so the benchmark cannot drift from it."""
+    from ragft_dagster.config.recipe import load_recipe
+
+    r = load_recipe(recipe_path, check_files=False)
+    sft_lora, dpo_lora = r.lora.model_dump(), (r.dpo.lora or r.lora).model_dump()
+    sft, dpo = r.sft.args, r.dpo.args
+    return BenchShape(
         name="7b",
         hidden=4096,
         intermediate=14336,
@@ -157,20 +170,26 @@ SHAPES = {
         heads=32,
         kv_heads=8,
         vocab=32000,
-        seq_len=1024,
-        lora_r=256,
-        lora_alpha=512,
-        lora_dropout=0.05,
-        sft_batch=8,
-        sft_accum=2,
-        dpo_batch=4,
-        dpo_accum=4,
-        dpo_beta=0.1,
-        mcq_batch=8,
-        mcq_context_tokens=900,
+        seq_len=int(sft.get("max_length", 1024)),
+        lora_r=sft_lora["r"],
+        lora_alpha=sft_lora["lora_alpha"],
+        lora_dropout=sft_lora.get("lora_dropout", 0.0),
+        dpo_lora_r=dpo_lora["r"],
+        dpo_lora_alpha=dpo_lora["lora_alpha"],
+        dpo_lora_dropout=dpo_lora.get("lora_dropout", 0.0),
+        sft_batch=int(sft.get("per_device_train_batch_size", 8)),
+        sft_accum=int(sft.get("gradient_accumulation_steps", 1)),
+        dpo_batch=int(dpo.get("per_device_train_batch_size", 8)),
+        dpo_accum=int(dpo.get("gradient_accumulation_steps", 1)),
+        dpo_beta=float(dpo.get("beta", 0.1)),
+        mcq_batch=r.evaluation.batch_size,
+        mcq_context_tokens=r.retrieval.top_k * r.chunking.chunk_size,
         steps=10,
         warmup=2,
-    ),
+    )
+
+
+SHAPES = {
     # Checks the script end to end on a CPU in seconds; its figures mean nothing.
     "tiny": BenchShape(
         name="tiny",
@@ -184,6 +203,9 @@ SHAPES = {
         lora_r=8,
         lora_alpha=16,
         lora_dropout=0.05,
+        dpo_lora_r=4,
+        dpo_lora_alpha=8,
+        dpo_lora_dropout=0.05,
         sft_batch=2,
         sft_accum=2,
         dpo_batch=2,
@@ -471,6 +493,36 @@ def _sequence_logps(logits: Any, ids: Any) -> Any:
     return token_lp.view(ids.shape[0], -1).sum(-1)
 
 
+def _bench_dpo_with_its_adapter(model: Any, run: _Run, shape: BenchShape) -> dict[str, Any]:
+    """DPO as the recipe trains it: its own LoRA adapter (``dpo.lora``), not the SFT one."""
+    import dataclasses
+
+    from peft import LoraConfig
+
+    model.add_adapter(
+        "dpo",
+        LoraConfig(
+            r=shape.dpo_lora_r,
+            lora_alpha=shape.dpo_lora_alpha,
+            lora_dropout=shape.dpo_lora_dropout,
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        ),
+    )
+    model.set_adapter("dpo")
+    n_lora = sum(p.numel() for n, p in model.named_parameters() if ".dpo." in n)
+    try:
+        return bench_dpo(
+            model,
+            dataclasses.replace(run, n_lora=n_lora),
+            shape.dpo_batch,
+            shape.dpo_accum,
+            shape.dpo_beta,
+        )
+    finally:
+        model.set_adapter("default")
+
+
 def bench_dpo(model: Any, run: _Run, pairs: int, accum: int, beta: float) -> dict[str, Any]:
     """Time DPO optimizer steps of ``pairs`` x ``accum`` random chosen/rejected pairs; the
     reference is the policy with its adapter disabled."""
@@ -626,7 +678,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     Returns:
         The figures :func:`main` prints and writes as JSON.
     """
-    shape = SHAPES[args.shape]
+    shape = recipe_shape() if args.shape == "7b" else SHAPES[args.shape]
     device = _resolve_device(args.device, shape)
     import torch
     from peft import LoraConfig, get_peft_model
@@ -704,7 +756,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "sft_lora": bench_sft(
             model, run, args.batch_size or shape.sft_batch, args.grad_accum or shape.sft_accum
         ),
-        "dpo": bench_dpo(model, run, shape.dpo_batch, shape.dpo_accum, shape.dpo_beta),
+        "dpo": _bench_dpo_with_its_adapter(model, run, shape),
     }
     # Scored as the pipeline scores the sft model: adapter merged into the base weights.
     model = model.merge_and_unload()
@@ -721,7 +773,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         peak_flops,
         tokens_per_pair=args.tokens_per_pair,
     )
-    at_target_shape = shape == SHAPES["7b"]
+    at_target_shape = shape.name == "7b"
     checks: dict[str, bool | None] = {
         f"published SFT workload <= {TARGET_MINUTES:g} min": (
             projection["minutes"] <= TARGET_MINUTES if at_target_shape else None
@@ -829,7 +881,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--shape",
-        choices=sorted(SHAPES),
+        choices=sorted({"7b", *SHAPES}),
         default="7b",
         help="7b: Mistral-7B-v0.1 (needs a CUDA GPU); tiny: 2 layers, checks the script on CPU",
     )

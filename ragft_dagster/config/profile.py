@@ -210,8 +210,32 @@ class Profile(_Section):
     vector_store: VectorStoreProfile = VectorStoreProfile()
     k8s: K8sProfile | None = None
     """Only with ``executor: k8s_job``, and required there."""
+    hub_mirror: dict[str, str] = {}
+    """Hub ids (models and datasets) mapped to what this site has instead: a local folder or
+    file (absolute, or relative to this profile) or any model reference (``pkg:...``,
+    ``tiny:...``). Every occurrence of the id in the recipe uses the mirror: an air-gapped
+    cluster's model store, or small stand-ins of the same family for a rehearsal on a CPU."""
 
     _path: Path | None = PrivateAttr(default=None)
+
+    @field_validator("hub_mirror")
+    @classmethod
+    def _hub_ids(cls, v: dict[str, str]) -> dict[str, str]:
+        for key in v:
+            if not re.match(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$", key):
+                raise ValueError(f"{key!r} is not a hub id (org/name)")
+        return v
+
+    def mirror(self) -> dict[str, str]:
+        """``hub_mirror`` with relative local paths made absolute (against this profile)."""
+        base = self._path.parent if self._path else Path.cwd()
+        out = {}
+        for key, target in self.hub_mirror.items():
+            local = not re.match(r"^[a-z]+:", target) and not re.match(
+                r"^[A-Za-z0-9][\w.-]*/[\w.-]+$", target
+            )
+            out[key] = str((base / Path(target).expanduser()).resolve()) if local else target
+        return out
 
     @model_validator(mode="after")
     def _consistent(self) -> Profile:

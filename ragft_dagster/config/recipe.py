@@ -660,6 +660,36 @@ def load_recipe(path: Path | str, check_files: bool = True) -> Recipe:
     return recipe
 
 
+def with_hub_mirror(recipe: Recipe, mirror: dict[str, str]) -> Recipe:
+    """The recipe with every value equal to a mirrored hub id replaced by its mirror (the
+    profile's ``hub_mirror``), validated again; code versions follow the new values.
+
+    Raises:
+        RecipeError: The mirrored recipe is not valid (e.g. a mirror path that does not exist).
+    """
+    if not mirror:
+        return recipe
+
+    def swap(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: swap(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [swap(v) for v in node]
+        return mirror.get(node, node) if isinstance(node, str) else node
+
+    raw = swap(recipe.model_dump(mode="json", exclude_unset=True))
+    try:
+        mirrored = Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise RecipeError(_format_errors(recipe.path, exc)) from None
+    mirrored._path = recipe._path
+    problems = _missing_files(mirrored) + _bad_model_refs(mirrored)
+    if problems:
+        detail = "\n".join(f"  - key '{k}': {msg}" for k, msg in problems)
+        raise RecipeError(f"{recipe.path} with the profile's hub_mirror: invalid\n{detail}")
+    return mirrored
+
+
 def _missing_files(recipe: Recipe) -> list[tuple[str, str]]:
     """(key, problem) for each data file or folder the recipe names that is not there."""
     problems = []

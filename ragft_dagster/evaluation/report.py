@@ -17,18 +17,8 @@ from ragft_dagster.evaluation.stats import (
     paired_comparisons,
     sampled_cell,
     sampled_pair,
+    wilson_interval,
 )
-
-
-def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95% Wilson score interval for a proportion (sound at small n and near 0 or 1)."""
-    if n == 0:
-        return (float("nan"), float("nan"))
-    p = correct / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def _mean(values: list[float]) -> float:

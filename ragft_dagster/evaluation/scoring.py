@@ -492,11 +492,14 @@ def evaluate_cell(
         retriever, chunks, ranked = None, [], None
         depth = max(recipe.retrieval.top_k, RANK_DEPTH)
         if context_name == "rag":
-            from ragft_dagster.retrieval.indexing import Retriever, all_chunks, load_embedder
+            from ragft_dagster.retrieval.indexing import (
+                Retriever,
+                all_chunks,
+                retrieval_embedder,
+            )
 
-            embedder = load_embedder(
-                resolve_model_ref(recipe.retrieval.embedding_model, layout.root, recipe.root),
-                compute.torch_device(),
+            embedder = retrieval_embedder(
+                recipe.retrieval, layout.root, recipe.root, compute.torch_device()
             )
             collection = stack.enter_context(open_collection())
             retriever = Retriever(collection, embedder, recipe.retrieval.top_k)

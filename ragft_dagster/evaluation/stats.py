@@ -308,3 +308,14 @@ def sampled_pair(a: dict[str, list[bool]], b: dict[str, list[bool]]) -> dict[str
         "naive_p": float(naive) if not math.isnan(naive) else 1.0,
         "question_p": float(question) if not math.isnan(question) else 1.0,
     }
+
+
+def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval for a proportion (sound at small n and near 0 or 1)."""
+    if n == 0:
+        return (float("nan"), float("nan"))
+    p = correct / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))

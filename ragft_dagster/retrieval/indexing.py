@@ -22,6 +22,17 @@ def load_embedder(model_dir: str, device: str = "cpu", batch_size: int = 32) -> 
     return HuggingFaceEmbedding(model_name=model_dir, device=device, embed_batch_size=batch_size)
 
 
+def retrieval_embedder(
+    retrieval: Any, artifact_root: Path, recipe_root: Path, device: str = "cpu"
+) -> Any:
+    """The embedding model of a recipe's ``retrieval`` section (its reference resolved, its
+    ``embed_batch_size``): the one way every stage, ``ragft ask`` and the benchmarks get it."""
+    from ragft_dagster.models.refs import resolve_model_ref
+
+    model_dir = resolve_model_ref(retrieval.embedding_model, artifact_root, recipe_root)
+    return load_embedder(model_dir, device, retrieval.embed_batch_size)
+
+
 class IndexMismatchError(ValueError):
     """The collection holds vectors of another embedding model."""
 

@@ -13,7 +13,7 @@ from ragft_dagster.benchmarks import gpu_bench as gb
 
 from ..conftest import ROOT
 
-SEVEN_B = gb.SHAPES["7b"]
+SEVEN_B = gb.recipe_shape()
 
 
 def test_7b_counts_match_mistral_7b():
@@ -153,3 +153,12 @@ def test_help_does_not_import_torch():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     )
     assert done.stdout.strip() == "False"
+
+
+def test_the_7b_shape_reads_the_7b_recipe_and_times_dpo_with_its_own_adapter():
+    from ragft_dagster.config.recipe import load_recipe
+
+    r = load_recipe(gb.SEVEN_B_RECIPE)
+    assert (SEVEN_B.lora_r, SEVEN_B.dpo_lora_r) == (r.lora.r, r.dpo.lora.r) == (256, 64)
+    assert SEVEN_B.dpo_accum == r.dpo.args["gradient_accumulation_steps"]
+    assert SEVEN_B.mcq_context_tokens == r.retrieval.top_k * r.chunking.chunk_size

@@ -385,8 +385,17 @@ def test_stage_reference_needs_a_chain(tmp_path):
 
 
 def test_stage_chain_recipe_validates(tmp_path):
+    """A valid chain loads; its stages, where each sits in the recipe, and the source models
+    (an earlier stage's output is not a source) come out of it."""
+    from ragft_dagster.config.merge import merge_stages, source_models
+
     recipe = load_recipe(write_recipe(tmp_path, lambda raw: raw.update(merge=_chain())))
-    assert recipe.merge["stages"][1]["name"] == "second"
+    stages = merge_stages(recipe.merge)
+    assert [(s.name, s.key_path) for s in stages] == [
+        ("first", "merge.stages[0].config"),
+        ("second", "merge.stages[1].config"),
+    ]
+    assert sorted(source_models(recipe.merge)) == ["tiny:base", "tiny:code", "tiny:math"]
 
 
 @pytest.mark.parametrize(
