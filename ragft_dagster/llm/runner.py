@@ -54,7 +54,7 @@ def run_requests(
     cached: int = 0,
     total: int | None = None,
     what: str = "",
-) -> dict[Hashable, dict[str, Any]]:
+) -> dict[Any, dict[str, Any]]:
     """Send ``todo`` and return each reply by its request's ``index``.
 
     Args:
@@ -72,7 +72,7 @@ def run_requests(
         BudgetExceeded: The next request would have crossed the budget; nothing crossed it.
         LlmCallError: The endpoint failed in a way retrying did not fix.
     """
-    replies: dict[Hashable, dict[str, Any]] = {}
+    replies: dict[Any, dict[str, Any]] = {}
     lock = threading.Lock()
     stop = threading.Event()
 
@@ -99,8 +99,10 @@ def run_requests(
         errors = [e for e in (f.exception() for f in futures) if e is not None]
     if not errors:
         return replies
-    first = next((e for e in errors if isinstance(e, BudgetExceeded)), None)
-    first = first or next((e for e in errors if not isinstance(e, LlmCallError)), errors[0])
+    first: BaseException = next(
+        (e for e in errors if isinstance(e, BudgetExceeded)),
+        next((e for e in errors if not isinstance(e, LlmCallError)), errors[0]),
+    )
     note = (
         f"{cached + len(replies)} of {total if total is not None else cached + len(todo)} "
         f"replies are in the cache ({stats.requests} paid in this run); a rerun continues "

@@ -133,7 +133,8 @@ def _plan(nodes: Any) -> list[Stage]:
             upstream = group_of.get(parent)
             if upstream is not None and upstream != node.group:
                 needs[node.group].add(upstream)
-    stages, done = [], set()
+    stages: list[Stage] = []
+    done: set[str] = set()
     while len(done) < len(members):
         ready = [g for g in members if g not in done and needs[g] <= done]
         if not ready:
