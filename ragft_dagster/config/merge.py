@@ -229,3 +229,73 @@ def source_models(config: dict[str, Any]) -> list[str]:
             if r.merged and not _stages_named(r.ref):
                 seen.setdefault(r.ref, None)
     return list(seen)
+
+
+def from_mergekit_multi(text: str, where: str) -> dict[str, Any]:
+    """A ``mergekit-multi`` file (YAML documents, each a mergekit configuration with an
+    optional ``name``; a later document names an earlier merge by that name) as our chain:
+    ``{"stages": [...]}`` in dependency order, the unnamed document (or the one merge nothing
+    else uses) last, its references to other merges written ``stage:<name>``.
+
+    Raises:
+        ValueError: Naming ``where`` (the file) and what is wrong.
+    """
+    import yaml
+
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{where}: not valid YAML: {exc}") from None
+    if not docs or not all(isinstance(d, dict) for d in docs):
+        raise ValueError(f"{where}: a mergekit-multi file is YAML documents of merge configs")
+    named: dict[str | None, dict[str, Any]] = {}
+    for doc in docs:
+        doc = dict(doc)
+        name = doc.pop("name", None)
+        if name in named:
+            what = f"merge name {name!r} twice" if name else "two unnamed (final) merges"
+            raise ValueError(f"{where}: {what}; mergekit-multi allows one of each")
+        if name is not None and not STAGE_NAME.match(str(name)):
+            raise ValueError(
+                f"{where}: merge name {name!r}: use lower-case letters, digits, '-' or '_'"
+            )
+        named[name] = doc
+    names = {n for n in named if n is not None}
+
+    def uses(config: dict[str, Any]) -> set[str]:
+        return {r.ref for r in _refs(config) if r.ref in names}
+
+    final: str | None = None
+    if None not in named:
+        unused = names - set().union(*(uses(c) for c in named.values()))
+        if len(unused) != 1:
+            raise ValueError(
+                f"{where}: no unnamed final merge, and {sorted(unused)} are used by no other "
+                "merge; name exactly one final merge (leave its `name` out)"
+            )
+        final = unused.pop()
+    order: list[str | None] = []
+    visiting: set[str | None] = set()
+
+    def visit(name: str | None) -> None:
+        if name in order:
+            return
+        if name in visiting:
+            raise ValueError(f"{where}: merges {sorted(map(str, visiting))} use each other")
+        visiting.add(name)
+        for dep in sorted(uses(named[name])):
+            visit(dep)
+        visiting.discard(name)
+        order.append(name)
+
+    visit(final)
+    left_out = names - {n for n in order if n is not None}
+    if left_out:
+        raise ValueError(f"{where}: merges {sorted(left_out)} do not lead to the final merge")
+    stages = []
+    for name in order:
+        config = _map_refs(
+            named[name], lambda r: f"{STAGE_REF}{r.ref}" if r.ref in names else r.ref
+        )
+        stages.append({"name": name or SINGLE_STAGE, "config": config})
+    return {"stages": stages}

@@ -26,7 +26,12 @@ from pydantic import (
     model_validator,
 )
 
-from ragft_dagster.config.merge import RUNTIME_MERGE_OPTIONS, check_merge_options, merge_stages
+from ragft_dagster.config.merge import (
+    RUNTIME_MERGE_OPTIONS,
+    check_merge_options,
+    from_mergekit_multi,
+    merge_stages,
+)
 from ragft_dagster.config.upstream import (
     dataclass_fields,
     init_parameters,
@@ -647,6 +652,18 @@ def load_recipe(path: Path | str, check_files: bool = True) -> Recipe:
         raise RecipeError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: a recipe must be a YAML mapping of sections")
+    if isinstance(raw.get("merge"), str):  # a mergekit-multi file, relative to the recipe
+        multi = (path.parent / raw["merge"]).resolve()
+        try:
+            raw["merge"] = from_mergekit_multi(multi.read_text(encoding="utf-8"), str(multi))
+        except OSError as exc:
+            raise RecipeError(
+                f"{path}: key 'merge': cannot read the mergekit-multi file {multi} "
+                f"({exc.strerror}); merge names a mergekit configuration, a chain of stages or "
+                "a mergekit-multi YAML file next to the recipe"
+            ) from None
+        except ValueError as exc:
+            raise RecipeError(f"{path}: key 'merge': {exc}") from None
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as exc:

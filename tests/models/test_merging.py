@@ -6,6 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+import yaml
 
 from ragft_dagster.config.recipe import RecipeError, load_recipe
 from ragft_dagster.models.merging import (
@@ -473,3 +474,22 @@ def test_merged_model_asset_runs_a_chain_and_reports_its_stages(tmp_path, root):
     assert "| first | slerp |" in metadata[1]["stages"].value
     assert "| stage:first | mistral |" in metadata[1]["preflight"].value
     assert (root / "models" / "merged" / "ragft_merge_recipe.yml").is_file()
+
+
+def test_a_mergekit_multi_file_is_a_merge_chain(tmp_path):
+    """merge may name a mergekit-multi file (what `mergekit-multi` reads): named documents are
+    stages in dependency order, the unnamed one is the final merge, and a bare merge name used
+    as a model becomes a stage reference."""
+    from ragft_dagster.config.merge import merge_stages
+
+    multi = tmp_path / "merges.yml"
+    final = _linear(("first", 0.5), ("tiny:code", 0.5))
+    first = {"name": "first", **_slerp("tiny:base", "tiny:math")}
+    multi.write_text(yaml.safe_dump_all([final, first]))  # any order: the final one first here
+    recipe = load_recipe(write_recipe(tmp_path, lambda raw: raw.update(merge="merges.yml")))
+    stages = merge_stages(recipe.merge)
+    assert [s.name for s in stages] == ["first", "merge"]
+    assert "stage:first" in json.dumps(stages[1].config)
+    multi.write_text(yaml.safe_dump_all([first, {"name": "first", **final}]))
+    with pytest.raises(RecipeError, match=r"merges.yml: merge name 'first' twice"):
+        load_recipe(write_recipe(tmp_path, lambda raw: raw.update(merge="merges.yml")))
