@@ -83,14 +83,14 @@ if cfg.get("pause_index_add"):
 if cfg.get("barrier_dir"):
     from ragft_dagster.assets import retrieval
 
-    load = retrieval.load_embedder
+    load = retrieval.retrieval_embedder
 
     def load_then_wait(*args, **kwargs):
         embedder = load(*args, **kwargs)
         barrier("index-writes")  # both runs have read the chunks; now both go for the index
         return embedder
 
-    retrieval.load_embedder = load_then_wait
+    retrieval.retrieval_embedder = load_then_wait
 
 import dagster as dg
 from ragft_dagster.definitions import build_definitions
