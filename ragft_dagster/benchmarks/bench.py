@@ -540,7 +540,8 @@ def scoring(args: argparse.Namespace) -> int:
                 context_template=ev.context_template,
             )
             teaching = None
-            if not args.model and not args.no_teach:
+            # Only a random-init tiny model needs teaching to answer with a letter at all.
+            if not args.model and not args.no_teach and recipe.base_model.startswith("tiny:"):
                 from ragft_dagster.benchmarks.published_protocol import scorer_prompt
                 from ragft_dagster.retrieval.indexing import Retriever
 
