@@ -158,7 +158,7 @@ def test_missing_artifacts_name_the_asset_and_the_command(
         raise AssertionError("loaded a model before checking the artifacts")
 
     monkeypatch.setattr("ragft_dagster.ask.load_recipe_model", heavy)
-    monkeypatch.setattr("ragft_dagster.ask.load_embedder", heavy)
+    monkeypatch.setattr("ragft_dagster.ask.retrieval_embedder", heavy)
     recipe, root = finished
     copy = tmp_path / "artifacts"
     shutil.copytree(root, copy)
