@@ -170,10 +170,50 @@ def replace_dir(src: Path, final: Path) -> None:
         os.rename(src, final)
 
 
+class UnreadableText(Exception):
+    """Why :func:`read_utf8` could not return text: ``problem`` is one of ``missing``,
+    ``unreadable``, ``utf16``, ``binary`` or ``encoding``; ``detail`` says more (the OS error,
+    the offset of the bad byte) and ``line`` is the line of a bad byte (1-based) or None."""
+
+    def __init__(
+        self, problem: str, detail: str = "", line: int | None = None, offset: int | None = None
+    ):
+        super().__init__(f"{problem}: {detail}" if detail else problem)
+        self.problem, self.detail, self.line, self.offset = problem, detail, line, offset
+
+
+def read_utf8(path: Path, *, binary_check: bool = False) -> str:
+    """The one reader of user text files: UTF-8, a byte-order mark dropped.
+
+    Raises:
+        UnreadableText: The file is missing, unreadable (a folder, no permission), UTF-16,
+            binary (a NUL byte in the first 8 KiB, checked when ``binary_check``) or not UTF-8.
+            Callers turn it into a message naming the file, the recipe key and the fix.
+    """
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise UnreadableText("missing") from None
+    except OSError as exc:  # a folder, no permission, a loop
+        raise UnreadableText("unreadable", exc.strerror or str(exc)) from None
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise UnreadableText("utf16")
+    nul = raw.find(b"\x00", 0, 8192) if binary_check else -1
+    if nul >= 0:
+        raise UnreadableText("binary", f"a NUL byte at offset {nul}")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise UnreadableText(
+            "encoding", f"byte 0x{raw[exc.start]:02x} at offset {exc.start}", line, exc.start
+        ) from None
+
+
 def read_utf8_file(
     path: Path, error: type[Exception], *, what: str, key: str, expected: str, noun: str = "file"
 ) -> str:
-    """Read a UTF-8 data file named by the recipe (a byte-order mark is dropped).
+    """:func:`read_utf8` for a data file named by the recipe, its failures raised as ``error``.
 
     Args:
         path: The file.
@@ -185,20 +225,16 @@ def read_utf8_file(
     """
     path = Path(path)
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise error(f"{path}: {what} not found; fix {key} in the recipe") from None
-    except OSError as exc:  # a folder, no permission
-        raise error(
-            f"{path}: cannot read the {what} ({exc.strerror}); {key} must name {expected}"
-        ) from None
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise error(
-            f"{path}: line {line}: not valid UTF-8 (byte {exc.start}); re-save the {noun} as UTF-8"
-        ) from None
+        return read_utf8(path)
+    except UnreadableText as exc:
+        message = {
+            "missing": f"{what} not found; fix {key} in the recipe",
+            "unreadable": f"cannot read the {what} ({exc.detail}); {key} must name {expected}",
+            "utf16": f"the {what} is UTF-16 text; re-save the {noun} as UTF-8",
+            "encoding": f"line {exc.line}: not valid UTF-8 (byte {exc.offset}); "
+            f"re-save the {noun} as UTF-8",
+        }[exc.problem]
+        raise error(f"{path}: {message}") from None
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -343,6 +379,12 @@ class ArtifactLayout:
     @property
     def llm_cache(self) -> Path:
         return self.root / "llm_cache"
+
+    @property
+    def docs_scan(self) -> Path:
+        """The last scan of the docs folder (each file's size, times, inode and hash), so a
+        scan reads only the files that changed."""
+        return self.root / "state" / "docs_scan.json"
 
     def document_files(self, doc_key: str) -> list[Path]:
         """Every file a document partition owns (deleted with the partition)."""

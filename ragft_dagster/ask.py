@@ -21,7 +21,8 @@ from typing import Any
 from ragft_dagster.artifacts import ArtifactLayout
 from ragft_dagster.compute import ComputeSettings
 from ragft_dagster.config.recipe import Recipe, RetrievalRecipe
-from ragft_dagster.evaluation.scoring import load_recipe_model
+from ragft_dagster.evaluation.scoring import load_local_model
+from ragft_dagster.models.refs import LocalModels
 from ragft_dagster.retrieval.indexing import MODEL_KEY, Retriever, retrieval_embedder
 
 HEADING_SEPARATOR = " > "
@@ -267,7 +268,7 @@ def answer_question(
             retriever = Retriever(collection, embedder, top_k or recipe.retrieval.top_k)
             hits = retriever.retrieve(question)
     device = compute.torch_device()
-    model, tokenizer = load_recipe_model(recipe, layout, "sft", compute)
+    model, tokenizer = load_local_model(LocalModels.of(recipe, layout), "sft", compute)
     messages = ask_messages(
         question,
         hits,

@@ -66,3 +66,31 @@ def tiny_tokenizer(tiny_base):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_base)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 (servers in tests bind there only)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def log_tail(log: Path | None, chars: int = 4000) -> str:
+    """The end of a subprocess's log file, for an assertion message."""
+    return log.read_text(errors="replace")[-chars:] if log and log.exists() else ""
+
+
+def wait_until(condition, timeout: float, what: str, log: Path | None = None, every: float = 1.0):
+    """Poll ``condition`` until it returns something truthy (returned) or ``timeout`` passes,
+    then fail naming ``what`` with the tail of ``log``: every wait in the tests is bounded."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{log_tail(log)}")

@@ -157,7 +157,7 @@ def test_missing_artifacts_name_the_asset_and_the_command(
     def heavy(*args, **kwargs):
         raise AssertionError("loaded a model before checking the artifacts")
 
-    monkeypatch.setattr("ragft_dagster.ask.load_recipe_model", heavy)
+    monkeypatch.setattr("ragft_dagster.ask.load_local_model", heavy)
     monkeypatch.setattr("ragft_dagster.ask.retrieval_embedder", heavy)
     recipe, root = finished
     copy = tmp_path / "artifacts"

@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -30,7 +29,7 @@ from ragft_dagster.artifacts import ArtifactLayout, read_jsonl
 from ragft_dagster.config.recipe import load_recipe
 from ragft_dagster.definitions import build_definitions
 
-from .conftest import LOCAL_PROFILE, QUICKSTART_DATA, ROOT, TINY_RECIPE, write_recipe
+from .conftest import LOCAL_PROFILE, QUICKSTART_DATA, ROOT, TINY_RECIPE, free_port, write_recipe
 from .openai_stub import OpenAIStub
 
 KEY_ENV = "RAGFT_CANARY_KEY"
@@ -339,12 +338,6 @@ def _listening_addresses(port: int) -> set[str]:
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start_dagster_dev(args: list[str], env: dict[str, str], home: Path) -> subprocess.Popen:
     """``dagster dev`` with no code, in (and with DAGSTER_HOME at) its own folder ``home``."""
     home.mkdir()
@@ -384,7 +377,7 @@ def test_dagster_dev_binds_loopback(tmp_path):
     prefixes = ("DAGSTER_WEBSERVER", "DAGSTER_CLI")
     env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
     hostile = {**env, "DAGSTER_WEBSERVER_HOST": "0.0.0.0"}
-    plain, pinned, redirected = _free_port(), _free_port(), _free_port()
+    plain, pinned, redirected = free_port(), free_port(), free_port()
     procs = [
         _start_dagster_dev(["-p", str(plain)], env, tmp_path / "plain"),
         _start_dagster_dev(["-h", "127.0.0.1", "-p", str(pinned)], hostile, tmp_path / "pinned"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -110,3 +111,104 @@ def read_all_documents(
         )
     docs = sorted(rows)
     return docs, [row for d in docs for row in rows[d]]
+
+
+def cell_metadata(
+    path: Path, records: list[dict[str, Any]], stats: Any, ctx: str, *, sampled: bool
+) -> dict[str, Any]:
+    """An ``mcq_scores`` partition's metadata: accuracy with its interval, the other metrics,
+    retrieval figures (``rag``), the sampled statistic, API request counts (``stats``, API
+    models) and a per-question preview."""
+    from ragft_dagster.evaluation.report import summarise_scores
+    from ragft_dagster.evaluation.stats import sampled_cell
+
+    row = summarise_scores({("cell", ctx): records})[0]
+    metadata: dict[str, Any] = {
+        "path": dg.MetadataValue.path(str(path)),
+        "accuracy": row["accuracy"],
+        "ci95_low": row["ci_low"],
+        "ci95_high": row["ci_high"],
+        "questions": row["n"],
+        "correct": row["correct"],
+        "invalid_answers": row["invalid"],
+    }
+    for name in ("acc_norm", "acc_option"):
+        if not math.isnan(row[name]):
+            metadata[name] = row[name]
+    if not math.isnan(row["mean_letter_mass"]):
+        metadata["mean_letter_mass"] = row["mean_letter_mass"]
+    if ctx == "rag":
+        metadata["answer_located"] = row["answer_located"]
+        if not math.isnan(row["retrieval_hit_rate"]):
+            metadata["retrieval_hit_rate"] = row["retrieval_hit_rate"]
+    if sampled:
+        cell = sampled_cell(
+            {r["question_id"]: [s == r["correct"] for s in r["samples"]] for r in records}
+        )
+        metadata["sampled_accuracy"] = cell["accuracy"]
+        metadata["sampled_design_effect"] = cell["design_effect"]
+    if stats is not None:
+        metadata.update(
+            {
+                "llm_requests": stats.requests,
+                "cache_hits": stats.cache_hits,
+                "llm_retries": stats.retries,
+                "prompt_tokens": stats.prompt_tokens,
+                "completion_tokens": stats.completion_tokens,
+            }
+        )
+    columns = ["row", "correct", "predicted", "is_correct", "predicted_norm"]
+    columns += ["predicted_option"]
+    columns += ["reply"] if stats is not None else ["mass"]
+    columns += ["support_coverage", "retrieval_hit"] if ctx == "rag" else []
+    metadata["per_question"] = preview_table(records, columns, limit=50)
+    return metadata
+
+
+def report_metadata(
+    folder: Path,
+    report: Any,
+    headline_metric: str,
+    general_rows: list[dict[str, Any]],
+    general_md: str,
+    png: str,
+) -> dict[str, Any]:
+    """``mcq_report``'s metadata: the comparison table and tests, the chart, and each cell's
+    figures as numbers so the UI plots their history."""
+    metadata: dict = {
+        "path": dg.MetadataValue.path(str(folder)),
+        "comparison": dg.MetadataValue.md(report.table_md),
+        "paired_comparisons": dg.MetadataValue.md(report.comparisons_md),
+        "headline_metric": headline_metric,
+        # the headline family's verdicts (Holm); exploratory pairs are not findings
+        "significant_pairs": sum(
+            1 for r in report.pairs if r["family"] == "headline" and r["significant"]
+        ),
+        "per_question": dg.MetadataValue.md(report.questions_md),
+        "context_mismatched_rows": len(report.mismatched_rows),
+        "summary": preview_table(
+            report.rows,
+            ["model", "context", "metric", "n", "correct", "accuracy", "ci_low", "ci_high"]
+            + ["acc", "acc_norm", "acc_option", "invalid"],
+            limit=len(report.rows),
+        ),
+        "chart": dg.MetadataValue.md(f"![accuracy](data:image/png;base64,{png})"),
+    }
+    if general_md:
+        metadata["docs_vs_general"] = dg.MetadataValue.md(general_md)
+        for g in general_rows:
+            if g["category"] == "all":
+                metadata[f"general_accuracy_{g['model']}"] = g["accuracy"]
+    if report.retrieval_md:
+        metadata["retrieval_vs_generation"] = dg.MetadataValue.md(report.retrieval_md)
+    if report.sampled_md:
+        metadata["sampled_mode"] = dg.MetadataValue.md(report.sampled_md)
+    for r in report.rows:  # numeric, so the UI plots each cell's history
+        cell = f"{r['model']}_{r['context']}"
+        metadata[f"accuracy_{cell}"] = r["accuracy"]
+        metadata[f"ci_low_{cell}"] = r["ci_low"]
+        metadata[f"ci_high_{cell}"] = r["ci_high"]
+        for name in ("acc", "acc_norm", "acc_option"):
+            if not math.isnan(r[name]):
+                metadata[f"{name}_{cell}"] = r[name]
+    return metadata

@@ -1,7 +1,10 @@
-"""Per-document data assets: chunks, then synthetic Q&A (one dynamic partition per document)."""
+"""Per-document data assets: chunks, then synthetic Q&A (one dynamic partition per document,
+processed ``docs.batch_size`` documents to a run)."""
 
+import warnings
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
@@ -15,11 +18,14 @@ from ragft_dagster.data.chunking import (
     read_document,
 )
 from ragft_dagster.data.documents import CONTENT_HASH_KEY, content_hash
-from ragft_dagster.data.qa_generation import generate_document_qa
+from ragft_dagster.data.qa_generation import DocumentQa, generate_qa
 from ragft_dagster.llm.cache import ReplyCache
-from ragft_dagster.llm.client import BudgetExceeded, LlmCallError
+from ragft_dagster.llm.client import BudgetExceeded, LlmCallError, LlmStats
 from ragft_dagster.models.refs import load_tokenizer, resolve_model_ref
 from ragft_dagster.resources import ArtifactStoreResource, LlmEndpointResource
+
+# BackfillPolicy is beta in Dagster 1.13; we rely on it knowingly (tests/orchestration cover it).
+warnings.filterwarnings("ignore", message=".*backfill_policy.*", category=dg.BetaWarning)
 
 
 def _gone(path: Path) -> str:
@@ -36,8 +42,12 @@ def _gone(path: Path) -> str:
 
 
 def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
+    # A backfill of N documents is ceil(N / docs.batch_size) runs; every body takes a range.
+    batches = dg.BackfillPolicy.multi_run(max_partitions_per_run=recipe.docs.batch_size)
+
     @dg.asset(
         partitions_def=documents_partitions,
+        backfill_policy=batches,
         group_name="documents",
         kinds={"markdown"},
         code_version=recipe.section_version("chunking", "base_model"),
@@ -45,46 +55,43 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
     def doc_chunks(
         context: dg.AssetExecutionContext, artifacts: ArtifactStoreResource
     ) -> dg.MaterializeResult:
-        """One document split into ~300-token, heading-aware chunks with content-hash ids."""
-        key = context.partition_key
+        """Each document of the run split into ~300-token, heading-aware chunks with
+        content-hash ids (one materialization per document)."""
         layout = artifacts.layout()
-        path = recipe.docs_dir / key
-        try:
-            text = read_document(path, key)
-        except DocumentError as exc:
-            raise dg.Failure(description=f"doc_chunks: {exc}. {_gone(path)}".strip()) from None
         tokenizer = load_tokenizer(
             resolve_model_ref(recipe.base_model, layout.root, recipe.root),
             recipe.chat_template,
             recipe.trust_remote_code,
         )
-        chunks = [
-            c.to_dict()
-            for c in chunk_document(
-                text, key, tokenizer, recipe.chunking.chunk_size, recipe.chunking.chunk_overlap
+        failed = []
+        for key in context.partition_keys:
+            path = recipe.docs_dir / key
+            try:
+                text = read_document(path, key)
+            except DocumentError as exc:
+                failed.append(f"{exc}. {_gone(path)}".strip())
+                continue
+            chunks = [
+                c.to_dict()
+                for c in chunk_document(
+                    text, key, tokenizer, recipe.chunking.chunk_size, recipe.chunking.chunk_overlap
+                )
+            ]
+            write_jsonl(layout.chunks(key), chunks)
+            empty = empty_document_warning(key, text)
+            if empty:
+                context.log.warning(empty)
+            context.add_asset_metadata(
+                chunk_metadata(layout.chunks(key), path, text, chunks, empty), partition_key=key
             )
-        ]
-        write_jsonl(layout.chunks(key), chunks)
-        tokens = [c["n_tokens"] for c in chunks]
-        empty = empty_document_warning(key, text)
-        if empty:
-            context.log.warning(empty)
-        return dg.MaterializeResult(
-            metadata={
-                **({"warning": empty} if empty else {}),
-                "path": dg.MetadataValue.path(str(layout.chunks(key))),
-                "source": dg.MetadataValue.path(str(path)),
-                CONTENT_HASH_KEY: content_hash(text.encode("utf-8")),
-                "chunks": len(chunks),
-                "tokens": sum(tokens),
-                "max_chunk_tokens": max(tokens, default=0),
-                "preview": preview_table(chunks, ["id", "heading_path", "n_tokens", "text"]),
-            }
-        )
+        if failed:  # the other documents' chunk files are written: a rerun redoes nothing
+            raise dg.Failure(description="doc_chunks: " + "\n".join(failed))
+        return dg.MaterializeResult(metadata={"batch_documents": len(context.partition_keys)})
 
     @dg.asset(
         deps=[doc_chunks],
         partitions_def=documents_partitions,
+        backfill_policy=batches,
         group_name="documents",
         kinds={"openai"} if recipe.qa.generator == "openai" else {"python"},
         code_version=recipe.section_version("qa"),
@@ -94,58 +101,89 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
         artifacts: ArtifactStoreResource,
         llm: LlmEndpointResource,
     ) -> dg.MaterializeResult:
-        """Question/answer pairs generated from every chunk of one document."""
-        key = context.partition_key
+        """Question/answer pairs generated from every chunk of each document of the run, with
+        one request pool (``qa.max_concurrency``) and one budget across the documents."""
         layout = artifacts.layout()
         qa = recipe.qa
         client = None
         if qa.generator == "openai":
             # retries are ours (call_llm): counted, capped, and Retry-After is honoured
             client = llm.client(timeout=qa.request_timeout, max_retries=0)
+        documents, missing = {}, []
+        for key in context.partition_keys:
+            try:
+                documents[key] = read_jsonl(layout.chunks(key))
+            except FileNotFoundError:
+                missing.append(
+                    f"{key}: no chunks at {layout.chunks(key)}: materialize doc_chunks for {key} "
+                    f"first. {_gone(recipe.docs_dir / key)}".strip()
+                )
+        if missing:
+            raise dg.Failure(description="synthetic_qa: " + "\n".join(missing))
         try:
-            chunks = read_jsonl(layout.chunks(key))
-        except FileNotFoundError:
-            raise dg.Failure(
-                description=f"synthetic_qa[{key}]: no chunks at {layout.chunks(key)}: "
-                f"materialize doc_chunks for {key} first. {_gone(recipe.docs_dir / key)}".strip()
-            ) from None
-        try:
-            rows, stats = generate_document_qa(
-                chunks,
-                key,
+            generated, stats = generate_qa(
+                documents,
                 qa,
                 client=client,
                 cache=ReplyCache(layout.llm_cache),
                 log=context.log.warning,  # cut-off or short replies: which chunk, what to change
             )
         except (BudgetExceeded, LlmCallError) as exc:
-            raise dg.Failure(description=f"synthetic_qa[{key}]: {exc}") from None
-        write_jsonl(layout.qa(key), rows)
-        metadata: dict = {
-            "path": dg.MetadataValue.path(str(layout.qa(key))),
-            "rows": len(rows),
-            "chunks": len(chunks),
-            "generator": qa.generator,
-            "generated": stats.requests,
-            "cache_hits": stats.cache_hits,
-            "kinds": dg.MetadataValue.json(dict(Counter(r["kind"] for r in rows))),
-            "preview": preview_table(rows, ["question", "answer", "kind", "chunk_id"]),
-        }
-        if client is not None:
-            metadata.update(
-                {
-                    "llm_requests": stats.requests,
-                    "llm_retries": stats.retries,
-                    "llm_retry_wait_seconds": round(stats.retry_wait_seconds, 2),
-                    "prompt_tokens": stats.prompt_tokens,
-                    "completion_tokens": stats.completion_tokens,
-                    "estimated_cost_usd": stats.cost_usd(
-                        qa.pricing.prompt_per_1k, qa.pricing.completion_per_1k
-                    ),
-                    "truncated_replies": stats.truncated,
-                    "parse_outcomes": dg.MetadataValue.json(stats.parse),
-                }
-            )
-        return dg.MaterializeResult(metadata=metadata)
+            label = ", ".join(documents) if len(documents) <= 3 else f"{len(documents)} documents"
+            raise dg.Failure(description=f"synthetic_qa[{label}]: {exc}") from None
+        for key, doc in generated.items():
+            write_jsonl(layout.qa(key), doc.rows)
+            metadata = qa_metadata(layout.qa(key), doc, len(documents[key]), qa.generator)
+            if client is not None:
+                metadata.update(llm_metadata(doc.stats, stats, qa.pricing))
+            context.add_asset_metadata(metadata, partition_key=key)
+        return dg.MaterializeResult(metadata={"batch_documents": len(documents)})
 
     return [doc_chunks, synthetic_qa]
+
+
+def chunk_metadata(
+    path: Path, source: Path, text: str, chunks: list[dict[str, Any]], warning: str | None
+) -> dict[str, Any]:
+    """One document's ``doc_chunks`` metadata (its content hash tells what it was built from)."""
+    tokens = [c["n_tokens"] for c in chunks]
+    return {
+        **({"warning": warning} if warning else {}),
+        "path": dg.MetadataValue.path(str(path)),
+        "source": dg.MetadataValue.path(str(source)),
+        CONTENT_HASH_KEY: content_hash(text.encode("utf-8")),
+        "chunks": len(chunks),
+        "tokens": sum(tokens),
+        "max_chunk_tokens": max(tokens, default=0),
+        "preview": preview_table(chunks, ["id", "heading_path", "n_tokens", "text"]),
+    }
+
+
+def qa_metadata(path: Path, doc: DocumentQa, chunks: int, generator: str) -> dict[str, Any]:
+    """One document's ``synthetic_qa`` metadata."""
+    rows = doc.rows
+    return {
+        "path": dg.MetadataValue.path(str(path)),
+        "rows": len(rows),
+        "chunks": chunks,
+        "generator": generator,
+        "generated": doc.stats.requests,
+        "cache_hits": doc.stats.cache_hits,
+        "kinds": dg.MetadataValue.json(dict(Counter(r["kind"] for r in rows))),
+        "preview": preview_table(rows, ["question", "answer", "kind", "chunk_id"]),
+    }
+
+
+def llm_metadata(doc: LlmStats, batch: LlmStats, pricing: Any) -> dict[str, Any]:
+    """One document's requests, tokens, cost and reply outcomes; retries are the batch's (one
+    pool served every document of the run)."""
+    return {
+        "llm_requests": doc.requests,
+        "prompt_tokens": doc.prompt_tokens,
+        "completion_tokens": doc.completion_tokens,
+        "estimated_cost_usd": doc.cost_usd(pricing.prompt_per_1k, pricing.completion_per_1k),
+        "truncated_replies": doc.truncated,
+        "parse_outcomes": dg.MetadataValue.json(doc.parse),
+        "llm_retries": batch.retries,
+        "llm_retry_wait_seconds": round(batch.retry_wait_seconds, 2),
+    }

@@ -2,26 +2,30 @@
 
 import base64
 import json
-import math
 from collections.abc import Mapping
 from typing import Any
 
 import dagster as dg
 
-from ragft_dagster.artifacts import atomic_dir, atomic_write_text, read_jsonl, write_jsonl
-from ragft_dagster.assets._meta import EAGER, TRIGGER_TAG, preview_table
+from ragft_dagster.artifacts import atomic_dir, read_jsonl, write_jsonl
+from ragft_dagster.assets._meta import (
+    EAGER,
+    TRIGGER_TAG,
+    cell_metadata,
+    preview_table,
+    report_metadata,
+)
 from ragft_dagster.config.recipe import Recipe
 from ragft_dagster.evaluation.mcq import McqError
 from ragft_dagster.evaluation.report import (
-    accuracy_chart,
     build_report,
     general_report,
     regressions,
-    summarise_scores,
+    write_report_files,
 )
 from ragft_dagster.evaluation.scoring import evaluate_cell, evaluate_general
-from ragft_dagster.evaluation.stats import sampled_cell
 from ragft_dagster.llm.client import BudgetExceeded, LlmCallError
+from ragft_dagster.models.refs import LocalModels
 from ragft_dagster.resources import (
     ArtifactStoreResource,
     ComputeResource,
@@ -74,8 +78,10 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[Any
         layout = artifacts.layout()
         try:
             records, stats = evaluate_cell(
-                recipe,
-                layout,
+                ev,
+                recipe.retrieval,
+                recipe.questions_path,
+                LocalModels.of(recipe, layout),
                 model_key,
                 ctx,
                 compute=compute.settings(),
@@ -92,46 +98,7 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[Any
             raise dg.Failure(description=f"mcq_scores[{model_key}|{ctx}]: {exc}") from None
         path = layout.scores(model_key, ctx)
         write_jsonl(path, records)
-        row = summarise_scores({(model_key, ctx): records})[0]
-        metadata: dict[str, Any] = {
-            "path": dg.MetadataValue.path(str(path)),
-            "accuracy": row["accuracy"],
-            "ci95_low": row["ci_low"],
-            "ci95_high": row["ci_high"],
-            "questions": row["n"],
-            "correct": row["correct"],
-            "invalid_answers": row["invalid"],
-        }
-        for name in ("acc_norm", "acc_option"):
-            if not math.isnan(row[name]):
-                metadata[name] = row[name]
-        if not math.isnan(row["mean_letter_mass"]):
-            metadata["mean_letter_mass"] = row["mean_letter_mass"]
-        if ctx == "rag":
-            metadata["answer_located"] = row["answer_located"]
-            if not math.isnan(row["retrieval_hit_rate"]):
-                metadata["retrieval_hit_rate"] = row["retrieval_hit_rate"]
-        if ev.sampling.rounds:
-            sampled = sampled_cell(
-                {r["question_id"]: [s == r["correct"] for s in r["samples"]] for r in records}
-            )
-            metadata["sampled_accuracy"] = sampled["accuracy"]
-            metadata["sampled_design_effect"] = sampled["design_effect"]
-        if stats is not None:
-            metadata.update(
-                {
-                    "llm_requests": stats.requests,
-                    "cache_hits": stats.cache_hits,
-                    "llm_retries": stats.retries,
-                    "prompt_tokens": stats.prompt_tokens,
-                    "completion_tokens": stats.completion_tokens,
-                }
-            )
-        columns = ["row", "correct", "predicted", "is_correct", "predicted_norm"]
-        columns += ["predicted_option"]
-        columns += ["reply"] if stats is not None else ["mass"]
-        columns += ["support_coverage", "retrieval_hit"] if ctx == "rag" else []
-        metadata["per_question"] = preview_table(records, columns, limit=50)
+        metadata = cell_metadata(path, records, stats, ctx, sampled=bool(ev.sampling.rounds))
         return dg.MaterializeResult(metadata=metadata)
 
     general_path = recipe.general_questions_path
@@ -166,7 +133,13 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[Any
             model_key = context.partition_key
             layout = artifacts.layout()
             try:
-                records = evaluate_general(recipe, layout, model_key, compute=compute.settings())
+                records = evaluate_general(
+                    ev,
+                    general_path,
+                    LocalModels.of(recipe, layout),
+                    model_key,
+                    compute=compute.settings(),
+                )
             except McqError as exc:
                 raise dg.Failure(description=f"general_scores[{model_key}]: {exc}") from None
             path = layout.general_scores(model_key)
@@ -231,62 +204,13 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[Any
             general, rows, models, ev.headline_metric, ev.bootstrap_samples
         )
         with atomic_dir(layout.report) as tmp:
-            chart = accuracy_chart(rows, models, contexts, tmp / "accuracy.png")
-            markdown = report.markdown
-            if general_md:
-                markdown += "\n## Docs vs. general capability (forgetting)\n\n" + general_md
-                atomic_write_text(
-                    tmp / "general.json",
-                    json.dumps({"rows": general_rows, "pairs": general_pairs}, indent=2),
-                )
-            atomic_write_text(tmp / "report.md", markdown)
-            atomic_write_text(tmp / "summary.json", json.dumps(rows, indent=2))
-            atomic_write_text(tmp / "comparisons.json", json.dumps(report.pairs, indent=2))
-            atomic_write_text(tmp / "questions.json", json.dumps(report.questions, indent=2))
-            if report.sampled_cells:
-                atomic_write_text(
-                    tmp / "sampled.json",
-                    json.dumps(
-                        {"cells": report.sampled_cells, "pairs": report.sampled_pairs}, indent=2
-                    ),
-                )
+            chart = write_report_files(
+                tmp, report, models, contexts, general_rows, general_pairs, general_md
+            )
             png = base64.b64encode(chart.read_bytes()).decode()
-        metadata: dict = {
-            "path": dg.MetadataValue.path(str(layout.report)),
-            "comparison": dg.MetadataValue.md(report.table_md),
-            "paired_comparisons": dg.MetadataValue.md(report.comparisons_md),
-            "headline_metric": ev.headline_metric,
-            # the headline family's verdicts (Holm); exploratory pairs are not findings
-            "significant_pairs": sum(
-                1 for r in report.pairs if r["family"] == "headline" and r["significant"]
-            ),
-            "per_question": dg.MetadataValue.md(report.questions_md),
-            "context_mismatched_rows": len(report.mismatched_rows),
-            "summary": preview_table(
-                rows,
-                ["model", "context", "metric", "n", "correct", "accuracy", "ci_low", "ci_high"]
-                + ["acc", "acc_norm", "acc_option", "invalid"],
-                limit=len(rows),
-            ),
-            "chart": dg.MetadataValue.md(f"![accuracy](data:image/png;base64,{png})"),
-        }
-        if general_md:
-            metadata["docs_vs_general"] = dg.MetadataValue.md(general_md)
-            for g in general_rows:
-                if g["category"] == "all":
-                    metadata[f"general_accuracy_{g['model']}"] = g["accuracy"]
-        if report.retrieval_md:
-            metadata["retrieval_vs_generation"] = dg.MetadataValue.md(report.retrieval_md)
-        if report.sampled_md:
-            metadata["sampled_mode"] = dg.MetadataValue.md(report.sampled_md)
-        for r in rows:  # numeric, so the UI plots each cell's history
-            cell = f"{r['model']}_{r['context']}"
-            metadata[f"accuracy_{cell}"] = r["accuracy"]
-            metadata[f"ci_low_{cell}"] = r["ci_low"]
-            metadata[f"ci_high_{cell}"] = r["ci_high"]
-            for name in ("acc", "acc_norm", "acc_option"):
-                if not math.isnan(r[name]):
-                    metadata[f"{name}_{cell}"] = r[name]
+        metadata = report_metadata(
+            layout.report, report, ev.headline_metric, general_rows, general_md, png
+        )
         return dg.MaterializeResult(metadata=metadata)
 
     @dg.asset_check(

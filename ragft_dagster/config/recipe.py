@@ -131,6 +131,12 @@ class DocsRecipe(_Section):
     """Folder of the documentation, relative to the recipe file."""
     glob: str = "**/*.md"
     """Which files below ``path`` are documents (one partition each)."""
+    batch_size: int = Field(default=100, gt=0)
+    """Most documents in one run: a backfill of the document assets
+    (``BackfillPolicy.multi_run``), a burst of changes the docs sensor sees and ``ragft run``
+    each process this many documents per run, with one materialization per document."""
+
+    UNVERSIONED: ClassVar[frozenset[str]] = frozenset({"batch_size"})
 
 
 class DpoRecipe(_Section):

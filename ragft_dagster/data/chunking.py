@@ -22,6 +22,8 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from ragft_dagster.artifacts import UnreadableText, read_utf8
+
 # A UTF-8 byte order mark (Windows editors) must not hide the first heading.
 _HEADING = re.compile(r"^\ufeff?(#{1,6})\s+(.+?)\s*#*\s*$")
 _FENCE = re.compile(r"^\s*(`{3,}|~{3,})")
@@ -88,39 +90,27 @@ def chunk_id(doc: str, text: str) -> str:
 
 
 def read_document(path: Path, doc_key: str) -> str:
-    """Read a markdown document as UTF-8, with errors that name the file and say what to do.
+    """Read a markdown document (:func:`~ragft_dagster.artifacts.read_utf8`), with errors that
+    name the file and say what to do.
 
     Raises:
         DocumentError: The file is gone, unreadable, binary (NUL bytes: an image, a PDF, UTF-16
             text) or not valid UTF-8; the message names the file, where, and the fix.
     """
     try:
-        raw = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise DocumentError(f"{doc_key}: document not found at {path} (was it deleted?)") from None
-    except OSError as exc:  # a folder, no permission, a loop
-        raise DocumentError(
-            f"{doc_key}: cannot read {path} ({exc.strerror}); fix it or remove it from the docs "
-            "folder"
-        ) from None
-    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise DocumentError(
-            f"{doc_key}: {path} is UTF-16 text; re-save it as UTF-8 (documents must be UTF-8)"
-        )
-    nul = raw.find(b"\x00", 0, 8192)
-    if nul >= 0:
-        raise DocumentError(
-            f"{doc_key}: {path} looks like a binary file, not markdown (a NUL byte at offset "
-            f"{nul}); remove it from the docs folder or narrow docs.glob in the recipe"
-        )
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise DocumentError(
-            f"{doc_key}: {path} is not valid UTF-8 (byte 0x{raw[exc.start]:02x} at offset "
-            f"{exc.start}, line {line}); re-save the file as UTF-8"
-        ) from None
+        return read_utf8(path, binary_check=True)
+    except UnreadableText as exc:
+        message = {
+            "missing": f"document not found at {path} (was it deleted?)",
+            "unreadable": f"cannot read {path} ({exc.detail}); fix it or remove it from the "
+            "docs folder",
+            "utf16": f"{path} is UTF-16 text; re-save it as UTF-8 (documents must be UTF-8)",
+            "binary": f"{path} looks like a binary file, not markdown ({exc.detail}); remove it "
+            "from the docs folder or narrow docs.glob in the recipe",
+            "encoding": f"{path} is not valid UTF-8 ({exc.detail}, line {exc.line}); re-save "
+            "the file as UTF-8",
+        }[exc.problem]
+        raise DocumentError(f"{doc_key}: {message}") from None
 
 
 def empty_document_warning(doc_key: str, text: str) -> str | None:

@@ -16,6 +16,7 @@ import stat
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -26,14 +27,29 @@ class DocumentScan:
     """Document key (path relative to the folder, '/'-separated) -> sha256 of its bytes."""
     skipped: dict[str, str] = field(default_factory=dict)
     """Key of each path that matched but cannot be a document -> why, and what to do."""
+    stats: dict[str, list[Any]] = field(default_factory=dict)
+    """Document key -> [size, mtime_ns, ctime_ns, inode, sha256]: what the next scan passes as
+    ``known`` so that it reads only the files that changed."""
+    read: int = 0
+    """How many files this scan read (the others' hashes came from ``known``)."""
 
 
-def discover_documents(docs_dir: Path, pattern: str = "**/*.md") -> DocumentScan:
+def _file_identity(info: os.stat_result) -> list[int]:
+    # ctime changes on every write and no tool can set it back, so a file whose size, mtime,
+    # ctime and inode are unchanged has unchanged bytes.
+    return [info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino]
+
+
+def discover_documents(
+    docs_dir: Path, pattern: str = "**/*.md", known: Mapping[str, list[Any]] | None = None
+) -> DocumentScan:
     """Hash every document below ``docs_dir`` and say which matching paths were skipped.
 
     Args:
         docs_dir: The recipe's docs folder (``docs.path``).
         pattern: Which files are documents (``docs.glob``).
+        known: :attr:`DocumentScan.stats` of an earlier scan: a file whose size, mtime, ctime
+            and inode are unchanged keeps its hash without being read.
 
     Returns:
         The documents with their content hashes, and the skipped paths with their reasons.
@@ -45,23 +61,33 @@ def discover_documents(docs_dir: Path, pattern: str = "**/*.md") -> DocumentScan
     if not docs_dir.is_dir():
         what = "is not a folder" if docs_dir.exists() else "does not exist"
         raise FileNotFoundError(f"docs folder {docs_dir} {what}; fix docs.path in the recipe")
+    known = known or {}
     found: dict[str, str] = {}
     skipped: dict[str, str] = {}
+    stats: dict[str, list[Any]] = {}
+    read = 0
     for path in sorted(docs_dir.glob(pattern)):
         key = path.relative_to(docs_dir).as_posix()
-        reason = _not_a_document(path)
-        if reason == "":
-            continue  # a folder whose name matches the glob: its files are visited on their own
-        if reason is None:
+        info = _stat_document(path)
+        if isinstance(info, str):
+            if info:
+                skipped[key] = info
+            continue  # "": a folder whose name matches the glob: its files are visited alone
+        identity = _file_identity(info)
+        before = known.get(key)
+        if before is not None and list(before[:4]) == identity:
+            found[key] = before[4]
+        else:
             try:
                 found[key] = content_hash(path.read_bytes())
-                continue
+                read += 1
             except OSError as exc:
-                reason = f"cannot be read ({exc.strerror}); fix its permissions or remove it"
-        skipped[key] = reason
+                skipped[key] = f"cannot be read ({exc.strerror}); fix its permissions or remove it"
+                continue
+        stats[key] = [*identity, found[key]]
     if "**" in pattern:
         skipped.update(_symlinked_folders(docs_dir))
-    return DocumentScan(found, skipped)
+    return DocumentScan(found, skipped, stats, read)
 
 
 def scan_documents(docs_dir: Path, pattern: str = "**/*.md") -> dict[str, str]:
@@ -74,10 +100,11 @@ def scan_documents(docs_dir: Path, pattern: str = "**/*.md") -> dict[str, str]:
     return discover_documents(docs_dir, pattern).documents
 
 
-def _not_a_document(path: Path) -> str | None:
-    """None for a regular file (or a link to one), "" for a folder, else why it is skipped."""
+def _stat_document(path: Path) -> os.stat_result | str:
+    """The stat of a regular file (or a link to one), "" for a folder, else why it is
+    skipped."""
     try:
-        mode = path.stat().st_mode  # follows links: ELOOP for a loop, ENOENT for a broken one
+        info = path.stat()  # follows links: ELOOP for a loop, ENOENT for a broken one
     except OSError as exc:
         if exc.errno == errno.ELOOP and path.is_symlink():
             return (
@@ -89,11 +116,11 @@ def _not_a_document(path: Path) -> str | None:
                 f"broken symlink to {os.readlink(path)} (nothing there); fix the link or delete it"
             )
         return f"cannot be read ({exc.strerror}); fix its permissions or remove it"
-    if stat.S_ISDIR(mode):
+    if stat.S_ISDIR(info.st_mode):
         return ""
-    if not stat.S_ISREG(mode):
+    if not stat.S_ISREG(info.st_mode):
         return "not a regular file (a pipe, socket or device); remove it from the docs folder"
-    return None
+    return info
 
 
 def _symlinked_folders(docs_dir: Path) -> dict[str, str]:

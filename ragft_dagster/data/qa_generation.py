@@ -13,7 +13,7 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -1079,12 +1079,23 @@ def qa_rows_for_chunk(
 OFFLINE_GENERATOR_VERSION = 2
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Task:
     index: int
+    doc: str
     chunk: dict[str, Any]
     key: str
     prompt: str
+
+
+@dataclass
+class DocumentQa:
+    """The Q&A of one document of a batch: its rows, and its share of the requests."""
+
+    rows: list[dict[str, Any]]
+    stats: LlmStats
+    """This document's generated vs. cached replies and parse outcomes (tokens and retries are
+    counted for the whole batch)."""
 
 
 def generate_document_qa(
@@ -1097,16 +1108,32 @@ def generate_document_qa(
     sleep: Callable[[float], None] = time.sleep,
     log: Callable[[str], None] | None = None,
 ) -> tuple[list[dict[str, Any]], LlmStats]:
-    """Q&A rows for every chunk (and pass) of one document with the recipe's generator.
+    """:func:`generate_qa` for one document: (rows, stats)."""
+    docs, stats = generate_qa(
+        {doc_key: chunks}, qa, cache=cache, client=client, sleep=sleep, log=log
+    )
+    return docs[doc_key].rows, stats
+
+
+def generate_qa(
+    documents: Mapping[str, list[dict[str, Any]]],
+    qa: QaRecipe,
+    *,
+    cache: ReplyCache,
+    client: Any | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    log: Callable[[str], None] | None = None,
+) -> tuple[dict[str, DocumentQa], LlmStats]:
+    """Q&A rows for every chunk (and pass) of a batch of documents with the recipe's generator.
 
     Every generation goes through ``cache``, keyed by (generator/model, prompt template hash,
     chunk text hash, heading, generation parameters, pass index): an unchanged chunk is never
     generated twice, and a reply is stored the moment it arrives, so a crash loses nothing paid.
-    LLM requests run ``qa.max_concurrency`` at a time within ``qa.budget``.
+    The LLM requests of the whole batch share one pool (``qa.max_concurrency`` in flight, across
+    documents) and one ``qa.budget``.
 
     Args:
-        chunks: The document's chunk records.
-        doc_key: The document key (its title falls back to the file name).
+        documents: Each document key's chunk records (its title falls back to the file name).
         qa: The recipe's ``qa`` section.
         cache: Where generated replies are kept.
         client: An ``openai.OpenAI`` client; required for ``qa.generator == "openai"``.
@@ -1114,16 +1141,15 @@ def generate_document_qa(
         log: Receives a warning line per reply that was cut off, short or unreadable.
 
     Returns:
-        (rows, stats): stored rows in chunk order, and what was generated vs. cached.
+        Each document's rows (in chunk order) and counts, and the batch's request statistics.
 
     Raises:
         BudgetExceeded: Before a request would cross ``qa.budget``; completed replies are cached.
-        LlmCallError: An endpoint failure retries could not fix, or replies of which not one
-            held a pair; completed replies are cached.
+        LlmCallError: An endpoint failure retries could not fix, or a document of whose replies
+            not one held a pair; completed replies are cached.
     """
     if qa.generator == "openai" and client is None:
         raise ValueError("the openai generator needs a client")
-    title = doc_title_of(chunks, doc_key)
     template_hash = hashlib.sha256(qa.prompt.encode()).hexdigest()
     params = {
         "n": qa.questions_per_chunk,
@@ -1131,44 +1157,50 @@ def generate_document_qa(
         "max_tokens": qa.max_tokens,
     }
     tasks: list[_Task] = []
-    for chunk in chunks:
-        heading = " > ".join(chunk["heading_path"]) or title
-        prompt = render_prompt(
-            qa.prompt,
-            n=str(qa.questions_per_chunk),
-            document=title,
-            heading=heading,
-            context=chunk["text"],
-        )
-        for pass_index in range(qa.passes):
-            key = ReplyCache.key(
-                model=qa.model
-                if qa.generator == "openai"
-                else f"offline-v{OFFLINE_GENERATOR_VERSION}",
-                template=template_hash if qa.generator == "openai" else None,
-                chunk=hashlib.sha256(chunk["text"].encode()).hexdigest(),
+    titles: dict[str, str] = {}
+    for doc_key, chunks in documents.items():
+        title = titles[doc_key] = doc_title_of(chunks, doc_key)
+        for chunk in chunks:
+            heading = " > ".join(chunk["heading_path"]) or title
+            prompt = render_prompt(
+                qa.prompt,
+                n=str(qa.questions_per_chunk),
+                document=title,
                 heading=heading,
-                title=title,
-                params=params,
-                pass_index=pass_index,
+                context=chunk["text"],
             )
-            tasks.append(_Task(len(tasks), chunk, key, prompt))
+            for pass_index in range(qa.passes):
+                key = ReplyCache.key(
+                    model=qa.model
+                    if qa.generator == "openai"
+                    else f"offline-v{OFFLINE_GENERATOR_VERSION}",
+                    template=template_hash if qa.generator == "openai" else None,
+                    chunk=hashlib.sha256(chunk["text"].encode()).hexdigest(),
+                    heading=heading,
+                    title=title,
+                    params=params,
+                    pass_index=pass_index,
+                )
+                tasks.append(_Task(len(tasks), doc_key, chunk, key, prompt))
 
     stats = LlmStats()
+    per_doc = {doc_key: LlmStats() for doc_key in documents}
     replies: dict[int, dict[str, Any]] = {}
     todo = []
     for task in tasks:
         cached = cache.get(task.key)
         if cached is not None:
             stats.cache_hits += 1
+            per_doc[task.doc].cache_hits += 1
             replies[task.index] = cached
         else:
+            per_doc[task.doc].requests += 1
             todo.append(task)
 
     if qa.generator == "offline":
         for task in todo:
             reply: dict[str, Any] = {
-                "pairs": generate_offline_qa(task.chunk, title, qa.questions_per_chunk)
+                "pairs": generate_offline_qa(task.chunk, titles[task.doc], qa.questions_per_chunk)
             }
             cache.put(task.key, reply)
             stats.requests += 1
@@ -1200,25 +1232,45 @@ def generate_document_qa(
             )
         )
 
-    rows: list[dict[str, Any]] = []
+        for task in todo:  # each document's share of the tokens
+            reply = replies[task.index]
+            per_doc[task.doc].prompt_tokens += reply.get("prompt_tokens", 0) or 0
+            per_doc[task.doc].completion_tokens += reply.get("completion_tokens", 0) or 0
+
+    rows: dict[str, list[dict[str, Any]]] = {doc_key: [] for doc_key in documents}
     for task in tasks:
         reply = replies[task.index]
-        pairs = reply["pairs"] if "pairs" in reply else _llm_pairs(task, reply, qa, stats)
-        rows += qa_rows_for_chunk(task.chunk, pairs, qa.generator, qa.model)
+        if "pairs" in reply:
+            pairs = reply["pairs"]
+        else:
+            pairs = _llm_pairs(task, reply, qa, per_doc[task.doc])
+        rows[task.doc] += qa_rows_for_chunk(task.chunk, pairs, qa.generator, qa.model)
+    for doc_key, doc_stats in per_doc.items():
+        for name in ("truncated", "short_replies"):
+            setattr(stats, name, getattr(stats, name) + getattr(doc_stats, name))
+        for how, n in doc_stats.parse.items():
+            stats.parse[how] = stats.parse.get(how, 0) + n
+        stats.warnings += [f"{doc_key}: {line}" for line in doc_stats.warnings]
     if log is not None:
         for line in stats.warnings:
-            log(f"{doc_key}: {line}")
-    if qa.generator == "openai" and tasks and not rows:
-        outcomes = ", ".join(f"{how} {n}" for how, n in sorted(stats.parse.items()))
-        raise LlmCallError(
-            f"none of the {len(tasks)} replies of model {qa.model!r} held a question/answer "
-            f"pair (parse outcomes: {outcomes}; {stats.truncated} cut off at qa.max_tokens); "
-            f"nothing was written, and the replies stay cached under {cache.root}, so a rerun "
-            "pays nothing for them. Make qa.prompt ask for a JSON list of "
-            '{"question", "answer"} objects, raise qa.max_tokens if replies were cut off, or '
-            "pick a qa.model that follows the prompt (either edit makes new requests)"
-        )
-    return _dedupe_rows(rows), stats
+            log(line)
+    if qa.generator == "openai":
+        empty = [
+            d for d in documents if per_doc[d].requests + per_doc[d].cache_hits and not rows[d]
+        ]
+        if empty:
+            n = sum(per_doc[d].requests + per_doc[d].cache_hits for d in empty)
+            outcomes = ", ".join(f"{how} {k}" for how, k in sorted(stats.parse.items()))
+            raise LlmCallError(
+                f"{', '.join(empty)}: none of the {n} replies of model {qa.model!r} held a "
+                f"question/answer pair (parse outcomes: {outcomes}; {stats.truncated} cut off at "
+                f"qa.max_tokens); nothing was written, and the replies stay cached under "
+                f"{cache.root}, so a rerun pays nothing for them. Make qa.prompt ask for a JSON "
+                'list of {"question", "answer"} objects, raise qa.max_tokens if replies were '
+                "cut off, or pick a qa.model that follows the prompt (either edit makes new "
+                "requests)"
+            )
+    return {d: DocumentQa(_dedupe_rows(rows[d]), per_doc[d]) for d in documents}, stats
 
 
 def _llm_pairs(

@@ -4,12 +4,14 @@ a per-question table, sampled-mode statistics and a chart."""
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+from ragft_dagster.artifacts import atomic_write_text
 from ragft_dagster.config.recipe import LOCAL_MODELS
 from ragft_dagster.evaluation.stats import (
     comparisons_markdown,
@@ -539,3 +541,35 @@ def general_report(
             "corrected together):\n\n" + comparisons_markdown(pairs, metric)
         )
     return rows, pairs, out
+
+
+def write_report_files(
+    folder: Path,
+    report: Report,
+    models: list[str],
+    contexts: list[str],
+    general_rows: list[dict[str, Any]],
+    general_pairs: list[dict[str, Any]],
+    general_md: str,
+) -> Path:
+    """Write the report's files into ``folder`` (report.md, summary.json, comparisons.json,
+    questions.json, general.json and sampled.json when they apply, accuracy.png); returns the
+    chart's path."""
+    chart = accuracy_chart(report.rows, models, contexts, folder / "accuracy.png")
+    markdown = report.markdown
+    if general_md:
+        markdown += "\n## Docs vs. general capability (forgetting)\n\n" + general_md
+        _write_json(folder / "general.json", {"rows": general_rows, "pairs": general_pairs})
+    atomic_write_text(folder / "report.md", markdown)
+    _write_json(folder / "summary.json", report.rows)
+    _write_json(folder / "comparisons.json", report.pairs)
+    _write_json(folder / "questions.json", report.questions)
+    if report.sampled_cells:
+        _write_json(
+            folder / "sampled.json", {"cells": report.sampled_cells, "pairs": report.sampled_pairs}
+        )
+    return chart
+
+
+def _write_json(path: Path, value: Any) -> None:
+    atomic_write_text(path, json.dumps(value, indent=2))

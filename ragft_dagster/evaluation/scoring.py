@@ -10,9 +10,13 @@ from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
 from typing import Any
 
-from ragft_dagster.artifacts import ArtifactLayout
 from ragft_dagster.compute import ComputeSettings
-from ragft_dagster.config.recipe import ApiScoringRecipe, EvaluationRecipe, Recipe, SamplingRecipe
+from ragft_dagster.config.recipe import (
+    ApiScoringRecipe,
+    EvaluationRecipe,
+    RetrievalRecipe,
+    SamplingRecipe,
+)
 from ragft_dagster.evaluation.mcq import (
     Question,
     answer_support,
@@ -24,7 +28,7 @@ from ragft_dagster.evaluation.mcq import (
 from ragft_dagster.llm.cache import ReplyCache
 from ragft_dagster.llm.client import Endpoint, LlmStats, RequestBudget
 from ragft_dagster.llm.runner import LlmRequest, run_requests
-from ragft_dagster.models.refs import resolve_model_ref
+from ragft_dagster.models.refs import LocalModels
 
 
 def load_scoring_model(
@@ -378,51 +382,34 @@ def recipe_messages(
 
 
 def evaluate_general(
-    recipe: Recipe, layout: ArtifactLayout, model_key: str, *, compute: ComputeSettings
+    ev: EvaluationRecipe,
+    questions_path: Path,
+    models: LocalModels,
+    model_key: str,
+    *,
+    compute: ComputeSettings,
 ) -> list[dict[str, Any]]:
-    """Score one local model on the general-capability set, closed-book, exactly as the
-    benchmark's closed-book cells are scored (same prompt, same scorer).
+    """Score one local model on the general-capability set (``questions_path``), closed-book,
+    exactly as the benchmark's closed-book cells are scored (same prompt, same scorer).
 
     Returns:
         Per-question records (see :func:`score_cell`), each with its ``category`` column
         (e.g. ``general`` or ``arithmetic``) when the CSV has one.
     """
-    path = recipe.general_questions_path
-    if path is None:
-        raise ValueError("evaluation.general_questions is off; nothing to score")
-    ev = recipe.evaluation
-    questions = load_questions(path)
+    questions = load_questions(questions_path)
     hits: list[list[dict[str, Any]]] = [[] for _ in questions]
     messages = recipe_messages(ev, questions, hits)
-    records = _score_recipe_model(recipe, layout, model_key, compute, questions, hits, messages)
-    for record, category in zip(records, _categories(path, len(questions)), strict=True):
-        record["category"] = category
-    return records
-
-
-def _score_recipe_model(
-    recipe: Recipe,
-    layout: ArtifactLayout,
-    model_key: str,
-    compute: ComputeSettings,
-    questions: list[Question],
-    hits: list[list[dict[str, Any]]],
-    messages: list[list[dict[str, str]]],
-    **sampled: Any,
-) -> list[dict[str, Any]]:
-    """:func:`score_local` with a local ``model`` partition loaded as the recipe and the
-    compute profile say (``sampled``: its ``sampling`` and ``sample_key``)."""
-    model, tokenizer = load_recipe_model(recipe, layout, model_key, compute)
-    return score_local(
+    records = score_local(
         questions,
         hits,
         messages,
-        model,
-        tokenizer,
-        batch_size=recipe.evaluation.batch_size,
+        *load_local_model(models, model_key, compute),
+        batch_size=ev.batch_size,
         device=compute.torch_device(),
-        **sampled,
     )
+    for record, category in zip(records, _categories(questions_path, len(questions)), strict=True):
+        record["category"] = category
+    return records
 
 
 def _categories(path: Path, n: int) -> list[str | None]:
@@ -435,34 +422,27 @@ def _categories(path: Path, n: int) -> list[str | None]:
     return values if len(values) == n else [None] * n
 
 
-def model_paths(recipe: Recipe, layout: ArtifactLayout, model_key: str) -> tuple[str, str | None]:
-    """(weights, adapter) of a ``model`` partition: base, merged, dpo, or sft = dpo + adapter."""
-    if model_key == "base":
-        return resolve_model_ref(recipe.base_model, layout.root, recipe.root), None
-    if model_key == "sft":
-        return str(layout.dpo_model), str(layout.lora_adapter)
-    return str({"merged": layout.merged_model, "dpo": layout.dpo_model}[model_key]), None
-
-
-def load_recipe_model(
-    recipe: Recipe, layout: ArtifactLayout, model_key: str, compute: ComputeSettings
+def load_local_model(
+    models: LocalModels, model_key: str, compute: ComputeSettings
 ) -> tuple[Any, Any]:
     """(model, tokenizer) of a local ``model`` partition (sft = dpo + adapter merged), on the
     compute profile's device and dtype."""
-    weights, adapter = model_paths(recipe, layout, model_key)
+    weights, adapter = models.paths(model_key)
     return load_scoring_model(
         weights,
         adapter,
         device=compute.torch_device(),
         dtype=compute.inference_dtype(),
-        chat_template=recipe.chat_template,
-        trust_remote_code=recipe.trust_remote_code,
+        chat_template=models.chat_template,
+        trust_remote_code=models.trust_remote_code,
     )
 
 
 def evaluate_cell(
-    recipe: Recipe,
-    layout: ArtifactLayout,
+    ev: EvaluationRecipe,
+    retrieval: RetrievalRecipe,
+    questions_path: Path,
+    models: LocalModels,
     model_key: str,
     context_name: str,
     *,
@@ -474,8 +454,10 @@ def evaluate_cell(
     """Score the recipe's benchmark for one model x context cell.
 
     Args:
-        recipe: The recipe (models, questions, prompts, retrieval settings).
-        layout: Where the upstream artifacts are.
+        ev: The recipe's ``evaluation`` section (prompts, API models, sampling).
+        retrieval: The recipe's ``retrieval`` section (embedder, top_k).
+        questions_path: The benchmark CSV.
+        models: The local models, and where the artifacts are.
         model_key: ``base``, ``merged``, ``dpo``, ``sft`` or a name in ``evaluation.api.models``.
         context_name: ``closed_book`` or ``rag``.
         compute: Device and dtype.
@@ -486,11 +468,11 @@ def evaluate_cell(
     Returns:
         Per-question records (see :func:`score_cell`) and, for an API model, request counts.
     """
-    ev = recipe.evaluation
-    questions = load_questions(recipe.questions_path)
+    layout = models.layout
+    questions = load_questions(questions_path)
     with ExitStack() as stack:
         retriever, chunks, ranked = None, [], None
-        depth = max(recipe.retrieval.top_k, RANK_DEPTH)
+        depth = max(retrieval.top_k, RANK_DEPTH)
         if context_name == "rag":
             from ragft_dagster.retrieval.indexing import (
                 Retriever,
@@ -499,10 +481,10 @@ def evaluate_cell(
             )
 
             embedder = retrieval_embedder(
-                recipe.retrieval, layout.root, recipe.root, compute.torch_device()
+                retrieval, layout.root, models.recipe_root, compute.torch_device()
             )
             collection = stack.enter_context(open_collection())
-            retriever = Retriever(collection, embedder, recipe.retrieval.top_k)
+            retriever = Retriever(collection, embedder, retrieval.top_k)
             chunks = all_chunks(collection)
             # deeper, for hit@k beyond top_k; the prompts keep the top-k retriever's own hits
             ranked = retrieve_all(questions, Retriever(collection, embedder, depth))
@@ -523,14 +505,13 @@ def evaluate_cell(
                 refresh=refresh_api,
             )
         else:
-            records = _score_recipe_model(
-                recipe,
-                layout,
-                model_key,
-                compute,
+            records = score_local(
                 questions,
                 hits,
                 messages,
+                *load_local_model(models, model_key, compute),
+                batch_size=ev.batch_size,
+                device=compute.torch_device(),
                 sampling=ev.sampling,
                 sample_key=f"{model_key}|{context_name}",
             )

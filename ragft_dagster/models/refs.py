@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,39 @@ _ARTIFACT_ASSETS = {
         "exported_model",
     )
 }
+
+
+@dataclass(frozen=True)
+class LocalModels:
+    """The pipeline's local models (the ``model`` partitions) and how to load them: what
+    scoring and ``ragft ask`` need of the recipe, as plain values."""
+
+    base_ref: str
+    recipe_root: Path
+    layout: ArtifactLayout
+    chat_template: str | None = None
+    trust_remote_code: bool = False
+
+    @classmethod
+    def of(cls, recipe: Any, layout: ArtifactLayout) -> LocalModels:
+        """The local models of a recipe whose artifacts live in ``layout``."""
+        return cls(
+            recipe.base_model,
+            recipe.root,
+            layout,
+            recipe.chat_template,
+            recipe.trust_remote_code,
+        )
+
+    def paths(self, model_key: str) -> tuple[str, str | None]:
+        """(weights, adapter) of a ``model`` partition: base, merged, dpo, or sft = dpo +
+        adapter."""
+        layout = self.layout
+        if model_key == "base":
+            return resolve_model_ref(self.base_ref, layout.root, self.recipe_root), None
+        if model_key == "sft":
+            return str(layout.dpo_model), str(layout.lora_adapter)
+        return str({"merged": layout.merged_model, "dpo": layout.dpo_model}[model_key]), None
 
 
 def require_model_dir(path: str | Path) -> None:

@@ -13,18 +13,27 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
+from ragft_dagster.artifacts import atomic_write_text
 from ragft_dagster.assets._meta import DOCUMENTS, TRIGGER_TAG, documents_partitions
 from ragft_dagster.config.recipe import Recipe
 from ragft_dagster.data.documents import (
     CONTENT_HASH_KEY,
     DocumentChanges,
+    DocumentScan,
     discover_documents,
     plan_document_changes,
     purge_document_files,
+)
+from ragft_dagster.orchestration.batches import (
+    RANGE_END_TAG,
+    RANGE_START_TAG,
+    batch_tags,
+    contiguous_batches,
 )
 from ragft_dagster.resources import ArtifactStoreResource
 
@@ -56,48 +65,109 @@ def latest_materialization(
     return record.asset_materialization if record else None
 
 
-def built_from_hash(instance: dg.DagsterInstance, doc_key: str) -> str | None:
-    """The content hash the latest ``doc_chunks`` of a document was built from."""
-    mat = latest_materialization(instance, "doc_chunks", doc_key)
-    if mat is None:
-        return None
-    value = mat.metadata.get(CONTENT_HASH_KEY)
+def latest_by_partition(
+    instance: dg.DagsterInstance, asset: str, partitions: set[str] | None = None
+) -> dict[str, Any]:
+    """The latest ``AssetMaterialization`` of every materialized partition of an asset, in a
+    few queries whatever the number of partitions (one per partition would cost seconds at a
+    thousand documents)."""
+    key = dg.AssetKey(asset)
+    ids = instance.get_latest_storage_id_by_partition(
+        key, dg.DagsterEventType.ASSET_MATERIALIZATION, partitions
+    )
+    found: dict[str, Any] = {}
+    wanted = sorted(ids.values())
+    for i in range(0, len(wanted), 500):  # stay far below SQLite's variable limit
+        chunk = wanted[i : i + 500]
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=key, storage_ids=chunk), limit=len(chunk)
+        ).records
+        for record in records:
+            mat = record.asset_materialization
+            if mat is not None and mat.partition is not None:
+                found[mat.partition] = mat
+    return found
+
+
+def metadata_value(mat: Any, key: str) -> Any:
+    """One metadata entry of a materialization, unwrapped (None when absent)."""
+    value = mat.metadata.get(key) if mat is not None else None
     return getattr(value, "value", value)
 
 
-def is_current(
-    instance: dg.DagsterInstance, asset: str, code_version: str | None, partition: str | None = None
-) -> bool:
-    """Whether an asset (partition) is materialized with the current code version."""
-    mat = latest_materialization(instance, asset, partition)
-    return mat is not None and mat.tags.get("dagster/code_version") == code_version
+def built_from_hash(instance: dg.DagsterInstance, doc_key: str) -> str | None:
+    """The content hash the latest ``doc_chunks`` of a document was built from."""
+    return metadata_value(latest_materialization(instance, "doc_chunks", doc_key), CONTENT_HASH_KEY)
+
+
+def scan_documents_folder(recipe: Recipe, scan_state: Path | None = None) -> DocumentScan:
+    """Scan the recipe's docs folder. ``scan_state`` keeps the previous scan's file identities
+    (read, then updated): files whose size, times and inode are unchanged are not read again.
+
+    Raises:
+        FileNotFoundError: The docs folder does not exist (naming ``docs.path``).
+    """
+    known = _read_scan_state(scan_state) if scan_state is not None else {}
+    scan = discover_documents(recipe.docs_dir, recipe.docs.glob, known)
+    if scan_state is not None and scan.stats != known:
+        atomic_write_text(scan_state, json.dumps(scan.stats, sort_keys=True))
+    return scan
+
+
+def plan_changes(instance: dg.DagsterInstance, scan: DocumentScan) -> DocumentChanges:
+    """Compare a scan with the document partitions and the content hash each was last built
+    from (read in bulk: a few queries for any number of documents)."""
+    built = latest_by_partition(instance, "doc_chunks")
+    return plan_document_changes(
+        scan.documents,
+        instance.get_dynamic_partitions(DOCUMENTS),
+        lambda key: metadata_value(built.get(key), CONTENT_HASH_KEY),
+        scan.skipped,
+    )
 
 
 def document_changes(
-    instance: dg.DagsterInstance, recipe: Recipe, known: dict[str, str] | None = None
-) -> tuple[dict[str, str], DocumentChanges]:
-    """Scan the docs folder and compare it with the partitions and what they were built from.
+    instance: dg.DagsterInstance, recipe: Recipe, scan_state: Path | None = None
+) -> tuple[DocumentScan, DocumentChanges]:
+    """:func:`scan_documents_folder` then :func:`plan_changes`."""
+    scan = scan_documents_folder(recipe, scan_state)
+    return scan, plan_changes(instance, scan)
 
-    Args:
-        instance: The Dagster instance holding the partitions and materializations.
-        recipe: Names the docs folder and glob.
-        known: Hashes already handled (the sensor's cursor): those keys are not looked up.
 
-    Returns:
-        The documents' content hashes and the plan; ``changes.skipped`` names the matching
-        paths that are not readable documents (loops, broken links...), for a warning.
-    """
-    scan = discover_documents(recipe.docs_dir, recipe.docs.glob)
-    current = scan.documents
-    partitions = instance.get_dynamic_partitions(DOCUMENTS)
-    known = known or {}
+_UNFINISHED = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
 
-    def built_from(key: str) -> str | None:
-        if known.get(key) == current[key]:
-            return current[key]
-        return built_from_hash(instance, key)
 
-    return current, plan_document_changes(current, partitions, built_from, scan.skipped)
+def documents_in_flight(instance: dg.DagsterInstance, order: list[str]) -> dict[str, float]:
+    """Documents in an unfinished run of the docs sensor -> when that run was created."""
+    records = instance.get_run_records(
+        dg.RunsFilter(statuses=_UNFINISHED, tags={"dagster/sensor_name": "docs_sensor"})
+    )
+    position = {key: i for i, key in enumerate(order)}
+    found: dict[str, float] = {}
+    for record in records:
+        tags = record.dagster_run.tags
+        start = position.get(tags.get(RANGE_START_TAG, tags.get("dagster/partition", "")))
+        end = position.get(tags.get(RANGE_END_TAG, tags.get("dagster/partition", "")))
+        if start is None or end is None:
+            continue
+        for key in order[start : end + 1]:
+            found[key] = max(found.get(key, 0.0), record.create_timestamp.timestamp())
+    return found
+
+
+def _read_scan_state(path: Path) -> dict[str, list[Any]]:
+    """The previous scan's file identities; nothing (so every file is read) when the file is
+    missing or unreadable."""
+    try:
+        state = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
 
 
 def _state_key(prefix: str, items: dict[str, str] | list[str]) -> str:
@@ -118,45 +188,65 @@ def build_docs_sensor(recipe: Recipe) -> dg.SensorDefinition:
     def docs_sensor(
         context: dg.SensorEvaluationContext, artifacts: ArtifactStoreResource
     ) -> dg.SensorResult | dg.SkipReason:
-        known = json.loads(context.cursor) if context.cursor else {}
+        layout = artifacts.layout()
         try:
-            current, changes = document_changes(context.instance, recipe, known)
+            scan = scan_documents_folder(recipe, layout.docs_scan)
         except OSError as exc:  # the docs folder is missing or unreadable
             return dg.SkipReason(str(exc))
+        # The cursor is one digest of the folder's state: bounded, and a tick that finds the
+        # same state stops here, with no query of the instance.
+        digest = _state_key("docs", scan.documents)
+        if context.cursor == digest:
+            return dg.SkipReason(
+                f"{len(scan.documents)} documents unchanged ({scan.read} file(s) read)"
+            )
+        instance = context.instance
+        changes = plan_changes(instance, scan)
         for warning in changes.warnings(recipe.docs_dir):
             context.log.warning(f"skipped {warning}")
+        order = [*instance.get_dynamic_partitions(DOCUMENTS), *changes.added]
+        flight = documents_in_flight(instance, order)
+        # a document whose run started after its last edit needs no second run
+        wanted = [
+            key
+            for key in changes.to_run
+            if flight.get(key, 0.0) * 1e9 <= scan.stats[key][1]  # mtime_ns
+        ]
         runs = [
             dg.RunRequest(
-                # the same document content never runs twice (Dagster skips a used run key)
-                run_key=f"{key}@{current[key][:16]}",
-                partition_key=key,
+                # the same documents with the same content never run twice (a used run key)
+                run_key=_state_key("docs", {k: scan.documents[k] for k in batch}),
                 asset_selection=[dg.AssetKey(a) for a in DOCUMENT_ASSETS],
-                tags={TRIGGER_TAG: "added" if key in changes.added else "changed"},
+                partition_key=batch[0] if len(batch) == 1 else None,
+                tags={
+                    **(batch_tags(batch) if len(batch) > 1 else {}),
+                    TRIGGER_TAG: "added" if set(batch) <= set(changes.added) else "changed",
+                },
             )
-            for key in changes.to_run
+            for batch in contiguous_batches(order, wanted, recipe.docs.batch_size)
         ]
         partition_requests: list[Any] = []
         if changes.added:
             partition_requests.append(documents_partitions.build_add_request(changes.added))
         if changes.removed:
             partition_requests.append(documents_partitions.build_delete_request(changes.removed))
-            purged = purge_document_files(artifacts.layout().document_files, changes.removed)
+            purged = purge_document_files(layout.document_files, changes.removed)
             context.log.info(f"removed {changes.removed}: deleted {purged} chunk/Q&A files")
             if not runs:
                 # Nothing else will touch the index or the dataset: rebuild both now.
                 runs.append(
                     dg.RunRequest(
-                        run_key=_state_key("removed", current),
+                        run_key=_state_key("removed", scan.documents),
                         asset_selection=[dg.AssetKey(a) for a in REMOVAL_ASSETS],
                         tags={TRIGGER_TAG: "removed"},
                     )
                 )
         if runs or partition_requests:
-            context.log.info(f"docs: {changes.summary()}")
+            context.log.info(
+                f"docs: {changes.summary()}; {len(wanted)} document(s) in {len(runs)} run(s)"
+            )
         return dg.SensorResult(
-            run_requests=runs,
-            dynamic_partitions_requests=partition_requests,
-            cursor=json.dumps(current, sort_keys=True),
+            run_requests=runs, dynamic_partitions_requests=partition_requests, cursor=digest
         )
 
     return docs_sensor

@@ -23,19 +23,38 @@ from ragft_dagster.artifacts import ArtifactLayout
 from ragft_dagster.assets._meta import DOCUMENTS
 from ragft_dagster.data.documents import purge_document_files
 from ragft_dagster.definitions import definitions_for, load_inputs
-from ragft_dagster.orchestration.automation import document_changes, is_current
+from ragft_dagster.orchestration.automation import (
+    document_changes,
+    latest_by_partition,
+    latest_materialization,
+)
+from ragft_dagster.orchestration.batches import batch_tags, contiguous_batches
 from ragft_dagster.orchestration.stages import Stage, plan_stages
+
+CODE_VERSION_TAG = "dagster/code_version"
 
 
 @dataclass
 class StepResult:
-    """One run of ``ragft run``: which job (partition), how long, what its assets reported."""
+    """One run of ``ragft run``: which job (partitions), how long, what its assets reported."""
 
     job: str
-    partition: str | None
+    partitions: list[str]
     seconds: float
     metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Each asset's metadata (of its last partition, in a run of several)."""
+    materializations: list[tuple[str, str | None, dict[str, Any]]] = field(default_factory=list)
+    """(asset, partition, metadata) of every materialization of the run."""
     checks: dict[str, bool] = field(default_factory=dict)
+
+    @property
+    def partition(self) -> str | None:
+        """The run's partition, or its first..last range; None when unpartitioned."""
+        if not self.partitions:
+            return None
+        if len(self.partitions) == 1:
+            return self.partitions[0]
+        return f"{self.partitions[0]}..{self.partitions[-1]}"
 
 
 @dataclass
@@ -48,8 +67,13 @@ class PipelineResult:
         return self.success
 
     def total(self, asset: str, key: str) -> float:
-        """Sum of one numeric metadata entry over every run of this invocation."""
-        return sum(float(step.metadata.get(asset, {}).get(key, 0) or 0) for step in self.steps)
+        """Sum of one numeric metadata entry over every materialization of this invocation."""
+        return sum(
+            float(meta.get(key, 0) or 0)
+            for step in self.steps
+            for name, _, meta in step.materializations
+            if name == asset
+        )
 
     def seconds_of(self, *jobs: str) -> float:
         return sum(step.seconds for step in self.steps if step.job in jobs)
@@ -144,19 +168,21 @@ def run_pipeline(
     recipe, profile = load_inputs(recipe_path, profile_path)
     defs = definitions_for(recipe, profile, artifact_root)
     instance = instance or dg.DagsterInstance.get()
-    current, changes = document_changes(instance, recipe)
+    layout = ArtifactLayout(artifact_root or profile.artifact_root)
+    scan, changes = document_changes(instance, recipe, layout.docs_scan)
+    current = scan.documents
     if not current:
         raise SystemExit(f"no documents matching {recipe.docs.glob!r} in {recipe.docs_dir}")
     if changes.added:
         instance.add_dynamic_partitions(DOCUMENTS, changes.added)
     for key in changes.removed:
         instance.delete_dynamic_partition(DOCUMENTS, key)
-    layout = ArtifactLayout(artifact_root or profile.artifact_root)
     purge_document_files(layout.document_files, changes.removed)
     echo(f"recipe {recipe.name}: {len(current)} documents ({changes.summary()})")
     for warning in changes.warnings(recipe.docs_dir):
         echo(f"  skipped {warning}")
 
+    batch_size = recipe.docs.batch_size
     graph = defs.resolve_asset_graph()
     stages = plan_stages(graph)
     node = {name: graph.get(dg.AssetKey(name)) for stage in stages for name in stage.assets}
@@ -171,9 +197,21 @@ def run_pipeline(
         if by_documents and changes.removed:
             ran[name] = set(changes.removed)
 
+    latest: dict[str, dict[str | None, Any]] = {}
+
+    def is_current(name: str, partition: str | None) -> bool:
+        """Materialized with the current code version (read in bulk, once per asset)."""
+        if name not in latest:
+            if node[name].partitions_def is None:
+                latest[name] = {None: latest_materialization(instance, name)}
+            else:
+                latest[name] = latest_by_partition(instance, name)
+        mat = latest[name].get(partition)
+        return mat is not None and mat.tags.get(CODE_VERSION_TAG) == node[name].code_version
+
     def stale(name: str, partition: str | None, in_run: set[str]) -> bool:
         n = node[name]
-        if full or not is_current(instance, name, n.code_version, partition):
+        if full or not is_current(name, partition):
             return True
         if getattr(n.partitions_def, "name", None) == DOCUMENTS and partition in changes.to_run:
             return True
@@ -188,15 +226,21 @@ def run_pipeline(
     result = PipelineResult(success=True)
     started = time.monotonic()
 
-    def run(stage: Stage, partition: str | None, assets: list[str]) -> bool:
+    def run(stage: Stage, partitions: list[str | None], assets: list[str]) -> bool:
         t0 = time.monotonic()
         job = defs.resolve_job_def(stage.job)
-        label = f"{stage.job}" + (f" [{partition}]" if partition else "")
+        keys = [p for p in partitions if p is not None]
+        step = StepResult(stage.job, keys, 0.0)
+        label = stage.job + (f" [{step.partition}]" if keys else "")
+        if len(keys) > 1:
+            label += f" ({len(keys)} documents)"
         try:
             outcome = _execute_releasing_memory(
                 job,
                 instance=instance,
-                partition_key=partition,
+                # several documents: one run over their partition range, as a backfill runs it
+                partition_key=keys[0] if len(keys) == 1 else None,
+                tags=batch_tags(keys) if len(keys) > 1 else None,
                 asset_selection=[dg.AssetKey(a) for a in assets],
                 raise_on_error=False,
                 # Step events stay in the instance (see them with `make ui`); the console gets
@@ -216,12 +260,12 @@ def run_pipeline(
             echo(f"run {outcome.run_id} failed; see it with `make ui`")
             result.success = False
             return False
-        step = StepResult(stage.job, partition, time.monotonic() - t0)
+        step.seconds = time.monotonic() - t0
         for event in outcome.get_asset_materialization_events():
             mat = event.step_materialization_data.materialization
-            step.metadata[mat.asset_key.to_user_string()] = {
-                k: getattr(v, "value", v) for k, v in mat.metadata.items()
-            }
+            meta = {k: getattr(v, "value", v) for k, v in mat.metadata.items()}
+            step.metadata[mat.asset_key.to_user_string()] = meta
+            step.materializations.append((mat.asset_key.to_user_string(), mat.partition, meta))
         for check in outcome.get_asset_check_evaluations():
             step.checks[check.check_name] = check.passed
             if not check.passed:
@@ -233,17 +277,28 @@ def run_pipeline(
     for stage in stages:
         if jobs is not None and stage.job not in jobs:
             continue
-        for partition in stage_partitions(stage, instance):
-            selected: set[str] = set()
+        order = stage_partitions(stage, instance)
+        selected: dict[str | None, set[str]] = {}
+        for partition in order:
+            chosen: set[str] = set()
             for name in stage.assets:  # topological: a stale asset makes its dependents stale
-                if stale(name, partition, selected):
-                    selected.add(name)
-            if not selected:
-                continue
-            if not run(stage, partition, [a for a in stage.assets if a in selected]):
+                if stale(name, partition, chosen):
+                    chosen.add(name)
+            if chosen:
+                selected[partition] = chosen
+        if getattr(stage.partitions_def, "name", None) == DOCUMENTS:
+            keys = [p for p in order if p is not None]
+            batches: list[list[str | None]] = list(
+                contiguous_batches(keys, [p for p in selected if p is not None], batch_size)
+            )
+        else:
+            batches = [[p] for p in order if p in selected]
+        for batch in batches:
+            chosen = set().union(*(selected.get(p, set()) for p in batch))
+            if not run(stage, batch, [a for a in stage.assets if a in chosen]):
                 return result
-            for name in selected:
-                ran.setdefault(name, set()).add(partition)
+            for name in chosen:
+                ran.setdefault(name, set()).update(batch)
     result.seconds = time.monotonic() - started
     if not result.steps:
         echo("everything is up to date (`ragft run --full` re-runs it all)")

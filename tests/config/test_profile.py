@@ -8,7 +8,6 @@ import copy
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ from ragft_dagster.config.recipe import load_recipe
 from ragft_dagster.definitions import build_resources, definitions_for
 from ragft_dagster.retrieval.indexing import MODEL_KEY
 
-from ..conftest import ROOT, TINY_RECIPE
+from ..conftest import ROOT, TINY_RECIPE, free_port
 
 PROFILES = sorted((ROOT / "resources").glob("*.yaml"))
 K8S_PROFILE = ROOT / "resources" / "k8s.yaml"
@@ -236,14 +235,8 @@ def test_gpu_steps_of_the_k8s_definitions_carry_the_gpu_request():
     assert "nvidia.com/gpu" in config["container_config"]["resources"]["limits"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_http_vector_store_talks_to_a_chroma_server(tmp_path):
-    port = _free_port()
+    port = free_port()
     raw = _mutated(
         {"name": "http"}, vector_store={"mode": "http", "host": "127.0.0.1", "port": port}
     )

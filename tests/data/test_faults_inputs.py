@@ -249,8 +249,8 @@ def test_an_unreadable_document_is_skipped_with_a_warning_and_keeps_its_partitio
         os.symlink("overview-v2.md", docs / "overview.md")  # replaced by a dangling link
         (docs / "x.md").symlink_to("y.md")
         (docs / "y.md").symlink_to("x.md")
-        current, changes = _finishes(lambda: document_changes(instance, recipe))
-    assert list(current) == [PAGE]
+        scan, changes = _finishes(lambda: document_changes(instance, recipe))
+    assert list(scan.documents) == [PAGE]
     assert changes.removed == []  # overview.md's chunks and Q&A are not purged
     assert changes.added == [] and "3 skipped" in changes.summary()
     warnings = changes.warnings(recipe.docs_dir)

@@ -18,8 +18,7 @@ def real(tmp_path_factory):
     """(recipe, artifact layout, tokenizer) of the quickstart with the model converted."""
     from ragft_dagster.artifacts import ArtifactLayout
     from ragft_dagster.config.recipe import load_recipe, relocatable_raw
-    from ragft_dagster.evaluation.scoring import model_paths
-    from ragft_dagster.models.refs import load_tokenizer
+    from ragft_dagster.models.refs import LocalModels, load_tokenizer
 
     tmp = tmp_path_factory.mktemp("real")
     raw = relocatable_raw(QUICKSTART_RECIPE)
@@ -27,7 +26,9 @@ def real(tmp_path_factory):
     path.write_text(json.dumps(raw))  # YAML is a superset of JSON
     recipe = load_recipe(path)
     layout = ArtifactLayout(tmp / "artifacts")
-    tokenizer = load_tokenizer(model_paths(recipe, layout, "base")[0], recipe.chat_template)
+    tokenizer = load_tokenizer(
+        LocalModels.of(recipe, layout).paths("base")[0], recipe.chat_template
+    )
     return recipe, layout, tokenizer
 
 
@@ -46,7 +47,7 @@ def test_retrieved_support_raises_the_correct_options_probability(real):
     from ragft_dagster.compute import ComputeSettings
     from ragft_dagster.data.chunking import chunk_document, read_document
     from ragft_dagster.evaluation.scoring import evaluate_cell
-    from ragft_dagster.models.refs import resolve_model_ref
+    from ragft_dagster.models.refs import LocalModels, resolve_model_ref
     from ragft_dagster.retrieval.indexing import load_embedder, open_collection, sync_index
 
     recipe, layout, tokenizer = real
@@ -72,7 +73,14 @@ def test_retrieved_support_raises_the_correct_options_probability(real):
     compute = ComputeSettings(device="cpu")
     cells = {
         ctx: evaluate_cell(
-            recipe, layout, "base", ctx, compute=compute, open_collection=collection
+            recipe.evaluation,
+            recipe.retrieval,
+            recipe.questions_path,
+            LocalModels.of(recipe, layout),
+            "base",
+            ctx,
+            compute=compute,
+            open_collection=collection,
         )[0]
         for ctx in ("closed_book", "rag")
     }
@@ -115,10 +123,10 @@ def test_the_real_model_answers_in_english_through_the_recipes_template(real):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from ragft_dagster.evaluation.scoring import model_paths
+    from ragft_dagster.models.refs import LocalModels
 
     recipe, layout, tokenizer = real
-    model = AutoModelForCausalLM.from_pretrained(model_paths(recipe, layout, "base")[0])
+    model = AutoModelForCausalLM.from_pretrained(LocalModels.of(recipe, layout).paths("base")[0])
     ids = tokenizer.apply_chat_template(
         [{"role": "user", "content": "What is the capital of France?"}],
         add_generation_prompt=True,

@@ -15,8 +15,8 @@ def test_rag_cell_ranks_the_answer_chunk_beyond_the_prompts_top_k(tmp_path):
     from ragft_dagster.compute import ComputeSettings
     from ragft_dagster.config.recipe import load_recipe
     from ragft_dagster.data.chunking import chunk_document, read_document
-    from ragft_dagster.evaluation.scoring import RANK_DEPTH, evaluate_cell, model_paths
-    from ragft_dagster.models.refs import load_tokenizer, resolve_model_ref
+    from ragft_dagster.evaluation.scoring import RANK_DEPTH, evaluate_cell
+    from ragft_dagster.models.refs import LocalModels, load_tokenizer, resolve_model_ref
     from ragft_dagster.retrieval.indexing import load_embedder, open_collection, sync_index
 
     rows = list(csv.reader(io.StringIO((DATA / "mcq.csv").read_text(encoding="utf-8"))))
@@ -34,7 +34,9 @@ def test_rag_cell_ranks_the_answer_chunk_beyond_the_prompts_top_k(tmp_path):
     )
     layout = ArtifactLayout(tmp_path / "artifacts")
     retrieval = recipe.retrieval
-    tokenizer = load_tokenizer(model_paths(recipe, layout, "base")[0], recipe.chat_template)
+    tokenizer = load_tokenizer(
+        LocalModels.of(recipe, layout).paths("base")[0], recipe.chat_template
+    )
     chunks = [
         c.to_dict()
         for name in DOCS
@@ -55,8 +57,10 @@ def test_rag_cell_ranks_the_answer_chunk_beyond_the_prompts_top_k(tmp_path):
     with collection() as col:
         sync_index(col, chunks, embedder, retrieval.embedding_model)
     records, _ = evaluate_cell(
-        recipe,
-        layout,
+        recipe.evaluation,
+        recipe.retrieval,
+        recipe.questions_path,
+        LocalModels.of(recipe, layout),
         "base",
         "rag",
         compute=ComputeSettings(device="cpu", dtype="float32"),

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-import json
+import os
 import shutil
 from pathlib import Path
 
 import dagster as dg
 import pytest
+import yaml
 
 from ragft_dagster.artifacts import ArtifactLayout
+from ragft_dagster.config.recipe import load_recipe
+from ragft_dagster.data.documents import CONTENT_HASH_KEY as HASH
 from ragft_dagster.data.documents import plan_document_changes, scan_documents
 from ragft_dagster.definitions import build_definitions
-from ragft_dagster.orchestration.automation import REMOVAL_ASSETS
+from ragft_dagster.orchestration.automation import REMOVAL_ASSETS, scan_documents_folder
+from ragft_dagster.orchestration.batches import RANGE_END_TAG, RANGE_START_TAG
 from ragft_dagster.resources import ArtifactStoreResource
 
 from ..conftest import recipe_with_docs, write_recipe
@@ -77,30 +81,42 @@ def test_docs_sensor_adds_reruns_and_removes_documents(tmp_path):
     root = tmp_path / "artifacts"
     defs = build_definitions(recipe, artifact_root=root)
     assert defs.get_sensor_def("docs_sensor").default_status == dg.DefaultSensorStatus.RUNNING
-    hashes = scan_documents(docs)
     with dg.instance_for_test() as instance:
         first = _tick(defs, instance, root, None)
         (add,) = first.dynamic_partitions_requests
         assert sorted(add.partition_keys) == DOCS
-        assert [r.partition_key for r in first.run_requests] == DOCS
-        assert [r.run_key for r in first.run_requests] == [f"{d}@{hashes[d][:16]}" for d in DOCS]
-        assert {
-            tuple(k.to_user_string() for k in r.asset_selection) for r in first.run_requests
-        } == {("doc_chunks", "synthetic_qa")}
+        # three new documents: one run over their partition range
+        (batch,) = first.run_requests
+        assert batch.partition_key is None
+        assert (batch.tags[RANGE_START_TAG], batch.tags[RANGE_END_TAG]) == (DOCS[0], DOCS[-1])
+        assert {k.to_user_string() for k in batch.asset_selection} == {"doc_chunks", "synthetic_qa"}
+        assert batch.tags["ragft/trigger"] == "added"
         instance.add_dynamic_partitions("documents", DOCS)
+        for doc, digest in scan_documents(docs).items():  # the batch ran
+            instance.report_runless_asset_event(
+                dg.AssetMaterialization("doc_chunks", partition=doc, metadata={HASH: digest})
+            )
 
-        # Nothing changed: nothing to do.
+        # Nothing changed: the tick stops at the cursor's digest.
         quiet = _tick(defs, instance, root, first.cursor)
-        assert not quiet.run_requests and not quiet.dynamic_partitions_requests
+        assert isinstance(quiet, dg.SkipReason) and "0 file(s) read" in quiet.skip_message
 
         # One document edited: one run, keyed by its new content.
         with (docs / "installation.md").open("a") as f:
             f.write("\n## Upgrading\n\nRun `make install` again after pulling.\n")
-        edited = _tick(defs, instance, root, quiet.cursor)
+        edited = _tick(defs, instance, root, first.cursor)
         assert [r.partition_key for r in edited.run_requests] == ["installation.md"]
-        new_hash = scan_documents(docs)["installation.md"]
-        assert edited.run_requests[0].run_key == f"installation.md@{new_hash[:16]}"
+        again = _tick(defs, instance, root, first.cursor)  # the same state: the same run key
+        assert again.run_requests[0].run_key == edited.run_requests[0].run_key
+        assert edited.run_requests[0].run_key != batch.run_key
         assert edited.run_requests[0].tags["ragft/trigger"] == "changed"
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(
+                "doc_chunks",
+                partition="installation.md",
+                metadata={HASH: scan_documents(docs)["installation.md"]},
+            )
+        )
 
         # One document removed: its partition, chunks and Q&A go; index and dataset rebuild.
         layout = ArtifactLayout(root)
@@ -114,7 +130,31 @@ def test_docs_sensor_adds_reruns_and_removes_documents(tmp_path):
         assert not any(p.exists() for p in layout.document_files("glossary.md"))
         (rebuild,) = removed.run_requests
         assert {k.to_user_string() for k in rebuild.asset_selection} == set(REMOVAL_ASSETS)
-        assert json.loads(removed.cursor).keys() == {"installation.md", "overview.md"}
+        assert len(removed.cursor) < 40  # a digest, whatever the number of documents
+
+
+def test_docs_sensor_batches_a_burst_and_reads_only_changed_files(tmp_path):
+    recipe, docs = recipe_with_docs(tmp_path, DOCS)
+    for i in range(7):
+        (docs / f"page-{i}.md").write_text(f"# Page {i}\n\nText of page {i}.\n")
+    raw = yaml.safe_load(recipe.read_text())
+    raw["docs"]["batch_size"] = 4
+    recipe.write_text(yaml.safe_dump(raw))
+    root = tmp_path / "artifacts"
+    defs = build_definitions(recipe, artifact_root=root)
+    with dg.instance_for_test() as instance:
+        first = _tick(defs, instance, root, None)
+        covered = [r.tags.get(RANGE_START_TAG, r.partition_key) for r in first.run_requests]
+        assert len(first.run_requests) == 3 and len(covered) == 3  # 10 documents, 4 a run
+        (add,) = first.dynamic_partitions_requests
+        instance.add_dynamic_partitions("documents", list(add.partition_keys))
+        # a touched file with the same bytes is read again (its ctime moved), and is unchanged
+        os.utime(docs / "page-3.md")
+        scan = scan_documents_folder(load_recipe(recipe), ArtifactLayout(root).docs_scan)
+        assert scan.read == 1
+        (docs / "page-5.md").write_text("# Page 5\n\nNew text.\n")
+        scan = scan_documents_folder(load_recipe(recipe), ArtifactLayout(root).docs_scan)
+        assert scan.read == 1 and scan.documents["page-5.md"] == scan_documents(docs)["page-5.md"]
 
 
 def test_docs_sensor_skips_a_missing_folder(tmp_path):

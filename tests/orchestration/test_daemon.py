@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import dagster as dg
@@ -21,21 +20,10 @@ import yaml
 from ragft_dagster.definitions import build_definitions
 from ragft_dagster.orchestration.automation import latest_materialization_record as _latest
 
-from ..conftest import ROOT, recipe_with_docs
+from ..conftest import ROOT, recipe_with_docs, wait_until
 
 DOCS = ["installation.md", "overview.md"]
 BIN = Path(sys.executable).parent
-
-
-def _wait(condition, timeout: float, what: str, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(2)
-    raise AssertionError(
-        f"timed out after {timeout}s waiting for {what}\n{log.read_text()[-4000:]}"
-    )
 
 
 @pytest.mark.slow
@@ -103,13 +91,13 @@ def test_backfill_sensor_and_automation_through_the_daemon(tmp_path, monkeypatch
                 r.status == dg.DagsterRunStatus.SUCCESS for r in runs
             )
 
-        _wait(backfilled, 300, "the backfill runs", log)
+        wait_until(backfilled, 300, "the backfill runs", log)
         for doc in DOCS:
             tags = _latest(instance, "synthetic_qa", doc).asset_materialization.tags
             assert tags["dagster/code_version"] != old_qa_version
 
         # Declarative automation builds the unpartitioned downstream after the document runs.
-        _wait(
+        wait_until(
             lambda: (
                 _latest(instance, "vector_index") is not None
                 and _latest(instance, "sft_dataset") is not None
@@ -124,7 +112,7 @@ def test_backfill_sensor_and_automation_through_the_daemon(tmp_path, monkeypatch
         untouched = _latest(instance, "doc_chunks", DOCS[0]).storage_id
         with (docs / DOCS[1]).open("a") as f:
             f.write("\n## Support\n\nAsk in the **#ragft** channel.\n")
-        _wait(
+        wait_until(
             lambda: _latest(instance, "doc_chunks", DOCS[1]).storage_id != before,
             300,
             "the docs sensor to re-run the edited document",

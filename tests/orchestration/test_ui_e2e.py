@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -34,7 +33,16 @@ from dagster_graphql import DagsterGraphQLClient
 from ragft_dagster.config.recipe import load_recipe
 from ragft_dagster.definitions import recipe_stages
 
-from ..conftest import LOCAL_PROFILE, QUICKSTART_DATA, ROOT, TINY_RECIPE, write_recipe
+from ..conftest import (
+    LOCAL_PROFILE,
+    QUICKSTART_DATA,
+    ROOT,
+    TINY_RECIPE,
+    free_port,
+    log_tail,
+    wait_until,
+    write_recipe,
+)
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Offline-safe: no sandbox (root in CI), no GPU, and none of the browser's own network traffic.
@@ -65,12 +73,6 @@ def _artifact_dir() -> Path:
     return Path(os.environ.get("RAGFT_TEST_ARTIFACTS") or ROOT / ".artifacts" / "test-artifacts")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _processes() -> list[tuple[int, int, int]]:
     """(pid, parent pid, process group) of every live (not zombie) process, from /proc."""
     found = []
@@ -98,21 +100,6 @@ def _descendants(pid: int) -> list[int]:
         found += below
         todo += below
     return found
-
-
-def _wait(condition, timeout: float, what: str, log: Path | None = None, every: float = 1.0):
-    """Poll ``condition`` until it returns something truthy (returned) or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{_tail(log)}")
-
-
-def _tail(log: Path | None) -> str:
-    return log.read_text(errors="replace")[-4000:] if log and log.exists() else ""
 
 
 @dataclass
@@ -163,7 +150,7 @@ def dagster_dev(tmp_path) -> Iterator[DagsterDev]:
         "RAGFT_RECIPE": str(recipe),
         "RAGFT_PROFILE": str(profile_path),
     }
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "dagster-dev.log"
     with log.open("w") as out:
         # cwd: dagster dev finds the code through pyproject's [tool.dagster] (or workspace.yaml).
@@ -178,7 +165,7 @@ def dagster_dev(tmp_path) -> Iterator[DagsterDev]:
     url = f"http://127.0.0.1:{port}"
 
     def serving() -> bool:
-        assert server.poll() is None, f"dagster dev exited ({server.returncode})\n{_tail(log)}"
+        assert server.poll() is None, f"dagster dev exited ({server.returncode})\n{log_tail(log)}"
         try:
             with urllib.request.urlopen(f"{url}/server_info", timeout=5) as response:
                 return response.status == 200
@@ -186,7 +173,7 @@ def dagster_dev(tmp_path) -> Iterator[DagsterDev]:
             return False
 
     try:
-        _wait(serving, 120, "dagster dev to serve /server_info", log)
+        wait_until(serving, 120, "dagster dev to serve /server_info", log)
         client = DagsterGraphQLClient("127.0.0.1", port_number=port, timeout=60)
         yield DagsterDev(url=url, client=client, log=log, docs=docs, pgid=server.pid)
     finally:
@@ -274,7 +261,7 @@ def _stop_instigators(dev: DagsterDev) -> list[str]:
         ticks = [t for sensor in sensors for t in sensor["sensorState"]["ticks"]]
         return all(t["status"] != "STARTED" for t in ticks)
 
-    _wait(no_tick_in_flight, 60, "the sensors' last ticks to end", dev.log)
+    wait_until(no_tick_in_flight, 60, "the sensors' last ticks to end", dev.log)
     return names
 
 
@@ -302,7 +289,7 @@ def _run_all(dev: DagsterDev, stage: dict[str, list[str | None]]) -> list[str]:
                 raise AssertionError(f"{runs[run_id]} run {run_id}: {status.value}\n{errors}")
         return all(s == dg.DagsterRunStatus.SUCCESS for s in statuses.values())
 
-    _wait(finished, RUN_TIMEOUT, f"the runs of {stage}", dev.log, every=2)
+    wait_until(finished, RUN_TIMEOUT, f"the runs of {stage}", dev.log, every=2)
     return list(runs)
 
 
@@ -344,7 +331,7 @@ def _screenshot_asset_graph(page, path: Path) -> None:
         page.wait_for_timeout(500)
         return first if bounds() == first else None
 
-    left, top, right, bottom = _wait(settled_bounds, 20, "the graph to settle")
+    left, top, right, bottom = wait_until(settled_bounds, 20, "the graph to settle")
     margin = 16
     left, top = max(left - margin, 0), max(top - margin, 0)
     right = min(right + margin, VIEWPORT["width"])
@@ -373,7 +360,7 @@ def _browse(page, dev: DagsterDev, screenshot: Path) -> str:
     run_id = page.url.rsplit("/", 1)[1]
     status = page.get_by_text(re.compile(r"^(Success|Failure|Canceled)$")).first
     expect(status).to_be_visible(timeout=RUN_TIMEOUT * 1000)
-    assert status.inner_text() == "Success", f"run {run_id}\n{_tail(dev.log)}"
+    assert status.inner_text() == "Success", f"run {run_id}\n{log_tail(dev.log)}"
     return run_id
 
 
@@ -388,7 +375,7 @@ def test_ui_graph_materialize_and_the_whole_pipeline_through_graphql(
     from playwright.sync_api import sync_playwright
 
     dev = dagster_dev
-    _wait(lambda: _code_location_loaded(dev), 120, "the code location to load", dev.log)
+    wait_until(lambda: _code_location_loaded(dev), 120, "the code location to load", dev.log)
     listed = sorted("/".join(n["assetKey"]["path"]) for n in dev.query(ASSET_NODES)["assetNodes"])
     assert listed == ALL_ASSETS
 
