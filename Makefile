@@ -8,7 +8,7 @@ export TOKENIZERS_PARALLELISM := false
 # The UI test drives Debian's chromium; nothing may fetch a browser build of its own.
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
-.PHONY: run ui test test-fast lint install chromium bench-incremental bench-scoring bench-gpu
+.PHONY: run ui test test-fast lint install chromium postgres bench-incremental bench-scoring bench-gpu
 
 $(BIN)/ragft: pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -21,24 +21,36 @@ $(BIN)/ragft: pyproject.toml constraints.txt
 
 install: $(BIN)/ragft
 
-# The browser of the UI test (tests/orchestration/test_ui_e2e.py): Debian's chromium, driven by Playwright.
-# Playwright never downloads a browser of its own (the test points it at this file).
+# Debian packages the tests use, installed by apt when missing (as root, or with passwordless sudo):
+# chromium, the browser of the UI test (Playwright never downloads a browser of its own), and
+# postgresql, the server the deployed-instance test starts (tests/orchestration/test_daemon.py).
 CHROMIUM := /usr/bin/chromium
-APT_CHROMIUM := apt-get install -y --no-install-recommends chromium
-$(CHROMIUM):
-	@if ! command -v apt-get >/dev/null 2>&1; then \
-		echo "make test needs Debian's chromium at $@ and apt-get is missing: install a" \
-			"Chromium there by hand (the UI test uses exactly that path)" >&2; exit 1; \
+POSTGRES := /usr/lib/postgresql
+APT_INSTALL = if ! command -v apt-get >/dev/null 2>&1; then \
+		echo "make test needs Debian's $(PKG) ($(WHY)) and apt-get is missing: install it by hand" >&2; \
+		exit 1; \
 	elif [ "$$(id -u)" = 0 ]; then sudo=""; \
 	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo -n"; \
 	else \
-		echo "make test needs Debian's chromium at $@ (for the UI test); as root, run:" >&2; \
-		echo "  apt-get update && $(APT_CHROMIUM)" >&2; exit 1; \
+		echo "make test needs Debian's $(PKG) ($(WHY)); as root, run:" >&2; \
+		echo "  apt-get update && apt-get install -y --no-install-recommends $(PKG)" >&2; exit 1; \
 	fi; \
-	echo "installing Debian's chromium for the UI test"; \
-	$$sudo apt-get update -q && $$sudo env DEBIAN_FRONTEND=noninteractive $(APT_CHROMIUM) -q
+	echo "installing Debian's $(PKG) for $(WHY)"; \
+	$$sudo apt-get update -q && $$sudo env DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y --no-install-recommends -q $(PKG)
+
+$(CHROMIUM): PKG := chromium
+$(CHROMIUM): WHY := the UI test
+$(CHROMIUM):
+	@$(APT_INSTALL)
+
+$(POSTGRES): PKG := postgresql
+$(POSTGRES): WHY := the deployed-instance test
+$(POSTGRES):
+	@$(APT_INSTALL)
 
 chromium: $(CHROMIUM)
+postgres: $(POSTGRES)
 
 $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
@@ -50,7 +62,7 @@ run: install $(DAGSTER_HOME)/dagster.yaml
 ui: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -h 127.0.0.1 -p 3000
 
-test: install $(CHROMIUM)
+test: install $(CHROMIUM) $(POSTGRES)
 	$(BIN)/pytest -q
 
 # The inner loop: everything but the end-to-end tests marked slow (a few minutes).

@@ -94,3 +94,82 @@ def wait_until(condition, timeout: float, what: str, log: Path | None = None, ev
             return result
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{log_tail(log)}")
+
+
+def postgres_bin(name: str) -> Path:
+    """A PostgreSQL server program from the Debian package (`make test` installs it)."""
+    import glob
+    import shutil
+
+    for found in sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True):
+        return Path(found)
+    on_path = shutil.which(name)
+    if on_path:
+        return Path(on_path)
+    pytest.fail(
+        f"PostgreSQL's {name} is not installed: `make test` installs Debian's postgresql; "
+        "or run `apt-get install -y postgresql` as root"
+    )
+
+
+@pytest.fixture
+def postgres():
+    """A real PostgreSQL on 127.0.0.1 (a free port), in a throwaway data folder, started and
+    stopped by the test (its own process group). Yields the connection settings."""
+    import os
+    import pwd
+    import shutil
+    import signal
+    import subprocess
+    import tempfile
+
+    # PostgreSQL refuses to run as root: as root (CI), its programs run as the package's user.
+    as_user: list[str] = []
+    owner = None
+    if os.geteuid() == 0:
+        owner = pwd.getpwnam("postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    root = Path(tempfile.mkdtemp(prefix="ragft-pg-"))
+    root.chmod(0o755)
+    if owner is not None:
+        os.chown(root, owner.pw_uid, owner.pw_gid)
+    data, log = root / "data", root / "server.log"
+    subprocess.run(
+        [*as_user, str(postgres_bin("initdb")), "-D", str(data), "-U", "ragft"]
+        + ["--auth=trust", "-E", "UTF8", "--no-sync"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    port = free_port()
+    server = subprocess.Popen(
+        [*as_user, str(postgres_bin("postgres")), "-D", str(data), "-h", "127.0.0.1"]
+        + ["-p", str(port), "-k", str(root), "-c", "fsync=off", "-c", "max_connections=200"],
+        stdout=subprocess.DEVNULL,
+        stderr=open(log, "wb"),  # noqa: SIM115 (closed with the process)
+        start_new_session=True,
+    )
+    try:
+        ready = [str(postgres_bin("pg_isready")), "-h", "127.0.0.1", "-p", str(port)]
+        wait_until(
+            lambda: subprocess.run(ready, capture_output=True, timeout=10).returncode == 0,
+            60,
+            "PostgreSQL to accept connections",
+            log,
+        )
+        subprocess.run(
+            [str(postgres_bin("createdb")), "-h", "127.0.0.1", "-p", str(port), "-U", "ragft"]
+            + ["dagster"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        yield {"hostname": "127.0.0.1", "port": port, "username": "ragft", "db_name": "dagster"}
+    finally:
+        os.killpg(server.pid, signal.SIGINT)  # "fast" shutdown: ends open connections
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
+        shutil.rmtree(root, ignore_errors=True)

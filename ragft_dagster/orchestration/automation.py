@@ -65,12 +65,12 @@ def latest_materialization(
     return record.asset_materialization if record else None
 
 
-def latest_by_partition(
+def latest_records_by_partition(
     instance: dg.DagsterInstance, asset: str, partitions: set[str] | None = None
 ) -> dict[str, Any]:
-    """The latest ``AssetMaterialization`` of every materialized partition of an asset, in a
-    few queries whatever the number of partitions (one per partition would cost seconds at a
-    thousand documents)."""
+    """The event record of the latest materialization of every materialized partition of an
+    asset, in a few queries whatever the number of partitions (one per partition would cost
+    seconds at a thousand documents)."""
     key = dg.AssetKey(asset)
     ids = instance.get_latest_storage_id_by_partition(
         key, dg.DagsterEventType.ASSET_MATERIALIZATION, partitions
@@ -85,8 +85,17 @@ def latest_by_partition(
         for record in records:
             mat = record.asset_materialization
             if mat is not None and mat.partition is not None:
-                found[mat.partition] = mat
+                found[mat.partition] = record
     return found
+
+
+def latest_by_partition(
+    instance: dg.DagsterInstance, asset: str, partitions: set[str] | None = None
+) -> dict[str, Any]:
+    """The latest ``AssetMaterialization`` of every materialized partition of an asset
+    (:func:`latest_records_by_partition`)."""
+    records = latest_records_by_partition(instance, asset, partitions)
+    return {key: record.asset_materialization for key, record in records.items()}
 
 
 def metadata_value(mat: Any, key: str) -> Any:
