@@ -8,7 +8,7 @@ export TOKENIZERS_PARALLELISM := false
 # The UI test drives Debian's chromium; nothing may fetch a browser build of its own.
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
-.PHONY: run ui test test-fast lint install chromium postgres bench-incremental bench-scoring bench-gpu
+.PHONY: run ui test test-fast lint install chromium postgres bench-incremental bench-scale bench-scoring bench-gpu
 
 $(BIN)/ragft: pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -77,6 +77,12 @@ lint: install
 # Full vs. incremental data + index stages on a 34-document corpus (figures in the README).
 bench-incremental: install
 	$(BIN)/python -m ragft_dagster.benchmarks.bench incremental --json .artifacts/bench-incremental.json
+
+# The data and index stages at 100, 300 and 1,000 documents: through `ragft run` and through a real
+# dagster-daemon backfill, against the same work without Dagster; LLM Q&A at a 200 ms loopback server.
+bench-scale: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m ragft_dagster.benchmarks.scale --docs 100,300,1000 \
+		--json .artifacts/bench-scale.json
 
 # Batched log-likelihood scoring vs. the published generate-and-parse protocol on the quickstart's
 # real model, its questions with RAG: greedy (one round each), and the published statistic (200

@@ -46,6 +46,7 @@ class StepResult:
     materializations: list[tuple[str, str | None, dict[str, Any]]] = field(default_factory=list)
     """(asset, partition, metadata) of every materialization of the run."""
     checks: dict[str, bool] = field(default_factory=dict)
+    run_id: str = ""
 
     @property
     def partition(self) -> str | None:
@@ -260,7 +261,7 @@ def run_pipeline(
             echo(f"run {outcome.run_id} failed; see it with `make ui`")
             result.success = False
             return False
-        step.seconds = time.monotonic() - t0
+        step.seconds, step.run_id = time.monotonic() - t0, outcome.run_id
         for event in outcome.get_asset_materialization_events():
             mat = event.step_materialization_data.materialization
             meta = {k: getattr(v, "value", v) for k, v in mat.metadata.items()}

@@ -1,0 +1,423 @@
+"""``make bench-scale``: the data and index stages at hundreds to a thousand documents.
+
+For each corpus size (copies of the quickstart's bundled guide, each titled with its own
+edition, so no two documents share a chunk or a cache key; the offline Q&A generator):
+
+- ``ragft run`` of the documents and retrieval stages from empty, then again with nothing
+  changed, then after one document's edit;
+- the daemon path, as a user's backfill runs: ``ragft backfill`` of every document through a
+  real ``dagster-daemon`` (SQLite instance, the repo's dagster.yaml), until every run is done;
+- the same work without Dagster (chunking, generation and embedding called directly), so that
+  the orchestration overhead is the wall time minus that, divided by the documents.
+
+Then, once, Q&A generation through the ``openai`` generator against a loopback
+OpenAI-compatible server (tests/openai_stub.py, 127.0.0.1, started and stopped here) that
+answers every request after a fixed delay, against the ideal of requests x delay /
+``qa.max_concurrency``; and the least-squares line of wall time against documents.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ragft_dagster.benchmarks.bench import build_corpus, edit_one_sentence
+from ragft_dagster.definitions import DEFAULT_PROFILE, DEFAULT_RECIPE, PROJECT_ROOT
+
+STAGES = {"documents_job", "retrieval_job"}
+OVERHEAD_TARGET_MS = 50.0
+LLM_RATIO_TARGET = 1.3
+SECOND_RUN_TARGET_S = 5.0
+EDIT_TARGET_S = 5.0
+
+
+def make_corpus(target: Path, n: int) -> list[str]:
+    """``n`` documents: editions of the bundled guide, the last one cut short."""
+    source = DEFAULT_RECIPE.parent / "docs"
+    per_edition = len(list(source.glob("*.md")))
+    editions = [f"E{i:03d}" for i in range(math.ceil(n / per_edition))]
+    keys = build_corpus(source, target, editions)
+    for key in keys[n:]:
+        (target / key).unlink()
+    return keys[:n]
+
+
+def write_inputs(tmp: Path, docs: Path, qa: dict[str, Any] | None = None) -> tuple[Path, Path]:
+    """A copy of the default recipe on ``docs`` and a profile with its artifacts in ``tmp``."""
+    from ragft_dagster.config.recipe import relocatable_raw
+
+    raw = relocatable_raw(DEFAULT_RECIPE)
+    raw["docs"] = {**raw.get("docs", {}), "path": str(docs), "glob": "**/*.md"}
+    if qa:
+        raw["qa"].update(qa)
+    recipe = tmp / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(raw))
+    profile = yaml.safe_load(Path(DEFAULT_PROFILE).read_text())
+    profile["artifacts"] = {"root": str(tmp / "artifacts")}
+    profile_path = tmp / "resources" / "bench.yaml"
+    profile_path.parent.mkdir(exist_ok=True)
+    profile_path.write_text(yaml.safe_dump(profile))
+    return recipe, profile_path
+
+
+def direct_compute(recipe_path: Path, artifact_root: Path) -> dict[str, float]:
+    """Seconds the data and index work takes called directly, without Dagster: reading and
+    chunking every document, offline Q&A (a fresh cache) and embedding every chunk."""
+    from ragft_dagster.config.recipe import load_recipe
+    from ragft_dagster.data.chunking import chunk_document, read_document
+    from ragft_dagster.data.documents import discover_documents
+    from ragft_dagster.data.qa_generation import generate_qa
+    from ragft_dagster.llm.cache import ReplyCache
+    from ragft_dagster.models.refs import load_tokenizer, resolve_model_ref
+    from ragft_dagster.retrieval.indexing import open_collection, retrieval_embedder, sync_index
+
+    recipe = load_recipe(recipe_path)
+    r = recipe.retrieval
+    tokenizer = load_tokenizer(
+        resolve_model_ref(recipe.base_model, artifact_root, recipe.root), recipe.chat_template
+    )
+    embedder = retrieval_embedder(r, artifact_root, recipe.root, "cpu")
+    with tempfile.TemporaryDirectory(prefix="ragft-direct-") as scratch:
+        t0 = time.perf_counter()
+        keys = sorted(discover_documents(recipe.docs_dir, recipe.docs.glob).documents)
+        chunks = {
+            key: [
+                c.to_dict()
+                for c in chunk_document(
+                    read_document(recipe.docs_dir / key, key),
+                    key,
+                    tokenizer,
+                    recipe.chunking.chunk_size,
+                    recipe.chunking.chunk_overlap,
+                )
+            ]
+            for key in keys
+        }
+        t1 = time.perf_counter()
+        generate_qa(chunks, recipe.qa, cache=ReplyCache(Path(scratch) / "cache"))
+        t2 = time.perf_counter()
+        rows = [c for key in keys for c in chunks[key]]
+        with open_collection(r.collection, path=Path(scratch) / "index") as collection:
+            sync_index(collection, rows, embedder, r.embedding_model)
+        t3 = time.perf_counter()
+    return {
+        "chunking": t1 - t0,
+        "generation": t2 - t1,
+        "embedding": t3 - t2,
+        "documents_stage": t2 - t0,
+        "all": t3 - t0,
+        "chunks": len(rows),
+    }
+
+
+def through_ragft_run(recipe: Path, profile: Path, home: Path, edit: Path) -> dict[str, float]:
+    """Wall times of ``ragft run`` (data and index stages): from empty, unchanged, one edit."""
+    import dagster as dg
+
+    from ragft_dagster.orchestration.runner import run_pipeline
+
+    lines: list[str] = []
+    home.mkdir(parents=True, exist_ok=True)
+    with dg.DagsterInstance.local_temp(str(home)) as instance:
+
+        def timed() -> tuple[float, Any]:
+            t0 = time.perf_counter()
+            result = run_pipeline(
+                str(recipe), str(profile), instance=instance, echo=lines.append, jobs=STAGES
+            )
+            if not result:
+                print("\n".join(lines), file=sys.stderr)
+                raise SystemExit(1)
+            return time.perf_counter() - t0, result
+
+        full, result = timed()
+        runs = sum(1 for s in result.steps if s.job == "documents_job")
+        second, _ = timed()
+        edit_one_sentence(edit)
+        edited, _ = timed()
+    return {"full": full, "document_runs": runs, "second": second, "edit": edited}
+
+
+def through_the_daemon(recipe: Path, profile: Path, home: Path, n: int) -> dict[str, float]:
+    """Wall time of a backfill of every document (``ragft backfill``) through a real
+    ``dagster-daemon``: from submission until its last run ends."""
+    import dagster as dg
+
+    bin_dir = Path(sys.executable).parent
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").write_text((PROJECT_ROOT / "dagster.yaml").read_text())
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "RAGFT_RECIPE": str(recipe),
+        "RAGFT_PROFILE": str(profile),
+    }
+    # The docs sensor is stopped first, so its own runs do not mix in: the backfill is timed.
+    stop = subprocess.run(
+        [str(bin_dir / "dagster"), "sensor", "stop", "docs_sensor", "-m"]
+        + ["ragft_dagster.definitions"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=home,
+    )
+    if stop.returncode != 0:
+        raise SystemExit(f"dagster sensor stop docs_sensor failed:\n{stop.stdout}{stop.stderr}")
+    log = home / "daemon.log"
+    with log.open("w") as out:
+        daemon = subprocess.Popen(
+            [str(bin_dir / "dagster-daemon"), "run", "-m", "ragft_dagster.definitions"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=home,
+        )
+    try:
+        t0 = time.time()
+        out_ = subprocess.run(
+            [str(bin_dir / "ragft"), "backfill"],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        ).stdout
+        backfill = out_.split()[1].rstrip(":")
+        os.environ["DAGSTER_HOME"] = str(home)
+        with dg.DagsterInstance.get() as instance:
+            deadline = time.monotonic() + 3600
+            while time.monotonic() < deadline:
+                status = instance.get_backfill(backfill).status
+                if status.value not in ("REQUESTED", "CANCELING"):
+                    break
+                time.sleep(1)
+            runs = instance.get_run_records(dg.RunsFilter(tags={"dagster/backfill": backfill}))
+            failed = [r for r in runs if r.dagster_run.status != dg.DagsterRunStatus.SUCCESS]
+            if failed or status.value != "COMPLETED_SUCCESS":
+                raise SystemExit(f"backfill {backfill} ended {status.value}; see {log}")
+            end = max(r.end_time for r in runs if r.end_time)
+    finally:
+        os.killpg(daemon.pid, signal.SIGTERM)
+        try:
+            daemon.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(daemon.pid, signal.SIGKILL)
+            daemon.wait(timeout=60)
+    return {"backfill": end - t0, "runs": len(runs)}
+
+
+def llm_pool(tmp: Path, n: int, delay: float, concurrency: int) -> dict[str, float]:
+    """Q&A generation of ``n`` documents through the openai generator at a loopback server
+    that answers each request after ``delay`` seconds."""
+    import dagster as dg
+
+    sys.path.insert(0, str(PROJECT_ROOT))
+    from ragft_dagster.orchestration.runner import run_pipeline
+    from tests.openai_stub import OpenAIStub  # the loopback server of the tests
+
+    docs = tmp / "docs"
+    docs.mkdir()
+    make_corpus(docs, n)
+    pairs = json.dumps([{"question": "What does it set?", "answer": "It sets the default."}])
+    with OpenAIStub([{"delay": delay, "content": pairs}]) as stub:
+        qa = {
+            "generator": "openai",
+            "model": "stub-model",
+            "max_concurrency": concurrency,
+            "budget": {"max_requests": 100_000, "max_tokens": 100_000_000},
+        }
+        recipe, profile = write_inputs(tmp, docs, qa)
+        raw = yaml.safe_load(profile.read_text())
+        raw["llm"] = {"base_url": stub.base_url, "api_key_env": "RAGFT_BENCH_KEY"}
+        profile.write_text(yaml.safe_dump(raw))
+        os.environ["RAGFT_BENCH_KEY"] = "sk-bench"
+        lines: list[str] = []
+        (tmp / "home").mkdir()
+        from ragft_dagster.config.recipe import load_recipe
+        from ragft_dagster.models.refs import resolve_model_ref
+
+        resolve_model_ref(load_recipe(recipe).base_model, tmp / "artifacts", recipe.parent)
+        with dg.DagsterInstance.local_temp(str(tmp / "home")) as instance:
+            result = run_pipeline(
+                str(recipe),
+                str(profile),
+                instance=instance,
+                echo=lines.append,
+                jobs={"documents_job"},
+            )
+            if not result:
+                print("\n".join(lines), file=sys.stderr)
+                raise SystemExit(1)
+            # the synthetic_qa steps, start to end, from the event log
+            seconds = sum(
+                _step_seconds(instance, step.run_id, "synthetic_qa")
+                for step in result.steps
+                if step.job == "documents_job"
+            )
+    requests = len(stub.requests)
+    ideal = requests * delay / concurrency
+    return {
+        "documents": n,
+        "requests": requests,
+        "max_in_flight": stub.max_in_flight,
+        "seconds": seconds,
+        "ideal_seconds": ideal,
+        "ratio": seconds / ideal,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ragft_dagster.benchmarks.scale")
+    parser.add_argument("--docs", default="100,300,1000", help="corpus sizes")
+    parser.add_argument("--no-daemon", action="store_true", help="skip the daemon path")
+    parser.add_argument("--llm-docs", type=int, default=100, help="documents of the LLM check")
+    parser.add_argument("--llm-delay", type=float, default=0.2)
+    parser.add_argument("--llm-concurrency", type=int, default=8)
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sizes = [int(s) for s in args.docs.split(",")]
+    rows: list[dict[str, Any]] = []
+    for n in sizes:
+        with tempfile.TemporaryDirectory(prefix=f"ragft-scale-{n}-") as tmp_dir:
+            tmp = Path(tmp_dir)
+            docs = tmp / "docs"
+            keys = make_corpus(docs, n)
+            recipe, profile = write_inputs(tmp, docs)
+            from ragft_dagster.config.recipe import load_recipe
+            from ragft_dagster.models.refs import resolve_model_ref
+
+            # the packaged model's conversion happens once, before anything is timed
+            resolve_model_ref(load_recipe(recipe).base_model, tmp / "artifacts", recipe.parent)
+            direct = direct_compute(recipe, tmp / "artifacts")
+            row: dict[str, Any] = {"documents": n, "chunks": direct["chunks"], "direct": direct}
+            daemon = None
+            if not args.no_daemon:
+                daemon = through_the_daemon(recipe, profile, tmp / "daemon-home", n)
+                row["daemon"] = daemon
+                row["daemon_overhead_ms"] = (
+                    1000 * (daemon["backfill"] - direct["documents_stage"]) / n
+                )
+            # a fresh artifact root: the daemon's backfill filled the first one
+            (tmp / "run").mkdir()
+            recipe, profile = write_inputs(tmp / "run", docs)
+            resolve_model_ref(
+                load_recipe(recipe).base_model, tmp / "run" / "artifacts", recipe.parent
+            )
+            run = through_ragft_run(recipe, profile, tmp / "run-home", docs / keys[n // 2])
+            row["ragft_run"] = run
+            row["ragft_run_overhead_ms"] = 1000 * (run["full"] - direct["all"]) / n
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    with tempfile.TemporaryDirectory(prefix="ragft-scale-llm-") as tmp_dir:
+        llm = llm_pool(Path(tmp_dir), args.llm_docs, args.llm_delay, args.llm_concurrency)
+    fit = _line([r["documents"] for r in rows], [r["ragft_run"]["full"] for r in rows])
+    figures = {"sizes": rows, "llm": llm, "ragft_run_fit": fit}
+    if not args.no_daemon:
+        figures["daemon_fit"] = _line(
+            [r["documents"] for r in rows], [r["daemon"]["backfill"] for r in rows]
+        )
+    _print(figures)
+    largest = rows[-1]
+    checks = {
+        f"ragft run overhead <= {OVERHEAD_TARGET_MS:.0f} ms a document at {largest['documents']}": (
+            largest["ragft_run_overhead_ms"] <= OVERHEAD_TARGET_MS
+        ),
+        f"LLM Q&A wall time <= {LLM_RATIO_TARGET}x the ideal": llm["ratio"] <= LLM_RATIO_TARGET,
+        f"second ragft run <= {SECOND_RUN_TARGET_S:.0f} s": (
+            largest["ragft_run"]["second"] <= SECOND_RUN_TARGET_S
+        ),
+        f"one-document edit through ragft run <= {EDIT_TARGET_S:.0f} s": (
+            largest["ragft_run"]["edit"] <= EDIT_TARGET_S
+        ),
+    }
+    if not args.no_daemon:
+        checks[f"daemon backfill overhead <= {OVERHEAD_TARGET_MS:.0f} ms a document"] = (
+            largest["daemon_overhead_ms"] <= OVERHEAD_TARGET_MS
+        )
+    figures["checks"] = checks
+    for name, ok in checks.items():
+        print(f"{'PASS' if ok else 'FAIL'}  {name}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(figures, indent=2))
+    return 0 if all(checks.values()) else 1
+
+
+def _step_seconds(instance: Any, run_id: str, step_key: str) -> float:
+    """Seconds from a step's start to its end in one run's event log."""
+    import dagster as dg
+
+    times = {
+        record.dagster_event.event_type: record.timestamp
+        for record in instance.all_logs(run_id)
+        if record.dagster_event is not None and record.dagster_event.step_key == step_key
+    }
+    return times[dg.DagsterEventType.STEP_SUCCESS] - times[dg.DagsterEventType.STEP_START]
+
+
+def _line(xs: list[float], ys: list[float]) -> dict[str, float]:
+    """Least-squares wall time = intercept + slope x documents."""
+    n = len(xs)
+    if n < 2:
+        return {"slope_s_per_doc": float("nan"), "intercept_s": float("nan")}
+    mx, my = sum(xs) / n, sum(ys) / n
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum(
+        (x - mx) ** 2 for x in xs
+    )
+    return {"slope_s_per_doc": slope, "intercept_s": my - slope * mx}
+
+
+def _print(figures: dict[str, Any]) -> None:
+    print(
+        "\n| documents | chunks | direct work | ragft run | overhead / doc | second run "
+        "| one edit | daemon backfill | runs | overhead / doc |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in figures["sizes"]:
+        d, run = r["direct"], r["ragft_run"]
+        daemon = r.get("daemon")
+        tail = (
+            f"{daemon['backfill']:.1f} s | {daemon['runs']} | {r['daemon_overhead_ms']:.0f} ms |"
+            if daemon
+            else "- | - | - |"
+        )
+        print(
+            f"| {r['documents']} | {r['chunks']} | {d['all']:.1f} s | {run['full']:.1f} s | "
+            f"{r['ragft_run_overhead_ms']:.0f} ms | {run['second']:.1f} s | {run['edit']:.1f} s | "
+            + tail
+        )
+    fit = figures["ragft_run_fit"]
+    print(
+        f"\nragft run wall time ~ {fit['intercept_s']:.1f} s + "
+        f"{1000 * fit['slope_s_per_doc']:.0f} ms x documents"
+    )
+    if "daemon_fit" in figures:
+        fit = figures["daemon_fit"]
+        print(
+            f"daemon backfill wall time ~ {fit['intercept_s']:.1f} s + "
+            f"{1000 * fit['slope_s_per_doc']:.0f} ms x documents"
+        )
+    llm = figures["llm"]
+    print(
+        f"LLM Q&A: {llm['requests']} requests for {llm['documents']} documents in "
+        f"{llm['seconds']:.1f} s; ideal {llm['ideal_seconds']:.1f} s; ratio {llm['ratio']:.2f}; "
+        f"at most {llm['max_in_flight']} in flight"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
