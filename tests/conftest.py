@@ -166,10 +166,23 @@ def postgres():
         )
         yield {"hostname": "127.0.0.1", "port": port, "username": "ragft", "db_name": "dagster"}
     finally:
-        os.killpg(server.pid, signal.SIGINT)  # "fast" shutdown: ends open connections
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=30)
+        stop_process_group(server, signal.SIGINT)  # "fast" shutdown: ends open connections
         shutil.rmtree(root, ignore_errors=True)
+
+
+def stop_process_group(proc, sig: int | None = None, timeout: float = 30) -> None:
+    """Stop a server the test started with ``start_new_session=True``: ``sig`` (SIGTERM by
+    default) to its whole process group, then SIGKILL if it outlives ``timeout``."""
+    import contextlib
+    import os
+    import signal
+    import subprocess
+
+    with contextlib.suppress(ProcessLookupError):  # all of it already gone
+        os.killpg(proc.pid, signal.SIGTERM if sig is None else sig)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)

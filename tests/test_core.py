@@ -253,6 +253,22 @@ def test_sync_index_is_incremental_and_refuses_mixed_models(tmp_path):
         sync_index(col, [chunk(1)], embedder, "model-b")
 
 
+def test_sync_index_writes_more_chunks_than_one_chroma_batch(tmp_path):
+    """A first index of ~700 documents (7,645 chunks, found by make bench-scale) is more than
+    Chroma takes in one write; and removing them all is too."""
+    from llama_index.core.embeddings import MockEmbedding
+
+    from ragft_dagster.retrieval.indexing import open_collection, sync_index
+
+    chunks = [
+        {"id": f"id{i}", "text": f"t{i}", "doc": "d.md", "heading_path": []} for i in range(7645)
+    ]
+    embedder = MockEmbedding(embed_dim=4)
+    with open_collection("docs", path=tmp_path) as col:
+        assert sync_index(col, chunks, embedder)["total"] == 7645
+        assert sync_index(col, chunks[:1], embedder)["deleted"] == 7644
+
+
 def test_exact_mcnemar_against_hand_computed_values():
     from ragft_dagster.evaluation.stats import mcnemar_exact
 

@@ -71,6 +71,40 @@ def write_inputs(tmp: Path, docs: Path, qa: dict[str, Any] | None = None) -> tup
     return recipe, profile_path
 
 
+def sensor_ticks(recipe: Path, artifact_root: Path, edit: Path) -> dict[str, float]:
+    """Seconds of the docs sensor's ticks on this corpus: the first (reads every file), one
+    with nothing changed, one after an edit (the partitions exist, nothing materialized)."""
+    import dagster as dg
+
+    from ragft_dagster.definitions import build_definitions
+    from ragft_dagster.resources import ArtifactStoreResource
+
+    defs = build_definitions(recipe, artifact_root=artifact_root)
+    sensor = defs.get_sensor_def("docs_sensor")
+    times: dict[str, float] = {}
+    with dg.instance_for_test() as instance:
+
+        def tick(cursor: str | None, name: str) -> Any:
+            context = dg.build_sensor_context(
+                instance=instance,
+                cursor=cursor,
+                resources={"artifacts": ArtifactStoreResource(root=str(artifact_root))},
+                definitions=defs,
+            )
+            t0 = time.perf_counter()
+            result = sensor(context)
+            times[name] = time.perf_counter() - t0
+            return result
+
+        first = tick(None, "first")
+        (add,) = first.dynamic_partitions_requests
+        instance.add_dynamic_partitions("documents", list(add.partition_keys))
+        tick(first.cursor, "unchanged")
+        edit.write_text(edit.read_text() + "\nOne more line.\n")
+        tick(first.cursor, "after_edit")
+    return times
+
+
 def direct_compute(recipe_path: Path, artifact_root: Path) -> dict[str, float]:
     """Seconds the data and index work takes called directly, without Dagster: reading and
     chunking every document, offline Q&A (a fresh cache) and embedding every chunk."""
@@ -304,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
             resolve_model_ref(load_recipe(recipe).base_model, tmp / "artifacts", recipe.parent)
             direct = direct_compute(recipe, tmp / "artifacts")
             row: dict[str, Any] = {"documents": n, "chunks": direct["chunks"], "direct": direct}
+            row["sensor"] = sensor_ticks(recipe, tmp / "sensor-artifacts", docs / keys[0])
             daemon = None
             if not args.no_daemon:
                 daemon = through_the_daemon(recipe, profile, tmp / "daemon-home", n)
@@ -400,6 +435,13 @@ def _print(figures: dict[str, Any]) -> None:
             f"{r['ragft_run_overhead_ms']:.0f} ms | {run['second']:.1f} s | {run['edit']:.1f} s | "
             + tail
         )
+    for r in figures["sizes"]:
+        if "sensor" in r:
+            t = r["sensor"]
+            print(
+                f"docs sensor at {r['documents']} files: first tick {t['first']:.2f} s, "
+                f"unchanged {t['unchanged']:.2f} s, after one edit {t['after_edit']:.2f} s"
+            )
     fit = figures["ragft_run_fit"]
     print(
         f"\nragft run wall time ~ {fit['intercept_s']:.1f} s + "

@@ -77,6 +77,10 @@ def id_differences(collection: Any, ids: set[str]) -> tuple[list[str], list[str]
     return sorted(ids - held), sorted(held - ids)
 
 
+WRITE_BATCH = 1000
+"""Records per Chroma write (its limit is a few thousand)."""
+
+
 def sync_index(
     collection: Any, chunks: list[dict[str, Any]], embedder: Any, embedding_model: str = ""
 ) -> dict[str, int]:
@@ -108,10 +112,14 @@ def sync_index(
     current = {c["id"]: c for c in chunks}
     missing, stale = id_differences(collection, set(current))
     new = [current[i] for i in missing]
-    if stale:
-        collection.delete(ids=stale)
-    if new:
-        vectors = embedder.get_text_embedding_batch([c["text"] for c in new])
+    # Chroma refuses a write of more than its max batch size (5,461 records in chromadb 1.5):
+    # a first index of ~700 documents crosses it, so writes go in slices.
+    for i in range(0, len(stale), WRITE_BATCH):
+        collection.delete(ids=stale[i : i + WRITE_BATCH])
+    store = ChromaVectorStore(chroma_collection=collection)
+    for i in range(0, len(new), WRITE_BATCH):
+        part = new[i : i + WRITE_BATCH]
+        vectors = embedder.get_text_embedding_batch([c["text"] for c in part])
         nodes: list[BaseNode] = [
             TextNode(
                 id_=c["id"],
@@ -119,9 +127,9 @@ def sync_index(
                 embedding=vec,
                 metadata={"doc": c["doc"], "heading": " > ".join(c["heading_path"])},
             )
-            for c, vec in zip(new, vectors, strict=True)
+            for c, vec in zip(part, vectors, strict=True)
         ]
-        ChromaVectorStore(chroma_collection=collection).add(nodes)
+        store.add(nodes)
     sample = collection.get(limit=1, include=["embeddings"])["embeddings"]
     return {
         "added": len(new),

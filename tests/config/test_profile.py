@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from ragft_dagster.config.recipe import load_recipe
 from ragft_dagster.definitions import build_resources, definitions_for
 from ragft_dagster.retrieval.indexing import MODEL_KEY
 
-from ..conftest import ROOT, TINY_RECIPE, free_port
+from ..conftest import ROOT, TINY_RECIPE, free_port, stop_process_group
 
 PROFILES = sorted((ROOT / "resources").glob("*.yaml"))
 K8S_PROFILE = ROOT / "resources" / "k8s.yaml"
@@ -270,12 +269,7 @@ def test_http_vector_store_talks_to_a_chroma_server(tmp_path):
             assert hit["ids"] == [["a"]] and col.metadata[MODEL_KEY] == "m"
         assert not embedded.exists()  # the server holds the data, not an embedded directory
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_process_group(server, timeout=10)
         log.close()
 
 

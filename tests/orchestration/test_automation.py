@@ -133,6 +133,45 @@ def test_docs_sensor_adds_reruns_and_removes_documents(tmp_path):
         assert len(removed.cursor) < 40  # a digest, whatever the number of documents
 
 
+def test_docs_sensor_does_not_relaunch_a_document_whose_run_is_in_flight(tmp_path):
+    """A run of the sensor's still going: a tick that sees another change does not launch its
+    documents again when the run started after their last edit (it reads their new content)."""
+    from dagster._core.storage.dagster_run import DagsterRun
+
+    recipe, docs = recipe_with_docs(tmp_path, DOCS)
+    root = tmp_path / "artifacts"
+    defs = build_definitions(recipe, artifact_root=root)
+    with dg.instance_for_test() as instance:
+        first = _tick(defs, instance, root, None)
+        instance.add_dynamic_partitions("documents", DOCS)
+        (batch,) = first.run_requests
+        instance.add_run(  # the batch run, started and not finished
+            DagsterRun(
+                job_name="__ASSET_JOB",
+                run_id="in-flight",
+                status=dg.DagsterRunStatus.STARTED,
+                tags={**batch.tags, "dagster/sensor_name": "docs_sensor"},
+            )
+        )
+        (docs / "new.md").write_text("# New\n\nA new page.\n")
+        second = _tick(defs, instance, root, first.cursor)
+        assert [r.partition_key for r in second.run_requests] == ["new.md"]
+        (docs / "overview.md").write_text("# Overview\n\nEdited after the run started.\n")
+        third = _tick(defs, instance, root, second.cursor)
+        started = {k for r in third.run_requests for k in _covered(r, [*DOCS, "new.md"])}
+        assert "overview.md" in started and "glossary.md" not in started
+
+
+def _covered(request: dg.RunRequest, order: list[str]) -> list[str]:
+    if request.partition_key:
+        return [request.partition_key]
+    start, end = (
+        order.index(request.tags[RANGE_START_TAG]),
+        order.index(request.tags[RANGE_END_TAG]),
+    )
+    return order[start : end + 1]
+
+
 def test_docs_sensor_batches_a_burst_and_reads_only_changed_files(tmp_path):
     recipe, docs = recipe_with_docs(tmp_path, DOCS)
     for i in range(7):

@@ -1,6 +1,7 @@
 """The ceiling the README states, tested: 5,000 document partitions on the default SQLite
-instance. The docs sensor's ticks, an asset backfill's submission and the UI's partition query
-(the GraphQL the asset page sends) all finish, with the work each should do, at that size.
+instance and on PostgreSQL (a real server the test starts). The docs sensor's ticks, an asset
+backfill's submission and the UI's partition query (the GraphQL the asset page sends) all
+finish, with the work each should do, at that size.
 
 The bounds are loose on purpose (a slow CI machine must pass): they catch a per-partition query
 or a full re-read creeping back, which costs minutes at this size, not seconds. The figures are
@@ -23,6 +24,7 @@ from ragft_dagster.resources import ArtifactStoreResource
 from ..conftest import ROOT, write_recipe
 
 N = 5000
+PG_SCHEME = "postgresql+psycopg2"  # as deploy/dagster.yaml
 BATCH = 100
 PARTITIONS_QUERY = """
 query ($key: AssetKeyInput!) { assetNodeOrError(assetKey: $key) { ... on AssetNode {
@@ -34,7 +36,8 @@ query ($key: AssetKeyInput!) { assetNodeOrError(assetKey: $key) { ... on AssetNo
 
 
 @pytest.mark.slow
-def test_five_thousand_documents_on_sqlite(tmp_path, monkeypatch):
+@pytest.mark.parametrize("storage", ["sqlite", "postgres"])
+def test_five_thousand_documents(storage, tmp_path, monkeypatch, request):
     docs = tmp_path / "docs"
     docs.mkdir()
     for i in range(N):
@@ -60,8 +63,17 @@ def test_five_thousand_documents_on_sqlite(tmp_path, monkeypatch):
         return result
 
     (tmp_path / "home").mkdir()
-    with dg.instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
-        assert type(instance.event_log_storage).__name__.startswith("Sqlite")
+    overrides = None
+    if storage == "postgres":
+        db = request.getfixturevalue("postgres")
+        overrides = {
+            "storage": {
+                "postgres": {"postgres_db": {**db, "password": "unused", "scheme": PG_SCHEME}}
+            }
+        }
+    with dg.instance_for_test(temp_dir=str(tmp_path / "home"), overrides=overrides) as instance:
+        kind = type(instance.event_log_storage).__name__
+        assert kind.startswith("Sqlite" if storage == "sqlite" else "Postgres")
         first = tick(instance, None, "first tick (reads every file)")
         (add,) = first.dynamic_partitions_requests
         assert len(add.partition_keys) == N
@@ -110,7 +122,9 @@ def test_five_thousand_documents_on_sqlite(tmp_path, monkeypatch):
         node = result.data["assetNodeOrError"]
         assert len(node["partitionKeysByDimension"][0]["partitionKeys"]) == N
         assert len(node["assetPartitionStatuses"]["materializedPartitions"]) == N
-    print("\n".join(f"{name}: {seconds:.2f} s" for name, seconds in figures.items()))
+    print(
+        f"\n{storage}:", "; ".join(f"{name} {seconds:.2f} s" for name, seconds in figures.items())
+    )
     for name, seconds in figures.items():
         assert seconds < 60, f"{name} took {seconds:.0f} s at {N} partitions"
 

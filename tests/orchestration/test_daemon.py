@@ -13,7 +13,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from itertools import pairwise
@@ -26,7 +25,7 @@ import yaml
 from ragft_dagster.orchestration.automation import latest_materialization_record as _latest
 from ragft_dagster.orchestration.automation import latest_records_by_partition as _latest_all
 
-from ..conftest import ROOT, recipe_with_docs, wait_until
+from ..conftest import ROOT, recipe_with_docs, stop_process_group, wait_until
 
 DOCS = ["installation.md", "overview.md"]
 BATCH = 4
@@ -181,10 +180,5 @@ def test_sensor_automation_backfill_and_gpu_pool_on_postgres(tmp_path, postgres,
         for (_, end, first), (start, _, second) in pairwise(intervals):
             assert start >= end, f"GPU steps of runs {first} and {second} overlapped"
     finally:
-        os.killpg(daemon.pid, signal.SIGTERM)
-        try:
-            daemon.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(daemon.pid, signal.SIGKILL)
-            daemon.wait(timeout=30)
+        stop_process_group(daemon)
         instance.dispose()

@@ -40,6 +40,7 @@ from ..conftest import (
     TINY_RECIPE,
     free_port,
     log_tail,
+    stop_process_group,
     wait_until,
     write_recipe,
 )
@@ -178,13 +179,7 @@ def dagster_dev(tmp_path) -> Iterator[DagsterDev]:
         yield DagsterDev(url=url, client=client, log=log, docs=docs, pgid=server.pid)
     finally:
         # The webserver, daemon, code servers and run workers all share this process group.
-        with contextlib.suppress(ProcessLookupError):  # all of it already gone
-            os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=30)
+        stop_process_group(server, timeout=60)
         deadline = time.monotonic() + 30
         while _group_members(server.pid) and time.monotonic() < deadline:
             time.sleep(0.5)
