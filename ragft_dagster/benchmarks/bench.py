@@ -141,7 +141,6 @@ def incremental(args: argparse.Namespace) -> int:
         "embeddings only for its new chunks": i["embeddings"] == new,
         "wall time <= 0.2x the full run": ratio <= 0.2,
     }
-    figures["checks"] = checks
     print(
         f"{figures['documents']} documents, {figures['chunks']} chunks, Q&A generator "
         f"{figures['generator']}; edited {edited}: {new} of its {len(after)} chunks changed\n"
@@ -157,11 +156,7 @@ def incremental(args: argparse.Namespace) -> int:
             f"{row['llm_requests']} | {row['embeddings']} | {row['seconds']:.1f} s |"
         )
     print(f"\nincremental / full wall time: {ratio:.3f}")
-    for name, ok in checks.items():
-        print(f"{'PASS' if ok else 'FAIL'}  {name}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2))
-    return 0 if all(checks.values()) else 1
+    return finish(figures, checks, args.json)
 
 
 SPEED_UP_TARGET = 5.0
@@ -669,11 +664,18 @@ def scoring(args: argparse.Namespace) -> int:
         checks["sampled: agreement within 3 Monte-Carlo s.e."] = (
             sampled["z"] is None or abs(sampled["z"]) <= 3
         )
+    return finish(figures, checks, args.json)
+
+
+def finish(figures: dict[str, Any], checks: dict[str, bool], json_path: str | None) -> int:
+    """Print each check, write the figures (with their checks) to ``json_path``, and return the
+    benchmark's exit status: 0 when every check passed."""
+    figures["checks"] = checks
     for name, ok in checks.items():
         print(f"{'PASS' if ok else 'FAIL'}  {name}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(figures, indent=2))
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(figures, indent=2))
     return 0 if all(checks.values()) else 1
 
 

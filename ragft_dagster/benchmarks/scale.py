@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from ragft_dagster.benchmarks.bench import build_corpus, edit_one_sentence
+from ragft_dagster.benchmarks.bench import build_corpus, edit_one_sentence, finish
 from ragft_dagster.definitions import DEFAULT_PROFILE, DEFAULT_RECIPE, PROJECT_ROOT
 from ragft_dagster.orchestration.batches import batch_tags
 
@@ -423,13 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         checks[f"daemon backfill overhead <= {OVERHEAD_TARGET_MS:.0f} ms a document"] = (
             largest["daemon_overhead_ms"] <= OVERHEAD_TARGET_MS
         )
-    figures["checks"] = checks
-    for name, ok in checks.items():
-        print(f"{'PASS' if ok else 'FAIL'}  {name}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(figures, indent=2))
-    return 0 if all(checks.values()) else 1
+    return finish(figures, checks, args.json)
 
 
 def dagster_floor(n: int = 200) -> float:
