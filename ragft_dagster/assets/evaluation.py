@@ -7,7 +7,7 @@ from typing import Any
 
 import dagster as dg
 
-from ragft_dagster.artifacts import atomic_dir, read_jsonl, write_jsonl
+from ragft_dagster.artifacts import ArtifactLayout, atomic_dir, read_jsonl, write_jsonl
 from ragft_dagster.assets._meta import (
     EAGER,
     TRIGGER_TAG,
@@ -16,6 +16,7 @@ from ragft_dagster.assets._meta import (
     report_metadata,
 )
 from ragft_dagster.config.recipe import Recipe
+from ragft_dagster.evaluation.gate import GateDecision, release_decision
 from ragft_dagster.evaluation.mcq import McqError
 from ragft_dagster.evaluation.report import (
     build_report,
@@ -40,6 +41,35 @@ def _numeric(metadata: dict[str, Any]) -> dict[str, float]:
         for k, v in metadata.items()
         if isinstance(v, dg.FloatMetadataValue | dg.IntMetadataValue) and v.value is not None
     }
+
+
+def release_gate_decision(recipe: Recipe, layout: ArtifactLayout) -> GateDecision | str:
+    """The release gate decided from the scored cells, or why it cannot be decided yet."""
+    gate, ev = recipe.release_gate, recipe.evaluation
+    models = (gate.candidate, gate.baseline)
+    missing = [
+        f"mcq_scores[{m}|{gate.context}]"
+        for m in models
+        if not layout.scores(m, gate.context).is_file()
+    ]
+    use_general = recipe.general_questions_path is not None
+    if use_general:
+        missing += [
+            f"general_scores[{m}]" for m in models if not layout.general_scores(m).is_file()
+        ]
+    if missing:
+        return f"{', '.join(missing)} not materialized; materialize them, then mcq_report"
+    return release_decision(
+        gate.candidate,
+        gate.baseline,
+        gate.context,
+        {m: read_jsonl(layout.scores(m, gate.context)) for m in models},
+        {m: read_jsonl(layout.general_scores(m)) for m in models} if use_general else None,
+        metric=ev.headline_metric,
+        alpha=gate.alpha,
+        max_general_drop=gate.max_general_drop,
+        n_boot=ev.bootstrap_samples,
+    )
 
 
 def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[Any]:
@@ -258,5 +288,37 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[Any
             + ", ".join(f"{d['cell']} ({d['previous']:.3f} → {d['now']:.3f})" for d in dropped),
         )
 
+    checks: list[Any] = [mcq_report_no_regression]
+    gate = recipe.release_gate
+    # Blocking only means something with an export to hold back: without one, a failed gate is
+    # a warning, and `make run` ends successfully with it reported.
+    blocking = gate.blocking and recipe.export.enabled
+    if gate.enabled:
+
+        @dg.asset_check(
+            asset=mcq_report,
+            blocking=blocking,
+            description=f"Release gate: {gate.candidate} {gate.context} beats {gate.baseline} "
+            f"{gate.context} on the benchmark (one-sided paired test, alpha {gate.alpha}) and "
+            f"its general score fell at most {gate.max_general_drop:g} below "
+            f"{gate.baseline}'s.",
+        )
+        def release_gate(artifacts: ArtifactStoreResource) -> dg.AssetCheckResult:
+            severity = dg.AssetCheckSeverity.ERROR if blocking else dg.AssetCheckSeverity.WARN
+            decision = release_gate_decision(recipe, artifacts.layout())
+            if isinstance(decision, str):
+                return dg.AssetCheckResult(passed=False, severity=severity, description=decision)
+            return dg.AssetCheckResult(
+                passed=decision.passed,
+                severity=severity,
+                description=decision.summary(),
+                metadata={
+                    "decision": "release" if decision.passed else "hold",
+                    **decision.figures,
+                    "reasons": dg.MetadataValue.json(decision.reasons),
+                },
+            )
+
+        checks.append(release_gate)
     general: list[Any] = [general_scores] if general_scores is not None else []
-    return [mcq_scores, *general, mcq_report, mcq_report_no_regression]
+    return [mcq_scores, *general, mcq_report, *checks]

@@ -6,6 +6,7 @@ from typing import Any
 import dagster as dg
 
 from ragft_dagster.artifacts import atomic_dir, atomic_write_text, dir_size_bytes
+from ragft_dagster.assets.evaluation import release_gate_decision
 from ragft_dagster.config.recipe import Recipe
 from ragft_dagster.models.export import (
     CARD_FILE,
@@ -59,6 +60,17 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[dg.
         tokenizer with chat template, generation config and a model card (`vllm serve` it)."""
         layout = artifacts.layout()
         final = layout.exported_model
+        gate = recipe.release_gate
+        if gate.enabled and gate.blocking:
+            decision = release_gate_decision(recipe, layout)
+            if isinstance(decision, str) or not decision.passed:
+                held = decision if isinstance(decision, str) else "; ".join(decision.reasons)
+                raise dg.Failure(
+                    description=f"release gate: not exported. {held}. (release_gate.blocking: "
+                    "false exports anyway, the check still reporting)",
+                    allow_retries=False,
+                )
+            context.log.info(f"release gate {decision.summary()}")
         try:
             with atomic_dir(final) as tmp:
                 info = export_model(

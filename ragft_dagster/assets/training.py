@@ -8,15 +8,25 @@ from typing import Any
 
 import dagster as dg
 
-from ragft_dagster.artifacts import atomic_dir, read_jsonl
+from ragft_dagster.artifacts import ArtifactLayout, atomic_dir, read_jsonl
 from ragft_dagster.assets._meta import EAGER, preview_table, read_all_documents, training_result
 from ragft_dagster.assets._training import train_artifact
 from ragft_dagster.config.recipe import Recipe
 from ragft_dagster.data.contamination import Finding, find_contamination
+from ragft_dagster.data.quality import filter_rows, llm_judge
 from ragft_dagster.evaluation.mcq import McqError, load_questions
-from ragft_dagster.resources import ArtifactStoreResource, ComputeResource
+from ragft_dagster.llm.cache import ReplyCache
+from ragft_dagster.llm.client import BudgetExceeded, LlmCallError, LlmStats
+from ragft_dagster.resources import ArtifactStoreResource, ComputeResource, LlmEndpointResource
 from ragft_dagster.retrieval.indexing import retrieval_embedder
-from ragft_dagster.training.sft import CONTAMINATION_FILE, adapter_config, build_sft_dataset
+from ragft_dagster.training.sft import (
+    CONTAMINATION_FILE,
+    QUALITY_FILE,
+    EmptyDataset,
+    QualityFilter,
+    adapter_config,
+    build_sft_dataset,
+)
 
 FINDING_COLUMNS = [
     "detector",
@@ -30,13 +40,44 @@ FINDING_COLUMNS = [
 
 
 def sft_dataset_version(recipe: Recipe) -> str:
-    """The recipe section, plus what the contamination detectors read: the benchmark file and
-    the embedding model (editing either can change which rows are kept)."""
-    c = recipe.sft_dataset.contamination
-    if not c.enabled:
-        return recipe.section_version("sft_dataset")
-    embedding = ["retrieval.embedding_model"] if c.embedding_threshold is not None else []
-    return recipe.section_version("sft_dataset", *embedding, files=(recipe.questions_path,))
+    """The recipe section, plus what the contamination detectors and the quality filter read:
+    the benchmark file and the embedding model (editing either can change which rows are
+    kept)."""
+    c, quality = recipe.sft_dataset.contamination, recipe.sft_dataset.quality
+    uses_embeddings = (c.enabled and c.embedding_threshold is not None) or quality.uses_embeddings
+    embedding = ["retrieval.embedding_model"] if uses_embeddings else []
+    files = (recipe.questions_path,) if c.enabled else ()
+    return recipe.section_version("sft_dataset", *embedding, files=files)
+
+
+def quality_filter(
+    recipe: Recipe,
+    layout: ArtifactLayout,
+    docs: list[str],
+    device: str,
+    llm: LlmEndpointResource,
+    stats: LlmStats,
+) -> QualityFilter:
+    """filter_rows bound to the recipe's thresholds, the documents' chunks, the embedding model
+    and, when configured, the LLM judge."""
+    quality = recipe.sft_dataset.quality
+    chunk_text = {}
+    for doc in docs:  # rows whose chunk is unknown are not grounding-checked (counted)
+        if layout.chunks(doc).is_file():
+            chunk_text.update({c["id"]: c["text"] for c in read_jsonl(layout.chunks(doc))})
+    embed = None
+    if quality.uses_embeddings:
+        embedder = retrieval_embedder(recipe.retrieval, layout.root, recipe.root, device)
+        embed = embedder.get_text_embedding_batch
+    judge = None
+    if quality.judge is not None:
+        client = llm.client(timeout=quality.judge.request_timeout, max_retries=0)
+        judge = llm_judge(
+            quality.judge, cache=ReplyCache(layout.llm_cache), client=client, stats=stats
+        )
+    return functools.partial(
+        filter_rows, chunk_text=chunk_text, rules=quality, embed=embed, judge=judge
+    )
 
 
 def contamination_detector(
@@ -76,28 +117,39 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[dg.
         context: dg.AssetExecutionContext,
         artifacts: ArtifactStoreResource,
         compute: ComputeResource,
+        llm: LlmEndpointResource,
     ) -> dg.MaterializeResult:
-        """All documents' Q&A, deduplicated, cleared of rows resembling the benchmark questions
-        and split train/validation, in chat format."""
+        """All documents' Q&A, deduplicated, filtered for quality (malformed, ungrounded,
+        near-duplicate pairs), cleared of rows resembling the benchmark questions and split
+        train/validation, in chat format."""
         layout = artifacts.layout()
         docs, rows = read_all_documents(
             context, "synthetic_qa", layout.qa, docs_dir=recipe.docs_dir
         )
         cfg = recipe.sft_dataset
-        detect = None
+        detect, keep = None, None
+        device = compute.settings().torch_device()
         if contamination.enabled:
-            device = compute.settings().torch_device()
             detect = contamination_detector(recipe, layout.root, device)
-        with atomic_dir(layout.sft_dataset) as tmp:
-            counts = build_sft_dataset(
-                rows,
-                tmp,
-                validation_fraction=cfg.validation_fraction,
-                seed=cfg.seed,
-                system_prompt=cfg.system_prompt,
-                detect_contamination=detect,
-                remove_contaminated=contamination.remove,
-            )
+        judge_stats = LlmStats()
+        if cfg.quality.enabled:
+            keep = quality_filter(recipe, layout, docs, device, llm, judge_stats)
+        try:
+            with atomic_dir(layout.sft_dataset) as tmp:
+                counts = build_sft_dataset(
+                    rows,
+                    tmp,
+                    validation_fraction=cfg.validation_fraction,
+                    seed=cfg.seed,
+                    system_prompt=cfg.system_prompt,
+                    detect_contamination=detect,
+                    remove_contaminated=contamination.remove,
+                    quality_filter=keep,
+                )
+        except (BudgetExceeded, LlmCallError) as exc:
+            raise dg.Failure(description=f"sft_dataset quality judge: {exc}") from None
+        except EmptyDataset as exc:
+            raise dg.Failure(description=f"sft_dataset: {exc}", allow_retries=False) from None
         sample = read_jsonl(layout.sft_dataset / "train.jsonl")[:10]
         preview = [
             {
@@ -113,6 +165,17 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[dg.
             **counts,
             "preview": preview_table(preview, ["question", "answer", "doc"]),
         }
+        if keep is not None:
+            report = layout.sft_dataset / QUALITY_FILE
+            rejected = json.loads(report.read_text(encoding="utf-8"))["rejected_rows"]
+            metadata["quality_report"] = dg.MetadataValue.path(str(report))
+            metadata["quality_rejected_rows"] = preview_table(
+                rejected, ["reason", "detail", "question", "answer", "doc"], limit=50
+            )
+            if cfg.quality.judge is not None:
+                metadata["judge_requests"] = judge_stats.requests
+                metadata["judge_cache_hits"] = judge_stats.cache_hits
+                metadata["judge_tokens"] = judge_stats.prompt_tokens + judge_stats.completion_tokens
         if detect is not None:
             report = layout.sft_dataset / CONTAMINATION_FILE
             findings = json.loads(report.read_text(encoding="utf-8"))["findings"]

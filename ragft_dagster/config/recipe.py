@@ -274,6 +274,81 @@ class ContaminationRecipe(_Section):
     UNVERSIONED: ClassVar[frozenset[str]] = frozenset({"blocking"})
 
 
+DEFAULT_JUDGE_PROMPT = """You check question/answer pairs written from technical documentation \
+before they are used to train a model.
+
+Documentation passage:
+{context}
+
+Question: {question}
+Answer: {answer}
+
+Rate the pair from 1 (worst) to 5 (best) on:
+- faithfulness: every statement of the answer is supported by the passage;
+- relevance: the question is one a user of this software would ask, and the answer answers it.
+
+Reply with JSON only: {"faithfulness": <1-5>, "relevance": <1-5>, "reason": "<one sentence>"}"""
+
+
+class JudgeRecipe(EndpointCalls):
+    """An LLM judge of every training pair, through the profile's endpoint; its calls are
+    cached and budgeted like Q&A generation."""
+
+    model: str
+    """Model name at the OpenAI-compatible endpoint."""
+    prompt: str = DEFAULT_JUDGE_PROMPT
+    """Template with {context}, {question} and {answer}; the reply is JSON with integer
+    ``faithfulness`` and ``relevance`` scores (1-5) and a ``reason``."""
+    min_faithfulness: int = Field(default=4, ge=1, le=5)
+    min_relevance: int = Field(default=3, ge=1, le=5)
+    max_tokens: int = Field(default=200, gt=0)
+
+    @model_validator(mode="after")
+    def _placeholders(self) -> JudgeRecipe:
+        missing = [k for k in ("{context}", "{question}", "{answer}") if k not in self.prompt]
+        if missing:
+            raise ValueError(f"the judge prompt must contain the placeholders {missing}")
+        return self
+
+
+class QualityRecipe(_Section):
+    """The quality filter of ``sft_dataset``: every rejected row is listed with its reason in
+    ``quality.json`` and the asset's metadata. A null threshold turns its test off."""
+
+    enabled: bool = True
+    min_question_words: int = Field(default=3, ge=1)
+    max_question_words: int = Field(default=80, ge=1)
+    min_answer_words: int = Field(default=1, ge=1)
+    """Words are whitespace-separated: a command (``make ui``) or a CSV line is short."""
+    max_answer_words: int = Field(default=400, ge=1)
+    min_overlap: float | None = Field(default=0.5, ge=0, le=1)
+    """Grounding: share of the answer's content words that its source chunk contains."""
+    # The quickstart's generated answers are extractive (all their content words are in their
+    # chunk), yet their pair-chunk similarity spans 0.15-0.9 (10th percentile 0.41, with
+    # all-MiniLM-L6-v2): 0.2 only drops clear outliers. Recalibrate for another embedding model.
+    min_similarity: float | None = Field(default=0.2, ge=-1, le=1)
+    """Grounding: cosine similarity of the pair (question + answer) and its chunk
+    (``retrieval.embedding_model``)."""
+    duplicate_threshold: float | None = Field(default=0.95, gt=0, le=1)
+    """Questions at least this similar (embeddings) to an earlier kept one are dropped."""
+    judge: JudgeRecipe | None = None
+    """Optional LLM judge (faithfulness and relevance) at the profile's endpoint."""
+
+    @model_validator(mode="after")
+    def _bounds(self) -> QualityRecipe:
+        for what in ("question", "answer"):
+            low, high = getattr(self, f"min_{what}_words"), getattr(self, f"max_{what}_words")
+            if low > high:
+                raise ValueError(f"min_{what}_words {low} is above max_{what}_words {high}")
+        return self
+
+    @property
+    def uses_embeddings(self) -> bool:
+        return self.enabled and (
+            self.min_similarity is not None or self.duplicate_threshold is not None
+        )
+
+
 class SftDatasetRecipe(_Section):
     validation_fraction: float = Field(default=0.1, ge=0, lt=1)
     seed: int = 0
@@ -282,6 +357,8 @@ class SftDatasetRecipe(_Section):
     """Optional system message prepended to every training conversation."""
     contamination: ContaminationRecipe = ContaminationRecipe()
     """Detect (and by default remove) training rows that resemble the benchmark questions."""
+    quality: QualityRecipe = QualityRecipe()
+    """Drop malformed, ungrounded and near-duplicate pairs before training."""
 
 
 class LoraRecipe(_Section):
@@ -474,6 +551,28 @@ class EvaluationRecipe(_Section):
         return list(self.models) + list(self.api.models)
 
 
+class ReleaseGateRecipe(_Section):
+    """The ``release_gate`` asset check on ``mcq_report``: the fine-tuned model must beat the
+    base model on the benchmark and keep its general capability before it is exported."""
+
+    enabled: bool = False
+    candidate: str = "sft"
+    """The model that would be released (an ``evaluation.models`` key)."""
+    baseline: str = "base"
+    """The model it must beat."""
+    context: Literal["closed_book", "rag"] = "rag"
+    """Which benchmark cells are compared (the model is served with retrieval: ``rag``)."""
+    alpha: float = Field(default=0.05, gt=0, lt=1)
+    """Significance level of the one-sided paired (exact McNemar) test candidate > baseline."""
+    max_general_drop: float = Field(default=0.05, ge=0, le=1)
+    """Largest allowed fall of the general-capability accuracy, candidate vs. baseline (absolute,
+    e.g. 0.05 = 5 points); ignored when ``evaluation.general_questions`` is off."""
+    blocking: bool = True
+    """With ``export.enabled``, a failed gate is an error that holds ``exported_model`` back: the
+    run that checks it fails with the reasons (Dagster's blocking checks), and the asset refuses
+    to export in any later run. Without an export, or false, a failed gate is a warning."""
+
+
 class MergeOptionsRecipe(_Section):
     """mergekit ``MergeOptions`` fields for the merge run (lazy_unpickle, low_cpu_memory,
     out_shard_size as ``2B``/``500M``, read_to_gpu, random_seed, allow_crimes...). The device
@@ -541,6 +640,7 @@ class Recipe(_Section):
     retrieval: RetrievalRecipe = RetrievalRecipe()
     evaluation: EvaluationRecipe = EvaluationRecipe()
     export: ExportRecipe = ExportRecipe()
+    release_gate: ReleaseGateRecipe = ReleaseGateRecipe()
     trust_remote_code: bool = False
     """Only a recipe may opt in to running code shipped with a model."""
 
@@ -559,6 +659,34 @@ class Recipe(_Section):
             except ValueError as exc:
                 raise ValueError(f"{stage.key_path} (stage {stage.name!r}): {exc}") from None
         return v
+
+    @model_validator(mode="after")
+    def _gate_names_scored_models(self) -> Recipe:
+        gate, ev = self.release_gate, self.evaluation
+        if not gate.enabled:
+            return self
+        for key in ("candidate", "baseline"):
+            if getattr(gate, key) not in ev.all_models:
+                raise ValueError(
+                    f"release_gate.{key} {getattr(gate, key)!r} is not a benchmarked model "
+                    f"(evaluation.models / evaluation.api.models: {ev.all_models})"
+                )
+        if gate.candidate == gate.baseline:
+            raise ValueError("release_gate.candidate and release_gate.baseline are the same model")
+        if gate.context not in ev.contexts:
+            raise ValueError(
+                f"release_gate.context {gate.context!r} is not in evaluation.contexts "
+                f"{list(ev.contexts)}"
+            )
+        if ev.general_questions is not None:
+            for key in ("candidate", "baseline"):
+                if getattr(gate, key) not in ev.models:
+                    raise ValueError(
+                        f"release_gate.{key} {getattr(gate, key)!r} is an API model, which has "
+                        "no general-capability score; gate local models or set "
+                        "evaluation.general_questions: null"
+                    )
+        return self
 
     @property
     def path(self) -> Path:

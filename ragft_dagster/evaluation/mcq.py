@@ -458,7 +458,8 @@ _STOP = frozenset(
 )
 
 
-def _content_words(text: str) -> set[str]:
+def content_words(text: str) -> set[str]:
+    """The words that carry meaning (common function words dropped), as a set."""
     return {w for w in words(text) if w not in _STOP}
 
 
@@ -492,16 +493,16 @@ def answer_support(
         content word of the answer (or the answer has none, e.g. "it").
     """
     source = source or question.source
-    answer = _content_words(question.options["ABCD".index(question.correct)])
+    answer = content_words(question.options["ABCD".index(question.correct)])
     if not answer:
         return Support([], 0.0)
-    asked = _content_words(question.question)
+    asked = content_words(question.question)
     best: list[str] = []
     best_key = (0.0, 0.0)
     for chunk in chunks:
         if source and chunk.get("doc") != source:
             continue
-        held = _content_words(chunk["text"])
+        held = content_words(chunk["text"])
         # rounded, so that equal shares compare equal and the question breaks the tie
         key = (
             round(len(answer & held) / len(answer), 9),

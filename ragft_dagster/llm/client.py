@@ -189,7 +189,11 @@ class Endpoint:
 
     @property
     def model_field(self) -> str:
-        return "qa.model" if self.section == "qa" else f"{self.section}.models"
+        return (
+            f"{self.section}.models"
+            if self.section == "evaluation.api"
+            else f"{self.section}.model"
+        )
 
     def describe(self, exc: BaseException) -> str:
         """The exception's message with the client's API key masked."""

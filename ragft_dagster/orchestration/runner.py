@@ -85,7 +85,7 @@ def _failure_messages(events: Sequence[Any]) -> list[str]:
     failed before any step, e.g. a resource that could not start). Only STEP_FAILURE events
     carry step_failure_data (Dagster raises on any other event)."""
     steps = [
-        e.step_failure_data.error.message.strip()
+        _readable(e.step_failure_data.error.message)
         for e in events
         if e.is_step_failure and e.step_failure_data.error
     ]
@@ -95,8 +95,27 @@ def _failure_messages(events: Sequence[Any]) -> list[str]:
     out = []
     for e in runs:
         error = getattr(e.event_specific_data, "error", None)
-        out.append(error.message.strip() if error else (e.message or "the run failed"))
+        out.append(_readable(error.message) if error else (e.message or "the run failed"))
     return out
+
+
+_CHECK_FAILED = "dagster._core.errors.DagsterAssetCheckFailedError: "
+
+
+def _readable(message: str) -> str:
+    """A failure's message for the console; a blocking check's failure reads as one line (the
+    check's own reasons follow as a CHECK FAILED line)."""
+    message = message.strip()
+    if message.startswith(_CHECK_FAILED):
+        return " ".join(message[len(_CHECK_FAILED) :].split())
+    return message
+
+
+def _echo_failed_checks(checks: Sequence[Any], echo: Callable[[str], Any]) -> None:
+    for check in checks:
+        if not check.passed:
+            why = f" ({check.description})" if check.description else ""
+            echo(f"CHECK FAILED {check.asset_key.to_user_string()}: {check.check_name}{why}")
 
 
 def _release_freed_memory() -> None:
@@ -255,9 +274,11 @@ def run_pipeline(
             echo(f"{label} could not start; nothing of it ran")
             result.success = False
             return False
+        checks = outcome.get_asset_check_evaluations()
         if not outcome.success:
             for message in _failure_messages(outcome.all_events):
                 echo(f"FAILED {label}: {message}")
+            _echo_failed_checks(checks, echo)
             echo(f"run {outcome.run_id} failed; see it with `make ui`")
             result.success = False
             return False
@@ -267,10 +288,8 @@ def run_pipeline(
             meta = {k: getattr(v, "value", v) for k, v in mat.metadata.items()}
             step.metadata[mat.asset_key.to_user_string()] = meta
             step.materializations.append((mat.asset_key.to_user_string(), mat.partition, meta))
-        for check in outcome.get_asset_check_evaluations():
-            step.checks[check.check_name] = check.passed
-            if not check.passed:
-                echo(f"CHECK FAILED {check.asset_key.to_user_string()}: {check.check_name}")
+        step.checks.update({c.check_name: c.passed for c in checks})
+        _echo_failed_checks(checks, echo)
         result.steps.append(step)
         echo(f"ok  {label:<40} {step.seconds:6.1f}s")
         return True

@@ -20,6 +20,17 @@ from ragft_dagster.models.refs import (
 from ragft_dagster.training.checkpoints import train_resuming, training_dir
 
 CONTAMINATION_FILE = "contamination.json"
+QUALITY_FILE = "quality.json"
+
+
+class EmptyDataset(ValueError):
+    """Nothing is left to train on; the message says what removed the rows."""
+
+
+# rows -> (kept rows, rejections, figures): ragft_dagster.data.quality.filter_rows, bound
+QualityFilter = Callable[
+    [list[dict[str, Any]]], tuple[list[dict[str, Any]], list[Any], dict[str, Any]]
+]
 
 
 def build_sft_dataset(
@@ -31,9 +42,10 @@ def build_sft_dataset(
     system_prompt: str | None,
     detect_contamination: Callable[[list[dict[str, Any]]], list[Finding]] | None = None,
     remove_contaminated: bool = True,
+    quality_filter: QualityFilter | None = None,
 ) -> dict[str, Any]:
-    """Dedupe Q&A rows, decontaminate them, split train/validation deterministically and
-    write chat-format JSONL.
+    """Dedupe Q&A rows, filter them for quality, decontaminate them, split train/validation
+    deterministically and write chat-format JSONL.
 
     A row goes to validation when the hash of (seed, normalised question) falls below the
     fraction, so adding a document never reshuffles the rows already assigned.
@@ -49,6 +61,9 @@ def build_sft_dataset(
             (e.g. :func:`ragft_dagster.data.contamination.find_contamination` with its settings).
         remove_contaminated: Drop the flagged rows from both splits; otherwise keep them (they
             are still listed in ``contamination.json``).
+        quality_filter: Drops malformed, ungrounded and near-duplicate rows
+            (:func:`ragft_dagster.data.quality.filter_rows` with its settings); every rejected
+            row is written to ``quality.json`` with its reason.
 
     Returns:
         Counts for metadata.
@@ -63,6 +78,14 @@ def build_sft_dataset(
             continue
         seen.add(key)
         unique.append(row)
+    quality: dict[str, Any] = {}
+    if quality_filter is not None:
+        unique, rejections, figures = quality_filter(unique)
+        quality = {f"quality_{k}": v for k, v in figures.items()}
+        report = {**figures, "rejected_rows": [r.to_dict() for r in rejections]}
+        atomic_write_text(
+            Path(out_dir) / QUALITY_FILE, json.dumps(report, indent=1, ensure_ascii=False)
+        )
     contamination: dict[str, Any] = {}
     if detect_contamination is not None:
         findings = detect_contamination(unique)
@@ -97,11 +120,26 @@ def build_sft_dataset(
         h = hashlib.sha256(f"{seed}\n{fold(row['question'])}".encode()).digest()
         bucket = int.from_bytes(h[:8], "big") / 2**64
         (validation if bucket < validation_fraction else train).append(record)
+    if not train:
+        dropped = ", ".join(
+            f"{k.removeprefix('quality_rejected_')} {v}"
+            for k, v in quality.items()
+            if k.startswith("quality_rejected_") and v
+        )
+        raise EmptyDataset(
+            f"no training rows left: {len(qa_rows)} Q&A rows in, {duplicates} exact "
+            f"duplicates, quality filter dropped {quality.get('quality_rejected', 0)}"
+            + (f" ({dropped})" if dropped else "")
+            + f", contamination removed {contamination.get('contaminated_rows_removed', 0)}, "
+            f"validation took {len(validation)}. Check the generated Q&A, or loosen "
+            "sft_dataset.quality (a null threshold turns its test off)"
+        )
     write_jsonl(Path(out_dir) / "train.jsonl", train)
     write_jsonl(Path(out_dir) / "validation.jsonl", validation)
     return {
         "input_rows": len(qa_rows),
         "duplicates_removed": duplicates,
+        **quality,
         **contamination,
         "train_rows": len(train),
         "validation_rows": len(validation),

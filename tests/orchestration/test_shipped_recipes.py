@@ -50,9 +50,16 @@ def _reply(body):
     """GPT-4 writing Q&A (a JSON list) or an API model answering a benchmark question."""
     prompt = body["messages"][-1]["content"]
     if "Reply with JSON only" in prompt:  # the recipe keeps the default qa.prompt
+        # answers quoted from the excerpt, as a model following the prompt writes them (the
+        # quality filter drops answers their chunk does not support)
+        excerpt = prompt.split('"""')[1].split()
+        heading = prompt.split("Section: ")[1].splitlines()[0]
         return json.dumps(
             [
-                {"question": f"What does part {i} say?", "answer": f"Part {i} says it plainly."}
+                {
+                    "question": f"What does part {i} of {heading} say?",
+                    "answer": " ".join(excerpt[8 * i : 8 * i + 12]) or "Nothing more.",
+                }
                 for i in range(3)
             ]
         )
