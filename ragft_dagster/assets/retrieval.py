@@ -110,7 +110,9 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
 
     @dg.asset_check(
         asset=vector_index,
-        additional_deps=["sft_dataset"],
+        # Training with retrieval makes sft_dataset read the index; then the check reads the
+        # held-out questions of the dataset built before (a dependency would be a cycle).
+        additional_deps=[] if recipe.sft_dataset.retrieval_context.enabled else ["sft_dataset"],
         description=(
             "Retrieval quality: hit@1, hit@k and MRR of the source chunk for the held-out "
             "(validation) synthetic questions; warns below retrieval.min_hit_rate."
@@ -139,7 +141,7 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
         ):
             indexed = set(collection.get(include=[])["ids"])
             pairs = [
-                (row["messages"][-2]["content"], row["chunk_id"])
+                (row.get("question") or row["messages"][-2]["content"], row["chunk_id"])
                 for row in rows
                 if row["chunk_id"] in indexed
             ][: r.quality_questions]

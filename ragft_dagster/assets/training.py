@@ -1,5 +1,6 @@
 """Training assets: the SFT dataset from every document's Q&A, then the LoRA adapter."""
 
+import contextlib
 import functools
 import json
 from collections.abc import Callable, Mapping
@@ -13,15 +14,23 @@ from ragft_dagster.assets._meta import EAGER, preview_table, read_all_documents,
 from ragft_dagster.assets._training import train_artifact
 from ragft_dagster.config.recipe import Recipe
 from ragft_dagster.data.contamination import Finding, find_contamination
+from ragft_dagster.data.own_qa import OwnQaError, ground_on_documents, load_own_qa
 from ragft_dagster.data.quality import filter_rows, llm_judge
+from ragft_dagster.data.raft import add_retrieved_context
 from ragft_dagster.evaluation.mcq import McqError, load_questions
 from ragft_dagster.llm.cache import ReplyCache
 from ragft_dagster.llm.client import BudgetExceeded, LlmCallError, LlmStats
-from ragft_dagster.resources import ArtifactStoreResource, ComputeResource, LlmEndpointResource
-from ragft_dagster.retrieval.indexing import retrieval_embedder
+from ragft_dagster.resources import (
+    ArtifactStoreResource,
+    ComputeResource,
+    LlmEndpointResource,
+    VectorStoreResource,
+)
+from ragft_dagster.retrieval.indexing import Retriever, retrieval_embedder
 from ragft_dagster.training.sft import (
     CONTAMINATION_FILE,
     QUALITY_FILE,
+    ContextAdder,
     EmptyDataset,
     QualityFilter,
     adapter_config,
@@ -46,8 +55,56 @@ def sft_dataset_version(recipe: Recipe) -> str:
     c, quality = recipe.sft_dataset.contamination, recipe.sft_dataset.quality
     uses_embeddings = (c.enabled and c.embedding_threshold is not None) or quality.uses_embeddings
     embedding = ["retrieval.embedding_model"] if uses_embeddings else []
+    if recipe.sft_dataset.retrieval_context.enabled:  # what the prompts show, and how
+        embedding = ["retrieval", "evaluation.context_template"]
     files = (recipe.questions_path,) if c.enabled else ()
+    own = [recipe.own_qa_path(o.source) for o in recipe.sft_dataset.own_qa]
+    files += tuple(p for p in own if p is not None)
     return recipe.section_version("sft_dataset", *embedding, files=files)
+
+
+def own_rows(recipe: Recipe, layout: ArtifactLayout, docs: list[str]) -> tuple[list[Any], int]:
+    """The recipe's own Q&A rows, grounded on the chunks of the documents they name; and how
+    many name a document that is not in the docs folder."""
+    rows: list[dict[str, Any]] = []
+    for i, own in enumerate(recipe.sft_dataset.own_qa):
+        rows += load_own_qa(
+            own.source,
+            root=recipe.root,
+            key=f"sft_dataset.own_qa.{i}.source",
+            split=own.split,
+            max_rows=own.max_rows,
+        )
+    by_doc = {d: read_jsonl(layout.chunks(d)) for d in docs if layout.chunks(d).is_file()}
+    return rows, ground_on_documents(rows, by_doc)
+
+
+def context_adder(
+    recipe: Recipe, layout: ArtifactLayout, docs: list[str], device: str, collection: Any
+) -> ContextAdder:
+    """add_retrieved_context bound to the index's retriever and the recipe's settings."""
+    cfg, retrieval = recipe.sft_dataset.retrieval_context, recipe.retrieval
+    chunks = cfg.chunks or retrieval.top_k
+    embedder = retrieval_embedder(retrieval, layout.root, recipe.root, device)
+    retriever = Retriever(collection, embedder, chunks + 1)  # one more: the gold may be among
+    return functools.partial(
+        add_retrieved_context,
+        retrieve_many=retriever.retrieve_many,
+        chunk_text=chunk_texts(layout, docs),
+        chunks=chunks,
+        gold_probability=cfg.gold_probability,
+        seed=cfg.seed,
+        quote_evidence=cfg.quote_evidence,
+    )
+
+
+def chunk_texts(layout: ArtifactLayout, docs: list[str]) -> dict[str, str]:
+    """Chunk texts by id; a document without a chunks file adds none."""
+    out: dict[str, str] = {}
+    for doc in docs:
+        if layout.chunks(doc).is_file():
+            out.update({c["id"]: c["text"] for c in read_jsonl(layout.chunks(doc))})
+    return out
 
 
 def quality_filter(
@@ -61,10 +118,7 @@ def quality_filter(
     """filter_rows bound to the recipe's thresholds, the documents' chunks, the embedding model
     and, when configured, the LLM judge."""
     quality = recipe.sft_dataset.quality
-    chunk_text = {}
-    for doc in docs:  # rows whose chunk is unknown are not grounding-checked (counted)
-        if layout.chunks(doc).is_file():
-            chunk_text.update({c["id"]: c["text"] for c in read_jsonl(layout.chunks(doc))})
+    chunk_text = chunk_texts(layout, docs)  # rows of unknown chunks: not grounding-checked
     embed = None
     if quality.uses_embeddings:
         embedder = retrieval_embedder(recipe.retrieval, layout.root, recipe.root, device)
@@ -108,7 +162,8 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[dg.
 
     @dg.asset(
         automation_condition=EAGER,
-        deps=[dg.AssetDep("synthetic_qa", partition_mapping=dg.AllPartitionMapping())],
+        deps=[dg.AssetDep("synthetic_qa", partition_mapping=dg.AllPartitionMapping())]
+        + (["vector_index"] if recipe.sft_dataset.retrieval_context.enabled else []),
         group_name="training",
         kinds={"huggingface"},
         code_version=sft_dataset_version(recipe),
@@ -118,6 +173,7 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[dg.
         artifacts: ArtifactStoreResource,
         compute: ComputeResource,
         llm: LlmEndpointResource,
+        vector_store: VectorStoreResource,
     ) -> dg.MaterializeResult:
         """All documents' Q&A, deduplicated, filtered for quality (malformed, ungrounded,
         near-duplicate pairs), cleared of rows resembling the benchmark questions and split
@@ -127,6 +183,13 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[dg.
             context, "synthetic_qa", layout.qa, docs_dir=recipe.docs_dir
         )
         cfg = recipe.sft_dataset
+        if not cfg.generated:
+            rows = []
+        try:
+            own, unknown_docs = own_rows(recipe, layout, docs)
+        except OwnQaError as exc:
+            raise dg.Failure(description=f"sft_dataset: {exc}", allow_retries=False) from None
+        rows += own
         detect, keep = None, None
         device = compute.settings().torch_device()
         if contamination.enabled:
@@ -135,7 +198,13 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[dg.
         if cfg.quality.enabled:
             keep = quality_filter(recipe, layout, docs, device, llm, judge_stats)
         try:
-            with atomic_dir(layout.sft_dataset) as tmp:
+            with contextlib.ExitStack() as stack, atomic_dir(layout.sft_dataset) as tmp:
+                add_context = None
+                if cfg.retrieval_context.enabled:
+                    collection = stack.enter_context(
+                        vector_store.collection(recipe.retrieval.collection, layout.vector_index)
+                    )
+                    add_context = context_adder(recipe, layout, docs, device, collection)
                 counts = build_sft_dataset(
                     rows,
                     tmp,
@@ -145,6 +214,8 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[dg.
                     detect_contamination=detect,
                     remove_contaminated=contamination.remove,
                     quality_filter=keep,
+                    add_context=add_context,
+                    context_template=recipe.evaluation.context_template,
                 )
         except (BudgetExceeded, LlmCallError) as exc:
             raise dg.Failure(description=f"sft_dataset quality judge: {exc}") from None
@@ -153,7 +224,7 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[dg.
         sample = read_jsonl(layout.sft_dataset / "train.jsonl")[:10]
         preview = [
             {
-                "question": r["messages"][-2]["content"],
+                "question": r.get("question") or r["messages"][-2]["content"],
                 "answer": r["messages"][-1]["content"],
                 "doc": r["doc"],
             }
@@ -163,6 +234,9 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[dg.
             "path": dg.MetadataValue.path(str(layout.sft_dataset)),
             "documents": len(docs),
             **counts,
+            **(
+                {"own_qa_rows": len(own), "own_qa_unknown_docs": unknown_docs} if cfg.own_qa else {}
+            ),
             "preview": preview_table(preview, ["question", "answer", "doc"]),
         }
         if keep is not None:

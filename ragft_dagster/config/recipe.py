@@ -349,6 +349,33 @@ class QualityRecipe(_Section):
         )
 
 
+class RetrievalTrainingRecipe(_Section):
+    """Training with retrieval (RAFT): each training prompt shows retrieved chunks the way the
+    ``rag`` cells and ``ragft ask`` show them (``evaluation.context_template``); raise
+    ``sft.args.max_length`` to fit them. ``sft_dataset`` then reads ``vector_index``, so the
+    check ``vector_index_retrieval_quality`` measures the held-out questions of the dataset
+    built before (none on a first run: it warns so)."""
+
+    enabled: bool = False
+    chunks: int | None = Field(default=None, gt=0, le=20)
+    """Chunks per training prompt; default ``retrieval.top_k`` (what the RAG cells show)."""
+    gold_probability: float = Field(default=0.8, ge=0, le=1)
+    """Share of prompts holding the question's own chunk; the rest show distractors only."""
+    quote_evidence: bool = False
+    """Answers first quote the gold chunk's sentence that best matches them."""
+    seed: int = 0
+
+
+class OwnQaSource(_Section):
+    """Q&A the team already has: a CSV, JSON-lines or parquet file (relative to the recipe) or a
+    hub dataset id, with ``question``, ``answer`` and optional ``doc`` fields."""
+
+    source: str
+    split: str = "train"
+    """A hub dataset's split."""
+    max_rows: int | None = Field(default=None, gt=0)
+
+
 class SftDatasetRecipe(_Section):
     validation_fraction: float = Field(default=0.1, ge=0, lt=1)
     seed: int = 0
@@ -359,6 +386,13 @@ class SftDatasetRecipe(_Section):
     """Detect (and by default remove) training rows that resemble the benchmark questions."""
     quality: QualityRecipe = QualityRecipe()
     """Drop malformed, ungrounded and near-duplicate pairs before training."""
+    own_qa: list[OwnQaSource] = []
+    """Your own Q&A, mixed with the generated pairs (or alone: ``generated: false``); each row
+    keeps its file and line (or dataset and row) and is filtered and decontaminated too."""
+    generated: bool = True
+    """Train on the ``synthetic_qa`` pairs; false trains on ``own_qa`` only."""
+    retrieval_context: RetrievalTrainingRecipe = RetrievalTrainingRecipe()
+    """Train with retrieved chunks in the prompt (RAFT), off by default."""
 
 
 class LoraRecipe(_Section):
@@ -661,6 +695,15 @@ class Recipe(_Section):
         return v
 
     @model_validator(mode="after")
+    def _something_to_train_on(self) -> Recipe:
+        if not self.sft_dataset.generated and not self.sft_dataset.own_qa:
+            raise ValueError(
+                "sft_dataset.generated is false and sft_dataset.own_qa names no source: "
+                "nothing to train on"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _gate_names_scored_models(self) -> Recipe:
         gate, ev = self.release_gate, self.evaluation
         if not gate.enabled:
@@ -717,6 +760,12 @@ class Recipe(_Section):
         if name is None:
             return None
         return GENERAL_SET if name == BUILTIN_GENERAL else self.resolve(name)
+
+    def own_qa_path(self, source: str) -> Path | None:
+        """A local ``sft_dataset.own_qa`` file, or None when the source is a hub id."""
+        if source.endswith(DATA_SUFFIXES) or source.startswith((".", "/")):
+            return self.resolve(source)
+        return None
 
     def dpo_dataset_path(self) -> Path | None:
         """The local preference file, or None when ``dpo.dataset`` is a hub id."""
@@ -855,6 +904,10 @@ def _missing_files(recipe: Recipe) -> list[tuple[str, str]]:
     general = recipe.general_questions_path
     if general is not None and not general.is_file():
         problems.append(("evaluation.general_questions", f"file not found: {general}"))
+    for i, own in enumerate(recipe.sft_dataset.own_qa):
+        path = recipe.own_qa_path(own.source)
+        if path is not None and not path.is_file():
+            problems.append((f"sft_dataset.own_qa.{i}.source", f"file not found: {path}"))
     dpo_path = recipe.dpo_dataset_path()
     if dpo_path is not None and not dpo_path.is_file():
         problems.append(("dpo.dataset", f"file not found: {dpo_path}"))

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ragft_dagster.artifacts import atomic_write_text, write_jsonl
+from ragft_dagster.ask import ask_messages
 from ragft_dagster.data.contamination import Finding, summarise
 from ragft_dagster.evaluation.mcq import fold
 from ragft_dagster.models.refs import (
@@ -28,6 +29,8 @@ class EmptyDataset(ValueError):
 
 
 # rows -> (kept rows, rejections, figures): ragft_dagster.data.quality.filter_rows, bound
+# rows -> (rows with "context" chunks, figures): ragft_dagster.data.raft.add_retrieved_context
+ContextAdder = Callable[[list[dict[str, Any]]], tuple[list[dict[str, Any]], dict[str, Any]]]
 QualityFilter = Callable[
     [list[dict[str, Any]]], tuple[list[dict[str, Any]], list[Any], dict[str, Any]]
 ]
@@ -43,6 +46,8 @@ def build_sft_dataset(
     detect_contamination: Callable[[list[dict[str, Any]]], list[Finding]] | None = None,
     remove_contaminated: bool = True,
     quality_filter: QualityFilter | None = None,
+    add_context: ContextAdder | None = None,
+    context_template: str = "Context:\n{context}\n\n",
 ) -> dict[str, Any]:
     """Dedupe Q&A rows, filter them for quality, decontaminate them, split train/validation
     deterministically and write chat-format JSONL.
@@ -64,6 +69,10 @@ def build_sft_dataset(
         quality_filter: Drops malformed, ungrounded and near-duplicate rows
             (:func:`ragft_dagster.data.quality.filter_rows` with its settings); every rejected
             row is written to ``quality.json`` with its reason.
+        add_context: Gives each kept row the retrieved chunks its prompt shows (training with
+            retrieval); the user turn is then the context block and the question, as
+            :func:`ragft_dagster.ask.ask_messages` builds it for ``ragft ask`` and the RAG cells.
+        context_template: ``evaluation.context_template``.
 
     Returns:
         Counts for metadata.
@@ -102,21 +111,30 @@ def build_sft_dataset(
         atomic_write_text(
             Path(out_dir) / CONTAMINATION_FILE, json.dumps(report, indent=1, ensure_ascii=False)
         )
+    context: dict[str, Any] = {}
+    if add_context is not None:
+        unique, figures = add_context(unique)
+        context = {f"context_{k}": v for k, v in figures.items()}
     train: list[dict[str, Any]] = []
     validation: list[dict[str, Any]] = []
     for row in unique:
-        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-        messages += [
-            {"role": "user", "content": row["question"]},
-            {"role": "assistant", "content": row["answer"]},
-        ]
+        shown = row.get("context") or []
+        messages = ask_messages(
+            row["question"], shown, system_prompt=system_prompt, context_template=context_template
+        )
+        messages.append({"role": "assistant", "content": row["answer"]})
         record = {
             "messages": messages,
+            "question": row["question"],  # the bare question (the prompt may show context)
             "id": row["id"],
             "chunk_id": row["chunk_id"],
             "doc": row["doc"],
             "generator": row["generator"],
         }
+        if "context" in row:
+            record["context_ids"] = [c["id"] for c in shown]
+        if row.get("source"):
+            record["source"] = row["source"]  # your own Q&A: file and line, or dataset and row
         h = hashlib.sha256(f"{seed}\n{fold(row['question'])}".encode()).digest()
         bucket = int.from_bytes(h[:8], "big") / 2**64
         (validation if bucket < validation_fraction else train).append(record)
@@ -141,6 +159,7 @@ def build_sft_dataset(
         "duplicates_removed": duplicates,
         **quality,
         **contamination,
+        **context,
         "train_rows": len(train),
         "validation_rows": len(validation),
     }

@@ -14,7 +14,12 @@ from ragft_dagster.assets import training
 from ragft_dagster.config.recipe import load_recipe
 from ragft_dagster.data.contamination import find_contamination, normalise, summarise
 from ragft_dagster.evaluation.mcq import load_questions
-from ragft_dagster.resources import ArtifactStoreResource, ComputeResource, LlmEndpointResource
+from ragft_dagster.resources import (
+    ArtifactStoreResource,
+    ComputeResource,
+    LlmEndpointResource,
+    VectorStoreResource,
+)
 from ragft_dagster.training.sft import CONTAMINATION_FILE, build_sft_dataset
 
 from ..conftest import QUICKSTART_DATA, TINY_RECIPE, write_recipe
@@ -215,6 +220,7 @@ def _materialize(
         "artifacts": ArtifactStoreResource(root=str(root)),
         "compute": ComputeResource(device="cpu"),
         "llm": LlmEndpointResource(),  # the quality judge is off: never called
+        "vector_store": VectorStoreResource(),  # training with retrieval is off: never opened
     }
 
     @dg.asset(deps=[sft_dataset])
