@@ -2,6 +2,7 @@
 
 import contextlib
 import functools
+import hashlib
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -59,8 +60,19 @@ def sft_dataset_version(recipe: Recipe) -> str:
         embedding = ["retrieval", "evaluation.context_template"]
     files = (recipe.questions_path,) if c.enabled else ()
     own = [recipe.own_qa_path(o.source) for o in recipe.sft_dataset.own_qa]
-    files += tuple(p for p in own if p is not None)
+    files += tuple(p for p in [*own, recipe.generic_path] if p is not None)
     return recipe.section_version("sft_dataset", *embedding, files=files)
+
+
+def generic_rows(recipe: Recipe) -> list[dict[str, Any]]:
+    """The generic instruction pairs, in a stable seeded order (the draw)."""
+    path = recipe.generic_path
+    if path is None:
+        return []
+    rows = load_own_qa(str(path), root=recipe.root, key="sft_dataset.generic.source")
+    seed = recipe.sft_dataset.generic.seed
+    rows.sort(key=lambda r: hashlib.sha256(f"{seed}\n{r['id']}".encode()).digest())
+    return [{**r, "generator": "generic"} for r in rows]
 
 
 def own_rows(recipe: Recipe, layout: ArtifactLayout, docs: list[str]) -> tuple[list[Any], int]:
@@ -187,6 +199,7 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[dg.
             rows = []
         try:
             own, unknown_docs = own_rows(recipe, layout, docs)
+            generic = generic_rows(recipe)
         except OwnQaError as exc:
             raise dg.Failure(description=f"sft_dataset: {exc}", allow_retries=False) from None
         rows += own
@@ -216,6 +229,8 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[dg.
                     quality_filter=keep,
                     add_context=add_context,
                     context_template=recipe.evaluation.context_template,
+                    generic_rows=generic,
+                    generic_share=cfg.generic.share,
                 )
         except (BudgetExceeded, LlmCallError) as exc:
             raise dg.Failure(description=f"sft_dataset quality judge: {exc}") from None

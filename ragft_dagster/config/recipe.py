@@ -70,6 +70,10 @@ SPECIALIST_REF = "specialist:"
 """Prefix of a merge input that is the recipe's derived specialist (``specialist:<name>``)."""
 
 BUILTIN_GENERAL = "builtin"
+GENERIC_SET = (
+    Path(__file__).resolve().parent.parent / "training_data" / "general_instructions.jsonl"
+)
+"""The shipped generic instruction pairs (written for this project; see its README)."""
 GENERAL_SET = Path(__file__).resolve().parent.parent / "evaluation_data" / "general_mcq.csv"
 """The shipped general-capability set (written for this project; see its README)."""
 
@@ -376,6 +380,19 @@ class OwnQaSource(_Section):
     max_rows: int | None = Field(default=None, gt=0)
 
 
+class GenericMixRecipe(_Section):
+    """Generic instruction data mixed into SFT against forgetting (Augmentoolkit's remedy)."""
+
+    share: float = Field(default=0.0, ge=0, lt=1)
+    """Share of the training rows that are generic (0.15: 15 generic rows per 85 docs rows,
+    as many as the set has); 0 turns the mix off."""
+    source: str = BUILTIN_GENERAL
+    """``builtin``: 48 pairs shipped in ragft_dagster/training_data/ (written for this
+    project); or a CSV/JSONL/parquet file of question/answer pairs relative to the recipe."""
+    seed: int = 0
+    """Which generic rows are drawn (stable)."""
+
+
 class SftDatasetRecipe(_Section):
     validation_fraction: float = Field(default=0.1, ge=0, lt=1)
     seed: int = 0
@@ -391,6 +408,8 @@ class SftDatasetRecipe(_Section):
     keeps its file and line (or dataset and row) and is filtered and decontaminated too."""
     generated: bool = True
     """Train on the ``synthetic_qa`` pairs; false trains on ``own_qa`` only."""
+    generic: GenericMixRecipe = GenericMixRecipe()
+    """Mix a share of generic instruction pairs into the training rows (off by default)."""
     retrieval_context: RetrievalTrainingRecipe = RetrievalTrainingRecipe()
     """Train with retrieved chunks in the prompt (RAFT), off by default."""
 
@@ -761,6 +780,14 @@ class Recipe(_Section):
             return None
         return GENERAL_SET if name == BUILTIN_GENERAL else self.resolve(name)
 
+    @property
+    def generic_path(self) -> Path | None:
+        """The generic instruction file mixed into SFT, or None when the mix is off."""
+        generic = self.sft_dataset.generic
+        if not generic.share:
+            return None
+        return GENERIC_SET if generic.source == BUILTIN_GENERAL else self.resolve(generic.source)
+
     def own_qa_path(self, source: str) -> Path | None:
         """A local ``sft_dataset.own_qa`` file, or None when the source is a hub id."""
         if source.endswith(DATA_SUFFIXES) or source.startswith((".", "/")):
@@ -904,6 +931,9 @@ def _missing_files(recipe: Recipe) -> list[tuple[str, str]]:
     general = recipe.general_questions_path
     if general is not None and not general.is_file():
         problems.append(("evaluation.general_questions", f"file not found: {general}"))
+    generic = recipe.generic_path
+    if generic is not None and not generic.is_file():
+        problems.append(("sft_dataset.generic.source", f"file not found: {generic}"))
     for i, own in enumerate(recipe.sft_dataset.own_qa):
         path = recipe.own_qa_path(own.source)
         if path is not None and not path.is_file():

@@ -48,6 +48,8 @@ def build_sft_dataset(
     quality_filter: QualityFilter | None = None,
     add_context: ContextAdder | None = None,
     context_template: str = "Context:\n{context}\n\n",
+    generic_rows: list[dict[str, Any]] | None = None,
+    generic_share: float = 0.0,
 ) -> dict[str, Any]:
     """Dedupe Q&A rows, filter them for quality, decontaminate them, split train/validation
     deterministically and write chat-format JSONL.
@@ -73,6 +75,9 @@ def build_sft_dataset(
             retrieval); the user turn is then the context block and the question, as
             :func:`ragft_dagster.ask.ask_messages` builds it for ``ragft ask`` and the RAG cells.
         context_template: ``evaluation.context_template``.
+        generic_rows: Generic instruction pairs, in the order they are drawn; after the
+            filters, ``generic_share`` of the training rows are taken from them (as many as
+            there are), shown without context.
 
     Returns:
         Counts for metadata.
@@ -115,6 +120,12 @@ def build_sft_dataset(
     if add_context is not None:
         unique, figures = add_context(unique)
         context = {f"context_{k}": v for k, v in figures.items()}
+    generic: dict[str, Any] = {}
+    if generic_rows and generic_share > 0:
+        wanted = round(generic_share / (1 - generic_share) * len(unique))
+        mixed = generic_rows[:wanted]
+        unique = unique + mixed
+        generic = {"generic_rows": len(mixed), "generic_rows_wanted": wanted}
     train: list[dict[str, Any]] = []
     validation: list[dict[str, Any]] = []
     for row in unique:
@@ -160,6 +171,7 @@ def build_sft_dataset(
         **quality,
         **contamination,
         **context,
+        **generic,
         "train_rows": len(train),
         "validation_rows": len(validation),
     }
