@@ -38,7 +38,11 @@ def recipe_stages(recipe: Recipe) -> list[Stage]:
 
 
 def build_resources(recipe: Recipe, profile: Profile, artifact_root: Path | None = None) -> dict:
-    uses_llm = recipe.qa.generator == "openai" or bool(recipe.evaluation.api.models)
+    uses_llm = (
+        recipe.qa.generator == "openai"
+        or bool(recipe.evaluation.api.models)
+        or recipe.sft_dataset.quality.judge is not None
+    )
     llm_key = dg.EnvVar(profile.llm.api_key_env) if uses_llm else None
     return {
         "artifacts": ArtifactStoreResource(root=str(artifact_root or profile.artifact_root)),

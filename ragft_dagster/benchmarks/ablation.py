@@ -95,20 +95,22 @@ def build_variant(recipe: Any, profile: Any, root: Path, documents: list[str]) -
     """Materialize the SFT chain and score the variant's sft; returns seconds."""
     import dagster as dg
 
+    from ragft_dagster.assets import build_all_assets
     from ragft_dagster.assets._meta import DOCUMENTS
-    from ragft_dagster.definitions import definitions_for
+    from ragft_dagster.config.recipe import with_hub_mirror
+    from ragft_dagster.definitions import build_resources
 
-    defs = definitions_for(recipe, profile, root)
+    recipe = with_hub_mirror(recipe, profile.mirror())
+    assets = build_all_assets(recipe)
+    resources = build_resources(recipe, profile, root)
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(DOCUMENTS, documents)
     started = time.monotonic()
-    graph = defs.resolve_asset_graph()
-    assets = [graph.get(k).assets_def for k in graph.get_all_asset_keys()]
 
     def materialize(selection: str, partition: str | None = None) -> None:
         result = dg.materialize(
-            list(dict.fromkeys(assets)),
-            resources=defs.resources,
+            assets,
+            resources=resources,
             instance=instance,
             selection=selection,
             partition_key=partition,

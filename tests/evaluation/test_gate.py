@@ -171,3 +171,29 @@ def test_failed_gate_is_an_error_check_and_holds_the_export(tmp_path, tiny_base)
     failure = export.get_step_failure_events()[0].step_failure_data.error.message
     assert "release gate: not exported" in failure and "general score fell" in failure
     assert not layout.exported_model.exists()
+
+
+def test_ragft_run_prints_a_blocking_gate_as_one_line_and_its_reasons():
+    from types import SimpleNamespace
+
+    from ragft_dagster.orchestration.runner import _echo_failed_checks, _readable
+
+    raw = (
+        "dagster._core.errors.DagsterAssetCheckFailedError: 1 blocking asset check failed with "
+        "ERROR severity:\nmcq_report: release_gate\n"
+    )
+    assert _readable(raw) == (
+        "1 blocking asset check failed with ERROR severity: mcq_report: release_gate"
+    )
+    assert _readable("  plain message \n") == "plain message"
+    lines: list[str] = []
+    check = SimpleNamespace(
+        passed=False,
+        description="sft rag does not significantly beat base rag",
+        check_name="release_gate",
+        asset_key=dg.AssetKey("mcq_report"),
+    )
+    _echo_failed_checks([check, SimpleNamespace(passed=True)], lines.append)
+    assert lines == [
+        "CHECK FAILED mcq_report: release_gate (sft rag does not significantly beat base rag)"
+    ]
