@@ -236,3 +236,79 @@ def test_a_filter_that_leaves_nothing_fails_saying_what_removed_the_rows(tmp_pat
             quality_filter=lambda rs: filter_rows(rs, CHUNKS, rules),
         )
     assert not (tmp_path / "train.jsonl").exists()
+
+
+def test_sft_dataset_asks_the_judge_at_the_profiles_endpoint(tmp_path, monkeypatch):
+    """The judge through the real wiring: recipe section, profile endpoint, key from the
+    environment, cached replies, metadata."""
+    import dagster as dg
+    import yaml
+
+    from ragft_dagster.artifacts import ArtifactLayout, write_jsonl
+    from ragft_dagster.assets import training
+    from ragft_dagster.config.profile import load_profile
+    from ragft_dagster.config.recipe import load_recipe
+    from ragft_dagster.definitions import build_resources
+
+    from ..conftest import write_recipe
+
+    monkeypatch.setenv("RAGFT_TEST_KEY", "sk-test")
+    recipe = load_recipe(
+        write_recipe(
+            tmp_path,
+            lambda raw: raw["sft_dataset"].update(
+                validation_fraction=0.0,
+                contamination={"enabled": False},
+                quality={
+                    "min_similarity": None,
+                    "duplicate_threshold": None,
+                    "judge": {"model": "judge-model", "max_retries": 0},
+                },
+            ),
+        )
+    )
+    layout = ArtifactLayout(tmp_path / "artifacts")
+    write_jsonl(
+        layout.chunks("index.md"),
+        [{"id": "c1", "text": CHUNK, "doc": "index.md", "heading_path": []}],
+    )
+    write_jsonl(
+        layout.qa("index.md"),
+        [
+            _row(
+                0, "How many chunks does the prompt show?", "Three chunks, set by retrieval.top_k."
+            ),
+            _row(
+                1,
+                "Where are the chunk embeddings kept?",
+                "In Chroma, one embedding per chunk, PostgreSQL.",
+            ),
+        ],
+    )
+    with OpenAIStub([_judge_reply]) as stub:
+        profile = tmp_path / "profile.yaml"
+        profile.write_text(
+            yaml.safe_dump(
+                {
+                    "name": "judge",
+                    "artifacts": {"root": str(layout.root)},
+                    "llm": {"base_url": stub.base_url, "api_key_env": "RAGFT_TEST_KEY"},
+                }
+            )
+        )
+        resources = build_resources(recipe, load_profile(profile), layout.root)
+        with dg.instance_for_test() as instance:
+            instance.add_dynamic_partitions("documents", ["index.md"])
+            result = dg.materialize(
+                [training.build(recipe)[0]],
+                instance=instance,
+                resources=resources,
+                selection="sft_dataset",
+            )
+        assert len(stub.requests) == 2
+        assert stub.auth_headers[0] == "Bearer sk-test"
+    meta = result.asset_materializations_for_node("sft_dataset")[0].metadata
+    assert meta["judge_requests"].value == 2 and meta["quality_rejected_judge"].value == 1
+    assert meta["train_rows"].value == 1
+    rejected = meta["quality_rejected_rows"].value.records
+    assert rejected[0].data["reason"] == "judge"
