@@ -190,7 +190,10 @@ def test_bad_mcq_encoding(tmp_path):
         load_questions(p)
 
 
-def test_letter_scoring_batched_equals_single(tiny_base, tiny_tokenizer):
+@pytest.mark.parametrize("batch_size", [5, 2])
+def test_letter_scoring_batched_equals_single(tiny_base, tiny_tokenizer, batch_size):
+    """Batches group prompts by length (not in question order); each result stays with its
+    question."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_base)
@@ -200,10 +203,10 @@ def test_letter_scoring_batched_equals_single(tiny_base, tiny_tokenizer):
             tokenize=False,
             add_generation_prompt=True,
         )
-        for i in range(5)
+        for i in (2, 0, 4, 1, 3)
     ]
     options = [(f"alpha {i}", "longer option text " * (i + 1), "c", f"d{i}") for i in range(5)]
-    batched = score_questions(model, tiny_tokenizer, prompts, options, batch_size=5)
+    batched = score_questions(model, tiny_tokenizer, prompts, options, batch_size=batch_size)
     single = [
         score_questions(model, tiny_tokenizer, [p], [o], batch_size=1)[0]
         for p, o in zip(prompts, options, strict=True)

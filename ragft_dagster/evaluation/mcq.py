@@ -353,13 +353,16 @@ def score_questions(
     model.eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     keep_last = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
-    out: list[dict[str, Any]] = []
-    for start in range(0, len(prompts), batch_size):
-        batch = prompts[start : start + batch_size]
-        batch_options = options[start : start + batch_size]
-        answers = [
-            answer_tokens(tokenizer, p, o) for p, o in zip(batch, batch_options, strict=True)
-        ]
+    tokenized = [answer_tokens(tokenizer, p, o) for p, o in zip(prompts, options, strict=True)]
+    # Batches of prompts of similar length (longest first), so little of a forward pass is
+    # spent on padding (RAG prompts here: 84% of the padded positions were real tokens in
+    # question order, 97% sorted); the results go back in question order.
+    order = sorted(range(len(prompts)), key=lambda i: -len(tokenized[i].context_ids))
+    by_index: dict[int, dict[str, Any]] = {}
+    for start in range(0, len(order), batch_size):
+        members = order[start : start + batch_size]
+        batch_options = [options[i] for i in members]
+        answers = [tokenized[i] for i in members]
         ctx = [a.context_ids for a in answers]
         letter_ids = [a.letter_ids for a in answers]
         width = max(len(c) for c in ctx)
@@ -428,8 +431,8 @@ def score_questions(
                 rec["sample_probs"] = {
                     L: float(tempered[i].exp()) for L, i in zip(LETTERS, lids, strict=True)
                 }
-            out.append(rec)
-    return out
+            by_index[members[q]] = rec
+    return [by_index[i] for i in range(len(prompts))]
 
 
 _LETTER = re.compile(r"(?<![A-Za-z0-9])([ABCD])(?![A-Za-z0-9])")

@@ -183,6 +183,16 @@ def adapter_config(adapter_dir: Path) -> dict[str, Any]:
     return json.loads((Path(adapter_dir) / "adapter_config.json").read_text(encoding="utf-8"))
 
 
+def final_eval_loss(trainer: Any) -> float:
+    """The validation loss of the trained model: the one the trainer logged at its last step
+    (``eval_strategy: epoch`` evaluates there already), else a fresh evaluation."""
+    state = trainer.state
+    logged = [e for e in state.log_history if "eval_loss" in e]
+    if logged and logged[-1].get("step") == state.global_step:
+        return float(logged[-1]["eval_loss"])
+    return float(trainer.evaluate()["eval_loss"])
+
+
 def train_lora(
     model_dir: str,
     dataset_dir: Path,
@@ -258,7 +268,7 @@ def train_lora(
         )
         total, trainable = count_parameters(trainer.model)
         result, resumed_from = train_resuming(trainer, checkpoints)
-        eval_loss = trainer.evaluate()["eval_loss"] if has_validation else float("nan")
+        eval_loss = final_eval_loss(trainer) if has_validation else float("nan")
     if trainer.is_world_process_zero():
         trained: Any = trainer.model
         trained.save_pretrained(out_dir)
