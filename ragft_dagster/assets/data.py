@@ -1,6 +1,7 @@
 """Per-document data assets: chunks, then synthetic Q&A (one dynamic partition per document,
 processed ``docs.batch_size`` documents to a run)."""
 
+import time
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -120,6 +121,7 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
                 )
         if missing:
             raise dg.Failure(description="synthetic_qa: " + "\n".join(missing))
+        started = time.monotonic()
         try:
             generated, stats = generate_qa(
                 documents,
@@ -137,7 +139,11 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
             if client is not None:
                 metadata.update(llm_metadata(doc.stats, stats, qa.pricing))
             context.add_asset_metadata(metadata, partition_key=key)
-        return dg.MaterializeResult(metadata={"batch_documents": len(documents)})
+        # the batch's generation alone (requests and parsing), without Dagster's events
+        generation_seconds = round(time.monotonic() - started, 3)
+        return dg.MaterializeResult(
+            metadata={"batch_documents": len(documents), "generation_seconds": generation_seconds}
+        )
 
     return [doc_chunks, synthetic_qa]
 
@@ -183,6 +189,7 @@ def llm_metadata(doc: LlmStats, batch: LlmStats, pricing: Any) -> dict[str, Any]
         "completion_tokens": doc.completion_tokens,
         "estimated_cost_usd": doc.cost_usd(pricing.prompt_per_1k, pricing.completion_per_1k),
         "truncated_replies": doc.truncated,
+        "short_replies": doc.short_replies,
         "parse_outcomes": dg.MetadataValue.json(doc.parse),
         "llm_retries": batch.retries,
         "llm_retry_wait_seconds": round(batch.retry_wait_seconds, 2),

@@ -1115,6 +1115,11 @@ def generate_document_qa(
     return docs[doc_key].rows, stats
 
 
+WARNINGS_LOGGED = 20
+"""Warnings about replies that one batch hands to the run log line by line; the rest are
+summed up in one line."""
+
+
 def generate_qa(
     documents: Mapping[str, list[dict[str, Any]]],
     qa: QaRecipe,
@@ -1252,8 +1257,18 @@ def generate_qa(
             stats.parse[how] = stats.parse.get(how, 0) + n
         stats.warnings += [f"{doc_key}: {line}" for line in doc_stats.warnings]
     if log is not None:
-        for line in stats.warnings:
+        for line in stats.warnings[:WARNINGS_LOGGED]:
             log(line)
+        if len(stats.warnings) > WARNINGS_LOGGED:
+            # a run log line is a stored event: thousands of them slowed a 100-document batch
+            # by a third; each document's metadata keeps the counts
+            log(
+                f"... and {len(stats.warnings) - WARNINGS_LOGGED} more warnings like these in "
+                f"this batch of {len(documents)} documents ({stats.truncated} replies cut off, "
+                f"{stats.short_replies} short, {stats.parse.get('failed', 0)} unreadable in "
+                "all); each document's truncated_replies, short_replies and parse_outcomes "
+                "metadata count its own"
+            )
     if qa.generator == "openai":
         empty = [
             d for d in documents if per_doc[d].requests + per_doc[d].cache_hits and not rows[d]

@@ -658,6 +658,43 @@ def test_cut_short_and_unreadable_replies_are_logged_with_what_to_do(tmp_path):
     assert "held no question/answer pair" in lines[2] and "qa.prompt" in lines[2]
 
 
+def test_a_batch_logs_its_first_warnings_and_sums_up_the_rest(tmp_path):
+    """A model that always answers short would otherwise put one run-log event per chunk in a
+    batch of thousands: the first WARNINGS_LOGGED are logged, then one line with the counts."""
+    import openai
+
+    from ragft_dagster.config.recipe import QaRecipe
+    from ragft_dagster.data.qa_generation import WARNINGS_LOGGED, generate_qa
+    from ragft_dagster.llm.cache import ReplyCache
+
+    documents = {
+        f"d{d}.md": [
+            {
+                "id": f"d{d}c{i}",
+                "doc": f"d{d}.md",
+                "heading_path": [f"D{d}", f"P{i}"],
+                "text": f"T {d} {i}.",
+            }
+            for i in range(5)
+        ]
+        for d in range(6)
+    }
+    qa = QaRecipe(generator="openai", model="m", questions_per_chunk=2, max_concurrency=4)
+    one_pair = '[{"question": "What is a retry?", "answer": "A second attempt."}]'
+    lines: list[str] = []
+    with OpenAIStub([one_pair]) as stub:
+        client = openai.OpenAI(base_url=stub.base_url, api_key=KEY, max_retries=0)
+        docs, stats = generate_qa(
+            documents, qa, cache=ReplyCache(tmp_path), client=client, log=lines.append
+        )
+    assert len(stub.requests) == 30 and stats.short_replies == 30
+    assert len(lines) == WARNINGS_LOGGED + 1
+    assert all("1 pair(s) instead of qa.questions_per_chunk=2" in x for x in lines[:-1])
+    assert lines[-1].startswith(f"... and {30 - WARNINGS_LOGGED} more warnings")
+    assert "30 short" in lines[-1] and "6 documents" in lines[-1]
+    assert all(doc.stats.short_replies == 5 for doc in docs.values())
+
+
 def test_api_score_cell_stops_at_its_budget_like_qa_generation(api_scene):
     """API scoring goes through the same runner as Q&A generation: evaluation.api.budget stops
     it before the limit is crossed, and a rerun with a larger budget pays only for the rest."""
