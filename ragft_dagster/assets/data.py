@@ -133,14 +133,14 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
         except (BudgetExceeded, LlmCallError) as exc:
             label = ", ".join(documents) if len(documents) <= 3 else f"{len(documents)} documents"
             raise dg.Failure(description=f"synthetic_qa[{label}]: {exc}") from None
+        # the batch's generation alone (requests, parsing, warnings), before files and events
+        generation_seconds = round(time.monotonic() - started, 3)
         for key, doc in generated.items():
             write_jsonl(layout.qa(key), doc.rows)
             metadata = qa_metadata(layout.qa(key), doc, len(documents[key]), qa.generator)
             if client is not None:
                 metadata.update(llm_metadata(doc.stats, stats, qa.pricing))
             context.add_asset_metadata(metadata, partition_key=key)
-        # the batch's generation alone (requests and parsing), without Dagster's events
-        generation_seconds = round(time.monotonic() - started, 3)
         return dg.MaterializeResult(
             metadata={"batch_documents": len(documents), "generation_seconds": generation_seconds}
         )

@@ -133,6 +133,15 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
                 description="no held-out questions: materialize sft_dataset, then run this check",
             )
         rows = sorted(read_jsonl(held_out), key=lambda row: row["id"])
+        if not rows:
+            return dg.AssetCheckResult(
+                passed=False,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={"held_out_rows": 0},
+                description=f"no held-out questions: {held_out} is empty (too few Q&A rows "
+                "survived the quality filter and deduplication for a validation split); generate "
+                "more Q&A per chunk or raise sft_dataset.validation_fraction, then run this check",
+            )
         device = compute.settings().torch_device()
         embedder = retrieval_embedder(r, layout.root, recipe.root, device)
         with (

@@ -274,7 +274,8 @@ def llm_pool(
 ) -> dict[str, float]:
     """Q&A generation of ``n`` documents through the openai generator at a loopback server
     (127.0.0.1, its own process, stopped here) that answers each request after ``delay``
-    seconds; the ``synthetic_qa`` steps' wall time from the event log."""
+    seconds: the batches' generation (``generation_seconds`` in their metadata) and the
+    ``synthetic_qa`` steps' wall time from the event log."""
     import dagster as dg
 
     from ragft_dagster.config.recipe import load_recipe
