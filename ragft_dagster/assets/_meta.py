@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,37 @@ documents_partitions = dg.DynamicPartitionsDefinition(name=DOCUMENTS)
 # The assets downstream of the documents update by themselves after document runs, never while
 # one is in progress (see automation.py for the sensors that drive this).
 EAGER = dg.AutomationCondition.eager()
+
+
+def add_partition_metadata(
+    context: dg.AssetExecutionContext, by_partition: Mapping[str, Mapping[str, Any]]
+) -> None:
+    """``context.add_asset_metadata(metadata, partition_key=key)`` for every key of a run's range.
+
+    Dagster checks every such call's key against the run's range by reading the dynamic
+    partitions from the instance (three queries a call, each a new SQLite connection: ~11 ms
+    at 200 documents, more as the corpus grows), once per document and asset. Here the keys
+    are checked once against ``context.partition_keys`` and handed to the step's metadata
+    accumulator, where the public call puts them. On a Dagster whose step context has no
+    accumulator this falls back to the public call, key by key.
+    """
+    targeted = set(context.partition_keys)
+    stray = sorted(set(by_partition) - targeted)
+    if stray:
+        raise dg.DagsterInvariantViolationError(
+            f"metadata for partition(s) {', '.join(stray[:5])} that this run does not target"
+        )
+    step = getattr(context, "_step_execution_context", None)
+    accumulator = getattr(step, "_metadata_accumulator", None)
+    if accumulator is None or not hasattr(accumulator, "with_additional_asset_metadata"):
+        for key, metadata in by_partition.items():
+            context.add_asset_metadata(metadata, partition_key=key)
+        return
+    for key, metadata in by_partition.items():
+        accumulator = accumulator.with_additional_asset_metadata(
+            asset_key=context.asset_key, partition_key=key, metadata=metadata
+        )
+    step._metadata_accumulator = accumulator  # type: ignore[union-attr]
 
 
 def preview_table(

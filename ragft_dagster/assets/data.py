@@ -10,7 +10,7 @@ from typing import Any
 import dagster as dg
 
 from ragft_dagster.artifacts import read_jsonl, write_jsonl
-from ragft_dagster.assets._meta import documents_partitions, preview_table
+from ragft_dagster.assets._meta import add_partition_metadata, documents_partitions, preview_table
 from ragft_dagster.config.recipe import Recipe
 from ragft_dagster.data.chunking import (
     DocumentError,
@@ -64,7 +64,7 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
             recipe.chat_template,
             recipe.trust_remote_code,
         )
-        failed = []
+        failed, by_partition = [], {}
         for key in context.partition_keys:
             path = recipe.docs_dir / key
             try:
@@ -82,11 +82,10 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
             empty = empty_document_warning(key, text)
             if empty:
                 context.log.warning(empty)
-            context.add_asset_metadata(
-                chunk_metadata(layout.chunks(key), path, text, chunks, empty), partition_key=key
-            )
+            by_partition[key] = chunk_metadata(layout.chunks(key), path, text, chunks, empty)
         if failed:  # the other documents' chunk files are written: a rerun redoes nothing
             raise dg.Failure(description="doc_chunks: " + "\n".join(failed))
+        add_partition_metadata(context, by_partition)
         return dg.MaterializeResult(metadata={"batch_documents": len(context.partition_keys)})
 
     @dg.asset(
@@ -135,12 +134,14 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
             raise dg.Failure(description=f"synthetic_qa[{label}]: {exc}") from None
         # the batch's generation alone (requests, parsing, warnings), before files and events
         generation_seconds = round(time.monotonic() - started, 3)
+        by_partition = {}
         for key, doc in generated.items():
             write_jsonl(layout.qa(key), doc.rows)
             metadata = qa_metadata(layout.qa(key), doc, len(documents[key]), qa.generator)
             if client is not None:
                 metadata.update(llm_metadata(doc.stats, stats, qa.pricing))
-            context.add_asset_metadata(metadata, partition_key=key)
+            by_partition[key] = metadata
+        add_partition_metadata(context, by_partition)
         return dg.MaterializeResult(
             metadata={"batch_documents": len(documents), "generation_seconds": generation_seconds}
         )
