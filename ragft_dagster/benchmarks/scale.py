@@ -156,14 +156,24 @@ def direct_compute(recipe_path: Path, artifact_root: Path) -> dict[str, float]:
     }
 
 
+def repo_instance_yaml(home: Path) -> None:
+    """The repo's dagster.yaml in ``home``, its SQLite storage under ``home`` (as ``make run``
+    has it under DAGSTER_HOME=.dagster_home)."""
+    config = yaml.safe_load((PROJECT_ROOT / "dagster.yaml").read_text())
+    config["storage"]["custom"]["config"]["base_dir"] = str(home)
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+
+
 def through_ragft_run(recipe: Path, profile: Path, home: Path, edit: Path) -> dict[str, float]:
-    """Wall times of ``ragft run`` (data and index stages): from empty, unchanged, one edit."""
+    """Wall times of ``ragft run`` (data and index stages) on the repo's instance: from empty,
+    unchanged, one edit."""
     import dagster as dg
 
     from ragft_dagster.orchestration.runner import run_pipeline
 
     lines: list[str] = []
-    home.mkdir(parents=True, exist_ok=True)
+    repo_instance_yaml(home)
     with dg.DagsterInstance.local_temp(str(home)) as instance:
 
         def timed() -> tuple[float, Any]:
@@ -322,7 +332,7 @@ def llm_pool(
         profile.write_text(yaml.safe_dump(raw))
         os.environ["RAGFT_BENCH_KEY"] = "sk-bench"
         lines: list[str] = []
-        (tmp / "home").mkdir()
+        repo_instance_yaml(tmp / "home")
         resolve_model_ref(load_recipe(recipe).base_model, tmp / "artifacts", recipe.parent)
         with dg.DagsterInstance.local_temp(str(tmp / "home")) as instance:
             result = run_pipeline(
