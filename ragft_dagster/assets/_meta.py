@@ -19,6 +19,13 @@ documents_partitions = dg.DynamicPartitionsDefinition(name=DOCUMENTS)
 # The assets downstream of the documents update by themselves after document runs, never while
 # one is in progress (see automation.py for the sensors that drive this).
 EAGER = dg.AutomationCondition.eager()
+# The score cells cannot share a run with the unpartitioned models and index they read, so they
+# also wait for one automation tick with no upstream update: after a docs sensor run that updated
+# vector_index itself, lora_adapter is requested on the next tick, and a cell that started then
+# would score the old adapter now and the new one again after.
+EAGER_SETTLED = (EAGER & ~dg.AutomationCondition.any_deps_updated()).with_label(
+    "eager, once no dependency updated since the last tick"
+)
 
 
 def add_partition_metadata(

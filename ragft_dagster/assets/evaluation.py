@@ -10,6 +10,7 @@ import dagster as dg
 from ragft_dagster.artifacts import ArtifactLayout, atomic_dir, read_jsonl, write_jsonl
 from ragft_dagster.assets._meta import (
     EAGER,
+    EAGER_SETTLED,
     TRIGGER_TAG,
     cell_metadata,
     preview_table,
@@ -82,7 +83,7 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[Any
     )
 
     @dg.asset(
-        automation_condition=EAGER,
+        automation_condition=EAGER_SETTLED,
         deps=["merged_model", "dpo_model", "lora_adapter", "vector_index"],
         partitions_def=partitions,
         group_name="evaluation",
@@ -137,7 +138,7 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[Any
         general_partitions = dg.StaticPartitionsDefinition(list(ev.models))
 
         @dg.asset(
-            automation_condition=EAGER,
+            automation_condition=EAGER_SETTLED,
             deps=["merged_model", "dpo_model", "lora_adapter"],
             partitions_def=general_partitions,
             group_name="general",

@@ -2,7 +2,8 @@
 
 The docs sensor (RUNNING by default) hashes every file of the recipe's docs folder on each tick:
 a new file gets a partition and a run, a changed file a run (its run key is the content hash, so
-one state never runs twice), a removed file loses its partition and its chunk and Q&A files. The
+one state never runs twice), a removed file loses its partition and its chunk and Q&A files. A
+change that fits one run (``docs.batch_size`` documents) updates ``vector_index`` in that run. The
 unpartitioned downstream (``sft_dataset``, ``vector_index``, ``lora_adapter``, ``mcq_scores``,
 ``mcq_report``) carries an eager automation condition, evaluated by the automation sensor shipped
 RUNNING here, so it updates once the document runs are done (and never while one is in
@@ -41,6 +42,7 @@ DOCUMENT_ASSETS = ["doc_chunks", "synthetic_qa"]
 # A removal changes no partition's data, so nothing upstream "updates": the sensor itself asks
 # for these two, and the eager conditions take over from there.
 REMOVAL_ASSETS = ["sft_dataset", "vector_index"]
+INDEX_ASSET = "vector_index"
 
 
 def latest_materialization_record(
@@ -221,18 +223,24 @@ def build_docs_sensor(recipe: Recipe) -> dg.SensorDefinition:
             for key in changes.to_run
             if flight.get(key, 0.0) * 1e9 <= scan.stats[key][1]  # mtime_ns
         ]
+        batches = contiguous_batches(order, wanted, recipe.docs.batch_size)
+        # A change that fits one run updates the index in that run too, so `ragft ask` and the
+        # RAG cells see an edit seconds after the tick instead of after the automation sensor's
+        # next tick and a second run. A burst of several runs leaves the index to its eager
+        # condition, once, after they are all done.
+        selection = [*DOCUMENT_ASSETS, *([INDEX_ASSET] if len(batches) == 1 else [])]
         runs = [
             dg.RunRequest(
                 # the same documents with the same content never run twice (a used run key)
                 run_key=_state_key("docs", {k: scan.documents[k] for k in batch}),
-                asset_selection=[dg.AssetKey(a) for a in DOCUMENT_ASSETS],
+                asset_selection=[dg.AssetKey(a) for a in selection],
                 partition_key=batch[0] if len(batch) == 1 else None,
                 tags={
                     **(batch_tags(batch) if len(batch) > 1 else {}),
                     TRIGGER_TAG: "added" if set(batch) <= set(changes.added) else "changed",
                 },
             )
-            for batch in contiguous_batches(order, wanted, recipe.docs.batch_size)
+            for batch in batches
         ]
         partition_requests: list[Any] = []
         if changes.added:

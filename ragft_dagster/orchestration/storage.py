@@ -74,7 +74,12 @@ class BatchingSqliteEventLogStorage(SqliteEventLogStorage):
                         conn.execute(statement)
         # mirrored into the cross-run index database
         with self.index_transaction() as conn:
-            ids = [conn.execute(statement).inserted_primary_key[0] for statement in statements]
+            ids = []
+            for statement in statements:
+                inserted = conn.execute(statement).inserted_primary_key
+                if inserted is None or inserted[0] is None:
+                    raise RuntimeError("Cannot store asset event tags for null event id.")
+                ids.append(inserted[0])
             self._store_asset_event_tags(conn, events, ids)
             for event, event_id in zip(events, ids, strict=True):
                 self._store_asset_event(conn, event, event_id)

@@ -89,7 +89,12 @@ def test_docs_sensor_adds_reruns_and_removes_documents(tmp_path):
         (batch,) = first.run_requests
         assert batch.partition_key is None
         assert (batch.tags[RANGE_START_TAG], batch.tags[RANGE_END_TAG]) == (DOCS[0], DOCS[-1])
-        assert {k.to_user_string() for k in batch.asset_selection} == {"doc_chunks", "synthetic_qa"}
+        # a change that fits one run updates the index in it too
+        assert {k.to_user_string() for k in batch.asset_selection} == {
+            "doc_chunks",
+            "synthetic_qa",
+            "vector_index",
+        }
         assert batch.tags["ragft/trigger"] == "added"
         instance.add_dynamic_partitions("documents", DOCS)
         for doc, digest in scan_documents(docs).items():  # the batch ran
@@ -106,6 +111,7 @@ def test_docs_sensor_adds_reruns_and_removes_documents(tmp_path):
             f.write("\n## Upgrading\n\nRun `make install` again after pulling.\n")
         edited = _tick(defs, instance, root, first.cursor)
         assert [r.partition_key for r in edited.run_requests] == ["installation.md"]
+        assert dg.AssetKey("vector_index") in edited.run_requests[0].asset_selection
         again = _tick(defs, instance, root, first.cursor)  # the same state: the same run key
         assert again.run_requests[0].run_key == edited.run_requests[0].run_key
         assert edited.run_requests[0].run_key != batch.run_key
@@ -185,6 +191,12 @@ def test_docs_sensor_batches_a_burst_and_reads_only_changed_files(tmp_path):
         first = _tick(defs, instance, root, None)
         covered = [r.tags.get(RANGE_START_TAG, r.partition_key) for r in first.run_requests]
         assert len(first.run_requests) == 3 and len(covered) == 3  # 10 documents, 4 a run
+        # several runs: the index waits for all of them (its eager condition), not in each one
+        for run in first.run_requests:
+            assert {k.to_user_string() for k in run.asset_selection} == {
+                "doc_chunks",
+                "synthetic_qa",
+            }
         (add,) = first.dynamic_partitions_requests
         instance.add_dynamic_partitions("documents", list(add.partition_keys))
         # a touched file with the same bytes is read again (its ctime moved), and is unchanged
@@ -254,6 +266,9 @@ def test_downstream_updates_once_after_a_document_run(tmp_path):
         # progress, eager's ~any_deps_in_progress holds them back) ...
         for asset in ("sft_dataset", "vector_index", "lora_adapter"):
             _report(instance, asset, [None])
+        # (one tick with no upstream update first: a cell never scores a model about to change)
+        cursor, requested = tick(cursor)
+        assert requested == {}
         cursor, requested = tick(cursor)
         assert requested == {"mcq_scores": set(cells), "general_scores": set(models)}
         # ... then the report; and once all is done, nothing more: no double runs.
@@ -264,6 +279,25 @@ def test_downstream_updates_once_after_a_document_run(tmp_path):
         _report(instance, "mcq_report", [None])
         cursor, requested = tick(cursor)
         assert requested == {}
+
+        # A docs sensor run that updated the index with the document: the index is not
+        # requested again, only what the run left out.
+        for asset in ("doc_chunks", "synthetic_qa"):
+            _report(instance, asset, ["glossary.md"])
+        _report(instance, "vector_index", [None])
+        cursor, requested = tick(cursor)
+        assert requested == {"sft_dataset": {None}, "lora_adapter": {None}}
+        for asset in ("sft_dataset", "lora_adapter"):  # that run, done before the next tick
+            _report(instance, asset, [None])
+        cursor, requested = tick(cursor)
+        assert requested == {}
+        cursor, requested = tick(cursor)
+        assert requested == {"mcq_scores": set(cells), "general_scores": set(models)}
+        _report(instance, "mcq_scores", cells)
+        _report(instance, "general_scores", models)
+        cursor, requested = tick(cursor)
+        assert requested == {"mcq_report": {None}}
+        _report(instance, "mcq_report", [None])
 
         # While a document partition is missing (just added, not built), nothing runs.
         instance.add_dynamic_partitions("documents", ["new.md"])

@@ -31,9 +31,7 @@ def _definitions() -> dg.Definitions:
         )
         return dg.MaterializeResult(metadata={"batch_documents": len(context.partition_keys)})
 
-    @dg.asset(
-        deps=[chunks], partitions_def=PARTS, backfill_policy=dg.BackfillPolicy.multi_run(99)
-    )
+    @dg.asset(deps=[chunks], partitions_def=PARTS, backfill_policy=dg.BackfillPolicy.multi_run(99))
     def qa(context: dg.AssetExecutionContext) -> None:
         for key in context.partition_keys[:3]:  # Dagster's own call, for some of them
             context.add_asset_metadata({"pairs": 3}, partition_key=key)
@@ -59,7 +57,11 @@ def _run(home: Path, overrides: dict[str, Any] | None) -> dict[str, Any]:
             key = dg.AssetKey(name)
             records = instance.fetch_materializations(key, limit=1000).records
             out[name] = sorted(
-                (r.partition_key, r.run_id == runs[1].run_id, dict(r.asset_materialization.metadata))
+                (
+                    r.partition_key,
+                    r.run_id == runs[1].run_id,
+                    dict(r.asset_materialization.metadata),
+                )
                 for r in records
             )
             out[name + "_partitions"] = sorted(instance.get_materialized_partitions(key))
