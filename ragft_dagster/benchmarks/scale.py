@@ -270,7 +270,10 @@ def through_the_daemon(recipe: Path, profile: Path, home: Path, n: int) -> dict[
         with dg.DagsterInstance.get() as instance:
             deadline = time.monotonic() + 3600
             while time.monotonic() < deadline:
-                status = instance.get_backfill(backfill).status
+                record = instance.get_backfill(backfill)
+                if record is None:
+                    raise SystemExit(f"backfill {backfill} is not in the instance; see {log}")
+                status = record.status
                 if status.value not in ("REQUESTED", "CANCELING"):
                     break
                 time.sleep(1)
