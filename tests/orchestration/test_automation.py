@@ -257,6 +257,20 @@ def test_downstream_updates_once_after_a_document_run(tmp_path):
             }
             return result.cursor, requested
 
+        def scores_then_report(cursor):
+            """One tick with no upstream update first (a cell never scores a model about to
+            change), then every score cell in one tick, then the report."""
+            cursor, requested = tick(cursor)
+            assert requested == {}
+            cursor, requested = tick(cursor)
+            assert requested == {"mcq_scores": set(cells), "general_scores": set(models)}
+            _report(instance, "mcq_scores", cells)
+            _report(instance, "general_scores", models)
+            cursor, requested = tick(cursor)
+            assert requested == {"mcq_report": {None}}
+            _report(instance, "mcq_report", [None])
+            return cursor
+
         _report(instance, "doc_chunks", ["installation.md"])
         _report(instance, "synthetic_qa", ["installation.md"])
         # Unpartitioned assets that can share a run are requested together ...
@@ -266,17 +280,8 @@ def test_downstream_updates_once_after_a_document_run(tmp_path):
         # progress, eager's ~any_deps_in_progress holds them back) ...
         for asset in ("sft_dataset", "vector_index", "lora_adapter"):
             _report(instance, asset, [None])
-        # (one tick with no upstream update first: a cell never scores a model about to change)
-        cursor, requested = tick(cursor)
-        assert requested == {}
-        cursor, requested = tick(cursor)
-        assert requested == {"mcq_scores": set(cells), "general_scores": set(models)}
         # ... then the report; and once all is done, nothing more: no double runs.
-        _report(instance, "mcq_scores", cells)
-        _report(instance, "general_scores", models)
-        cursor, requested = tick(cursor)
-        assert requested == {"mcq_report": {None}}
-        _report(instance, "mcq_report", [None])
+        cursor = scores_then_report(cursor)
         cursor, requested = tick(cursor)
         assert requested == {}
 
@@ -289,15 +294,7 @@ def test_downstream_updates_once_after_a_document_run(tmp_path):
         assert requested == {"sft_dataset": {None}, "lora_adapter": {None}}
         for asset in ("sft_dataset", "lora_adapter"):  # that run, done before the next tick
             _report(instance, asset, [None])
-        cursor, requested = tick(cursor)
-        assert requested == {}
-        cursor, requested = tick(cursor)
-        assert requested == {"mcq_scores": set(cells), "general_scores": set(models)}
-        _report(instance, "mcq_scores", cells)
-        _report(instance, "general_scores", models)
-        cursor, requested = tick(cursor)
-        assert requested == {"mcq_report": {None}}
-        _report(instance, "mcq_report", [None])
+        cursor = scores_then_report(cursor)
 
         # While a document partition is missing (just added, not built), nothing runs.
         instance.add_dynamic_partitions("documents", ["new.md"])
