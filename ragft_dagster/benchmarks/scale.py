@@ -363,12 +363,18 @@ with OpenAIStub(script, keep_alive=sys.argv[4] == "keep-alive") as stub:
 
 
 def llm_pool(
-    tmp: Path, n: int, delay: float, concurrency: int, keep_alive: bool = True
+    tmp: Path,
+    n: int,
+    delay: float,
+    concurrency: int,
+    keep_alive: bool = True,
+    pairs_per_reply: int = 3,
 ) -> dict[str, float]:
     """Q&A generation of ``n`` documents through the openai generator at a loopback server
     (127.0.0.1, its own process, stopped here) that answers each request after ``delay``
-    seconds: the batches' generation (``generation_seconds`` in their metadata) and the
-    ``synthetic_qa`` steps' wall time from the event log."""
+    seconds with ``pairs_per_reply`` pairs (fewer than the 3 asked for: every reply is short,
+    and warned about): the batches' generation (``generation_seconds`` in their metadata) and
+    the ``synthetic_qa`` steps' wall time from the event log."""
     import dagster as dg
 
     from ragft_dagster.config.recipe import load_recipe
@@ -378,11 +384,12 @@ def llm_pool(
     docs = tmp / "docs"
     docs.mkdir()
     make_corpus(docs, n)
-    # as many pairs as qa.questions_per_chunk (3) asks for: a model that follows the prompt
+    # by default as many pairs as qa.questions_per_chunk (3) asks for: a model that follows
+    # the prompt
     pairs = json.dumps(
         [
             {"question": f"What does setting {i} set?", "answer": f"It sets default {i}."}
-            for i in range(3)
+            for i in range(pairs_per_reply)
         ]
     )
     server = subprocess.Popen(
@@ -470,6 +477,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="the loopback server closes every connection after its reply (HTTP/1.0)",
     )
+    parser.add_argument(
+        "--llm-pairs",
+        type=int,
+        default=3,
+        help="Q&A pairs in each reply of the loopback server (fewer than 3: every reply short)",
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.floor:
@@ -489,6 +502,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.llm_delay,
                 args.llm_concurrency,
                 keep_alive=not args.llm_new_connections,
+                pairs_per_reply=args.llm_pairs,
             )
         print(json.dumps(llm))
         return 0 if llm["ratio"] <= LLM_RATIO_TARGET else 1
