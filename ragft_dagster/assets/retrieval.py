@@ -37,18 +37,19 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
     ) -> dg.MaterializeResult:
         """A chroma collection holding an embedding of every current chunk (llama-index)."""
         layout = artifacts.layout()
-        _, chunks = read_all_documents(
-            context, "doc_chunks", layout.chunks, docs_dir=recipe.docs_dir
-        )
         device = compute.settings().torch_device()
         embedder = retrieval_embedder(r, layout.root, recipe.root, device)
         final = layout.vector_index
-        # One writer at a time: a concurrent materialization waits, then builds on this one's
-        # result (embedding only what is still missing) instead of racing it to the swap.
+        # One writer at a time: a concurrent materialization waits, then reads the chunks and
+        # builds on this one's result (embedding only what is still missing) instead of racing
+        # it to the swap with chunks read before it waited.
         with (
             artifact_lock(final, "vector_index", context.log.info),
             atomic_dir(final) as tmp,
         ):
+            _, chunks = read_all_documents(
+                context, "doc_chunks", layout.chunks, docs_dir=recipe.docs_dir
+            )
             # Update a copy, then swap: the live index stays whole if this run dies.
             if vector_store.mode == "embedded" and final.exists():
                 shutil.copytree(final, tmp, dirs_exist_ok=True)

@@ -37,6 +37,7 @@ import yaml
 from ragft_dagster.benchmarks.bench import build_corpus, edit_one_sentence, finish
 from ragft_dagster.definitions import DEFAULT_PROFILE, DEFAULT_RECIPE, PROJECT_ROOT
 from ragft_dagster.orchestration.batches import batch_tags
+from ragft_dagster.orchestration.storage import BATCH_SIZE_ENV
 
 STAGES = {"documents_job", "retrieval_job"}
 OVERHEAD_TARGET_MS = 50.0
@@ -295,7 +296,7 @@ def edit_through_the_daemon(
     the index materialized. The automation sensor is stopped, so that only the docs sensor's
     run is timed (it would go on to sft_dataset and lora_adapter)."""
     import dagster as dg
-    from dagster._core.scheduler.instigation import InstigatorType
+    from dagster._core.scheduler.instigation import InstigatorType, TickStatus
 
     env = _daemon_env(recipe, profile, home)
     _stop_sensor("ragft_automation", env, home)
@@ -311,20 +312,22 @@ def edit_through_the_daemon(
             return []
 
         deadline = time.monotonic() + timeout
-        while not docs_sensor_ticks():  # the first tick: every file read, nothing changed
+        first = None
+        while first is None:  # the first tick, finished: every file read, nothing changed
             if time.monotonic() > deadline:
                 raise SystemExit(f"the docs sensor never ticked; see {log}")
+            done = [t.tick_id for t in docs_sensor_ticks() if t.status != TickStatus.STARTED]
+            first = max(done) if done else None
             time.sleep(0.5)
-        edited_at = time.time()
         edit_one_sentence(edit)
         while True:
             if time.monotonic() > deadline:
                 raise SystemExit(
                     f"no docs sensor run for the edit within {timeout:.0f} s; see {log}"
                 )
-            ticks = [t for t in docs_sensor_ticks() if t.timestamp > edited_at and t.run_ids]
+            ticks = [t for t in docs_sensor_ticks() if t.tick_id > first and t.run_ids]
             if ticks:
-                tick = ticks[-1]
+                tick = min(ticks, key=lambda t: t.tick_id)
                 found = instance.get_run_record_by_id(tick.run_ids[0])
                 if found is not None and found.dagster_run.is_finished:
                     record = found
@@ -339,11 +342,15 @@ def edit_through_the_daemon(
         if not index or index[0].run_id != run.run_id:
             raise SystemExit(f"the edit's run {run.run_id} did not update vector_index")
         indexed = index[0].timestamp
+        # the run's own events (the run record's creation time has whole seconds only)
+        times = {e.dagster_event_type: e.timestamp for e in instance.all_logs(run.run_id)}
+        queued = times.get(dg.DagsterEventType.RUN_ENQUEUED, tick.timestamp)
+        started = times.get(dg.DagsterEventType.RUN_START, record.start_time or queued)
         return {
             "tick_to_index": indexed - tick.timestamp,
-            "tick_to_created": record.create_timestamp.timestamp() - tick.timestamp,
-            "created_to_started": (record.start_time or 0) - record.create_timestamp.timestamp(),
-            "started_to_index": indexed - (record.start_time or 0),
+            "tick_to_created": queued - tick.timestamp,
+            "created_to_started": started - queued,
+            "started_to_index": indexed - started,
         }
 
 
@@ -609,6 +616,7 @@ def dagster_floor(n: int = 200, repo_instance: bool = True) -> float:
     first, second = make("first"), make("second")
     job = dg.define_asset_job("floor_job", selection=[first, second])
     defs = dg.Definitions(assets=[first, second], jobs=[job])
+    saved = os.environ.pop(BATCH_SIZE_ENV, None)  # Dagster's defaults: no event batching
     with tempfile.TemporaryDirectory(prefix="ragft-floor-") as home:
         overrides = None
         if repo_instance:
@@ -625,9 +633,12 @@ def dagster_floor(n: int = 200, repo_instance: bool = True) -> float:
             )
             seconds = time.perf_counter() - t0
             done = instance.get_materialized_partitions(dg.AssetKey("second"))
-            if len(done) != n:
-                raise RuntimeError(f"{len(done)} of {n} partitions materialized")
-            return 1000 * seconds / n
+    os.environ.pop(BATCH_SIZE_ENV, None)  # (set by the repo's storage)
+    if saved is not None:
+        os.environ[BATCH_SIZE_ENV] = saved
+    if len(done) != n:
+        raise RuntimeError(f"{len(done)} of {n} partitions materialized")
+    return 1000 * seconds / n
 
 
 def _step_seconds(instance: Any, run_id: str, step_key: str) -> float:

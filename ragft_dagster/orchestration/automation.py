@@ -171,6 +171,27 @@ def documents_in_flight(instance: dg.DagsterInstance, order: list[str]) -> dict[
     return found
 
 
+def document_runs_in_flight(instance: dg.DagsterInstance, order: list[str]) -> bool:
+    """Whether an unfinished run materializes document assets: a docs sensor batch, a
+    backfill's, a launched ``documents_job``."""
+    documents = {dg.AssetKey(a) for a in DOCUMENT_ASSETS}
+    known = set(order)
+    for record in instance.get_run_records(dg.RunsFilter(statuses=_UNFINISHED)):
+        run = record.dagster_run
+        if run.asset_selection is not None:
+            if run.asset_selection & documents:
+                return True
+            continue
+        tags = run.tags
+        if (
+            run.job_name == "documents_job"
+            or RANGE_START_TAG in tags
+            or tags.get("dagster/partition") in known
+        ):
+            return True
+    return False
+
+
 def _read_scan_state(path: Path) -> dict[str, list[Any]]:
     """The previous scan's file identities; nothing (so every file is read) when the file is
     missing or unreadable."""
@@ -226,9 +247,11 @@ def build_docs_sensor(recipe: Recipe) -> dg.SensorDefinition:
         batches = contiguous_batches(order, wanted, recipe.docs.batch_size)
         # A change that fits one run updates the index in that run too, so `ragft ask` and the
         # RAG cells see an edit seconds after the tick instead of after the automation sensor's
-        # next tick and a second run. A burst of several runs leaves the index to its eager
-        # condition, once, after they are all done.
-        selection = [*DOCUMENT_ASSETS, *([INDEX_ASSET] if len(batches) == 1 else [])]
+        # next tick and a second run. A burst of several runs, or a change while other document
+        # runs are unfinished (their chunks are not all written yet), leaves the index to its
+        # eager condition, once, after they are all done.
+        with_index = len(batches) == 1 and not document_runs_in_flight(instance, order)
+        selection = [*DOCUMENT_ASSETS, *([INDEX_ASSET] if with_index else [])]
         runs = [
             dg.RunRequest(
                 # the same documents with the same content never run twice (a used run key)

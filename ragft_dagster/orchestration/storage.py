@@ -28,6 +28,7 @@ one event at a time, as without this setting.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -49,40 +50,75 @@ class BatchingSqliteEventLogStorage(SqliteEventLogStorage):
     """Dagster's run-sharded SQLite event log; ``store_event_batch`` in one transaction."""
 
     def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
-        # in order: each stretch of asset events together, anything else one at a time
-        stretch: list[EventLogEntry] = []
-        for event in events:
-            if _is_asset_event(event):
-                stretch.append(event)
-                continue
-            self._store_asset_events(stretch)
-            stretch = []
-            self.store_event(event)
-        self._store_asset_events(stretch)
+        # In order: each stretch of asset events together, anything else one at a time. Should
+        # a write fail once part of the batch is stored, the rest is stored here one event at a
+        # time: Dagster's own fallback would store the whole batch again (duplicate rows).
+        stored = 0
+        try:
+            for start, end in _stretches(events):
+                if end - start > 1:
+                    self._store_asset_events(events[start:end])
+                else:
+                    self.store_event(events[start])
+                stored = end
+        except Exception:
+            if stored == 0:
+                raise
+            logging.getLogger(__name__).exception(
+                "storing a batch of %d events failed after %d; storing the rest one by one",
+                len(events),
+                stored,
+            )
+            for event in events[stored:]:
+                self.store_event(event)
 
     def _store_asset_events(self, events: Sequence[EventLogEntry]) -> None:
-        """What ``store_event`` does for each asset event, in one transaction per database."""
-        if len(events) < 2:
-            for event in events:
-                self.store_event(event)
-            return
+        """What ``store_event`` does for each asset event, in one transaction per database.
+        Raises only before anything is committed."""
         statements = [self.prepare_insert_event(e) for e in events]
-        for run_id in dict.fromkeys(e.run_id for e in events):
-            with self.run_connection(run_id) as conn:
-                for event, statement in zip(events, statements, strict=True):
-                    if event.run_id == run_id:
-                        conn.execute(statement)
-        # mirrored into the cross-run index database
-        with self.index_transaction() as conn:
-            ids = []
+        (run_id,) = {e.run_id for e in events}  # (Dagster batches one run's events)
+        with self.run_connection(run_id) as conn:
             for statement in statements:
-                inserted = conn.execute(statement).inserted_primary_key
-                if inserted is None or inserted[0] is None:
-                    raise RuntimeError("Cannot store asset event tags for null event id.")
-                ids.append(inserted[0])
-            self._store_asset_event_tags(conn, events, ids)
-            for event, event_id in zip(events, ids, strict=True):
-                self._store_asset_event(conn, event, event_id)
+                conn.execute(statement)
+        # mirrored into the cross-run index database
+        try:
+            with self.index_transaction() as conn:
+                self._mirror(conn, events, statements)
+        except Exception:
+            # the run's rows are committed: mirror event by event, as store_event would
+            logging.getLogger(__name__).exception(
+                "mirroring %d asset events in one transaction failed; one at a time", len(events)
+            )
+            for event, statement in zip(events, statements, strict=True):
+                with self.index_transaction() as conn:
+                    self._mirror(conn, [event], [statement])
+
+    def _mirror(self, conn: Any, events: Sequence[EventLogEntry], statements: list[Any]) -> None:
+        ids = []
+        for statement in statements:
+            inserted = conn.execute(statement).inserted_primary_key
+            if inserted is None or inserted[0] is None:
+                raise RuntimeError("Cannot store asset event tags for null event id.")
+            ids.append(inserted[0])
+        self._store_asset_event_tags(conn, events, ids)
+        for event, event_id in zip(events, ids, strict=True):
+            self._store_asset_event(conn, event, event_id)
+
+
+def _stretches(events: Sequence[EventLogEntry]) -> list[tuple[int, int]]:
+    """[start, end) of each run of consecutive asset events of one run, and of every other
+    event alone, in order."""
+    bounds: list[tuple[int, int]] = []
+    start = 0
+    for i in range(1, len(events) + 1):
+        if (
+            i == len(events)
+            or not (_is_asset_event(events[i]) and _is_asset_event(events[start]))
+            or events[i].run_id != events[start].run_id
+        ):
+            bounds.append((start, i))
+            start = i
+    return bounds
 
 
 def _is_asset_event(event: EventLogEntry) -> bool:

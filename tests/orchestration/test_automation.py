@@ -162,6 +162,11 @@ def test_docs_sensor_does_not_relaunch_a_document_whose_run_is_in_flight(tmp_pat
         (docs / "new.md").write_text("# New\n\nA new page.\n")
         second = _tick(defs, instance, root, first.cursor)
         assert [r.partition_key for r in second.run_requests] == ["new.md"]
+        # one run, but another document run is unfinished: the index waits for both
+        assert {k.to_user_string() for k in second.run_requests[0].asset_selection} == {
+            "doc_chunks",
+            "synthetic_qa",
+        }
         (docs / "overview.md").write_text("# Overview\n\nEdited after the run started.\n")
         third = _tick(defs, instance, root, second.cursor)
         started = {k for r in third.run_requests for k in _covered(r, [*DOCS, "new.md"])}

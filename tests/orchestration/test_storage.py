@@ -119,7 +119,8 @@ def test_batched_events_read_back_as_dagsters_own(tmp_path, monkeypatch):
 
 
 def test_the_repo_instance_turns_batching_on(tmp_path, monkeypatch):
-    monkeypatch.delenv(BATCH_SIZE_ENV, raising=False)
+    monkeypatch.setenv(BATCH_SIZE_ENV, "0")  # recorded, so the test's end restores the original
+    monkeypatch.delenv(BATCH_SIZE_ENV)
     (tmp_path / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
     with dg.DagsterInstance.get() as instance:
@@ -129,6 +130,39 @@ def test_the_repo_instance_turns_batching_on(tmp_path, monkeypatch):
     assert (tmp_path / "history" / "runs.db").exists()
     assert (tmp_path / "history" / "runs").is_dir()
     assert isinstance(BatchingSqliteStorage.from_local(str(tmp_path / "x")), BatchingSqliteStorage)
+
+
+@pytest.mark.parametrize("fails", ["index", "later_batch"])
+def test_a_failed_write_stores_every_event_once(tmp_path, monkeypatch, fails):
+    """A batch whose index transaction fails is mirrored event by event; a failure after part
+    of a batch is stored stores the rest one by one. Either way the instance reads back as
+    Dagster's own (no event twice: Dagster's fallback would store the whole batch again)."""
+    monkeypatch.delenv(BATCH_SIZE_ENV, raising=False)
+    plain = _run(tmp_path / "plain", None)
+    if fails == "index":
+        original = BatchingSqliteEventLogStorage._mirror
+
+        def mirror(self, conn, events, statements):  # type: ignore[no-untyped-def]
+            if len(events) > 1:
+                raise RuntimeError("database is locked")
+            return original(self, conn, events, statements)
+
+        monkeypatch.setattr(BatchingSqliteEventLogStorage, "_mirror", mirror)
+    else:
+        original = BatchingSqliteEventLogStorage._store_asset_events
+        calls: list[int] = []
+
+        def flaky(self, events):  # type: ignore[no-untyped-def]
+            calls.append(len(events))
+            if len(calls) % 2 == 0:  # every second stretch, before anything is written
+                raise RuntimeError("database is locked")
+            return original(self, events)
+
+        monkeypatch.setattr(BatchingSqliteEventLogStorage, "_store_asset_events", flaky)
+    monkeypatch.setenv(BATCH_SIZE_ENV, "1000")
+    ours = _run(tmp_path / "ours", _batching(tmp_path / "ours"))
+    plain.pop("storage"), ours.pop("storage")
+    assert ours == plain
 
 
 def test_partition_metadata_outside_the_run_is_refused():
