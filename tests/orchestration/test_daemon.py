@@ -24,6 +24,7 @@ import yaml
 
 from ragft_dagster.orchestration.automation import latest_materialization_record as _latest
 from ragft_dagster.orchestration.automation import latest_records_by_partition as _latest_all
+from ragft_dagster.orchestration.launcher import WORKER_TAG
 
 from ..conftest import ROOT, recipe_with_docs, stop_process_group, wait_until
 
@@ -190,6 +191,10 @@ def test_sensor_automation_backfill_and_gpu_pool_on_postgres(tmp_path, postgres,
         assert submitted[1] < first_end, "the second run was submitted after the first ended"
         for (_, end, first), (start, _, second) in pairwise(intervals):
             assert start >= end, f"GPU steps of runs {first} and {second} overlapped"
+
+        # every run of the daemon was forked from its warm run worker (deploy/dagster.yaml)
+        not_forked = [r.run_id for r in instance.get_runs() if WORKER_TAG not in r.tags]
+        assert not not_forked, f"runs {not_forked} were not forked\n{log.read_text()[-4000:]}"
     finally:
         stop_process_group(daemon)
         instance.dispose()

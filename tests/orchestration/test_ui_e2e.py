@@ -32,6 +32,7 @@ from dagster_graphql import DagsterGraphQLClient
 
 from ragft_dagster.config.recipe import load_recipe
 from ragft_dagster.definitions import recipe_stages
+from ragft_dagster.orchestration.launcher import WORKER_TAG
 
 from ..conftest import (
     LOCAL_PROFILE,
@@ -221,7 +222,9 @@ mutation ($repo: RepositorySelector!, $key: String!) {
                       partitionKey: $key) { __typename }
 }
 """
-RUNS = "query { runsOrError { ... on Runs { results { runId jobName status } } } }"
+RUNS = (
+    "query { runsOrError { ... on Runs { results { runId jobName status tags { key value } } } } }"
+)
 FAILURES = """
 query ($id: ID!) { logsForRun(runId: $id) { ... on EventConnection { events {
   __typename ... on ExecutionStepFailureEvent { stepKey error { message } }
@@ -433,3 +436,5 @@ def test_ui_graph_materialize_and_the_whole_pipeline_through_graphql(
     runs = dev.query(RUNS)["runsOrError"]["results"]
     assert len(runs) == launched + 1, [(r["jobName"], r["status"]) for r in runs]
     assert {r["status"] for r in runs} == {"SUCCESS"}
+    # every run was forked from the daemon's warm run worker (dagster.yaml's run_launcher)
+    assert all(any(t["key"] == WORKER_TAG for t in r["tags"]) for r in runs), runs

@@ -1,0 +1,357 @@
+"""A run launcher whose runs start with their heavy modules already imported.
+
+Dagster's ``DefaultRunLauncher`` asks the code server to start each run, and the code server
+spawns a fresh interpreter for it: every run imports dagster, torch, transformers and llama-index
+again before its first step (seven of the ten seconds a one-document edit took from the docs
+sensor's tick to the updated index). :class:`WarmRunLauncher` keeps one process that imported
+them once (``run_worker.py``) and forks each run from it; the forked process runs the run exactly
+as ``dagster api execute_run`` does, loading the code location's definitions from disk.
+
+Runs it cannot start that way go to Dagster's ``DefaultRunLauncher`` unchanged, with an engine
+event saying why: a code location served from another host (a ``grpc_server`` workspace entry
+whose code may live elsewhere), a location on another Python interpreter, or a worker that
+failed to start.
+
+Selected in ``dagster.yaml``::
+
+    run_launcher:
+      module: ragft_dagster.orchestration.launcher
+      class: WarmRunLauncher
+      config:
+        preload: [torch, transformers, ...]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from signal import SIGTERM
+from typing import Any
+
+import dagster as dg
+from dagster._core.launcher import (
+    CheckRunHealthResult,
+    DefaultRunLauncher,
+    LaunchRunContext,
+    RunLauncher,
+    WorkerStatus,
+)
+from dagster._grpc.types import ExecuteRunArgs
+from dagster._serdes import ConfigurableClass, ConfigurableClassData, serialize_value
+
+WORKER_TAG = "ragft/run_worker"
+"""Run tag: {"host", "pid", "start"} of the forked process that runs the run."""
+
+READY_TIMEOUT_S = 300.0
+"""How long the warm worker may take to import its modules (a cold disk, a large torch)."""
+
+REPLY_TIMEOUT_S = 30.0
+
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", ""})
+
+
+class WorkerUnavailable(Exception):
+    """The warm worker could not start a run; the run goes to the default launcher."""
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux); None where unknown. Tells a
+    run worker from a later process that got its pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _alive(pid: int, start: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    now = _start_time(pid)
+    return start is None or now is None or now == start
+
+
+class _Worker:
+    """The warm worker process and its socket."""
+
+    def __init__(self, preload: Sequence[str]):
+        ours, theirs = socket.socketpair()
+        try:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "ragft_dagster.orchestration.run_worker",
+                    str(theirs.fileno()),
+                    ",".join(preload),
+                ],
+                pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL,
+            )
+        except OSError as exc:
+            ours.close()
+            raise WorkerUnavailable(f"could not start the warm run worker ({exc})") from exc
+        finally:
+            theirs.close()
+        self.socket = ours
+        self._buffer = b""
+        try:
+            hello = self._receive(READY_TIMEOUT_S)
+            if not hello.get("ready"):
+                raise WorkerUnavailable(f"the warm run worker did not start: {hello}")
+        except BaseException:
+            self.close(timeout=1)
+            raise
+        self.pid: int = hello["pid"]
+        self.failed: dict[str, str] = hello.get("failed", {})
+        self.threads: list[str] = hello.get("threads", [])
+
+    def _receive(self, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise WorkerUnavailable(
+                    f"the warm run worker did not answer within {timeout:.0f} s"
+                )
+            self.socket.settimeout(left)
+            try:
+                data = self.socket.recv(1 << 16)
+            except TimeoutError:
+                continue
+            except OSError as exc:
+                raise WorkerUnavailable(f"the warm run worker is gone ({exc})") from exc
+            if not data:
+                code = self.process.poll()
+                raise WorkerUnavailable(f"the warm run worker exited (exit code {code})")
+            self._buffer += data
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return json.loads(line)
+
+    def fork(self, serialized_args: str) -> int:
+        try:
+            self.socket.sendall(json.dumps({"run": serialized_args}).encode() + b"\n")
+        except OSError as exc:
+            raise WorkerUnavailable(f"the warm run worker is gone ({exc})") from exc
+        reply = self._receive(REPLY_TIMEOUT_S)
+        if "pid" not in reply:
+            raise WorkerUnavailable(f"the warm run worker could not fork: {reply.get('error')}")
+        return int(reply["pid"])
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Close the socket: the worker exits; runs it forked go on."""
+        self.socket.close()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+class WarmRunLauncher(RunLauncher, ConfigurableClass):
+    """Forks each run from a process that imported ``preload`` once; see the module doc."""
+
+    def __init__(self, preload: Sequence[str] = (), inst_data: ConfigurableClassData | None = None):
+        super().__init__()
+        self.preload = list(preload)
+        self._inst_data = inst_data
+        self._fallback = DefaultRunLauncher()
+        self._worker: _Worker | None = None
+        self._lock = threading.Lock()
+        self._run_ids: set[str] = set()
+
+    @property
+    def inst_data(self) -> ConfigurableClassData | None:
+        return self._inst_data
+
+    @classmethod
+    def config_type(cls) -> dict[str, Any]:
+        return {
+            "preload": dg.Field(
+                [str],
+                is_required=False,
+                default_value=[],
+                description="Modules the warm worker imports once, before its first run.",
+            )
+        }
+
+    @classmethod
+    def from_config_value(
+        cls, inst_data: ConfigurableClassData, config_value: Mapping[str, Any]
+    ) -> WarmRunLauncher:
+        return cls(inst_data=inst_data, **config_value)
+
+    def register_instance(self, instance: Any) -> None:
+        super().register_instance(instance)
+        self._fallback.register_instance(instance)
+
+    # -- launching
+
+    def _not_forkable(self, run: dg.DagsterRun) -> str | None:
+        """Why the run cannot be forked from the warm worker; None if it can: its code location
+        is loaded on this host (started by this workspace, or a code server on this host, as
+        ``dagster dev`` runs it) by the same Python interpreter as this launcher's."""
+        from dagster._core.remote_origin import GrpcServerCodeLocationOrigin
+
+        origin = run.job_code_origin
+        if origin is None or run.remote_job_origin is None:
+            return "the run has no code origin"
+        location = run.remote_job_origin.repository_origin.code_location_origin
+        if (
+            isinstance(location, GrpcServerCodeLocationOrigin)
+            and location.socket is None
+            and location.host not in LOCAL_HOSTS
+        ):
+            return (
+                f"code location {location.location_name!r} is served from host "
+                f"{location.host!r} (its code may not be on this host)"
+            )
+        executable = origin.repository_origin.executable_path
+        if executable and os.path.abspath(executable) != os.path.abspath(sys.executable):
+            return (
+                f"code location {location.location_name!r} runs on {executable}, this launcher "
+                f"on {sys.executable}"
+            )
+        return None
+
+    def _fork(self, serialized_args: str) -> tuple[int, _Worker]:
+        with self._lock:
+            for attempt in (1, 2):  # a worker that died since the last run is started again
+                if self._worker is None or not self._worker.alive():
+                    self._worker = _Worker(self.preload)
+                try:
+                    return self._worker.fork(serialized_args), self._worker
+                except WorkerUnavailable:
+                    self._worker.close(timeout=1)
+                    self._worker = None
+                    if attempt == 2:
+                        raise
+        raise AssertionError("unreachable")
+
+    def launch_run(self, context: LaunchRunContext) -> None:
+        run = context.dagster_run
+        reason = self._not_forkable(run)
+        if reason is None:
+            args = ExecuteRunArgs(
+                job_origin=run.job_code_origin,  # type: ignore[arg-type]  # checked above
+                run_id=run.run_id,
+                instance_ref=self._instance.get_ref(),
+            )
+            try:
+                pid, worker = self._fork(serialize_value(args))
+            except WorkerUnavailable as exc:
+                reason = str(exc)
+            else:
+                self._instance.add_run_tags(
+                    run.run_id,
+                    {
+                        WORKER_TAG: json.dumps(
+                            {"host": socket.gethostname(), "pid": pid, "start": _start_time(pid)}
+                        )
+                    },
+                )
+                preloaded = [m for m in self.preload if m not in worker.failed]
+                note = "".join(
+                    f"; could not preload {name} ({error})" for name, error in worker.failed.items()
+                )
+                self._instance.report_engine_event(
+                    f"Forked the run's process (pid {pid}) from the warm run worker (pid "
+                    f"{worker.pid}, preloaded: {', '.join(preloaded) or 'nothing'}{note}).",
+                    run,
+                    cls=self.__class__,
+                )
+                self._run_ids.add(run.run_id)
+                return
+        self._instance.report_engine_event(
+            f"Starting the run through Dagster's default launcher: {reason}.",
+            run,
+            cls=self.__class__,
+        )
+        self._fallback.launch_run(context)
+
+    # -- the run's process afterwards
+
+    @staticmethod
+    def _worker_of(run: dg.DagsterRun) -> dict[str, Any] | None:
+        raw = run.tags.get(WORKER_TAG)
+        return json.loads(raw) if raw else None
+
+    def terminate(self, run_id: str) -> bool:
+        run = self._instance.get_run_by_id(run_id)
+        if run is None or run.is_finished:
+            return False
+        worker = self._worker_of(run)
+        if worker is None:
+            return self._fallback.terminate(run_id)
+        self._instance.report_run_canceling(run)
+        if worker["host"] != socket.gethostname():
+            self._instance.report_engine_event(
+                f"Cannot stop the run's process from here: it runs on host {worker['host']}.",
+                run,
+                cls=self.__class__,
+            )
+            return False
+        if not _alive(worker["pid"], worker.get("start")):
+            self._instance.report_engine_event(
+                f"The run's process (pid {worker['pid']}) is no longer running.",
+                run,
+                cls=self.__class__,
+            )
+            return False
+        os.kill(worker["pid"], SIGTERM)  # the run worker ends the run as canceled
+        return True
+
+    @property
+    def supports_check_run_worker_health(self) -> bool:
+        return True
+
+    def check_run_worker_health(self, run: dg.DagsterRun) -> CheckRunHealthResult:
+        worker = self._worker_of(run)
+        if worker is None:
+            return CheckRunHealthResult(WorkerStatus.UNKNOWN, "not started by the warm worker")
+        if worker["host"] != socket.gethostname():
+            return CheckRunHealthResult(WorkerStatus.UNKNOWN, f"runs on host {worker['host']}")
+        if _alive(worker["pid"], worker.get("start")):
+            return CheckRunHealthResult(WorkerStatus.RUNNING, run_worker_id=str(worker["pid"]))
+        return CheckRunHealthResult(
+            WorkerStatus.FAILED, f"the run's process (pid {worker['pid']}) exited"
+        )
+
+    def join(self, timeout: int = 30) -> None:
+        """Wait for the runs this launcher started (tests)."""
+        if not self.has_instance:
+            return
+        deadline = time.monotonic() + timeout
+        while True:
+            active = [
+                run_id
+                for run_id in self._run_ids
+                if (found := self._instance.get_run_by_id(run_id)) and not found.is_finished
+            ]
+            if not active:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"runs still going after {timeout} s: {active}")
+            time.sleep(0.1)
+        self._fallback.join(timeout)
+
+    def dispose(self) -> None:
+        with self._lock:
+            if self._worker is not None:
+                self._worker.close()
+                self._worker = None
+        self._fallback.dispose()

@@ -1,0 +1,139 @@
+"""The warm run worker: one process that imports the heavy modules once (dagster, torch,
+transformers, llama-index, ...) and then forks a process for each run it is given.
+
+Dagster's default launcher starts every run in a freshly spawned interpreter, which imports all
+of that again: seconds of every run, the most of a one-document edit's run. A forked child
+starts with the modules loaded and runs the run exactly as ``dagster api execute_run`` would
+(the same command, the same arguments), so the run, its events and its cancellation behave as
+with the default launcher. Our own code is never preloaded: each run loads the code location's
+definitions from disk, as a spawned run does, so an edited recipe or module takes effect on the
+next run.
+
+Started by :class:`ragft_dagster.orchestration.launcher.WarmRunLauncher`; speaks JSON lines on
+the socket whose file descriptor is its first argument:
+  -> {"ready": true, "pid": ..., "failed": {module: error}, "threads": [...]}  once, at start
+  <- {"run": "<serialized ExecuteRunArgs>"}  ->  {"pid": <the run worker's pid>}
+It exits when the socket closes (its launcher is gone); runs it forked go on to their end.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import threading
+import traceback
+from typing import Any
+
+
+def _preload(modules: list[str]) -> dict[str, str]:
+    """Import ``modules``; what failed, with its error (the run imports it itself then)."""
+    failed: dict[str, str] = {}
+    # torch's CUDA check through NVML never initializes the CUDA driver, which a forked child
+    # could not use afterwards; the children get the environment as it was.
+    saved = os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK")
+    os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
+    try:
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except BaseException as exc:  # noqa: BLE001 - any import failure is reported
+                failed[name] = f"{type(exc).__name__}: {exc}"
+    finally:
+        if saved is None:
+            os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
+        else:
+            os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = saved
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        failed["torch"] = "CUDA was initialized while importing; a forked run could not use it"
+    return failed
+
+
+def _run(serialized_args: str) -> int:
+    """In the forked child: what ``dagster api execute_run <args>`` does."""
+    from dagster._cli.api import execute_run_command
+    from dagster._utils.interrupts import setup_interrupt_handlers
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    setup_interrupt_handlers()  # SIGTERM interrupts the run as SIGINT does (cancellation)
+    try:
+        execute_run_command.main(
+            [serialized_args], prog_name="dagster api execute_run", standalone_mode=False
+        )
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+    except BaseException:  # noqa: BLE001 - the child must end through os._exit below
+        traceback.print_exc()
+        return 1
+    return 0
+
+
+def _fork(serialized_args: str, channel: list[Any]) -> int:
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        for end in channel:  # the child keeps no copy of the launcher's socket
+            end.close()
+        code = _run(serialized_args)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _reap() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def serve(sock: socket.socket, modules: list[str]) -> None:
+    failed = _preload(modules)
+    threads = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+    stream = sock.makefile("rwb", buffering=0)
+
+    def send(message: dict[str, Any]) -> None:
+        stream.write(json.dumps(message).encode() + b"\n")
+
+    send({"ready": True, "pid": os.getpid(), "failed": failed, "threads": threads})
+    pending = b""
+    while True:
+        ready, _, _ = select.select([sock], [], [], 1.0)
+        _reap()
+        if not ready:
+            continue
+        data = sock.recv(1 << 20)
+        if not data:
+            return  # the launcher is gone
+        pending += data
+        while b"\n" in pending:
+            line, pending = pending.split(b"\n", 1)
+            try:
+                request = json.loads(line)
+                send({"pid": _fork(request["run"], [stream, sock])})
+            except Exception as exc:  # noqa: BLE001 - answer, keep serving
+                send({"error": f"{type(exc).__name__}: {exc}"})
+
+
+def main(argv: list[str]) -> int:
+    fd, modules = int(argv[0]), [m for m in argv[1].split(",") if m]
+    # a Ctrl-C meant for `dagster dev` reaches the whole process group: end quietly
+    signal.signal(signal.SIGINT, lambda *_: os._exit(0))
+    with socket.socket(fileno=fd) as sock:
+        serve(sock, modules)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

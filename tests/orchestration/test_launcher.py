@@ -1,0 +1,248 @@
+"""The warm run launcher (dagster.yaml's run_launcher): runs forked from a process that imported
+the heavy modules once, loading the code location from disk each time, cancellable, and started
+the default way when they cannot be forked."""
+
+import importlib.util
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+import yaml
+from dagster._core.launcher import WorkerStatus
+from dagster._core.remote_origin import GrpcServerCodeLocationOrigin
+from dagster._core.test_utils import create_run_for_test
+from dagster._core.workspace.context import WorkspaceProcessContext, WorkspaceRequestContext
+from dagster._core.workspace.load_target import PythonFileTarget
+from dagster._record import copy
+
+from ragft_dagster.orchestration.launcher import WORKER_TAG, WarmRunLauncher
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# A code location of its own: one op that writes what its process saw and may then wait.
+# "wave" (a stdlib module nothing else imports) is what the test's worker preloads.
+PROBE = """
+import json, os, sys, time
+from pathlib import Path
+import dagster as dg
+
+VERSION = {version}
+PRELOADED = "wave" in sys.modules
+OUT = Path(__file__).parent / "out"
+
+
+@dg.op(config_schema={{"name": str, "wait": dg.Field(float, default_value=0.0)}})
+def report(context):
+    name, wait = context.op_config["name"], context.op_config["wait"]
+    (OUT / f"{{name}}.json").write_text(json.dumps(
+        {{"pid": os.getpid(), "ppid": os.getppid(), "version": VERSION, "preloaded": PRELOADED}}
+    ))
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+@dg.job(executor_def=dg.in_process_executor)
+def probe():
+    report()
+
+
+defs = dg.Definitions(jobs=[probe])
+"""
+
+
+def _write_probe(where: Path, version: int) -> Path:
+    (where / "out").mkdir(exist_ok=True)
+    path = where / "probe_defs.py"
+    path.write_text(PROBE.format(version=version))
+    return path
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Iterator[tuple[dg.DagsterInstance, Any, Path]]:
+    home = tmp_path / "home"
+    home.mkdir()
+    launcher = {
+        "module": "ragft_dagster.orchestration.launcher",
+        "class": "WarmRunLauncher",
+        "config": {"preload": ["wave", "no_such_module_for_the_test"]},
+    }
+    (home / "dagster.yaml").write_text(
+        yaml.safe_dump({"run_launcher": launcher, "telemetry": {"enabled": False}})
+    )
+    code = tmp_path / "code"
+    code.mkdir()
+    probe = _write_probe(code, version=1)
+    target = PythonFileTarget(
+        python_file=str(probe), attribute=None, working_directory=str(code), location_name="probe"
+    )
+    with (
+        dg.DagsterInstance.from_config(str(home)) as instance,
+        WorkspaceProcessContext(instance, target) as process_context,
+    ):
+        yield instance, process_context, code
+
+
+def _launch(instance: dg.DagsterInstance, context: WorkspaceRequestContext, **config: Any) -> str:
+    location = context.get_code_location("probe")
+    job = location.get_repository("__repository__").get_full_job("probe")
+    run_config = {"ops": {"report": {"config": config}}}
+    plan = location.get_execution_plan(
+        job, run_config, step_keys_to_execute=None, known_state=None, instance=instance
+    )
+    run = create_run_for_test(
+        instance,
+        job_name="probe",
+        run_config=run_config,
+        job_snapshot=job.job_snapshot,
+        execution_plan_snapshot=plan.execution_plan_snapshot,
+        remote_job_origin=job.get_remote_origin(),
+        job_code_origin=job.get_python_origin(),
+    )
+    instance.launch_run(run.run_id, context)
+    return run.run_id
+
+
+def _wait(instance: dg.DagsterInstance, run_id: str, timeout: float = 120) -> dg.DagsterRun:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = instance.get_run_by_id(run_id)
+        assert run is not None
+        if run.is_finished:
+            return run
+        time.sleep(0.1)
+    raise AssertionError(f"run {run_id} still going after {timeout} s")
+
+
+def _engine_messages(instance: dg.DagsterInstance, run_id: str) -> list[str]:
+    events = instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)
+    return [e.dagster_event.message or "" for e in events if e.dagster_event]
+
+
+def test_runs_fork_from_one_warm_worker_and_load_the_code_from_disk(workspace: Any) -> None:
+    instance, process_context, code = workspace
+    launcher = instance.run_launcher
+    assert isinstance(launcher, WarmRunLauncher)
+
+    first = _launch(instance, process_context.create_request_context(), name="first")
+    assert _wait(instance, first).status == dg.DagsterRunStatus.SUCCESS
+    seen = json.loads((code / "out" / "first.json").read_text())
+    worker_pid = launcher._worker.pid
+    assert seen["ppid"] == worker_pid  # forked from the warm worker
+    assert seen["preloaded"] is True  # the module was imported before the run's code
+    assert seen["version"] == 1
+    tag = json.loads(instance.get_run_by_id(first).tags[WORKER_TAG])
+    assert tag["pid"] == seen["pid"]
+    forked = [m for m in _engine_messages(instance, first) if "Forked the run" in m]
+    assert len(forked) == 1 and "preloaded: wave" in forked[0]
+    assert "could not preload no_such_module_for_the_test (ModuleNotFoundError" in forked[0]
+
+    # an edited code location is what the next run runs: nothing of ours is preloaded
+    _write_probe(code, version=2)
+    second = _launch(instance, process_context.create_request_context(), name="second")
+    assert _wait(instance, second).status == dg.DagsterRunStatus.SUCCESS
+    seen = json.loads((code / "out" / "second.json").read_text())
+    assert seen["version"] == 2
+    assert seen["ppid"] == worker_pid  # the same worker, still warm
+
+    # a worker that died is started again at the next run
+    os.kill(worker_pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while launcher._worker.alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    third = _launch(instance, process_context.create_request_context(), name="third")
+    assert _wait(instance, third).status == dg.DagsterRunStatus.SUCCESS
+    seen = json.loads((code / "out" / "third.json").read_text())
+    assert seen["ppid"] == launcher._worker.pid != worker_pid
+
+
+def test_terminate_cancels_the_forked_run(workspace: Any) -> None:
+    instance, process_context, code = workspace
+    launcher = instance.run_launcher
+    run_id = _launch(instance, process_context.create_request_context(), name="slow", wait=60.0)
+    marker = code / "out" / "slow.json"
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert time.monotonic() < deadline, "the slow run never started its op"
+        time.sleep(0.05)
+    run = instance.get_run_by_id(run_id)
+    assert launcher.check_run_worker_health(run).status == WorkerStatus.RUNNING
+
+    started = time.monotonic()
+    assert launcher.terminate(run_id) is True
+    run = _wait(instance, run_id, timeout=30)
+    assert run.status == dg.DagsterRunStatus.CANCELED
+    assert time.monotonic() - started < 30  # long before the op's 60 s
+    pid = json.loads(marker.read_text())["pid"]
+    deadline = time.monotonic() + 10
+    while launcher.check_run_worker_health(run).status == WorkerStatus.RUNNING:
+        assert time.monotonic() < deadline, f"run process {pid} still alive"
+        time.sleep(0.05)
+    assert launcher.terminate(run_id) is False  # finished: nothing to stop
+
+
+def test_dispose_stops_the_worker(workspace: Any) -> None:
+    instance, process_context, _ = workspace
+    launcher = instance.run_launcher
+    run_id = _launch(instance, process_context.create_request_context(), name="one")
+    assert _wait(instance, run_id).status == dg.DagsterRunStatus.SUCCESS
+    worker = launcher._worker
+    launcher.dispose()
+    assert worker.process.poll() is not None
+
+
+def test_runs_it_cannot_fork_say_why(workspace: Any) -> None:
+    instance, process_context, _ = workspace
+    launcher = instance.run_launcher
+    context = process_context.create_request_context()
+    job = context.get_code_location("probe").get_repository("__repository__").get_full_job("probe")
+    run = create_run_for_test(
+        instance,
+        job_name="probe",
+        remote_job_origin=job.get_remote_origin(),
+        job_code_origin=job.get_python_origin(),
+    )
+    assert launcher._not_forkable(run) is None
+
+    elsewhere = run.job_code_origin._replace(
+        repository_origin=run.job_code_origin.repository_origin._replace(
+            executable_path="/opt/other/bin/python"
+        )
+    )
+    reason = launcher._not_forkable(copy(run, job_code_origin=elsewhere))
+    assert reason is not None and "/opt/other/bin/python" in reason
+
+    def served_by(**where: Any) -> dg.DagsterRun:
+        remote = job.get_remote_origin()
+        location = GrpcServerCodeLocationOrigin(location_name="probe", **where)
+        return copy(
+            run,
+            remote_job_origin=remote._replace(
+                repository_origin=remote.repository_origin._replace(code_location_origin=location)
+            ),
+        )
+
+    # a code server on this host (as `dagster dev` serves the code location): forked
+    assert launcher._not_forkable(served_by(host="localhost", socket="/tmp/s")) is None
+    assert launcher._not_forkable(served_by(host="127.0.0.1", port=4266)) is None
+    # one on another host: its code may not be here
+    reason = launcher._not_forkable(served_by(host="code.internal", port=4266))
+    assert reason is not None and "served from host 'code.internal'" in reason
+
+
+def test_the_repo_instance_uses_the_warm_launcher() -> None:
+    for yaml_path in (ROOT / "dagster.yaml", ROOT / "deploy" / "dagster.yaml"):
+        config = yaml.safe_load(yaml_path.read_text())
+        launcher = config["run_launcher"]
+        assert (launcher["module"], launcher["class"]) == (
+            "ragft_dagster.orchestration.launcher",
+            "WarmRunLauncher",
+        ), yaml_path
+        for module in launcher["config"]["preload"]:
+            assert importlib.util.find_spec(module) is not None, module  # in the lock
