@@ -54,6 +54,9 @@ READY_TIMEOUT_S = 300.0
 
 REPLY_TIMEOUT_S = 30.0
 
+WATCH_INTERVAL_S = 2.0
+"""How often the launcher looks whether the processes of its unfinished runs are still there."""
+
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", ""})
 
 
@@ -173,6 +176,11 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
         self._worker: _Worker | None = None
         self._lock = threading.Lock()
         self._run_ids: set[str] = set()
+        # runs whose process this launcher forked and still watches: run id -> (pid, start)
+        self._watched: dict[str, tuple[int, str | None]] = {}
+        self._watch_lock = threading.Lock()
+        self._watcher: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     @property
     def inst_data(self) -> ConfigurableClassData | None:
@@ -275,6 +283,7 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
                     cls=self.__class__,
                 )
                 self._run_ids.add(run.run_id)
+                self._watch(run.run_id, pid)
                 return
         self._instance.report_engine_event(
             f"Starting the run through Dagster's default launcher: {reason}.",
@@ -284,6 +293,46 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
         self._fallback.launch_run(context)
 
     # -- the run's process afterwards
+
+    def _watch(self, run_id: str, pid: int) -> None:
+        """Dagster's code server reports a run whose process died; with a forked process, this
+        launcher does: a run still unfinished when its process is gone is marked failed."""
+        with self._watch_lock:
+            self._watched[run_id] = (pid, _start_time(pid))
+            if self._watcher is None or not self._watcher.is_alive():
+                self._watcher = threading.Thread(
+                    target=self._watch_loop, name="ragft-run-worker-watch", daemon=True
+                )
+                self._watcher.start()
+
+    def _watch_loop(self) -> None:
+        while not self._stopping.wait(WATCH_INTERVAL_S):
+            with self._watch_lock:
+                watched = list(self._watched.items())
+            for run_id, (pid, start) in watched:
+                if _alive(pid, start):
+                    continue
+                with self._watch_lock:
+                    self._watched.pop(run_id, None)
+                try:
+                    self._report_gone(run_id, pid)
+                except Exception as exc:  # noqa: BLE001 - never end the watch over one run
+                    print(f"ragft WarmRunLauncher: run {run_id}: {exc}", file=sys.stderr)
+
+    def _report_gone(self, run_id: str, pid: int) -> None:
+        if not self.has_instance:
+            return
+        run = self._instance.get_run_by_id(run_id)
+        if run is None or run.is_finished:  # the process ended after the run: all is well
+            return
+        message = (
+            f"The run's process (pid {pid}) ended before the run did: killed (out of memory?) "
+            "or crashed; see the daemon's output for its last lines."
+        )
+        if run.status == dg.DagsterRunStatus.CANCELING:
+            self._instance.report_run_canceled(run, message=message)
+        else:
+            self._instance.report_run_failed(run, message=message)
 
     @staticmethod
     def _worker_of(run: dg.DagsterRun) -> dict[str, Any] | None:
@@ -350,6 +399,7 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
         self._fallback.join(timeout)
 
     def dispose(self) -> None:
+        self._stopping.set()
         with self._lock:
             if self._worker is not None:
                 self._worker.close()

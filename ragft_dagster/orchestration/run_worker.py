@@ -48,9 +48,6 @@ def _preload(modules: list[str]) -> dict[str, str]:
             os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
         else:
             os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = saved
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_initialized():
-        failed["torch"] = "CUDA was initialized while importing; a forked run could not use it"
     return failed
 
 
@@ -106,6 +103,16 @@ def serve(sock: socket.socket, modules: list[str]) -> None:
     def send(message: dict[str, Any]) -> None:
         stream.write(json.dumps(message).encode() + b"\n")
 
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        send(
+            {
+                "ready": False,
+                "error": "importing the preloaded modules initialized CUDA, which "
+                "a forked run could not use: remove the module that does it from preload",
+            }
+        )
+        return
     send({"ready": True, "pid": os.getpid(), "failed": failed, "threads": threads})
     pending = b""
     while True:

@@ -2,6 +2,7 @@
 the heavy modules once, loading the code location from disk each time, cancellable, and started
 the default way when they cannot be forked."""
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -64,14 +65,14 @@ def _write_probe(where: Path, version: int) -> Path:
     return path
 
 
-@pytest.fixture
-def workspace(tmp_path: Path) -> Iterator[tuple[dg.DagsterInstance, Any, Path]]:
+@contextlib.contextmanager
+def _workspace(tmp_path: Path, preload: list[str]) -> Iterator[tuple[Any, Any, Path]]:
     home = tmp_path / "home"
     home.mkdir()
     launcher = {
         "module": "ragft_dagster.orchestration.launcher",
         "class": "WarmRunLauncher",
-        "config": {"preload": ["wave", "no_such_module_for_the_test"]},
+        "config": {"preload": preload},
     }
     (home / "dagster.yaml").write_text(
         yaml.safe_dump({"run_launcher": launcher, "telemetry": {"enabled": False}})
@@ -87,6 +88,12 @@ def workspace(tmp_path: Path) -> Iterator[tuple[dg.DagsterInstance, Any, Path]]:
         WorkspaceProcessContext(instance, target) as process_context,
     ):
         yield instance, process_context, code
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Iterator[tuple[Any, Any, Path]]:
+    with _workspace(tmp_path, ["wave", "no_such_module_for_the_test"]) as opened:
+        yield opened
 
 
 def _launch(instance: dg.DagsterInstance, context: WorkspaceRequestContext, **config: Any) -> str:
@@ -187,6 +194,24 @@ def test_terminate_cancels_the_forked_run(workspace: Any) -> None:
     assert launcher.terminate(run_id) is False  # finished: nothing to stop
 
 
+def test_a_run_whose_process_dies_is_marked_failed(workspace: Any) -> None:
+    instance, process_context, code = workspace
+    run_id = _launch(instance, process_context.create_request_context(), name="doomed", wait=60.0)
+    marker = code / "out" / "doomed.json"
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert time.monotonic() < deadline, "the run never started its op"
+        time.sleep(0.05)
+    pid = json.loads(marker.read_text())["pid"]
+    os.kill(pid, signal.SIGKILL)  # as the kernel's OOM killer would
+    run = _wait(instance, run_id, timeout=30)
+    assert run.status == dg.DagsterRunStatus.FAILURE
+    failure = instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+    assert len(failure) == 1
+    message = failure[0].dagster_event.message
+    assert f"pid {pid}" in message and "ended before the run did" in message, message
+
+
 def test_dispose_stops_the_worker(workspace: Any) -> None:
     instance, process_context, _ = workspace
     launcher = instance.run_launcher
@@ -234,6 +259,28 @@ def test_runs_it_cannot_fork_say_why(workspace: Any) -> None:
     # one on another host: its code may not be here
     reason = launcher._not_forkable(served_by(host="code.internal", port=4266))
     assert reason is not None and "served from host 'code.internal'" in reason
+
+
+def test_a_worker_whose_imports_initialize_cuda_is_not_used(tmp_path, monkeypatch) -> None:
+    # a stand-in for a module that touches the GPU at import: torch with CUDA initialized
+    stub = tmp_path / "stubs"
+    stub.mkdir()
+    (stub / "initializes_cuda.py").write_text(
+        "import sys, types\n"
+        "sys.modules['torch'] = types.SimpleNamespace(\n"
+        "    cuda=types.SimpleNamespace(is_initialized=lambda: True))\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(stub))
+    with _workspace(tmp_path, ["initializes_cuda"]) as (instance, process_context, code):
+        run_id = _launch(instance, process_context.create_request_context(), name="gpu")
+        assert _wait(instance, run_id).status == dg.DagsterRunStatus.SUCCESS
+        seen = json.loads((code / "out" / "gpu.json").read_text())
+        assert seen["preloaded"] is False  # started by Dagster's launcher, in a fresh process
+        assert WORKER_TAG not in instance.get_run_by_id(run_id).tags
+        messages = _engine_messages(instance, run_id)
+        assert any(
+            "Dagster's default launcher" in m and "initialized CUDA" in m for m in messages
+        ), messages
 
 
 def test_the_repo_instance_uses_the_warm_launcher() -> None:
