@@ -324,6 +324,7 @@ def edit_through_the_daemon(
             time.sleep(0.5)
         for edit in edits:
             edit_one_sentence(edit)
+            deadline = time.monotonic() + timeout
             while True:
                 if time.monotonic() > deadline:
                     raise SystemExit(
@@ -338,7 +339,8 @@ def edit_through_the_daemon(
                         record = found
                         break
                 time.sleep(0.5)
-            last = max(t.tick_id for t in docs_sensor_ticks())
+            # the last finished tick: one still running may be the one that sees the next edit
+            last = max(t.tick_id for t in docs_sensor_ticks() if t.status != TickStatus.STARTED)
             run = record.dagster_run
             if run.status != dg.DagsterRunStatus.SUCCESS:
                 raise SystemExit(f"the edit's run {run.run_id} ended {run.status.value}; see {log}")

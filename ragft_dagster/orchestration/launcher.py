@@ -60,29 +60,48 @@ WATCH_INTERVAL_S = 2.0
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", ""})
 
 
+RETRY_AFTER_S = 300.0
+"""After the warm worker failed to start, runs go to the default launcher this long before the
+worker is tried again (not every run waiting for a start that fails)."""
+
+
 class WorkerUnavailable(Exception):
     """The warm worker could not start a run; the run goes to the default launcher."""
 
 
-def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (Linux); None where unknown. Tells a
-    run worker from a later process that got its pid."""
+class RunHandedOver(Exception):
+    """The request to start a run reached the warm worker, but no answer came back: the run may
+    be running, so it must not be started a second time."""
+
+
+def _stat(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat after the command name (Linux); None where unknown."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
         return None
-    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot; tells a run's process from a later
+    process that got its pid."""
+    stat = _stat(pid)
+    return stat[19] if stat else None
 
 
 def _alive(pid: int, start: str | None) -> bool:
+    """The run's process still runs: it exists, is not a zombie (exited, not yet reaped, as
+    when the daemon is PID 1 of a container without an init) and is the same process."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass  # another user's process of that pid: /proc tells
+    stat = _stat(pid)
+    if stat is None:
         return True
-    now = _start_time(pid)
-    return start is None or now is None or now == start
+    return stat[0] not in ("Z", "X") and (start is None or stat[19] == start)
 
 
 class _Worker:
@@ -147,8 +166,11 @@ class _Worker:
             self.socket.sendall(json.dumps({"run": serialized_args}).encode() + b"\n")
         except OSError as exc:
             raise WorkerUnavailable(f"the warm run worker is gone ({exc})") from exc
-        reply = self._receive(REPLY_TIMEOUT_S)
-        if "pid" not in reply:
+        try:
+            reply = self._receive(REPLY_TIMEOUT_S)
+        except WorkerUnavailable as exc:
+            raise RunHandedOver(str(exc)) from exc
+        if "pid" not in reply:  # the worker answered: nothing was started
             raise WorkerUnavailable(f"the warm run worker could not fork: {reply.get('error')}")
         return int(reply["pid"])
 
@@ -176,6 +198,7 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
         self._worker: _Worker | None = None
         self._lock = threading.Lock()
         self._run_ids: set[str] = set()
+        self._failed_start: tuple[float, str] | None = None  # (when, why)
         # runs whose process this launcher forked and still watches: run id -> (pid, start)
         self._watched: dict[str, tuple[int, str | None]] = {}
         self._watch_lock = threading.Lock()
@@ -219,15 +242,20 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
         if origin is None or run.remote_job_origin is None:
             return "the run has no code origin"
         location = run.remote_job_origin.repository_origin.code_location_origin
-        if (
-            isinstance(location, GrpcServerCodeLocationOrigin)
-            and location.socket is None
-            and location.host not in LOCAL_HOSTS
-        ):
-            return (
-                f"code location {location.location_name!r} is served from host "
-                f"{location.host!r} (its code may not be on this host)"
-            )
+        if isinstance(location, GrpcServerCodeLocationOrigin):
+            # a code server started by `dagster dev` (which sets DAGSTER_IS_DEV_CLI for its
+            # daemon and webserver) runs with this process's environment and directory; one
+            # started otherwise may have its own, or live on another host
+            if not os.environ.get("DAGSTER_IS_DEV_CLI"):
+                return (
+                    f"code location {location.location_name!r} is served by a code server "
+                    "this workspace did not start (its environment, or its host, may differ)"
+                )
+            if location.socket is None and location.host not in LOCAL_HOSTS:
+                return (
+                    f"code location {location.location_name!r} is served from host "
+                    f"{location.host!r} (its code may not be on this host)"
+                )
         executable = origin.repository_origin.executable_path
         if executable and os.path.abspath(executable) != os.path.abspath(sys.executable):
             return (
@@ -236,17 +264,34 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
             )
         return None
 
+    def _start_worker(self) -> _Worker:
+        if self._failed_start is not None:
+            when, why = self._failed_start
+            if time.monotonic() - when < RETRY_AFTER_S:
+                raise WorkerUnavailable(why)
+        try:
+            worker = _Worker(self.preload)
+        except WorkerUnavailable as exc:
+            self._failed_start = (time.monotonic(), str(exc))
+            raise
+        self._failed_start = None
+        return worker
+
     def _fork(self, serialized_args: str) -> tuple[int, _Worker]:
         with self._lock:
             for attempt in (1, 2):  # a worker that died since the last run is started again
-                if self._worker is None or not self._worker.alive():
-                    self._worker = _Worker(self.preload)
-                try:
-                    return self._worker.fork(serialized_args), self._worker
-                except WorkerUnavailable:
+                if self._worker is not None and not self._worker.alive():
                     self._worker.close(timeout=1)
                     self._worker = None
-                    if attempt == 2:
+                if self._worker is None:
+                    self._worker = self._start_worker()
+                worker = self._worker
+                try:
+                    return worker.fork(serialized_args), worker
+                except (WorkerUnavailable, RunHandedOver) as exc:
+                    worker.close(timeout=1)
+                    self._worker = None
+                    if isinstance(exc, RunHandedOver) or attempt == 2:
                         raise
         raise AssertionError("unreachable")
 
@@ -263,6 +308,16 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
                 pid, worker = self._fork(serialize_value(args))
             except WorkerUnavailable as exc:
                 reason = str(exc)
+            except RunHandedOver as exc:
+                self._instance.report_run_failed(
+                    run,
+                    message=(
+                        f"The warm run worker took the run but did not say which process runs "
+                        f"it ({exc}); the run is marked failed rather than started twice: "
+                        "launch it again"
+                    ),
+                )
+                return
             else:
                 self._instance.add_run_tags(
                     run.run_id,
@@ -282,7 +337,8 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
                     run,
                     cls=self.__class__,
                 )
-                self._run_ids.add(run.run_id)
+                with self._watch_lock:
+                    self._run_ids.add(run.run_id)
                 self._watch(run.run_id, pid)
                 return
         self._instance.report_engine_event(
@@ -299,11 +355,27 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
         launcher does: a run still unfinished when its process is gone is marked failed."""
         with self._watch_lock:
             self._watched[run_id] = (pid, _start_time(pid))
+            if self._watcher is None:
+                self._adopt()
             if self._watcher is None or not self._watcher.is_alive():
                 self._watcher = threading.Thread(
                     target=self._watch_loop, name="ragft-run-worker-watch", daemon=True
                 )
                 self._watcher.start()
+
+    def _adopt(self) -> None:
+        """Watch the unfinished runs that an earlier launcher on this host forked (the daemon
+        restarted while they ran)."""
+        here = socket.gethostname()
+        unfinished = [
+            dg.DagsterRunStatus.STARTING,
+            dg.DagsterRunStatus.STARTED,
+            dg.DagsterRunStatus.CANCELING,
+        ]
+        for run in self._instance.get_runs(filters=dg.RunsFilter(statuses=unfinished)):
+            worker = self._worker_of(run)
+            if worker is not None and worker["host"] == here:
+                self._watched.setdefault(run.run_id, (worker["pid"], worker.get("start")))
 
     def _watch_loop(self) -> None:
         while not self._stopping.wait(WATCH_INTERVAL_S):
@@ -346,22 +418,31 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
         worker = self._worker_of(run)
         if worker is None:
             return self._fallback.terminate(run_id)
-        self._instance.report_run_canceling(run)
         if worker["host"] != socket.gethostname():
             self._instance.report_engine_event(
-                f"Cannot stop the run's process from here: it runs on host {worker['host']}.",
+                f"Cannot stop the run's process from here: it runs on host {worker['host']}; "
+                "terminate it from that host's UI or daemon.",
                 run,
                 cls=self.__class__,
             )
             return False
-        if not _alive(worker["pid"], worker.get("start")):
+        pid = worker["pid"]
+        self._instance.report_run_canceling(run)
+        try:
+            if not _alive(pid, worker.get("start")):
+                raise ProcessLookupError(pid)
+            os.kill(pid, SIGTERM)  # the run's process ends the run as canceled
+        except ProcessLookupError:
+            self._instance.report_run_canceled(
+                run, message=f"The run's process (pid {pid}) was no longer running."
+            )
+        except PermissionError:
             self._instance.report_engine_event(
-                f"The run's process (pid {worker['pid']}) is no longer running.",
+                f"Not allowed to stop the run's process (pid {pid}): it belongs to another user.",
                 run,
                 cls=self.__class__,
             )
             return False
-        os.kill(worker["pid"], SIGTERM)  # the run worker ends the run as canceled
         return True
 
     @property
@@ -369,11 +450,13 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
         return True
 
     def check_run_worker_health(self, run: dg.DagsterRun) -> CheckRunHealthResult:
+        # Dagster's run monitoring fails a run whose status is anything but RUNNING or SUCCESS:
+        # a run this launcher cannot see counts as running (monitoring's own timeouts still hold)
         worker = self._worker_of(run)
         if worker is None:
-            return CheckRunHealthResult(WorkerStatus.UNKNOWN, "not started by the warm worker")
+            return CheckRunHealthResult(WorkerStatus.RUNNING, "not started by the warm worker")
         if worker["host"] != socket.gethostname():
-            return CheckRunHealthResult(WorkerStatus.UNKNOWN, f"runs on host {worker['host']}")
+            return CheckRunHealthResult(WorkerStatus.RUNNING, f"runs on host {worker['host']}")
         if _alive(worker["pid"], worker.get("start")):
             return CheckRunHealthResult(WorkerStatus.RUNNING, run_worker_id=str(worker["pid"]))
         return CheckRunHealthResult(
@@ -386,9 +469,11 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
             return
         deadline = time.monotonic() + timeout
         while True:
+            with self._watch_lock:
+                launched = list(self._run_ids)
             active = [
                 run_id
-                for run_id in self._run_ids
+                for run_id in launched
                 if (found := self._instance.get_run_by_id(run_id)) and not found.is_finished
             ]
             if not active:

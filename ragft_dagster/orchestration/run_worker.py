@@ -51,6 +51,31 @@ def _preload(modules: list[str]) -> dict[str, str]:
     return failed
 
 
+def _unforkable(threads: list[str]) -> str | None:
+    """Why a forked child of this process could not be trusted; None if it can."""
+    if threads:
+        return (
+            f"importing the preloaded modules started threads ({', '.join(threads)}): a forked "
+            "run could inherit their locks held; remove the module that starts them from preload"
+        )
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        return (
+            "importing the preloaded modules initialized CUDA, which a forked run could not use: "
+            "remove the module that does it from preload"
+        )
+    try:  # the CUDA driver loaded (a device query without NVML): the same, seen from outside
+        maps = open("/proc/self/maps").read()  # noqa: SIM115 - read at once
+    except OSError:
+        maps = ""
+    if "libcuda.so" in maps:
+        return (
+            "importing the preloaded modules loaded the CUDA driver (libcuda), which a forked "
+            "run could not use: remove the module that does it from preload"
+        )
+    return None
+
+
 def _run(serialized_args: str) -> int:
     """In the forked child: what ``dagster api execute_run <args>`` does."""
     from dagster._cli.api import execute_run_command
@@ -80,9 +105,11 @@ def _fork(serialized_args: str, channel: list[Any]) -> int:
             end.close()
         code = _run(serialized_args)
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)  # never back into the worker's loop
 
 
 def _reap() -> None:
@@ -98,20 +125,13 @@ def _reap() -> None:
 def serve(sock: socket.socket, modules: list[str]) -> None:
     failed = _preload(modules)
     threads = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
-    stream = sock.makefile("rwb", buffering=0)
 
     def send(message: dict[str, Any]) -> None:
-        stream.write(json.dumps(message).encode() + b"\n")
+        sock.sendall(json.dumps(message).encode() + b"\n")
 
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_initialized():
-        send(
-            {
-                "ready": False,
-                "error": "importing the preloaded modules initialized CUDA, which "
-                "a forked run could not use: remove the module that does it from preload",
-            }
-        )
+    refused = _unforkable(threads)
+    if refused:
+        send({"ready": False, "error": refused})
         return
     send({"ready": True, "pid": os.getpid(), "failed": failed, "threads": threads})
     pending = b""
@@ -128,7 +148,7 @@ def serve(sock: socket.socket, modules: list[str]) -> None:
             line, pending = pending.split(b"\n", 1)
             try:
                 request = json.loads(line)
-                send({"pid": _fork(request["run"], [stream, sock])})
+                send({"pid": _fork(request["run"], [sock])})
             except Exception as exc:  # noqa: BLE001 - answer, keep serving
                 send({"error": f"{type(exc).__name__}: {exc}"})
 

@@ -22,6 +22,7 @@ from dagster._core.workspace.context import WorkspaceProcessContext, WorkspaceRe
 from dagster._core.workspace.load_target import PythonFileTarget
 from dagster._record import copy
 
+from ragft_dagster.orchestration import launcher as launcher_module
 from ragft_dagster.orchestration.launcher import WORKER_TAG, WarmRunLauncher
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -212,6 +213,33 @@ def test_a_run_whose_process_dies_is_marked_failed(workspace: Any) -> None:
     assert f"pid {pid}" in message and "ended before the run did" in message, message
 
 
+def test_a_new_launcher_watches_the_runs_an_earlier_one_forked(workspace: Any) -> None:
+    # the daemon restarted while a run it had forked went on
+    instance, process_context, code = workspace
+    earlier = instance.run_launcher
+    slow = _launch(instance, process_context.create_request_context(), name="orphan", wait=60.0)
+    marker = code / "out" / "orphan.json"
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert time.monotonic() < deadline, "the run never started its op"
+        time.sleep(0.05)
+    earlier.dispose()  # its worker and its watch end; the run goes on
+    later = WarmRunLauncher(preload=["wave"])
+    later.register_instance(instance)
+    instance._run_launcher = later  # what a restarted daemon builds from dagster.yaml
+    try:
+        quick = _launch(instance, process_context.create_request_context(), name="next")
+        assert _wait(instance, quick).status == dg.DagsterRunStatus.SUCCESS
+        pid = json.loads(marker.read_text())["pid"]
+        os.kill(pid, signal.SIGKILL)
+        run = _wait(instance, slow, timeout=30)
+        assert run.status == dg.DagsterRunStatus.FAILURE
+        failure = instance.all_logs(slow, of_type=dg.DagsterEventType.RUN_FAILURE)
+        assert f"pid {pid}" in failure[0].dagster_event.message
+    finally:
+        later.dispose()
+
+
 def test_dispose_stops_the_worker(workspace: Any) -> None:
     instance, process_context, _ = workspace
     launcher = instance.run_launcher
@@ -222,7 +250,7 @@ def test_dispose_stops_the_worker(workspace: Any) -> None:
     assert worker.process.poll() is not None
 
 
-def test_runs_it_cannot_fork_say_why(workspace: Any) -> None:
+def test_runs_it_cannot_fork_say_why(workspace: Any, monkeypatch) -> None:
     instance, process_context, _ = workspace
     launcher = instance.run_launcher
     context = process_context.create_request_context()
@@ -253,12 +281,36 @@ def test_runs_it_cannot_fork_say_why(workspace: Any) -> None:
             ),
         )
 
-    # a code server on this host (as `dagster dev` serves the code location): forked
+    # a code server this workspace did not start: its environment may differ
+    monkeypatch.delenv("DAGSTER_IS_DEV_CLI", raising=False)
+    reason = launcher._not_forkable(served_by(host="localhost", socket="/tmp/s"))
+    assert reason is not None and "did not start" in reason
+    # the code servers of `dagster dev` (which marks its processes): forked when on this host
+    monkeypatch.setenv("DAGSTER_IS_DEV_CLI", "1")
     assert launcher._not_forkable(served_by(host="localhost", socket="/tmp/s")) is None
     assert launcher._not_forkable(served_by(host="127.0.0.1", port=4266)) is None
-    # one on another host: its code may not be here
     reason = launcher._not_forkable(served_by(host="code.internal", port=4266))
     assert reason is not None and "served from host 'code.internal'" in reason
+
+
+def test_a_run_handed_over_without_an_answer_is_never_started_twice(workspace, monkeypatch):
+    instance, process_context, code = workspace
+    launcher = instance.run_launcher
+    warm = _launch(instance, process_context.create_request_context(), name="warm")
+    assert _wait(instance, warm).status == dg.DagsterRunStatus.SUCCESS
+
+    def no_answer(self: Any, serialized_args: str) -> int:
+        raise launcher_module.RunHandedOver("the warm run worker exited (exit code -9)")
+
+    monkeypatch.setattr(launcher_module._Worker, "fork", no_answer)
+    run_id = _launch(instance, process_context.create_request_context(), name="lost")
+    run = instance.get_run_by_id(run_id)
+    assert run.status == dg.DagsterRunStatus.FAILURE  # at once, not retried nor handed on
+    failure = instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+    assert "rather than started twice" in failure[0].dagster_event.message
+    assert launcher._worker is None  # the worker that lost it is not used again
+    assert not any("default launcher" in m for m in _engine_messages(instance, run_id))
+    assert not (code / "out" / "lost.json").exists()
 
 
 def test_a_worker_whose_imports_initialize_cuda_is_not_used(tmp_path, monkeypatch) -> None:
@@ -271,9 +323,21 @@ def test_a_worker_whose_imports_initialize_cuda_is_not_used(tmp_path, monkeypatc
         "    cuda=types.SimpleNamespace(is_initialized=lambda: True))\n"
     )
     monkeypatch.setenv("PYTHONPATH", str(stub))
+    starts = []
+
+    class Counted(launcher_module._Worker):
+        def __init__(self, preload: list[str]) -> None:
+            starts.append(preload)
+            super().__init__(preload)
+
+    monkeypatch.setattr(launcher_module, "_Worker", Counted)
     with _workspace(tmp_path, ["initializes_cuda"]) as (instance, process_context, code):
         run_id = _launch(instance, process_context.create_request_context(), name="gpu")
         assert _wait(instance, run_id).status == dg.DagsterRunStatus.SUCCESS
+        again = _launch(instance, process_context.create_request_context(), name="gpu2")
+        assert _wait(instance, again).status == dg.DagsterRunStatus.SUCCESS
+        assert len(starts) == 1  # the failed start is remembered, not retried for every run
+        assert any("initialized CUDA" in m for m in _engine_messages(instance, again))
         seen = json.loads((code / "out" / "gpu.json").read_text())
         assert seen["preloaded"] is False  # started by Dagster's launcher, in a fresh process
         assert WORKER_TAG not in instance.get_run_by_id(run_id).tags
