@@ -128,6 +128,17 @@ def _wait(instance: dg.DagsterInstance, run_id: str, timeout: float = 120) -> dg
     raise AssertionError(f"run {run_id} still going after {timeout} s")
 
 
+def _launch_waiting(instance: dg.DagsterInstance, process_context: Any, code: Path, name: str):
+    """A run whose op waits 60 s, once its op has started: (run id, the run process's pid)."""
+    run_id = _launch(instance, process_context.create_request_context(), name=name, wait=60.0)
+    marker = code / "out" / f"{name}.json"
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert time.monotonic() < deadline, f"run {name} never started its op"
+        time.sleep(0.05)
+    return run_id, json.loads(marker.read_text())["pid"]
+
+
 def _engine_messages(instance: dg.DagsterInstance, run_id: str) -> list[str]:
     events = instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)
     return [e.dagster_event.message or "" for e in events if e.dagster_event]
@@ -173,12 +184,7 @@ def test_runs_fork_from_one_warm_worker_and_load_the_code_from_disk(workspace: A
 def test_terminate_cancels_the_forked_run(workspace: Any) -> None:
     instance, process_context, code = workspace
     launcher = instance.run_launcher
-    run_id = _launch(instance, process_context.create_request_context(), name="slow", wait=60.0)
-    marker = code / "out" / "slow.json"
-    deadline = time.monotonic() + 60
-    while not marker.exists():
-        assert time.monotonic() < deadline, "the slow run never started its op"
-        time.sleep(0.05)
+    run_id, pid = _launch_waiting(instance, process_context, code, "slow")
     run = instance.get_run_by_id(run_id)
     assert launcher.check_run_worker_health(run).status == WorkerStatus.RUNNING
 
@@ -187,7 +193,6 @@ def test_terminate_cancels_the_forked_run(workspace: Any) -> None:
     run = _wait(instance, run_id, timeout=30)
     assert run.status == dg.DagsterRunStatus.CANCELED
     assert time.monotonic() - started < 30  # long before the op's 60 s
-    pid = json.loads(marker.read_text())["pid"]
     deadline = time.monotonic() + 10
     while launcher.check_run_worker_health(run).status == WorkerStatus.RUNNING:
         assert time.monotonic() < deadline, f"run process {pid} still alive"
@@ -197,13 +202,7 @@ def test_terminate_cancels_the_forked_run(workspace: Any) -> None:
 
 def test_a_run_whose_process_dies_is_marked_failed(workspace: Any) -> None:
     instance, process_context, code = workspace
-    run_id = _launch(instance, process_context.create_request_context(), name="doomed", wait=60.0)
-    marker = code / "out" / "doomed.json"
-    deadline = time.monotonic() + 60
-    while not marker.exists():
-        assert time.monotonic() < deadline, "the run never started its op"
-        time.sleep(0.05)
-    pid = json.loads(marker.read_text())["pid"]
+    run_id, pid = _launch_waiting(instance, process_context, code, "doomed")
     os.kill(pid, signal.SIGKILL)  # as the kernel's OOM killer would
     run = _wait(instance, run_id, timeout=30)
     assert run.status == dg.DagsterRunStatus.FAILURE
@@ -217,12 +216,7 @@ def test_a_new_launcher_watches_the_runs_an_earlier_one_forked(workspace: Any) -
     # the daemon restarted while a run it had forked went on
     instance, process_context, code = workspace
     earlier = instance.run_launcher
-    slow = _launch(instance, process_context.create_request_context(), name="orphan", wait=60.0)
-    marker = code / "out" / "orphan.json"
-    deadline = time.monotonic() + 60
-    while not marker.exists():
-        assert time.monotonic() < deadline, "the run never started its op"
-        time.sleep(0.05)
+    slow, pid = _launch_waiting(instance, process_context, code, "orphan")
     earlier.dispose()  # its worker and its watch end; the run goes on
     later = WarmRunLauncher(preload=["wave"])
     later.register_instance(instance)
@@ -230,7 +224,6 @@ def test_a_new_launcher_watches_the_runs_an_earlier_one_forked(workspace: Any) -
     try:
         quick = _launch(instance, process_context.create_request_context(), name="next")
         assert _wait(instance, quick).status == dg.DagsterRunStatus.SUCCESS
-        pid = json.loads(marker.read_text())["pid"]
         os.kill(pid, signal.SIGKILL)
         run = _wait(instance, slow, timeout=30)
         assert run.status == dg.DagsterRunStatus.FAILURE
