@@ -59,7 +59,6 @@ WATCH_INTERVAL_S = 2.0
 
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", ""})
 
-
 RETRY_AFTER_S = 300.0
 """After the warm worker failed to start, runs go to the default launcher this long before the
 worker is tried again (not every run waiting for a start that fails)."""
@@ -137,7 +136,6 @@ class _Worker:
             raise
         self.pid: int = hello["pid"]
         self.failed: dict[str, str] = hello.get("failed", {})
-        self.threads: list[str] = hello.get("threads", [])
 
     def _receive(self, timeout: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -319,11 +317,12 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
                 )
                 return
             else:
+                start = _start_time(pid)
                 self._instance.add_run_tags(
                     run.run_id,
                     {
                         WORKER_TAG: json.dumps(
-                            {"host": socket.gethostname(), "pid": pid, "start": _start_time(pid)}
+                            {"host": socket.gethostname(), "pid": pid, "start": start}
                         )
                     },
                 )
@@ -339,7 +338,7 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
                 )
                 with self._watch_lock:
                     self._run_ids.add(run.run_id)
-                self._watch(run.run_id, pid)
+                self._watch(run.run_id, pid, start)
                 return
         self._instance.report_engine_event(
             f"Starting the run through Dagster's default launcher: {reason}.",
@@ -350,11 +349,11 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
 
     # -- the run's process afterwards
 
-    def _watch(self, run_id: str, pid: int) -> None:
+    def _watch(self, run_id: str, pid: int, start: str | None) -> None:
         """Dagster's code server reports a run whose process died; with a forked process, this
         launcher does: a run still unfinished when its process is gone is marked failed."""
         with self._watch_lock:
-            self._watched[run_id] = (pid, _start_time(pid))
+            self._watched[run_id] = (pid, start)
             if self._watcher is None:
                 self._adopt()
             if self._watcher is None or not self._watcher.is_alive():

@@ -11,7 +11,8 @@ next run.
 
 Started by :class:`ragft_dagster.orchestration.launcher.WarmRunLauncher`; speaks JSON lines on
 the socket whose file descriptor is its first argument:
-  -> {"ready": true, "pid": ..., "failed": {module: error}, "threads": [...]}  once, at start
+  -> {"ready": true, "pid": ..., "failed": {module: error}}  once, at start (or
+     {"ready": false, "error": ...} when its children could not be trusted)
   <- {"run": "<serialized ExecuteRunArgs>"}  ->  {"pid": <the run worker's pid>}
 It exits when the socket closes (its launcher is gone); runs it forked go on to their end.
 """
@@ -133,7 +134,7 @@ def serve(sock: socket.socket, modules: list[str]) -> None:
     if refused:
         send({"ready": False, "error": refused})
         return
-    send({"ready": True, "pid": os.getpid(), "failed": failed, "threads": threads})
+    send({"ready": True, "pid": os.getpid(), "failed": failed})
     pending = b""
     while True:
         ready, _, _ = select.select([sock], [], [], 1.0)
