@@ -567,10 +567,11 @@ class EvaluationRecipe(_Section):
     """Resamples of the paired bootstrap CI of each difference."""
     nightly_cron: str = "0 2 * * *"
     """When the ``nightly_evaluation`` schedule re-scores every cell (cron, UTC)."""
-    headline_metric: Literal["acc", "acc_norm", "acc_option"] = "acc"
+    headline_metric: Literal["acc", "acc_norm", "acc_bytes", "acc_option"] = "acc"
     """The accuracy of the report's headline table, chart, paired tests and regression check, in
     lm-evaluation-harness's terms: ``acc`` the answer letter (as the harness's MMLU; the only one
-    API models have), ``acc_norm`` the option text per byte (as its ARC/HellaSwag ``acc_norm``),
+    API models have), ``acc_norm`` the option text per character (as its ARC/HellaSwag
+    ``acc_norm``), ``acc_bytes`` the option text per UTF-8 byte (its ``acc_bytes``),
     ``acc_option`` the option text unnormalised (what its ARC calls ``acc``)."""
     support_threshold: float = Field(default=0.6, gt=0, le=1)
     """Share of the correct option's content words a chunk must hold to count as holding the

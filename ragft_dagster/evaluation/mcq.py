@@ -7,9 +7,14 @@ Local models are scored by log-likelihood, with lm-evaluation-harness's metric n
   recorded too: a model that puts little mass there is not really answering. API models answer
   with a letter too, so this is the one metric every cell has.
 * ``acc_norm`` is the option text, as the harness scores ARC and HellaSwag: each option's
-  log-likelihood per byte after the prompt.
+  log-likelihood after the prompt per character (the harness's ``acc_norm``); ``acc_bytes``
+  divides by UTF-8 bytes instead (the harness's ``acc_bytes``; the two differ only for options
+  with non-ASCII text).
 * ``acc_option`` is that option log-likelihood unnormalised (what the harness's ARC calls
   ``acc``; named apart here because this benchmark's ``acc`` is the letter).
+
+Every score is computed in float32 from the model's final hidden state, whatever its dtype, and
+a tie for the top choice is recorded and counted as 1/k correct, never as the first letter.
 """
 
 from __future__ import annotations
@@ -304,6 +309,108 @@ def _accepts(model: Any, name: str) -> bool:
         return False
 
 
+class _ScoringHead:
+    """The model split at its LM head, so what decides an answer is computed in float32.
+
+    A bfloat16 or float16 LM head writes rounded logits: on the quickstart the four letters'
+    logits tied exactly on about a quarter of the questions, and upcasting after the head
+    cannot separate them. Here the body runs in the model's dtype and the final hidden state is
+    projected with a float32 copy of the head's weight: only the rows asked for (the last
+    position of each prompt, the real tokens of each option), in chunks, so neither the rounding
+    nor a full-vocabulary float32 tensor over every padded position is paid. Models whose head
+    is not a plain projection of ``base_model``'s output keep their own logits (upcast).
+    """
+
+    def __init__(self, model: Any):
+        import torch
+
+        self.model = model
+        out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        body = getattr(model, "base_model", None)
+        weight = getattr(out, "weight", None)
+        self.split = body is not None and body is not model and isinstance(weight, torch.Tensor)
+        if not self.split:
+            return
+        self.body = body
+        self.weight = weight.detach().float()  # no copy when it is float32 already
+        bias = getattr(out, "bias", None)
+        self.bias = None if bias is None else bias.detach().float()
+        cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else None
+        # What some architectures do after the projection (Cohere scales, Granite divides,
+        # Gemma 2/3 soft-cap); the rest of transformers' causal LMs return the projection.
+        self.scale = float(getattr(cfg, "logit_scale", None) or 1.0)
+        self.scale /= float(getattr(cfg, "logits_scaling", None) or 1.0)
+        self.softcap = getattr(cfg, "final_logit_softcapping", None)
+
+    def forward(self, *, last_only: bool = False, **inputs: Any) -> tuple[Any, Any]:
+        """(hidden states, or the model's own logits when not split; its key/value cache).
+        ``last_only``: only the last position is used (an unsplit model computes only its
+        logits)."""
+        if self.split:
+            out = self.body(**inputs)
+            return out.last_hidden_state, out.past_key_values
+        if last_only and _accepts(self.model, "logits_to_keep"):
+            inputs["logits_to_keep"] = 1
+        out = self.model(**inputs)
+        return out.logits, out.past_key_values
+
+    def logits(self, hidden: Any) -> Any:
+        """Float32 logits over the whole vocabulary of ``hidden`` ([n, hidden] -> [n, vocab])."""
+        import torch
+
+        if not self.split:
+            return hidden.float()
+        z = hidden.to(self.weight.dtype) @ self.weight.T
+        if self.bias is not None:
+            z = z + self.bias
+        if self.scale != 1.0:
+            z = z * self.scale
+        if self.softcap:
+            z = torch.tanh(z / self.softcap) * self.softcap
+        return z
+
+    def target_logprobs(self, hidden: Any, targets: Any, chunk: int = 512) -> Any:
+        """log p(targets[i] | hidden[i]) in float32, ``chunk`` rows at a time."""
+        import torch
+
+        out = []
+        for start in range(0, hidden.shape[0], chunk):
+            z = self.logits(hidden[start : start + chunk])
+            t = targets[start : start + chunk]
+            out.append(z.gather(1, t[:, None])[:, 0] - torch.logsumexp(z, dim=-1))
+        return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
+
+
+def _top(scores: Sequence[float]) -> list[int]:
+    """Every index sharing the top score (ties are exact: equal floats)."""
+    best = max(scores)
+    return [i for i, s in enumerate(scores) if s == best]
+
+
+def _length_groups(lengths: Sequence[int], max_rows: int, slack: float = 1.5) -> list[list[int]]:
+    """Rows grouped by length (longest first) so a group's padding stays small: a row starts a
+    new group when the group's longest row is more than ``slack`` times its length, or the group
+    is full. Long options (code, 400+ tokens) no longer pad every short one to their length."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    groups: list[list[int]] = []
+    for i in order:
+        g = groups[-1] if groups else None
+        if g is None or len(g) >= max_rows or lengths[g[0]] > slack * max(lengths[i], 1):
+            groups.append([i])
+        else:
+            g.append(i)
+    return groups
+
+
+def _select_cache(cache: Any, rows: Any, config: Any) -> Any:
+    """A new key/value cache holding ``rows`` (batch indices, repeats allowed) of ``cache``;
+    ``cache`` itself is left as it is, for the next group."""
+    from transformers import DynamicCache
+
+    data = [(layer.keys[rows], layer.values[rows]) for layer in cache.layers]
+    return DynamicCache(ddp_cache_data=data, config=config)
+
+
 def score_questions(
     model: Any,
     tokenizer: Any,
@@ -314,23 +421,28 @@ def score_questions(
     device: str = "cpu",
     temperature: float | None = None,
 ) -> list[dict[str, Any]]:
-    """Log-likelihoods of every question's answers, for ``acc``, ``acc_norm`` and
-    ``acc_option``, batched.
+    """Log-likelihoods of every question's answers, for ``acc``, ``acc_norm``, ``acc_bytes``
+    and ``acc_option``, batched.
 
     Answers are tokenised as :func:`answer_tokens` says (the prompt's trailing whitespace moved
-    into the answer). One forward pass over a batch of contexts (left-padded, only the last
-    position's logits kept) gives the next-token distribution after each, and its key/value
-    cache; a second, short pass scores each question's four option texts as continuations on
-    top of that cache. So the long RAG prompt is processed once per question, not once per
-    option. From these, in lm-evaluation-harness's terms:
+    into the answer). One forward pass over a batch of contexts (left-padded) gives the
+    next-token distribution after each, and its key/value cache; further short passes score the
+    options as continuations on top of that cache, grouped by length. So the long RAG prompt is
+    processed once per question, not once per option. Every score is computed in float32 from
+    the final hidden state (:class:`_ScoringHead`), whatever the model's dtype. In
+    lm-evaluation-harness's terms:
 
     * ``acc`` (the letter, as the harness's MMLU): the log-probability of each answer letter as
       the next token;
     * ``acc_norm`` (the option text, as the harness's ARC/HellaSwag ``acc_norm``): the summed
-      log-probability of each option's text divided by its length in bytes (so long options are
-      not penalised for having more tokens);
+      log-probability of each option's text divided by its length in characters;
+    * ``acc_bytes`` (the harness's ``acc_bytes``): the same divided by its length in UTF-8 bytes;
     * ``acc_option`` (the option text, as the harness's ARC/HellaSwag ``acc``): that sum,
       unnormalised.
+
+    A choice is "top" when no other scores higher; ``top`` lists every letter sharing the top
+    score (a tie), and ``predicted*`` is the first of them (for display only: accuracy counts a
+    tie among k as 1/k, see :func:`ragft_dagster.evaluation.scoring.score_local`).
 
     Args:
         model: A causal LM (eval mode is set here).
@@ -344,15 +456,16 @@ def score_questions(
 
     Returns:
         Per prompt: ``logprobs`` (A-D), ``probs`` renormalised over A-D, ``mass`` on A-D,
-        ``predicted`` (acc), ``option_logprobs``, ``option_bytes``, ``predicted_norm``
-        (acc_norm), ``predicted_option`` (acc_option) and, with a temperature, ``sample_probs``
-        (A-D; ``1 - sum`` is the invalid share).
+        ``option_logprobs``, ``option_chars``, ``option_bytes``, ``top`` (per metric, the
+        letters sharing the top score), ``predicted`` (acc), ``predicted_norm`` (acc_norm),
+        ``predicted_bytes`` (acc_bytes), ``predicted_option`` (acc_option) and, with a
+        temperature, ``sample_probs`` (A-D; ``1 - sum`` is the invalid share).
     """
     import torch
 
     model.eval()
+    head = _ScoringHead(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    keep_last = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
     tokenized = [answer_tokens(tokenizer, p, o) for p, o in zip(prompts, options, strict=True)]
     # Batches of prompts of similar length (longest first), so little of a forward pass is
     # spent on padding (the quickstart's RAG prompts: 83% of the padded positions were real
@@ -361,10 +474,8 @@ def score_questions(
     by_index: dict[int, dict[str, Any]] = {}
     for start in range(0, len(order), batch_size):
         members = order[start : start + batch_size]
-        batch_options = [options[i] for i in members]
         answers = [tokenized[i] for i in members]
         ctx = [a.context_ids for a in answers]
-        letter_ids = [a.letter_ids for a in answers]
         width = max(len(c) for c in ctx)
         ids = torch.full((len(ctx), width), pad, dtype=torch.long)
         mask = torch.zeros((len(ctx), width), dtype=torch.long)
@@ -373,63 +484,90 @@ def score_questions(
             mask[i, width - len(c) :] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         with torch.no_grad():
-            first = model(
+            hidden, cache = head.forward(
+                last_only=True,
                 input_ids=ids.to(device),
                 attention_mask=mask.to(device),
                 position_ids=positions.to(device),
                 use_cache=True,
-                **keep_last,
             )
-        next_logits = first.logits[:, -1, :].float()
+            next_logits = head.logits(hidden[:, -1, :])
         next_logp = torch.log_softmax(next_logits, dim=-1)
+        del hidden
 
-        # The options of question q are rows 4q..4q+3, right-padded after the cached prompt.
+        # Option j of question q is row 4q+j; token 0 of an option follows the prompt, token k
+        # follows option token k-1 (scored from the continuation pass of its length group).
         conts = [ids or [pad] for a in answers for ids in a.option_ids]
-        cwidth = max(len(c) for c in conts)
-        cids = torch.full((len(conts), cwidth), pad, dtype=torch.long)
-        cmask = torch.zeros((len(conts), cwidth), dtype=torch.long)
-        for i, c in enumerate(conts):
-            cids[i, : len(c)] = torch.tensor(c)
-            cmask[i, : len(c)] = 1
-        lengths = torch.tensor([len(c) for c in ctx]).repeat_interleave(4)
-        cache = first.past_key_values
-        cache.batch_repeat_interleave(4)
-        with torch.no_grad():
-            second = model(
-                input_ids=cids.to(device),
-                attention_mask=torch.cat([mask.repeat_interleave(4, dim=0), cmask], 1).to(device),
-                position_ids=(lengths[:, None] + torch.arange(cwidth)[None, :]).to(device),
-                past_key_values=cache,
-                use_cache=False,
-            )
-        cont_logp = torch.log_softmax(second.logits.float(), dim=-1)
-        for q, lids in enumerate(letter_ids):
-            lps = [float(next_logp[q, i]) for i in lids]
-            top = max(lps)
-            norm = sum(math.exp(lp - top) for lp in lps)
-            option_lps, option_bytes = [], []
-            for j in range(4):
-                row, c = 4 * q + j, conts[4 * q + j]
-                # token 0 follows the prompt; token k follows option token k-1
-                lp = float(next_logp[q, c[0]])
-                lp += sum(float(cont_logp[row, k - 1, c[k]]) for k in range(1, len(c)))
-                option_lps.append(lp)
-                option_bytes.append(max(len(batch_options[q][j].encode("utf-8")), 1))
-            normed = [lp / b for lp, b in zip(option_lps, option_bytes, strict=True)]
+        option_lps = [float(next_logp[r // 4, c[0]]) for r, c in enumerate(conts)]
+        for group in _length_groups([len(c) for c in conts], max_rows=4 * len(members)):
+            cwidth = max(len(conts[r]) for r in group)
+            if cwidth < 2:
+                continue  # one-token options: scored from the prompt's pass alone
+            cids = torch.full((len(group), cwidth), pad, dtype=torch.long)
+            cmask = torch.zeros((len(group), cwidth), dtype=torch.long)
+            for i, r in enumerate(group):
+                cids[i, : len(conts[r])] = torch.tensor(conts[r])
+                cmask[i, : len(conts[r])] = 1
+            question = torch.tensor([r // 4 for r in group])
+            lengths = torch.tensor([len(ctx[r // 4]) for r in group])
+            with torch.no_grad():
+                hidden, _ = head.forward(
+                    input_ids=cids.to(device),
+                    attention_mask=torch.cat([mask[question], cmask], 1).to(device),
+                    position_ids=(lengths[:, None] + torch.arange(cwidth)[None, :]).to(device),
+                    past_key_values=_select_cache(
+                        cache, question.to(device), getattr(model, "config", None)
+                    ),
+                    use_cache=False,
+                )
+                # only real positions that predict a next option token
+                where = cmask[:, 1:].bool()
+                targets = cids[:, 1:][where].to(device)
+                lps = head.target_logprobs(hidden[:, :-1][where.to(device)], targets).tolist()
+            del hidden
+            per_row = where.sum(1).tolist()
+            at = 0
+            for r, n in zip(group, per_row, strict=True):
+                option_lps[r] += math.fsum(lps[at : at + n])
+                at += n
+        del cache
+
+        for q, a in enumerate(answers):
+            texts = options[members[q]]
+            lps = [float(next_logp[q, i]) for i in a.letter_ids]
+            best = max(lps)
+            norm = sum(math.exp(lp - best) for lp in lps)
+            summed = option_lps[4 * q : 4 * q + 4]
+            chars = [max(len(t), 1) for t in texts]
+            nbytes = [max(len(t.encode("utf-8")), 1) for t in texts]
+            top = {
+                "acc": _top(lps),
+                "acc_norm": _top([lp / n for lp, n in zip(summed, chars, strict=True)]),
+                "acc_bytes": _top([lp / n for lp, n in zip(summed, nbytes, strict=True)]),
+                "acc_option": _top(summed),
+            }
             rec: dict[str, Any] = {
                 "logprobs": dict(zip(LETTERS, lps, strict=True)),
-                "probs": {L: math.exp(lp - top) / norm for L, lp in zip(LETTERS, lps, strict=True)},
+                "probs": {L: math.exp(lp - best) / norm for L, lp in zip(LETTERS, lps, strict=True)},
                 "mass": sum(math.exp(lp) for lp in lps),
-                "predicted": LETTERS[max(range(4), key=lambda i: lps[i])],
-                "option_logprobs": dict(zip(LETTERS, option_lps, strict=True)),
-                "option_bytes": dict(zip(LETTERS, option_bytes, strict=True)),
-                "predicted_norm": LETTERS[max(range(4), key=lambda i: normed[i])],
-                "predicted_option": LETTERS[max(range(4), key=lambda i: option_lps[i])],
+                "option_logprobs": dict(zip(LETTERS, summed, strict=True)),
+                "option_chars": dict(zip(LETTERS, chars, strict=True)),
+                "option_bytes": dict(zip(LETTERS, nbytes, strict=True)),
+                "top": {m: [LETTERS[i] for i in idx] for m, idx in top.items()},
+                **{
+                    field: LETTERS[top[m][0]]
+                    for m, field in (
+                        ("acc", "predicted"),
+                        ("acc_norm", "predicted_norm"),
+                        ("acc_bytes", "predicted_bytes"),
+                        ("acc_option", "predicted_option"),
+                    )
+                },
             }
             if temperature is not None:
                 tempered = torch.log_softmax(next_logits[q] / temperature, dim=-1)
                 rec["sample_probs"] = {
-                    L: float(tempered[i].exp()) for L, i in zip(LETTERS, lids, strict=True)
+                    L: float(tempered[i].exp()) for L, i in zip(LETTERS, a.letter_ids, strict=True)
                 }
             by_index[members[q]] = rec
     return [by_index[i] for i in range(len(prompts))]

@@ -99,6 +99,12 @@ def _sample_seed(seed: int, key: str, question_id: str) -> int:
     return int.from_bytes(digest[:8], "big")
 
 
+def tie_credit(top: list[str], correct: str) -> float:
+    """A question's credit: 1/k when the correct letter is among the k choices tied for the top
+    score (the expected accuracy of a random tie-break), else 0; never the first letter's."""
+    return 1.0 / len(top) if correct in top else 0.0
+
+
 def score_cell(
     questions: list[Question],
     model: Any,
@@ -131,8 +137,11 @@ def score_cell(
 
     Returns:
         One record per question: ``predicted``/``is_correct`` (acc: the letter),
-        ``predicted_norm``/``is_correct_norm`` (acc_norm: the option text per byte),
-        ``predicted_option``/``is_correct_option`` (acc_option: the option text), letter
+        ``predicted_norm``/``is_correct_norm`` (acc_norm: the option text per character),
+        ``predicted_bytes``/``is_correct_bytes`` (acc_bytes: per UTF-8 byte),
+        ``predicted_option``/``is_correct_option`` (acc_option: the option text), each
+        ``is_correct*`` a credit in [0, 1] (:func:`tie_credit`), ``tied`` (per metric, how many
+        choices share the top score; 1 = no tie), letter
         probabilities, A-D mass, the retrieved chunks and, in sampled mode, ``samples`` (a
         letter, or None for an invalid answer, per round).
     """
@@ -190,15 +199,20 @@ def score_local(
         rec = {
             **_base_record(q, hits),
             "predicted": s["predicted"],
-            "is_correct": s["predicted"] == q.correct,
+            "is_correct": tie_credit(s["top"]["acc"], q.correct),
             "invalid": False,
             "predicted_norm": s["predicted_norm"],
-            "is_correct_norm": s["predicted_norm"] == q.correct,
+            "is_correct_norm": tie_credit(s["top"]["acc_norm"], q.correct),
+            "predicted_bytes": s["predicted_bytes"],
+            "is_correct_bytes": tie_credit(s["top"]["acc_bytes"], q.correct),
             "predicted_option": s["predicted_option"],
-            "is_correct_option": s["predicted_option"] == q.correct,
+            "is_correct_option": tie_credit(s["top"]["acc_option"], q.correct),
+            "tied": {metric: len(letters) for metric, letters in s["top"].items()},
             "probs": s["probs"],
             "mass": s["mass"],
             "option_logprobs": s["option_logprobs"],
+            "option_chars": s["option_chars"],
+            "option_bytes": s["option_bytes"],
         }
         if sampled and sampling:
             rng = random.Random(_sample_seed(sampling.seed, sample_key, q.id))
@@ -301,6 +315,8 @@ def score_api_cell(
             "invalid": letter is None,
             "predicted_norm": None,
             "is_correct_norm": None,
+            "predicted_bytes": None,
+            "is_correct_bytes": None,
             "predicted_option": None,
             "is_correct_option": None,
             "reply": reply["content"],
