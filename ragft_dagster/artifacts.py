@@ -398,6 +398,12 @@ class ArtifactLayout:
     def vector_index(self) -> Path:
         return self.root / "vector_index"
 
+    @property
+    def retrieved_contexts(self) -> Path:
+        """Each benchmark's retrieved chunks, stored once per index version so that every RAG
+        cell shows the same context."""
+        return self.root / "retrieval" / "benchmark"
+
     def scores(self, model: str, context: str) -> Path:
         return self.root / "scores" / f"{model}__{context}.jsonl"
 

@@ -548,7 +548,9 @@ def score_questions(
             }
             rec: dict[str, Any] = {
                 "logprobs": dict(zip(LETTERS, lps, strict=True)),
-                "probs": {L: math.exp(lp - best) / norm for L, lp in zip(LETTERS, lps, strict=True)},
+                "probs": {
+                    L: math.exp(lp - best) / norm for L, lp in zip(LETTERS, lps, strict=True)
+                },
                 "mass": sum(math.exp(lp) for lp in lps),
                 "option_logprobs": dict(zip(LETTERS, summed, strict=True)),
                 "option_chars": dict(zip(LETTERS, chars, strict=True)),

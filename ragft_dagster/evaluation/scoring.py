@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import time
 from collections.abc import Callable
@@ -10,6 +11,7 @@ from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
 from typing import Any
 
+from ragft_dagster.artifacts import atomic_write_text
 from ragft_dagster.compute import ComputeSettings
 from ragft_dagster.config.recipe import (
     ApiScoringRecipe,
@@ -454,6 +456,74 @@ def load_local_model(
     )
 
 
+def _embedder(retrieval: RetrievalRecipe, models: LocalModels, compute: ComputeSettings) -> Any:
+    from ragft_dagster.retrieval.indexing import retrieval_embedder
+
+    return retrieval_embedder(
+        retrieval, models.layout.root, models.recipe_root, compute.torch_device()
+    )
+
+
+def benchmark_contexts(
+    questions: list[Question],
+    collection: Any,
+    retrieval: RetrievalRecipe,
+    *,
+    depth: int,
+    store: Path,
+    embedder: Callable[[], Any],
+) -> tuple[list[dict[str, Any]], list[list[dict[str, Any]]], list[list[dict[str, Any]]]]:
+    """Every question's retrieved chunks, retrieved once per benchmark and index version.
+
+    The first RAG cell retrieves and stores them under ``store``, keyed by the questions, the
+    index's chunk ids (content hashes: the index version), the embedder, ``top_k`` and
+    ``depth``; every other RAG cell (and the report's diagnosis) reads the same file, so all
+    models see exactly the same context even when nearest-neighbour search is not bit-for-bit
+    repeatable between processes.
+
+    Args:
+        questions: The benchmark.
+        collection: The index's chroma collection.
+        retrieval: The recipe's ``retrieval`` section.
+        depth: How deep the ranking for the hit@k diagnostics goes (>= ``top_k``).
+        store: The folder of stored retrievals.
+        embedder: Makes the query embedder (only called when nothing is stored yet).
+
+    Returns:
+        (every chunk of the index, each question's top-k chunks, each question's ``depth``
+        ranking).
+    """
+    from ragft_dagster.retrieval.indexing import Retriever, all_chunks
+
+    chunks = all_chunks(collection)
+    key = hashlib.sha256(
+        json.dumps(
+            {
+                "questions": [[q.id, q.question] for q in questions],
+                "chunks": sorted(c["id"] for c in chunks),
+                "embedding_model": retrieval.embedding_model,
+                "top_k": retrieval.top_k,
+                "depth": depth,
+            }
+        ).encode()
+    ).hexdigest()[:20]
+    path = store / f"{key}.json"
+    if path.is_file():
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            if len(saved["hits"]) == len(saved["ranked"]) == len(questions):
+                return chunks, saved["hits"], saved["ranked"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # unreadable: retrieve again and overwrite it
+    query = embedder()
+    hits = retrieve_all(questions, Retriever(collection, query, retrieval.top_k))
+    # deeper, for hit@k beyond top_k; the prompts keep the top-k retriever's own hits
+    ranked = retrieve_all(questions, Retriever(collection, query, depth))
+    store.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps({"key": key, "hits": hits, "ranked": ranked}))
+    return chunks, hits, ranked
+
+
 def evaluate_cell(
     ev: EvaluationRecipe,
     retrieval: RetrievalRecipe,
@@ -487,24 +557,20 @@ def evaluate_cell(
     layout = models.layout
     questions = load_questions(questions_path)
     with ExitStack() as stack:
-        retriever, chunks, ranked = None, [], None
+        hits: list[list[dict[str, Any]]] = [[] for _ in questions]
+        chunks: list[dict[str, Any]] = []
+        ranked = None
         depth = max(retrieval.top_k, RANK_DEPTH)
         if context_name == "rag":
-            from ragft_dagster.retrieval.indexing import (
-                Retriever,
-                all_chunks,
-                retrieval_embedder,
-            )
-
-            embedder = retrieval_embedder(
-                retrieval, layout.root, models.recipe_root, compute.torch_device()
-            )
             collection = stack.enter_context(open_collection())
-            retriever = Retriever(collection, embedder, retrieval.top_k)
-            chunks = all_chunks(collection)
-            # deeper, for hit@k beyond top_k; the prompts keep the top-k retriever's own hits
-            ranked = retrieve_all(questions, Retriever(collection, embedder, depth))
-        hits = retrieve_all(questions, retriever)
+            chunks, hits, ranked = benchmark_contexts(
+                questions,
+                collection,
+                retrieval,
+                depth=depth,
+                store=layout.retrieved_contexts,
+                embedder=lambda: _embedder(retrieval, models, compute),
+            )
         messages = recipe_messages(ev, questions, hits)
         if model_key in ev.api.models:
             if llm_client is None:

@@ -158,3 +158,70 @@ def test_smollm2_prompt_no_letter_can_follow_fails_clearly(smollm2_tokenizer):
     prompt = _chatml(smollm2_tokenizer, "<|im_start|>assistant\nOption M")
     with pytest.raises(McqError, match="no answer letter can follow the prompt.*'Answer:'"):
         answer_tokens(smollm2_tokenizer, prompt)
+
+
+def test_bfloat16_letters_a_rounded_head_ties_are_told_apart_in_float32(tiny_base, tiny_tokenizer):
+    """Issue 25: in bfloat16 the LM head writes rounded logits, so two letters whose float32
+    scores differ can tie exactly; the scorer projects the final hidden state in float32."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_base, dtype=torch.bfloat16).eval()
+    prompt = _prompt(tiny_tokenizer, PREFILLED)
+    tokens = answer_tokens(tiny_tokenizer, prompt, OPTIONS)
+    a, b, c, d = tokens.letter_ids
+    with torch.no_grad():
+        h = model.base_model(torch.tensor([tokens.context_ids])).last_hidden_state[0, -1]
+        w = model.get_output_embeddings().weight
+        # A points along the hidden state (the top letter by far), B is A with one weight
+        # moved by one bfloat16 step: their float32 logits differ, their bfloat16 ones do not.
+        w[a] = (h / h.norm() * 4).to(w.dtype)
+        w[b] = w[a]
+        i = int(torch.argsort(h.abs())[len(h) // 2])  # a middling component: a small change
+        w[b, i] = (w[a, i].float() * (1 + 2**-6)).to(w.dtype)  # away from zero: B's dot grows
+        w[c] = 0
+        w[d] = 0
+        own = model(torch.tensor([tokens.context_ids])).logits[0, -1]
+    assert own[a] == own[b], "the precondition: the bfloat16 head ties A and B"
+    assert w[b, i] != w[a, i]
+    got = score_questions(model, tiny_tokenizer, [prompt], [OPTIONS])[0]
+    assert got["top"]["acc"] == ["B"]  # B's weight moved towards the hidden state
+    assert got["logprobs"]["B"] > got["logprobs"]["A"]
+
+
+def test_a_tie_counts_one_kth_never_the_first_letter(tiny_base, tiny_tokenizer):
+    """Identical letter rows and identical option texts tie exactly in float32 too: every tied
+    choice is listed, and the credit is 1/k (a random tie-break's expectation)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ragft_dagster.evaluation.mcq import Question
+    from ragft_dagster.evaluation.scoring import score_local
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_base).eval()
+    prompt = _prompt(tiny_tokenizer)
+    letters = answer_tokens(tiny_tokenizer, prompt).letter_ids
+    with torch.no_grad():
+        w = model.get_output_embeddings().weight
+        for t in letters[1:]:
+            w[t] = w[letters[0]]
+    options = ("same text", "other", "same text", "another one")
+    got = score_questions(model, tiny_tokenizer, [prompt], [options])[0]
+    assert got["top"]["acc"] == ["A", "B", "C", "D"]
+    assert got["option_logprobs"]["A"] == got["option_logprobs"]["C"]
+
+    def record(correct):
+        q = Question("q", 1, "Which?", options, correct)
+        messages = [[{"role": "user", "content": "Which? A. x B. y C. z D. w"}]]
+        return score_local([q], [[]], messages, model, tiny_tokenizer, batch_size=1, device="cpu")[
+            0
+        ]
+
+    for correct in "ABCD":
+        rec = record(correct)
+        assert rec["tied"]["acc"] == 4
+        assert rec["is_correct"] == 0.25  # not 1.0 for A and 0 for the rest
+        if rec["tied"]["acc_option"] == 2 and correct in "AC":
+            assert rec["is_correct_option"] == 0.5
+        elif rec["tied"]["acc_option"] == 2:
+            assert rec["is_correct_option"] == 0.0

@@ -10,7 +10,7 @@ DATA = ROOT / "assets" / "quickstart"
 DOCS = ["lora-training.md", "chunking.md", "vector-index.md"]
 
 
-def test_rag_cell_ranks_the_answer_chunk_beyond_the_prompts_top_k(tmp_path):
+def test_rag_cell_ranks_the_answer_chunk_beyond_the_prompts_top_k(tmp_path, monkeypatch):
     from ragft_dagster.artifacts import ArtifactLayout
     from ragft_dagster.compute import ComputeSettings
     from ragft_dagster.config.recipe import load_recipe
@@ -82,6 +82,37 @@ def test_rag_cell_ranks_the_answer_chunk_beyond_the_prompts_top_k(tmp_path):
             assert r["support"] == [] and r["support_coverage"] < 0.6
     # MiniLM ranks some answer chunks 4th-10th here: found only by the deeper retrieval
     assert any((r["support_rank"] or 0) > retrieval.top_k for r in records)
+
+    # Every other RAG cell reads the stored retrieval of this index version (no query is
+    # embedded again); a new index version is retrieved anew.
+    from ragft_dagster.evaluation import scoring
+
+    assert len(list(layout.retrieved_contexts.glob("*.json"))) == 1
+    made = []
+    real_embedder = scoring._embedder
+    monkeypatch.setattr(scoring, "_embedder", lambda *a: made.append(1) or real_embedder(*a))
+
+    def cell():
+        return evaluate_cell(
+            recipe.evaluation,
+            recipe.retrieval,
+            recipe.questions_path,
+            LocalModels.of(recipe, layout),
+            "base",
+            "rag",
+            compute=ComputeSettings(device="cpu", dtype="float32"),
+            open_collection=collection,
+        )[0]
+
+    again = cell()
+    assert not made
+    assert [r["retrieved"] for r in again] == [r["retrieved"] for r in records]
+    assert [r["support_rank"] for r in again] == [r["support_rank"] for r in records]
+    with collection() as col:
+        sync_index(col, chunks[1:], embedder, retrieval.embedding_model)
+    cell()
+    assert made == [1]
+    assert len(list(layout.retrieved_contexts.glob("*.json"))) == 2
 
 
 def test_general_scores_asset_scores_the_shipped_set_by_category(tmp_path):
