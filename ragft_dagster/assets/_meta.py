@@ -10,6 +10,7 @@ from typing import Any
 import dagster as dg
 
 from ragft_dagster.artifacts import read_jsonl
+from ragft_dagster.evaluation.report import METRICS
 
 DOCUMENTS = "documents"
 # Run tag naming what started a run (docs sensor: added/changed/removed; schedule: nightly).
@@ -170,9 +171,13 @@ def cell_metadata(
         "correct": row["correct"],
         "invalid_answers": row["invalid"],
     }
-    for name in ("acc_norm", "acc_option"):
-        if not math.isnan(row[name]):
+    for name in METRICS:
+        if name != "acc" and not math.isnan(row[name]):
             metadata[name] = row[name]
+    # questions whose top choice is tied (each counts 1/k correct): numbers, plotted per run
+    for name in METRICS:
+        if not math.isnan(row[name]):
+            metadata[f"ties_{name}"] = row[f"{name}_ties"]
     if not math.isnan(row["mean_letter_mass"]):
         metadata["mean_letter_mass"] = row["mean_letter_mass"]
     if ctx == "rag":
@@ -196,23 +201,42 @@ def cell_metadata(
             }
         )
     columns = ["row", "correct", "predicted", "is_correct", "predicted_norm"]
-    columns += ["predicted_option"]
+    columns += ["predicted_bytes", "predicted_option"]
     columns += ["reply"] if stats is not None else ["mass"]
     columns += ["support_coverage", "retrieval_hit"] if ctx == "rag" else []
     metadata["per_question"] = preview_table(records, columns, limit=50)
     return metadata
 
 
-def report_metadata(
-    folder: Path,
-    report: Any,
-    headline_metric: str,
-    general_rows: list[dict[str, Any]],
-    general_md: str,
-    png: str,
+def general_metadata(
+    path: Path, records: list[dict[str, Any]], model_key: str, metric: str
 ) -> dict[str, Any]:
-    """``mcq_report``'s metadata: the comparison table and tests, the chart, and each cell's
-    figures as numbers so the UI plots their history."""
+    """A ``general_scores`` partition's metadata: the headline metric overall and per category
+    with its interval and ties, and a per-question preview."""
+    from ragft_dagster.evaluation.report import general_report
+
+    rows, _, _ = general_report({model_key: records}, [], [model_key], metric, sources=[])
+    metadata: dict[str, Any] = {"path": dg.MetadataValue.path(str(path)), "metric": metric}
+    for row in rows:
+        suffix = "" if row["category"] == "all" else f"_{row['category']}"
+        metadata[f"accuracy{suffix}"] = row["accuracy"]
+        metadata[f"ci95_low{suffix}"] = row["ci_low"]
+        metadata[f"ci95_high{suffix}"] = row["ci_high"]
+        metadata[f"ties{suffix}"] = row["ties"]
+    metadata["questions"] = len(records)
+    correct, answer = METRICS[metric]
+    metadata["per_question"] = preview_table(
+        records, ["row", "category", "correct", answer, correct], limit=100
+    )
+    return metadata
+
+
+def report_metadata(
+    folder: Path, report: Any, headline_metric: str, png: str, figure2_png: str | None = None
+) -> dict[str, Any]:
+    """``mcq_report``'s metadata: the comparison table, ties and tests, the charts, Figure 2,
+    DPO's held-out preference accuracy, and each cell's figures as numbers so the UI plots
+    their history."""
     metadata: dict = {
         "path": dg.MetadataValue.path(str(folder)),
         "comparison": dg.MetadataValue.md(report.table_md),
@@ -227,16 +251,30 @@ def report_metadata(
         "summary": preview_table(
             report.rows,
             ["model", "context", "metric", "n", "correct", "accuracy", "ci_low", "ci_high"]
-            + ["acc", "acc_norm", "acc_option", "invalid"],
+            + ["ties", *METRICS, "invalid"],
             limit=len(report.rows),
         ),
         "chart": dg.MetadataValue.md(f"![accuracy](data:image/png;base64,{png})"),
+        "ties": dg.MetadataValue.md(report.ties_md),
+        "unchanged_stages": len(report.stage_notes),
     }
-    if general_md:
-        metadata["docs_vs_general"] = dg.MetadataValue.md(general_md)
-        for g in general_rows:
-            if g["category"] == "all":
-                metadata[f"general_accuracy_{g['model']}"] = g["accuracy"]
+    if report.stage_notes:
+        metadata["stage_notes"] = dg.MetadataValue.md("\n\n".join(report.stage_notes))
+    if report.general_md:
+        metadata["figure_2"] = dg.MetadataValue.md(report.general_md)
+        if figure2_png:
+            metadata["figure_2_chart"] = dg.MetadataValue.md(
+                f"![Figure 2](data:image/png;base64,{figure2_png})"
+            )
+        for g in report.general_rows:
+            category = "" if g["category"] == "all" else f"_{g['category']}"
+            metadata[f"general{category}_accuracy_{g['model']}"] = g["accuracy"]
+    if report.preference_md:
+        metadata["dpo_preference"] = dg.MetadataValue.md(report.preference_md)
+        pref = report.preference or {}
+        for key in ("accuracy", "ci_low", "ci_high", "pairs", "margin"):
+            if isinstance(pref.get(key), int | float):
+                metadata[f"dpo_preference_{key}"] = pref[key]
     if report.retrieval_md:
         metadata["retrieval_vs_generation"] = dg.MetadataValue.md(report.retrieval_md)
     if report.sampled_md:
@@ -246,7 +284,8 @@ def report_metadata(
         metadata[f"accuracy_{cell}"] = r["accuracy"]
         metadata[f"ci_low_{cell}"] = r["ci_low"]
         metadata[f"ci_high_{cell}"] = r["ci_high"]
-        for name in ("acc", "acc_norm", "acc_option"):
+        metadata[f"ties_{cell}"] = r["ties"]
+        for name in METRICS:
             if not math.isnan(r[name]):
                 metadata[f"{name}_{cell}"] = r[name]
     return metadata

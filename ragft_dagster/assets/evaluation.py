@@ -13,21 +13,21 @@ from ragft_dagster.assets._meta import (
     EAGER_SETTLED,
     TRIGGER_TAG,
     cell_metadata,
-    preview_table,
+    general_metadata,
     report_metadata,
 )
 from ragft_dagster.config.recipe import Recipe
 from ragft_dagster.evaluation.gate import GateDecision, release_decision
 from ragft_dagster.evaluation.mcq import McqError
 from ragft_dagster.evaluation.report import (
+    PREFERENCE_FILE,
     build_report,
-    general_report,
     regressions,
     write_report_files,
 )
 from ragft_dagster.evaluation.scoring import evaluate_cell, evaluate_general
 from ragft_dagster.llm.client import BudgetExceeded, LlmCallError
-from ragft_dagster.models.refs import LocalModels
+from ragft_dagster.models.refs import LocalModels, merge_source_keys
 from ragft_dagster.resources import (
     ArtifactStoreResource,
     ComputeResource,
@@ -134,12 +134,20 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[Any
 
     general_path = recipe.general_questions_path
     general_scores = None
+    # Figure 2: every merge source (base, the specialist...) is scored beside the stages
+    sources = list(merge_source_keys(recipe))
+    general_keys = list(dict.fromkeys([*sources, *ev.models]))
     if general_path is not None and ev.models:
-        general_partitions = dg.StaticPartitionsDefinition(list(ev.models))
+        general_partitions = dg.StaticPartitionsDefinition(general_keys)
 
         @dg.asset(
             automation_condition=EAGER_SETTLED,
-            deps=["merged_model", "dpo_model", "lora_adapter"],
+            deps=[
+                *(["specialist_model"] if recipe.specialist else []),
+                "merged_model",
+                "dpo_model",
+                "lora_adapter",
+            ],
             partitions_def=general_partitions,
             group_name="general",
             pool="gpu",
@@ -158,9 +166,10 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[Any
             artifacts: ArtifactStoreResource,
             compute: ComputeResource,
         ) -> dg.MaterializeResult:
-            """One local model on the general-capability set (general knowledge and arithmetic),
-            closed-book and scored like the benchmark: what merging gains and fine-tuning
-            forgets."""
+            """One local model (a merge source such as the specialist, or a pipeline stage) on
+            the general-capability set (general knowledge and arithmetic), closed-book and
+            scored like the benchmark: what each source brings, what merging keeps and what
+            fine-tuning forgets."""
             model_key = context.partition_key
             layout = artifacts.layout()
             try:
@@ -175,18 +184,9 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[Any
                 raise dg.Failure(description=f"general_scores[{model_key}]: {exc}") from None
             path = layout.general_scores(model_key)
             write_jsonl(path, records)
-            rows, _, _ = general_report({model_key: records}, [], [model_key], ev.headline_metric)
-            metadata: dict[str, Any] = {"path": dg.MetadataValue.path(str(path))}
-            for row in rows:
-                suffix = "" if row["category"] == "all" else f"_{row['category']}"
-                metadata[f"accuracy{suffix}"] = row["accuracy"]
-                metadata[f"ci95_low{suffix}"] = row["ci_low"]
-                metadata[f"ci95_high{suffix}"] = row["ci_high"]
-            metadata["questions"] = len(records)
-            metadata["per_question"] = preview_table(
-                records, ["row", "category", "correct", "predicted", "is_correct"], limit=100
+            return dg.MaterializeResult(
+                metadata=general_metadata(path, records, model_key, ev.headline_metric)
             )
-            return dg.MaterializeResult(metadata=metadata)
 
     report_deps: list[Any] = [dg.AssetDep(mcq_scores, partition_mapping=dg.AllPartitionMapping())]
     if general_scores is not None:
@@ -201,9 +201,10 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[Any
         code_version=recipe.section_version("evaluation", "evaluation.headline_metric"),
     )
     def mcq_report(artifacts: ArtifactStoreResource) -> dg.MaterializeResult:
-        """Accuracy per model x context with 95% intervals, paired tests (the method's
-        comparisons Holm-corrected, the rest exploratory), retrieval vs. generation failures, a
-        per-question table and a chart."""
+        """Accuracy per model x context with 95% intervals and ties, paired tests (the method's
+        comparisons Holm-corrected, the rest exploratory), retrieval vs. generation failures,
+        Figure 2 (merge sources, merge, DPO and SFT on the general set), DPO's held-out
+        preference accuracy, a per-question table and charts."""
         layout = artifacts.layout()
         models, contexts = ev.all_models, [str(c) for c in ev.contexts]
         cells = [(m, c) for m in models for c in contexts]
@@ -213,6 +214,15 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[Any
                 f"mcq_scores is not materialized for {missing}; materialize "
                 "every mcq_scores partition first"
             )
+        general: dict[str, list[dict[str, Any]]] = {}
+        if general_scores is not None:
+            absent = [m for m in general_keys if not layout.general_scores(m).is_file()]
+            if absent:
+                raise dg.Failure(
+                    f"general_scores is not materialized for {absent}; materialize every "
+                    "general_scores partition first"
+                )
+            general = {m: read_jsonl(layout.general_scores(m)) for m in general_keys}
         report = build_report(
             {(m, c): read_jsonl(layout.scores(m, c)) for m, c in cells},
             models,
@@ -220,29 +230,18 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[Any
             n_boot=ev.bootstrap_samples,
             metric=ev.headline_metric,
             support_threshold=ev.support_threshold,
-        )
-        rows = report.rows
-        general: dict[str, list[dict[str, Any]]] = {}
-        if general_scores is not None:
-            absent = [m for m in ev.models if not layout.general_scores(m).is_file()]
-            if absent:
-                raise dg.Failure(
-                    f"general_scores is not materialized for {absent}; materialize every "
-                    "general_scores partition first"
-                )
-            general = {m: read_jsonl(layout.general_scores(m)) for m in ev.models}
-        general_rows, general_pairs, general_md = general_report(
-            general, rows, models, ev.headline_metric, ev.bootstrap_samples
+            general=general,
+            general_models=general_keys,
+            sources=sources,
+            preference_file=layout.dpo_model / PREFERENCE_FILE,
         )
         with atomic_dir(layout.report) as tmp:
-            chart = write_report_files(
-                tmp, report, models, contexts, general_rows, general_pairs, general_md
-            )
+            chart, figure2 = write_report_files(tmp, report, models, contexts)
             png = base64.b64encode(chart.read_bytes()).decode()
-        metadata = report_metadata(
-            layout.report, report, ev.headline_metric, general_rows, general_md, png
+            figure2_png = base64.b64encode(figure2.read_bytes()).decode() if figure2 else None
+        return dg.MaterializeResult(
+            metadata=report_metadata(layout.report, report, ev.headline_metric, png, figure2_png)
         )
-        return dg.MaterializeResult(metadata=metadata)
 
     @dg.asset_check(
         asset=mcq_report,

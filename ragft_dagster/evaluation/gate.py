@@ -9,7 +9,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ragft_dagster.evaluation.report import METRICS
-from ragft_dagster.evaluation.stats import paired_comparisons
+from ragft_dagster.evaluation.stats import (
+    count_text,
+    credit,
+    expected_p,
+    paired_comparisons,
+    paired_credit,
+)
 
 
 def mcnemar_one_sided(only_a: int, only_b: int) -> float:
@@ -33,9 +39,10 @@ class GateDecision:
         return "passed: " + self.figures["docs_verdict"] if self.passed else "; ".join(self.reasons)
 
 
-def _correct(records: list[dict[str, Any]], metric: str) -> dict[str, bool]:
+def _correct(records: list[dict[str, Any]], metric: str) -> dict[str, float]:
+    """Per-question credit (1/k for a correct option tied with k - 1 others)."""
     key = METRICS[metric][0]
-    return {str(r["question_id"]): bool(r[key]) for r in records if r.get(key) is not None}
+    return {str(r["question_id"]): credit(r[key]) for r in records if r.get(key) is not None}
 
 
 def release_decision(
@@ -67,16 +74,15 @@ def release_decision(
     """
     reasons: list[str] = []
     a, b = f"{candidate} {context}", f"{baseline} {context}"
-    row = paired_comparisons(
-        {a: _correct(docs[candidate], metric), b: _correct(docs[baseline], metric)},
-        n_boot=n_boot,
-        family=[(a, b)],
-    )[0]
-    p = mcnemar_one_sided(row["only_a"], row["only_b"])
+    cells = {a: _correct(docs[candidate], metric), b: _correct(docs[baseline], metric)}
+    row = paired_comparisons(cells, n_boot=n_boot, family=[(a, b)])[0]
+    # tied questions: the one-sided p averaged over random tie-breaks (exact without ties)
+    _, credit_a, credit_b = paired_credit(cells[a], cells[b])
+    p = expected_p(credit_a, credit_b, mcnemar_one_sided)
     verdict = (
         f"{a} {100 * row['accuracy_a']:.1f}% vs {b} {100 * row['accuracy_b']:.1f}% "
-        f"(n={row['n']}, {row['only_a']} vs {row['only_b']} discordant, one-sided McNemar "
-        f"p={p:.3g}, alpha {alpha})"
+        f"(n={row['n']}, {count_text(row['only_a'])} vs {count_text(row['only_b'])} "
+        f"discordant, one-sided McNemar p={p:.3g}, alpha {alpha})"
     )
     if not (row["difference"] > 0 and p < alpha):
         reasons.append(f"{a} does not significantly beat {b}: {verdict}")

@@ -15,10 +15,13 @@ from ragft_dagster.artifacts import atomic_write_text
 from ragft_dagster.config.recipe import LOCAL_MODELS
 from ragft_dagster.evaluation.stats import (
     comparisons_markdown,
+    count_text,
+    credit,
     mde_sentence,
     paired_comparisons,
     sampled_cell,
     sampled_pair,
+    whole,
     wilson_interval,
 )
 
@@ -30,14 +33,19 @@ def _mean(values: list[float]) -> float:
 METRICS = {
     "acc": ("is_correct", "predicted"),
     "acc_norm": ("is_correct_norm", "predicted_norm"),
+    "acc_bytes": ("is_correct_bytes", "predicted_bytes"),
     "acc_option": ("is_correct_option", "predicted_option"),
 }
 """Each metric's (correctness, answer) fields in the score records; names as
-lm-evaluation-harness uses them (see :mod:`ragft_dagster.evaluation.mcq`)."""
+lm-evaluation-harness uses them (see :mod:`ragft_dagster.evaluation.mcq`). Correctness is
+credit in [0, 1] (1/k when the correct option ties k - 1 others for the top score); API models
+and records written before ties were split hold a bool, and older records have no acc_bytes."""
 
 METRIC_MEANINGS = {
     "acc": "the answer letter's log-probability (as lm-evaluation-harness scores MMLU)",
-    "acc_norm": "the option text's log-likelihood per byte (lm-evaluation-harness's ARC acc_norm)",
+    "acc_norm": "the option text's log-likelihood per character (lm-evaluation-harness's acc_norm)",
+    "acc_bytes": "the option text's log-likelihood per UTF-8 byte (lm-evaluation-harness's "
+    "acc_bytes)",
     "acc_option": "the option text's log-likelihood, unnormalised (lm-evaluation-harness's ARC "
     "acc)",
 }
@@ -56,6 +64,12 @@ def _support_rank(r: dict[str, Any]) -> tuple[int | None, int]:
     return (min(ranks) if ranks else None), len(shown)
 
 
+def tie_size(record: dict[str, Any], metric: str) -> int:
+    """How many choices share the top score under ``metric`` (1: no tie; records written
+    before ties were recorded count as 1)."""
+    return int((record.get("tied") or {}).get(metric, 1))
+
+
 def summarise_scores(
     records: dict[tuple[str, str], list[dict[str, Any]]], metric: str = "acc"
 ) -> list[dict[str, Any]]:
@@ -63,27 +77,31 @@ def summarise_scores(
 
     Args:
         records: Each cell's per-question records.
-        metric: The headline metric (``acc``, ``acc_norm`` or ``acc_option``).
+        metric: The headline metric (a key of :data:`METRICS`).
 
     Returns:
-        Rows with ``metric`` and its ``accuracy``, ``correct``, ``n`` and 95% CI; every metric
-        with its CI under its own name (NaN where a cell has none, e.g. API models' acc_norm);
-        invalid answers; the A-D mass; and, with RAG: how many answers the docs were found to
-        hold (``answer_located``), hit@k for k in :data:`HIT_AT` (NaN beyond the ranked depth),
-        how often the prompt showed a supporting chunk, and the wrong (headline) answers split
-        into retrieval failures, generation failures and questions whose answer was not located.
+        Rows with ``metric`` and its ``accuracy``, ``correct`` (credit summed: a top choice
+        tied among k options counts 1/k when the correct one is among them), ``n``, 95% CI and
+        ``ties`` (questions whose top choice is tied); every metric with its CI and
+        ``<metric>_ties`` under its own name (NaN where a cell has none, e.g. API models'
+        acc_norm); invalid answers; the A-D mass; and, with RAG: how many answers the docs
+        were found to hold (``answer_located``), hit@k for k in :data:`HIT_AT` (NaN beyond the
+        ranked depth), how often the prompt showed a supporting chunk, and the wrong
+        (headline) answers split into retrieval failures, generation failures and questions
+        whose answer was not located (expected counts where a tie splits the credit).
     """
     rows = []
     field = METRICS[metric][0]
     for (model, context), recs in sorted(records.items()):
         row: dict[str, Any] = {"model": model, "context": context, "metric": metric}
         for name, (key, _) in METRICS.items():
-            known = [bool(r[key]) for r in recs if r.get(key) is not None]
-            k = sum(known)
-            row[name] = k / len(known) if known else float("nan")
-            row[f"{name}_ci_low"], row[f"{name}_ci_high"] = wilson_interval(k, len(known))
+            scored = [r for r in recs if r.get(key) is not None]
+            k = whole(sum(credit(r[key]) for r in scored))
+            row[name] = k / len(scored) if scored else float("nan")
+            row[f"{name}_ci_low"], row[f"{name}_ci_high"] = wilson_interval(k, len(scored))
+            row[f"{name}_ties"] = sum(1 for r in scored if tie_size(r, name) > 1)
             if name == metric:
-                row.update(n=len(known), correct=k, accuracy=row[name])
+                row.update(n=len(scored), correct=k, accuracy=row[name], ties=row[f"{name}_ties"])
                 row["ci_low"], row["ci_high"] = row[f"{name}_ci_low"], row[f"{name}_ci_high"]
         row["invalid"] = sum(1 for r in recs if r.get("invalid"))
         row["mean_letter_mass"] = _mean([r["mass"] for r in recs if r.get("mass") is not None])
@@ -104,10 +122,14 @@ def _retrieval_figures(recs: list[dict[str, Any]], field: str) -> dict[str, Any]
     for k in HIT_AT:
         hits = [float(rank is not None and rank <= k) for rank, _ in ranked]
         out[f"hit_at_{k}"] = _mean(hits) if k <= depth else float("nan")
-    wrong = [r for r in recs if r.get(field) is False]
-    out["wrong_retrieval_miss"] = sum(1 for r in wrong if r.get("retrieval_hit") is False)
-    out["wrong_retrieval_hit"] = sum(1 for r in wrong if r.get("retrieval_hit") is True)
-    out["wrong_not_located"] = sum(1 for r in wrong if r.get("retrieval_hit") is None)
+    # each answer is wrong by 1 - its credit (a split tie is partly wrong)
+    wrong = [(r, 1 - credit(r[field])) for r in recs if r.get(field) is not None]
+    for key, verdict in (
+        ("wrong_retrieval_miss", False),
+        ("wrong_retrieval_hit", True),
+        ("wrong_not_located", None),
+    ):
+        out[key] = whole(sum(w for r, w in wrong if r.get("retrieval_hit") is verdict))
     return out
 
 
@@ -139,6 +161,8 @@ def comparison_markdown(rows: list[dict[str, Any]], models: list[str], contexts:
                 continue
             text = f"{_pct(r['accuracy'])} [{_whole(r['ci_low'])}–{_whole(r['ci_high'])}]"
             text += f" (n={r['n']})"
+            if r["ties"]:
+                text += f"; {r['ties']} tied"
             text += "".join(f"; {o} {_pct(r[o])}" for o in others if not math.isnan(r[o]))
             if r["invalid"]:
                 text += f"; {r['invalid']} invalid"
@@ -173,8 +197,8 @@ def retrieval_markdown(rows: list[dict[str, Any]], support_threshold: float | No
         out += (
             f"| {r['model']} rag | {r['answer_located']} of {r['n']} | "
             + " | ".join(_pct(r[f"hit_at_{k}"]) for k in HIT_AT)
-            + f" | {_pct(r['retrieval_hit_rate'])} | {r['wrong_retrieval_miss']} | "
-            f"{r['wrong_retrieval_hit']} | {r['wrong_not_located']} |\n"
+            + f" | {_pct(r['retrieval_hit_rate'])} | {count_text(r['wrong_retrieval_miss'])} | "
+            f"{count_text(r['wrong_retrieval_hit'])} | {count_text(r['wrong_not_located'])} |\n"
         )
     return out
 
@@ -196,8 +220,7 @@ def per_question_rows(
             if r.get(field) is None and metric != "acc":
                 row[f"{model} {context}"] = "n/a"
             else:
-                mark = "✓" if r.get(field) else "✗"
-                row[f"{model} {context}"] = f"{r.get(answer) or '–'} {mark}"
+                row[f"{model} {context}"] = f"{r.get(answer) or '–'} {_mark(r, metric)}"
             if context == "rag" and "retrieved" not in row:
                 row["retrieved"] = " ".join(h["id"][:8] for h in r["retrieved"])
                 row["support"] = _support_text(r)
@@ -208,6 +231,36 @@ def per_question_rows(
                     "n/a" if hit is None else str(rank) if rank is not None else f"> {depth}"
                 )
     return sorted(by_q.values(), key=lambda x: x["row"])
+
+
+def _mark(r: dict[str, Any], metric: str) -> str:
+    """✓ or ✗; a top choice tied among k options shows it (``✓ 1/2 tie``: the correct option is
+    among the k, credit 1/k; ``✗ 2-way tie``: it is not)."""
+    value = credit(r.get(METRICS[metric][0]) or 0)
+    k = tie_size(r, metric)
+    if k <= 1:
+        return "✓" if value else "✗"
+    return f"✓ 1/{k} tie" if value else f"✗ {k}-way tie"
+
+
+def ties_markdown(rows: list[dict[str, Any]], models: list[str], contexts: list[str]) -> str:
+    """Per cell and metric, the questions whose top choice is tied (– where the cell has no
+    such metric, e.g. an API model's option metrics)."""
+    cell = {(r["model"], r["context"]): r for r in rows}
+    out = (
+        "Questions whose top choice is tied between options (equal scores). A tie among k "
+        "options counts 1/k correct when the correct option is among them (the expected "
+        "accuracy of a random tie-break), never the first letter.\n\n"
+        "| cell | " + " | ".join(METRICS) + " |\n|---|" + "---:|" * len(METRICS) + "\n"
+    )
+    for m in models:
+        for c in contexts:
+            r = cell.get((m, c))
+            if r is None:
+                continue
+            counts = ["–" if math.isnan(r[n]) else str(r[f"{n}_ties"]) for n in METRICS]
+            out += f"| {m} {c} | " + " | ".join(counts) + " |\n"
+    return out
 
 
 def _support_text(r: dict[str, Any]) -> str:
@@ -295,8 +348,10 @@ def sampled_report(
 
 @dataclass
 class Report:
-    """Everything ``mcq_report`` shows: the per-cell table, the paired comparisons, retrieval
-    diagnostics, the per-question table and, in sampled mode, the rerun statistics."""
+    """Everything ``mcq_report`` shows: the per-cell table, ties, the paired comparisons,
+    retrieval diagnostics, the per-question table, in sampled mode the rerun statistics, and
+    (when given) Figure 2 on the general set, DPO's held-out preference accuracy and a sentence
+    for every stage whose answers equal the previous stage's."""
 
     rows: list[dict[str, Any]]
     pairs: list[dict[str, Any]]
@@ -310,15 +365,26 @@ class Report:
     sampled_md: str = ""
     mismatched_rows: list[int] = field(default_factory=list)
     metric: str = "acc"
+    ties_md: str = ""
+    stage_notes: list[str] = field(default_factory=list)
+    """One sentence per stage whose answers equal the previous stage's in every cell."""
+    general_rows: list[dict[str, Any]] = field(default_factory=list)
+    general_pairs: list[dict[str, Any]] = field(default_factory=list)
+    general_md: str = ""
+    general_models: list[str] = field(default_factory=list)
+    """Figure 2's rows (merge sources, merged, dpo, sft) in order."""
+    preference: dict[str, Any] | None = None
+    """DPO's held-out preference evaluation (``preference_eval.json``), when it exists."""
+    preference_md: str = ""
 
     @property
     def markdown(self) -> str:
-        parts = [
-            "# MCQ benchmark\n",
-            self.table_md,
-            f"\n## Paired comparisons (same questions, {self.metric})\n",
-            self.comparisons_md,
-        ]
+        parts = ["# MCQ benchmark\n", self.table_md]
+        if self.stage_notes:
+            parts.append("\n" + "\n\n".join(f"**Note:** {n}" for n in self.stage_notes) + "\n")
+        if self.ties_md:
+            parts += ["\n## Ties\n", self.ties_md]
+        parts += [f"\n## Paired comparisons (same questions, {self.metric})\n", self.comparisons_md]
         if self.mismatched_rows:
             parts.append(
                 f"\n**Warning:** RAG cells saw different retrieved chunks for rows "
@@ -326,11 +392,20 @@ class Report:
             )
         if self.retrieval_md:
             parts += ["\n## Retrieval vs. generation failures\n", self.retrieval_md]
+        if self.general_md:
+            parts += [f"\n## {FIGURE_2_TITLE}\n", self.general_md, "\n![Figure 2](figure2.png)\n"]
+        if self.preference_md:
+            parts += ["\n## DPO: held-out preference accuracy\n", self.preference_md]
         if self.sampled_md:
             parts += ["\n## Sampled mode (reruns)\n", self.sampled_md]
         if self.questions_md:
             parts += ["\n## Per question\n", self.questions_md]
         return "\n".join(parts)
+
+
+FIGURE_2_TITLE = "Figure 2: merge sources, merge, DPO and SFT on arithmetic and general knowledge"
+PREFERENCE_FILE = "preference_eval.json"
+"""What ``dpo_model`` writes into its folder: its held-out preference evaluation."""
 
 
 def headline_family(models: list[str], contexts: list[str]) -> list[tuple[str, str]]:
@@ -360,6 +435,11 @@ def build_report(
     n_boot: int = 10_000,
     metric: str = "acc",
     support_threshold: float | None = None,
+    *,
+    general: dict[str, list[dict[str, Any]]] | None = None,
+    general_models: list[str] | None = None,
+    sources: list[str] | None = None,
+    preference_file: Path | None = None,
 ) -> Report:
     """Summarise every (model, context) cell and compare pairs on the same questions: the
     :func:`headline_family` Holm-corrected, every other pair exploratory.
@@ -371,14 +451,15 @@ def build_report(
         n_boot: Bootstrap resamples per comparison.
         metric: The headline metric (``evaluation.headline_metric``).
         support_threshold: ``evaluation.support_threshold``, named in the retrieval section.
+        general: Each scored model's general-set records (``general_scores``), for Figure 2.
+        general_models: Figure 2's row order (merge sources first); default ``models``.
+        sources: The merge's source models among them (``base`` and e.g. ``specialist:math``).
+        preference_file: Where ``dpo_model`` writes its held-out preference evaluation; None
+            leaves that section out, a missing file says so.
     """
     rows = summarise_scores(records, metric)
-    field = METRICS[metric][0]
     pairs = paired_comparisons(
-        {
-            f"{m} {c}": {r["question_id"]: bool(r[field]) for r in recs if r.get(field) is not None}
-            for (m, c), recs in records.items()
-        },
+        _credits({f"{m} {c}": recs for (m, c), recs in records.items()}, metric),
         n_boot=n_boot,
         family=headline_family(models, contexts),
     )
@@ -386,6 +467,11 @@ def build_report(
     questions = per_question_rows(records, metric)
     cells = [f"{m} {c}" for m in models for c in contexts if (m, c) in records]
     sampled_cells, sampled_pairs, sampled_md = sampled_report(records)
+    order = general_models or models
+    general_rows, general_pairs, general_md = general_report(
+        general or {}, rows, order, metric, n_boot, sources=sources
+    )
+    preference = read_preference_eval(preference_file) if preference_file else None
     return Report(
         rows=rows,
         pairs=pairs,
@@ -399,7 +485,149 @@ def build_report(
         sampled_md=sampled_md,
         mismatched_rows=context_mismatches(records),
         metric=metric,
+        ties_md=ties_markdown(rows, models, contexts),
+        stage_notes=unchanged_stages(records, general or {}, models, metric, preference),
+        general_rows=general_rows,
+        general_pairs=general_pairs,
+        general_md=general_md,
+        general_models=[m for m in order if m in (general or {})],
+        preference=preference,
+        preference_md=preference_markdown(preference, preference_file) if preference_file else "",
     )
+
+
+def _credits(cells: dict[str, list[dict[str, Any]]], metric: str) -> dict[str, dict[str, float]]:
+    """``{cell: {question id: credit}}`` under ``metric`` (questions without it left out)."""
+    key = METRICS[metric][0]
+    return {
+        name: {r["question_id"]: credit(r[key]) for r in recs if r.get(key) is not None}
+        for name, recs in cells.items()
+    }
+
+
+_STAGE_MEANING = {
+    "merged": "the merge did not move the model's choices on this benchmark; see the merge "
+    "sources' own scores in Figure 2",
+    "dpo": "DPO did not move the model's choices on this benchmark",
+    "sft": "the LoRA fine-tune on the docs did not move the model's choices on this benchmark; "
+    "see lora_adapter's validation loss",
+}
+
+
+def unchanged_stages(
+    records: dict[tuple[str, str], list[dict[str, Any]]],
+    general: dict[str, list[dict[str, Any]]],
+    models: list[str],
+    metric: str,
+    preference: dict[str, Any] | None = None,
+) -> list[str]:
+    """A plain sentence for every training stage whose answers (under ``metric``) equal the
+    previous stage's on every question of every benchmark cell (base, merged, dpo, sft; a stage
+    not scored is skipped), so identical rows never pass for a broken stage unexplained.
+
+    Args:
+        records: Each benchmark cell's records.
+        general: Each model's general-set records (whether they moved there is said too).
+        models: The scored models.
+        metric: The headline metric.
+        preference: DPO's held-out preference evaluation, cited for an unmoved dpo.
+    """
+    answer = METRICS[metric][1]
+    contexts = sorted({c for _, c in records})
+
+    def answers(recs: list[dict[str, Any]]) -> dict[str, Any]:
+        return {r["question_id"]: r.get(answer) for r in recs}
+
+    stages = [m for m in LOCAL_MODELS if m in models]
+    notes = []
+    for earlier, later in pairwise(stages):
+        shared = [c for c in contexts if (earlier, c) in records and (later, c) in records]
+        same = [answers(records[(later, c)]) == answers(records[(earlier, c)]) for c in shared]
+        if not shared or not all(same):
+            continue
+        sizes = sorted({len(records[(later, c)]) for c in shared})
+        n = " / ".join(map(str, sizes))
+        text = (
+            f"{later} answers exactly as {earlier} on all {n} questions in every cell "
+            f"({', '.join(shared)}, {metric})"
+        )
+        if earlier in general and later in general:
+            before, after = answers(general[earlier]), answers(general[later])
+            moved = sum(1 for q, a in after.items() if before.get(q, a) != a)
+            text += (
+                f" and on all {len(after)} general-set questions"
+                if not moved
+                else f"; on the general set {moved} of {len(after)} answers differ"
+            )
+        meaning = _STAGE_MEANING.get(later, f"{later} did not move the model's choices")
+        if later == "dpo":
+            meaning += "; see its held-out preference accuracy: " + _preference_phrase(preference)
+        notes.append(f"{text}: {meaning}.")
+    return notes
+
+
+def read_preference_eval(path: Path) -> dict[str, Any] | None:
+    """``dpo_model``'s held-out preference evaluation, or None when the file is absent or
+    unreadable (the report says so)."""
+    try:
+        data = json.loads(Path(path).read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _num(data: dict[str, Any], key: str) -> float:
+    value = data.get(key)
+    return float(value) if isinstance(value, int | float) else float("nan")
+
+
+def _preference_phrase(data: dict[str, Any] | None) -> str:
+    if data is None:
+        return "none was recorded (no preference_eval.json in dpo_model's folder)"
+    acc, lo, hi = (_num(data, k) for k in ("accuracy", "ci_low", "ci_high"))
+    return f"{_pct(acc)} [{_whole(lo)}–{_whole(hi)}] on {data.get('pairs', '?')} pairs"
+
+
+def preference_markdown(data: dict[str, Any] | None, path: Path | str | None) -> str:
+    """DPO's held-out preference accuracy with its interval, the training figures beside it
+    and the note ``dpo_model`` wrote; says so when the file is absent."""
+    if data is None:
+        return (
+            f"No held-out preference evaluation: {path} is absent or unreadable (dpo_model was "
+            "materialized before it held out preference pairs, or it failed to write one). "
+            "Re-materialize dpo_model to measure it.\n"
+        )
+    acc, lo, hi = (_num(data, k) for k in ("accuracy", "ci_low", "ci_high"))
+    if not math.isnan(lo) and lo > 0.5:
+        verdict = "its interval is clear of chance (50%): DPO moved the model on its own data"
+    elif not math.isnan(hi) and hi < 0.5:
+        verdict = "its interval lies below chance (50%): the policy prefers the rejected answers"
+    else:
+        verdict = (
+            "its interval includes chance (50%): DPO did not measurably move the model's "
+            "preferences"
+        )
+    out = (
+        f"On {data.get('pairs', '?')} held-out preference pairs (never trained on), the DPO "
+        "model gives the chosen answer a higher reward than the rejected one (log-probability "
+        f"against the reference model, as trl computes its rewards) on **{_pct(acc)}** "
+        f"[{_pct(lo)}, {_pct(hi)}] (95% Wilson interval) of them"
+    )
+    margin = _num(data, "margin")
+    if not math.isnan(margin):
+        out += f", mean reward margin {margin:.4f}"
+    out += f"; {verdict}.\n"
+    train = data.get("train") if isinstance(data.get("train"), dict) else None
+    if train:
+        keys = ("loss_first", "loss_last", "reward_accuracy")
+        first, last, reward = (_num(train, k) for k in keys)
+        out += (
+            f"\nTraining: loss {first:.4f} → {last:.4f} over {train.get('steps', '?')} steps, "
+            f"reward accuracy on the training batches {reward:.2f}.\n"
+        )
+    if data.get("note"):
+        out += f"\n{data['note']}\n"
+    return out
 
 
 def regressions(previous: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -445,8 +673,9 @@ def accuracy_chart(
                 continue
             xs.append(i + (j - (len(contexts) - 1) / 2) * width)
             ys.append(100 * r["accuracy"])
-            err[0].append(100 * (r["accuracy"] - r["ci_low"]))
-            err[1].append(100 * (r["ci_high"] - r["accuracy"]))
+            # max: the Wilson bound at 0% or 100% may miss the point by a rounding error
+            err[0].append(max(0.0, 100 * (r["accuracy"] - r["ci_low"])))
+            err[1].append(max(0.0, 100 * (r["ci_high"] - r["accuracy"])))
         ax.bar(xs, ys, width, yerr=err, capsize=3, label=c)
     ax.axhline(25, color="grey", linestyle=":", linewidth=1, label="chance (25%)")
     ax.set_xticks(range(len(models)), models)
@@ -461,26 +690,32 @@ def accuracy_chart(
     return path
 
 
+_ROLE = {"merged": "merge", "dpo": "DPO of the merge", "sft": "LoRA SFT of the DPO model"}
+
+
 def general_report(
     general: dict[str, list[dict[str, Any]]],
     docs_rows: list[dict[str, Any]],
     models: list[str],
     metric: str = "acc",
     n_boot: int = 10_000,
+    sources: list[str] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
-    """Forgetting and skill gain: every local model's docs score beside its general score.
+    """Figure 2 of the published method: each merge source, the merge, DPO and SFT on the
+    general set's categories (arithmetic, general knowledge), beside the docs benchmark.
 
-    The general-capability set is scored closed-book like the benchmark; each stage is compared
-    with the one before it on the same general questions (merged vs. base: what the merge
-    gained or lost; dpo vs. merged; sft vs. dpo: what fine-tuning on the docs cost), the pairs
-    Holm-corrected together.
+    The general set is scored closed-book like the benchmark. The paired tests, per category
+    and Holm-corrected together: each source other than base vs. base (the skill the
+    specialist brings), the merge vs. each source (what the merge kept of each), then each
+    training stage vs. the one before it (dpo vs. merged, sft vs. dpo: what they cost).
 
     Args:
         general: Each model's general-capability records (``category`` per question).
         docs_rows: :func:`summarise_scores` rows of the benchmark.
-        models: Row order (local models only are scored on the general set).
+        models: Row order: the merge sources, then merged, dpo, sft (those scored get a row).
         metric: The headline metric.
         n_boot: Bootstrap resamples per comparison.
+        sources: The merge's source models (keys of ``general``); default ``["base"]``.
 
     Returns:
         (summary rows per model and category, paired comparisons, markdown).
@@ -488,24 +723,33 @@ def general_report(
     scored = [m for m in models if m in general]
     if not scored:
         return [], [], ""
-    field = METRICS[metric][0]
+    sources = [s for s in (sources if sources is not None else ["base"]) if s in scored]
     categories: list[str] = sorted(
         {str(r["category"]) for recs in general.values() for r in recs if r.get("category")}
     )
-    groups: dict[str, str | None] = {"all": None, **{c: c for c in categories}}
+    groups: dict[str, str | None] = {**{c: c for c in categories}, "all": None}
     rows = []
     for m in scored:
         for name, category in groups.items():
             recs = [r for r in general[m] if category is None or r.get("category") == category]
             row = summarise_scores({(m, "general"): recs}, metric)[0]
             rows.append({**row, "category": name})
-    stages: list[str] = [m for m in LOCAL_MODELS if m in scored]
-    family = [(later, earlier) for earlier, later in pairwise(stages)]
-    pairs = paired_comparisons(
-        {m: {r["question_id"]: bool(r[field]) for r in general[m]} for m in scored},
-        n_boot=n_boot,
-        family=family,
-    )
+    tested = categories or ["all"]
+    family: list[tuple[str, str]] = []
+    for g in tested:
+        if "base" in sources:
+            family += [(f"{s} {g}", f"base {g}") for s in sources if s != "base"]
+        if "merged" in scored:
+            family += [(f"merged {g}", f"{s} {g}") for s in sources]
+        stages = [m for m in LOCAL_MODELS if m in scored]
+        family += [(f"{b} {g}", f"{a} {g}") for a, b in pairwise(stages)]
+    family = list(dict.fromkeys(family))
+    cells = {
+        f"{m} {g}": [r for r in general[m] if g == "all" or r.get("category") == g]
+        for m in scored
+        for g in tested
+    }
+    pairs = paired_comparisons(_credits(cells, metric), n_boot=n_boot, family=family)
     pairs = [p for p in pairs if p["family"] == "headline"]
     docs = {(r["model"], r["context"]): r for r in docs_rows}
     cell = {(r["model"], r["category"]): r for r in rows}
@@ -513,54 +757,96 @@ def general_report(
     def fmt(r: dict[str, Any] | None) -> str:
         if r is None:
             return "–"
-        return f"{_pct(r['accuracy'])} [{_whole(r['ci_low'])}–{_whole(r['ci_high'])}]"
+        text = f"{_pct(r['accuracy'])} [{_whole(r['ci_low'])}–{_whole(r['ci_high'])}]"
+        return text + (f" ({r['ties']} tied)" if r.get("ties") else "")
+
+    def role(m: str) -> str:
+        if m in sources:
+            return "merge source (base)" if m == "base" else "merge source"
+        return _ROLE.get(m, "")
 
     n = cell[(scored[0], "all")]["n"]
+    columns = [*categories, "general set (all)"] if categories else ["general set"]
     out = (
-        f"Each local model on this project's docs benchmark and on the general-capability set "
-        f"({n} questions: {', '.join(categories) or 'uncategorised'}; closed-book, scored like "
-        f"the benchmark), {metric} with 95% Wilson intervals. A merge that adds a skill shows "
-        "in the arithmetic column; forgetting shows as a general score that falls from one "
+        f"Each merge source, the merge, DPO and SFT on the general-capability set ({n} "
+        f"questions: {', '.join(categories) or 'uncategorised'}; closed-book, scored like the "
+        f"benchmark), beside this project's docs benchmark; {metric} with 95% Wilson "
+        "intervals. A specialist that has its skill beats base in its column; a merge that "
+        "carries it keeps that gain; forgetting shows as a general score that falls from one "
         "stage to the next.\n\n"
-        "| model | docs closed-book | docs RAG | general set | "
-        + " | ".join(categories)
-        + " |\n|---|---|---|---|"
-        + "---|" * len(categories)
-        + "\n"
+        "| model | role | " + " | ".join(columns) + " | docs closed-book | docs RAG |\n"
+        "|---|---|" + "---|" * (len(columns) + 2) + "\n"
     )
     for m in scored:
+        values = [fmt(cell.get((m, c))) for c in categories] + [fmt(cell[(m, "all")])]
         out += (
-            f"| {m} | {fmt(docs.get((m, 'closed_book')))} | {fmt(docs.get((m, 'rag')))} | "
-            f"{fmt(cell[(m, 'all')])} | "
-            + " | ".join(fmt(cell.get((m, c))) for c in categories)
-            + " |\n"
+            f"| {m} | {role(m)} | " + " | ".join(values) + f" | "
+            f"{fmt(docs.get((m, 'closed_book')))} | {fmt(docs.get((m, 'rag')))} |\n"
         )
     if pairs:
         out += (
-            "\nEach stage vs. the one before it on the general set (same questions; Holm-"
-            "corrected together):\n\n" + comparisons_markdown(pairs, metric)
+            f"\nPaired tests on the same questions, per {'category' if categories else 'set'} "
+            "(Holm-corrected together): each specialist vs. base, the merge vs. each source, "
+            "dpo vs. merged, sft vs. dpo.\n\n" + comparisons_markdown(pairs, metric)
         )
     return rows, pairs, out
 
 
+def figure2_chart(rows: list[dict[str, Any]], models: list[str], path: Path) -> Path:
+    """Figure 2 as grouped bars: each model on each general-set category, 95% Wilson error
+    bars, saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    categories = list(dict.fromkeys(r["category"] for r in rows if r["category"] != "all"))
+    categories = categories or ["all"]
+    shown = [m for m in models if any(r["model"] == m for r in rows)]
+    cell = {(r["model"], r["category"]): r for r in rows}
+    width = 0.8 / len(categories)
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(shown)), 4), dpi=100)
+    for j, c in enumerate(categories):
+        xs: list[float] = []
+        ys: list[float] = []
+        err: list[list[float]] = [[], []]
+        for i, m in enumerate(shown):
+            r = cell.get((m, c))
+            if r is None or math.isnan(r["accuracy"]):
+                continue
+            xs.append(i + (j - (len(categories) - 1) / 2) * width)
+            ys.append(100 * r["accuracy"])
+            # max: the Wilson bound at 0% or 100% may miss the point by a rounding error
+            err[0].append(max(0.0, 100 * (r["accuracy"] - r["ci_low"])))
+            err[1].append(max(0.0, 100 * (r["ci_high"] - r["accuracy"])))
+        ax.bar(xs, ys, width, yerr=err, capsize=3, label=c)
+    ax.axhline(25, color="grey", linestyle=":", linewidth=1, label="chance (25%)")
+    ax.set_xticks(range(len(shown)), shown)
+    ax.set_ylabel(f"{rows[0]['metric'] if rows else 'acc'} (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title("Merge sources, merge, DPO and SFT on the general set (95% Wilson)")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def write_report_files(
-    folder: Path,
-    report: Report,
-    models: list[str],
-    contexts: list[str],
-    general_rows: list[dict[str, Any]],
-    general_pairs: list[dict[str, Any]],
-    general_md: str,
-) -> Path:
+    folder: Path, report: Report, models: list[str], contexts: list[str]
+) -> tuple[Path, Path | None]:
     """Write the report's files into ``folder`` (report.md, summary.json, comparisons.json,
-    questions.json, general.json and sampled.json when they apply, accuracy.png); returns the
-    chart's path."""
+    questions.json, accuracy.png; general.json and figure2.png with a general set;
+    sampled.json in sampled mode); returns the two charts' paths (None: no Figure 2)."""
     chart = accuracy_chart(report.rows, models, contexts, folder / "accuracy.png")
-    markdown = report.markdown
-    if general_md:
-        markdown += "\n## Docs vs. general capability (forgetting)\n\n" + general_md
-        _write_json(folder / "general.json", {"rows": general_rows, "pairs": general_pairs})
-    atomic_write_text(folder / "report.md", markdown)
+    figure2 = None
+    if report.general_md:
+        figure2 = figure2_chart(report.general_rows, report.general_models, folder / "figure2.png")
+        _write_json(
+            folder / "general.json", {"rows": report.general_rows, "pairs": report.general_pairs}
+        )
+    atomic_write_text(folder / "report.md", report.markdown)
     _write_json(folder / "summary.json", report.rows)
     _write_json(folder / "comparisons.json", report.pairs)
     _write_json(folder / "questions.json", report.questions)
@@ -568,7 +854,7 @@ def write_report_files(
         _write_json(
             folder / "sampled.json", {"cells": report.sampled_cells, "pairs": report.sampled_pairs}
         )
-    return chart
+    return chart, figure2
 
 
 def _write_json(path: Path, value: Any) -> None:

@@ -3,7 +3,10 @@
 Every cell answers the same questions, so two cells are compared question by question: the exact
 McNemar test on the discordant pairs, a paired bootstrap interval of the accuracy difference
 (resampling questions, never reruns), and the smallest difference this many questions could
-detect. Reruns of the same questions are not independent evidence; only more questions are.
+detect. A question's credit may be fractional: a top choice tied among k options counts 1/k
+(the expected accuracy of a random tie-break), so discordant pairs are expected counts and the
+McNemar p is its expectation over the tie-breaks; without ties both are the usual ones.
+Reruns of the same questions are not independent evidence; only more questions are.
 Testing many pairs makes some look significant by chance: the comparisons an analysis is about
 form one family, Holm-corrected together, and every other pair is labelled exploratory.
 """
@@ -11,6 +14,7 @@ form one family, Holm-corrected together, and every other pair is labelled explo
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from itertools import combinations
 from typing import Any
 
@@ -37,13 +41,71 @@ def mcnemar_exact(only_a: int, only_b: int) -> float:
     return min(1.0, 2 * tail)
 
 
+def credit(value: Any) -> float:
+    """A record's correctness as credit in [0, 1]: a bool (API models, records written before
+    ties were split) as 0 or 1, a number as itself."""
+    return float(value)
+
+
+def whole(value: float) -> int | float:
+    """``value`` as an int when it is whole (counts without ties stay integers)."""
+    return int(value) if float(value).is_integer() else float(value)
+
+
+def discordant_distribution(a: list[float], b: list[float]) -> dict[tuple[int, int], float]:
+    """The distribution of the discordant counts (only a right, only b right) when every tied
+    question is decided by an independent random tie-break in each cell.
+
+    Args:
+        a: Per-question credit of the first cell (1/k where its top choice ties k options, the
+            correct one among them).
+        b: The same questions, second cell.
+
+    Returns:
+        ``{(only_a, only_b): probability}``; one entry with probability 1 without ties.
+    """
+    if len(a) != len(b):
+        raise ValueError("paired samples must be of the same length")
+    dist = {(0, 0): 1.0}
+    for x, y in zip(a, b, strict=True):
+        p_a, p_b = x * (1 - y), y * (1 - x)  # a right and b wrong; b right and a wrong
+        if p_a in (0.0, 1.0) and p_b in (0.0, 1.0):
+            step = (int(p_a), int(p_b))
+            dist = {(i + step[0], j + step[1]): p for (i, j), p in dist.items()}
+            continue
+        nxt: dict[tuple[int, int], float] = {}
+        for (i, j), p in dist.items():
+            for key, q in (((i + 1, j), p_a), ((i, j + 1), p_b), ((i, j), 1 - p_a - p_b)):
+                if q > 0:
+                    nxt[key] = nxt.get(key, 0.0) + p * q
+        dist = nxt
+    return dist
+
+
+def expected_p(
+    a: list[float], b: list[float], test: Callable[[int, int], float] | None = None
+) -> float:
+    """A discordance test's p-value averaged over the random tie-breaks of both cells.
+
+    Args:
+        a: Per-question credit of the first cell.
+        b: The same questions, second cell.
+        test: ``p(only_a, only_b)``; the two-sided exact McNemar test by default.
+
+    Returns:
+        ``E[test(only_a, only_b)]``; exactly ``test`` of the observed counts without ties.
+    """
+    test = test or mcnemar_exact
+    return sum(p * test(i, j) for (i, j), p in discordant_distribution(a, b).items())
+
+
 def paired_bootstrap_ci(
-    a: list[bool], b: list[bool], n_boot: int = 10_000, seed: int = 0, level: float = 0.95
+    a: list[float], b: list[float], n_boot: int = 10_000, seed: int = 0, level: float = 0.95
 ) -> tuple[float, float]:
     """Percentile interval of accuracy(a) - accuracy(b), resampling questions with replacement.
 
     Args:
-        a: Per-question correctness of the first cell.
+        a: Per-question correctness (credit in [0, 1]) of the first cell.
         b: The same questions, second cell (same order).
         n_boot: Bootstrap resamples.
         seed: For a reproducible interval.
@@ -114,7 +176,7 @@ def holm_adjust(p_values: list[float]) -> list[float]:
 
 
 def paired_comparisons(
-    cells: dict[str, dict[str, bool]],
+    cells: dict[str, dict[str, float]],
     alpha: float = 0.05,
     n_boot: int = 10_000,
     family: list[tuple[str, str]] | None = None,
@@ -122,7 +184,8 @@ def paired_comparisons(
     """Pairs of cells compared on the questions both answered.
 
     Args:
-        cells: ``{cell name: {question id: is_correct}}``.
+        cells: ``{cell name: {question id: credit}}`` (a bool, or 1/k for a correct option
+            tied with k - 1 others, 0 for a wrong one).
         alpha: Significance level for the verdict.
         n_boot: Bootstrap resamples.
         family: The comparisons the analysis is about, each ``(a, b)`` oriented as given and
@@ -131,7 +194,8 @@ def paired_comparisons(
 
     Returns:
         The family's rows, then the exploratory ones. Each: accuracies, difference, discordant
-        counts, McNemar p, bootstrap CI, the minimum detectable difference, ``family``
+        counts (expected counts where ties split the credit), McNemar p (its expectation over
+        the tie-breaks), bootstrap CI, the minimum detectable difference, ``family``
         (``headline`` or ``exploratory``), ``holm_p`` (None when exploratory) and
         ``significant`` (``holm_p < alpha`` in the family, the raw ``p < alpha`` otherwise).
     """
@@ -151,16 +215,22 @@ def paired_comparisons(
     return rows
 
 
+def paired_credit(
+    a: dict[str, float], b: dict[str, float]
+) -> tuple[list[str], list[float], list[float]]:
+    """(question ids both cells answered, in sorted order; a's credit; b's credit)."""
+    shared = sorted(set(a) & set(b))
+    return shared, [credit(a[q]) for q in shared], [credit(b[q]) for q in shared]
+
+
 def _paired_row(
-    cells: dict[str, dict[str, bool]], name_a: str, name_b: str, n_boot: int
+    cells: dict[str, dict[str, float]], name_a: str, name_b: str, n_boot: int
 ) -> dict[str, Any] | None:
-    shared = sorted(set(cells[name_a]) & set(cells[name_b]))
+    shared, a, b = paired_credit(cells[name_a], cells[name_b])
     if not shared:
         return None
-    a = [cells[name_a][q] for q in shared]
-    b = [cells[name_b][q] for q in shared]
-    only_a = sum(x and not y for x, y in zip(a, b, strict=True))
-    only_b = sum(y and not x for x, y in zip(a, b, strict=True))
+    only_a = whole(sum(x * (1 - y) for x, y in zip(a, b, strict=True)))
+    only_b = whole(sum(y * (1 - x) for x, y in zip(a, b, strict=True)))
     n = len(shared)
     lo, hi = paired_bootstrap_ci(a, b, n_boot=n_boot)
     return {
@@ -172,7 +242,7 @@ def _paired_row(
         "difference": (sum(a) - sum(b)) / n,
         "only_a": only_a,
         "only_b": only_b,
-        "mcnemar_p": mcnemar_exact(only_a, only_b),
+        "mcnemar_p": expected_p(a, b),
         "diff_ci_low": lo,
         "diff_ci_high": hi,
         "mde": minimum_detectable_difference(n, (only_a + only_b) / n),
@@ -202,6 +272,12 @@ def comparisons_markdown(rows: list[dict[str, Any]], metric: str = "acc") -> str
         for r in exploratory:
             verdict = "p < 0.05 uncorrected" if r["significant"] else "not significant"
             out += _comparison_line(r, "", verdict)
+    if any(not float(r[k]).is_integer() for r in rows for k in ("only_a", "only_b")):
+        out += (
+            "\nA question whose top choice is tied among k options counts 1/k correct (the "
+            "expected accuracy of a random tie-break): its discordant counts are expected counts, "
+            "and the McNemar p is averaged over the tie-breaks of both cells.\n"
+        )
     return out
 
 
@@ -218,9 +294,14 @@ def _comparison_line(r: dict[str, Any], holm: str, verdict: str) -> str:
         f"| {r['a']} vs {r['b']} | {r['n']} | {100 * r['accuracy_a']:.1f}% | "
         f"{100 * r['accuracy_b']:.1f}% | {100 * r['difference']:+.1f} pts "
         f"[{100 * r['diff_ci_low']:+.1f}, {100 * r['diff_ci_high']:+.1f}] | "
-        f"{r['only_a']} / {r['only_b']} | {r['mcnemar_p']:.3f} | {holm}"
+        f"{count_text(r['only_a'])} / {count_text(r['only_b'])} | {r['mcnemar_p']:.3f} | {holm}"
         f"{_pts(r['mde'])} | {verdict} |\n"
     )
+
+
+def count_text(value: float) -> str:
+    """A count as text: whole counts as integers, expected counts (ties) with one decimal."""
+    return str(int(value)) if float(value).is_integer() else f"{value:.1f}"
 
 
 def _pts(value: float) -> str:
@@ -310,8 +391,9 @@ def sampled_pair(a: dict[str, list[bool]], b: dict[str, list[bool]]) -> dict[str
     }
 
 
-def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95% Wilson score interval for a proportion (sound at small n and near 0 or 1)."""
+def wilson_interval(correct: float, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval for a proportion (sound at small n and near 0 or 1);
+    ``correct`` may be fractional (credit summed over questions with split ties)."""
     if n == 0:
         return (float("nan"), float("nan"))
     p = correct / n

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,39 @@ _ARTIFACT_ASSETS = {
 }
 
 
+_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9._:@+-]+")
+
+
+def merge_source_keys(recipe: Any) -> dict[str, str]:
+    """``{model partition key: model reference}`` of every model the recipe's merge merges
+    (stage outputs excluded), in order of appearance, each once: the recipe's ``base_model`` is
+    ``base``; a ``specialist:``, ``tiny:`` or ``pkg:`` reference keeps its name (as the merge
+    config writes it); a hub id or local folder is its last path part (``MetaMath-Mistral-7B``).
+    A reference pinned to a revision (``model@rev``) is left out: scoring loads no revision.
+    """
+    from ragft_dagster.config.merge import source_models
+    from ragft_dagster.config.recipe import LOCAL_MODELS
+
+    keys: dict[str, str] = {}
+    for ref in source_models(recipe.merge):
+        if "@" in ref:
+            continue
+        if ref == recipe.base_model:
+            keys.setdefault("base", ref)
+            continue
+        weights = ref.split("+")[0]
+        if weights.startswith(("specialist:", "tiny:", "pkg:")):
+            name = ref
+        else:
+            name = "+".join(Path(part.rstrip("/")).name for part in ref.split("+"))
+        name = _KEY_UNSAFE.sub("-", name).strip("-") or "source"
+        key, i = name, 2
+        while key in keys or key in LOCAL_MODELS:
+            key, i = f"{name}-{i}", i + 1
+        keys[key] = ref
+    return keys
+
+
 @dataclass(frozen=True)
 class LocalModels:
     """The pipeline's local models (the ``model`` partitions) and how to load them: what
@@ -77,6 +111,8 @@ class LocalModels:
     layout: ArtifactLayout
     chat_template: str | None = None
     trust_remote_code: bool = False
+    sources: tuple[tuple[str, str], ...] = ()
+    """(partition key, model reference) of the merge's sources (:func:`merge_source_keys`)."""
 
     @classmethod
     def of(cls, recipe: Any, layout: ArtifactLayout) -> LocalModels:
@@ -87,14 +123,23 @@ class LocalModels:
             layout,
             recipe.chat_template,
             recipe.trust_remote_code,
+            tuple(merge_source_keys(recipe).items()),
         )
 
     def paths(self, model_key: str) -> tuple[str, str | None]:
-        """(weights, adapter) of a ``model`` partition: base, merged, dpo, or sft = dpo +
-        adapter."""
+        """(weights, adapter) of a ``model`` partition: base, merged, dpo, sft = dpo + adapter,
+        or a merge source (``model+lora`` as weights + adapter)."""
         layout = self.layout
         if model_key == "base":
             return resolve_model_ref(self.base_ref, layout.root, self.recipe_root), None
+        sources = dict(self.sources)
+        if model_key in sources:
+            weights, _, adapter = sources[model_key].partition("+")
+            root, base_dir = layout.root, self.recipe_root
+            return (
+                resolve_model_ref(weights, root, base_dir),
+                resolve_model_ref(adapter, root, base_dir) if adapter else None,
+            )
         if model_key == "sft":
             return str(layout.dpo_model), str(layout.lora_adapter)
         return str({"merged": layout.merged_model, "dpo": layout.dpo_model}[model_key]), None

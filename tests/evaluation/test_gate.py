@@ -104,13 +104,19 @@ def test_a_gate_naming_a_model_the_benchmark_does_not_score_fails_at_load(tmp_pa
         _gate_recipe(tmp_path, **gate)
 
 
-def _scored(root, gains=((10, 20), (30, 10))):
-    """Score files for base and sft: (docs right, general right) of N each."""
+def _scored(root, recipe, gains=((10, 20), (30, 10))):
+    """Score files for base and sft: (docs right, general right) of N each; the merge's other
+    sources score on the general set as base does (the report needs every source)."""
+    from ragft_dagster.models.refs import merge_source_keys
+
     layout = ArtifactLayout(root)
     for model, (docs, general) in zip(("base", "sft"), gains, strict=True):
         for context in ("closed_book", "rag"):
             write_jsonl(layout.scores(model, context), _docs(docs))
         write_jsonl(layout.general_scores(model), _general_set(general))
+    for source in merge_source_keys(recipe):
+        if source != "base":
+            write_jsonl(layout.general_scores(source), _general_set(gains[0][1]))
     return layout
 
 
@@ -121,7 +127,7 @@ def test_without_an_export_a_failed_gate_warns_and_the_run_succeeds(tmp_path):
 
     recipe = _gate_recipe(tmp_path, export=False)
     root = tmp_path / "artifacts"
-    _scored(root, gains=((10, 20), (12, 20)))
+    _scored(root, recipe, gains=((10, 20), (12, 20)))
     result = dg.materialize(
         build_all_assets(recipe),
         resources=build_resources(recipe, load_profile(LOCAL_PROFILE), root),
@@ -140,7 +146,7 @@ def test_failed_gate_is_an_error_check_and_holds_the_export(tmp_path, tiny_base)
 
     recipe = _gate_recipe(tmp_path, max_general_drop=0.1)
     root = tmp_path / "artifacts"
-    layout = _scored(root)
+    layout = _scored(root, recipe)
     shutil.copytree(tiny_base, layout.dpo_model)
     resources = build_resources(recipe, load_profile(LOCAL_PROFILE), root)
     instance = dg.DagsterInstance.ephemeral()
@@ -197,3 +203,30 @@ def test_ragft_run_prints_a_blocking_gate_as_one_line_and_its_reasons():
     assert lines == [
         "CHECK FAILED mcq_report: release_gate (sft rag does not significantly beat base rag)"
     ]
+
+
+def test_split_ties_enter_the_gate_as_fractional_credit():
+    docs_sft, docs_base = _docs(8), _docs(5)
+    for r in docs_sft[5:8]:  # three of sft's gains are 2-way ties that include the answer
+        r["is_correct_norm"], r["tied"] = 0.5, {"acc_norm": 2}
+    decision = release_decision(
+        "sft",
+        "base",
+        "rag",
+        {"sft": docs_sft, "base": docs_base},
+        None,
+        metric="acc_norm",
+        alpha=0.05,
+        max_general_drop=0.05,
+        n_boot=200,
+    )
+    f = decision.figures
+    assert f["only_candidate_correct"] == pytest.approx(1.5) and f["difference"] == pytest.approx(
+        1.5 / N
+    )
+    # 0-3 of the ties go sft's way (binomial 1/2): the one-sided p averaged over them
+    expected = (
+        sum(w * mcnemar_one_sided(k, 0) for k, w in zip(range(4), (1, 3, 3, 1), strict=True)) / 8
+    )
+    assert f["p_one_sided"] == pytest.approx(expected)
+    assert "1.5 vs 0 discordant" in decision.figures["docs_verdict"] and not decision.passed

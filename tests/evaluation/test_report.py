@@ -255,13 +255,14 @@ def _general(i: int, correct: bool, category: str) -> dict:
     }
 
 
-def test_general_report_sets_docs_beside_general_scores_and_tests_each_stage():
+def test_figure_2_sets_every_merge_source_beside_the_stages_and_tests_them():
     from ragft_dagster.evaluation.report import general_report
 
     n = 40  # 20 general, 20 arithmetic questions
     cats = ["general" if i % 2 else "arithmetic" for i in range(n)]
-    right = {  # the merge learns arithmetic; sft forgets general knowledge
+    right = {  # the specialist and the merge learn arithmetic; sft forgets general knowledge
         "base": lambda i: i < 20,
+        "specialist:math": lambda i: cats[i] == "arithmetic",
         "merged": lambda i: i < 20 or cats[i] == "arithmetic",
         "sft": lambda i: cats[i] == "arithmetic",
     }
@@ -269,15 +270,188 @@ def test_general_report_sets_docs_beside_general_scores_and_tests_each_stage():
     docs = summarise_scores(
         {("base", "closed_book"): [_record(i, "A", "A", "A", "A") for i in range(10)]}
     )
-    rows, pairs, md = general_report(general, docs, ["base", "merged", "dpo", "sft"], n_boot=200)
+    order = ["base", "specialist:math", "merged", "dpo", "sft"]
+    rows, pairs, md = general_report(
+        general, docs, order, n_boot=200, sources=["base", "specialist:math"]
+    )
     acc = {(r["model"], r["category"]): r["accuracy"] for r in rows}
     assert acc[("base", "all")] == 0.5 and acc[("merged", "arithmetic")] == 1.0
+    assert acc[("specialist:math", "arithmetic")] == 1.0
     assert acc[("sft", "general")] == 0.0 and acc[("sft", "all")] == 0.5
-    # stages in order, dpo not scored: merged vs base, then sft vs merged
-    assert [(p["a"], p["b"]) for p in pairs] == [("merged", "base"), ("sft", "merged")]
-    assert [p["only_a"] for p in pairs] == [10, 0] and [p["only_b"] for p in pairs] == [0, 10]
-    # 10 discordant pairs one way: exact McNemar p = 2 * 0.5**10; Holm doubles the smaller
-    assert math.isclose(pairs[0]["mcnemar_p"], 2 * 0.5**10)
-    assert math.isclose(pairs[0]["holm_p"], 2 * 2 * 0.5**10)
-    assert "| base | 100.0% [" in md and "| arithmetic | general |" in md
+    # per category: the specialist vs base, the merge vs each source, then the stages in order
+    # (dpo not scored: sft vs merged)
+    assert [(p["a"], p["b"]) for p in pairs] == [
+        (f"{a} {c}", f"{b} {c}")
+        for c in ("arithmetic", "general")
+        for a, b in [
+            ("specialist:math", "base"),
+            ("merged", "base"),
+            ("merged", "specialist:math"),
+            ("sft", "merged"),
+        ]
+    ]
+    by = {(p["a"], p["b"]): p for p in pairs}
+    gain = by[("specialist:math arithmetic", "base arithmetic")]
+    assert (gain["only_a"], gain["only_b"]) == (10, 0)  # base had 10 of the 20 arithmetic
+    assert math.isclose(gain["mcnemar_p"], 2 * 0.5**10)
+    assert gain["holm_p"] >= gain["mcnemar_p"] and gain["significant"]
+    assert by[("sft general", "merged general")]["only_b"] == 10
+    assert "| specialist:math | merge source | 100.0% [" in md
+    assert "| base | merge source (base) |" in md and "| arithmetic | general | general set" in md
     assert "| dpo |" not in md  # a model without general scores gets no row
+
+
+def _tied(rec, metric, k, right):
+    """``rec`` with a k-way tie under ``metric``: credit 1/k when the correct option is among
+    the tied ones (``right``), else 0."""
+    field = {"acc": "is_correct", "acc_norm": "is_correct_norm"}[metric]
+    rec[field] = 1 / k if right else 0.0
+    rec.setdefault("tied", {})[metric] = k
+    return rec
+
+
+def test_a_tie_among_k_options_counts_one_kth_and_every_cell_counts_its_ties():
+    recs = [_record(i, "A", "A" if i < 4 else "B", "A", "A") for i in range(10)]
+    _tied(recs[0], "acc", 2, True)  # correct among 2 tied: 1/2
+    _tied(recs[5], "acc", 4, True)  # among 4: 1/4
+    _tied(recs[6], "acc", 3, False)  # tied, but not with the correct option: 0
+    recs[9]["is_correct_bytes"] = True  # only one record with acc_bytes (older ones have none)
+    (row,) = summarise_scores({("m", "closed_book"): recs})
+    assert row["correct"] == pytest.approx(3 + 0.5 + 0.25) and row["accuracy"] == 0.375
+    assert row["ties"] == 3 and row["acc_norm_ties"] == 0
+    assert row["acc_bytes"] == 1.0 and row["acc_bytes_ties"] == 0
+    # records without ties (and API bools) keep integer counts
+    (plain,) = summarise_scores({("m", "closed_book"): recs[7:]})
+    assert plain["correct"] == 0 and isinstance(plain["correct"], int)
+    report = build_report({("m", "closed_book"): recs}, ["m"], ["closed_book"], n_boot=200)
+    assert "(n=10); 3 tied;" in report.table_md
+    assert "| m closed_book | 3 | 0 | 0 | 0 |" in report.ties_md
+    assert "| acc | acc_norm | acc_bytes | acc_option |" in report.ties_md
+    marks = [q["m closed_book"] for q in report.questions]
+    assert marks[0] == "A ✓ 1/2 tie" and marks[6] == "B ✗ 3-way tie" and marks[7] == "B ✗"
+    assert "## Ties" in report.markdown
+
+
+def _stage_cells(moved: set[str]):
+    """base, merged, dpo, sft answering 10 questions; a stage in ``moved`` changes 2 answers
+    (acc_norm) from the stage before it."""
+    answers = ["A"] * 5 + ["B"] * 5
+    cells = {}
+    for j, m in enumerate(("base", "merged", "dpo", "sft")):
+        if m in moved:
+            answers[2 * j : 2 * j + 2] = ["C", "C"]
+        for c in ("closed_book", "rag"):
+            cells[(m, c)] = [_record(i, "A", "B", answers[i], "B") for i in range(10)]
+    return cells
+
+
+def test_a_stage_answering_exactly_as_the_one_before_gets_a_sentence(tmp_path):
+    from ragft_dagster.evaluation.report import unchanged_stages
+
+    cells = _stage_cells(moved={"merged", "sft"})
+    models = ["base", "merged", "dpo", "sft"]
+    general = {m: [_general(i, i < 5, "general") for i in range(8)] for m in ("merged", "dpo")}
+    general["dpo"][0]["predicted_norm"] = "D"  # one general answer moved
+    for m in ("merged", "dpo"):
+        for r in general[m]:
+            r.setdefault("predicted_norm", r["predicted"])
+    (note,) = unchanged_stages(cells, general, models, "acc_norm")
+    assert note.startswith(
+        "dpo answers exactly as merged on all 10 questions in every cell (closed_book, rag, "
+        "acc_norm); on the general set 1 of 8 answers differ: DPO did not move the model's "
+        "choices on this benchmark; see its held-out preference accuracy: none was recorded"
+    )
+    # by the letter every stage answers alike: three sentences
+    assert len(unchanged_stages(cells, {}, models, "acc")) == 3
+    assert unchanged_stages(_stage_cells(set(models)), {}, models, "acc_norm") == []
+
+    pref = tmp_path / "preference_eval.json"
+    pref.write_text(
+        '{"pairs": 40, "accuracy": 0.75, "ci_low": 0.6, "ci_high": 0.86, "margin": 0.21, '
+        '"train": {"loss_first": 0.69, "loss_last": 0.41, "reward_accuracy": 0.8, "steps": 20}, '
+        '"note": "20% of the pairs held out."}'
+    )
+    report = build_report(
+        cells, models, ["closed_book", "rag"], n_boot=200, metric="acc_norm", preference_file=pref
+    )
+    (note,) = report.stage_notes
+    assert note.endswith("see its held-out preference accuracy: 75.0% [60–86] on 40 pairs.")
+    assert "**Note:** dpo answers exactly as merged" in report.markdown
+    md = report.preference_md
+    assert "On 40 held-out preference pairs" in md and "**75.0%** [60.0%, 86.0%]" in md
+    assert "clear of chance" in md and "loss 0.6900 → 0.4100 over 20 steps" in md
+    assert "20% of the pairs held out." in md
+    assert "## DPO: held-out preference accuracy" in report.markdown
+    missing = build_report(
+        cells, models, ["rag"], n_boot=200, preference_file=tmp_path / "absent.json"
+    )
+    assert "No held-out preference evaluation" in missing.preference_md
+    assert "absent.json is absent" in missing.preference_md
+
+
+def test_report_asset_shows_figure_2_ties_and_dpo_preference_accuracy(tmp_path):
+    import json
+
+    from ragft_dagster.artifacts import ArtifactLayout, write_jsonl
+    from ragft_dagster.assets import build_all_assets
+    from ragft_dagster.config.profile import load_profile
+    from ragft_dagster.config.recipe import load_recipe
+    from ragft_dagster.definitions import build_resources
+
+    root = tmp_path / "artifacts"
+    layout = ArtifactLayout(root)
+    recipe = load_recipe(
+        write_recipe(
+            tmp_path,
+            lambda raw: raw["evaluation"].update(
+                models=["base", "merged", "dpo"], headline_metric="acc_norm"
+            ),
+        )
+    )
+    cells = _stage_cells(moved={"merged"})  # dpo answers exactly as merged
+    _tied(cells[("dpo", "rag")][3], "acc_norm", 2, True)
+    for (model, context), recs in cells.items():
+        write_jsonl(layout.scores(model, context), recs)
+    cats = ["general" if i % 2 else "arithmetic" for i in range(20)]
+    for model in ("base", "tiny:math", "merged", "dpo"):
+        skilled = model != "base"
+        write_jsonl(
+            layout.general_scores(model),
+            [
+                {
+                    **_general(i, i < 6 or (skilled and cats[i] == "arithmetic"), cats[i]),
+                    "predicted_norm": "A",
+                    "is_correct_norm": i < 6 or (skilled and cats[i] == "arithmetic"),
+                }
+                for i in range(20)
+            ],
+        )
+    layout.dpo_model.mkdir(parents=True)
+    (layout.dpo_model / "preference_eval.json").write_text(
+        json.dumps({"pairs": 30, "accuracy": 0.5, "ci_low": 0.33, "ci_high": 0.67, "margin": 0.0})
+    )
+    result = dg.materialize(
+        build_all_assets(recipe),
+        resources=build_resources(recipe, load_profile(LOCAL_PROFILE), root),
+        selection="mcq_report",
+    )
+    meta = {
+        k: getattr(v, "value", v)
+        for k, v in result.asset_materializations_for_node("mcq_report")[0].metadata.items()
+    }
+    assert "| tiny:math | merge source |" in meta["figure_2"]
+    assert "tiny:math arithmetic vs base arithmetic" in meta["figure_2"]
+    assert "data:image/png;base64," in meta["figure_2_chart"]
+    assert meta["general_arithmetic_accuracy_tiny:math"] == 1.0
+    assert meta["general_arithmetic_accuracy_base"] == pytest.approx(0.3)
+    assert meta["dpo_preference_accuracy"] == 0.5 and meta["dpo_preference_pairs"] == 30
+    assert "includes chance" in meta["dpo_preference"]
+    assert meta["ties_dpo_rag"] == 1 and meta["ties_dpo_closed_book"] == 0
+    # the tie changes dpo's credit, not its answer: still every answer as merged
+    assert meta["unchanged_stages"] == 1
+    assert "dpo answers exactly as merged" in meta["stage_notes"]
+    assert "50.0% [33–67] on 30 pairs" in meta["stage_notes"]
+    md = (layout.report / "report.md").read_text()
+    assert "## Figure 2: merge sources" in md and "![Figure 2](figure2.png)" in md
+    assert "## DPO: held-out preference accuracy" in md and "## Ties" in md
+    assert (layout.report / "figure2.png").stat().st_size > 5000

@@ -54,3 +54,36 @@ def test_without_a_family_every_pair_is_corrected_together():
     assert len(rows) == 6 and {r["family"] for r in rows} == {"headline"}
     ps = sorted(r["mcnemar_p"] for r in rows)
     assert sorted(r["holm_p"] for r in rows) == pytest.approx(holm_adjust(ps))
+
+
+def test_without_ties_the_expected_test_is_the_exact_mcnemar_test():
+    from ragft_dagster.evaluation.stats import expected_p, mcnemar_exact
+
+    a = [True] * 7 + [False] * 3 + [True] * 4
+    b = [False] * 7 + [True] * 3 + [True] * 4
+    assert expected_p(a, b) == mcnemar_exact(7, 3)
+    (row,) = paired_comparisons({"a": dict(enumerate(a)), "b": dict(enumerate(b))}, n_boot=200)
+    assert (row["only_a"], row["only_b"]) == (7, 3) and isinstance(row["only_a"], int)
+    assert row["mcnemar_p"] == mcnemar_exact(7, 3)
+
+
+def test_split_ties_give_expected_discordance_and_the_p_averaged_over_tie_breaks():
+    from ragft_dagster.evaluation.stats import discordant_distribution, mcnemar_exact
+
+    # 5 questions only a gets right, one a ties 2-way with the correct option (1/2) where b is
+    # wrong, one both tie 2-way (each right with 1/2, independently)
+    a = {**{i: 1.0 for i in range(5)}, 5: 0.5, 6: 0.5}
+    b = {**{i: 0.0 for i in range(5)}, 5: 0.0, 6: 0.5}
+    dist = discordant_distribution([a[q] for q in a], [b[q] for q in a])
+    # question 5: +1 only_a w.p. 1/2; question 6: +1 only_a 1/4, +1 only_b 1/4, same 1/2
+    assert dist == pytest.approx(
+        {(5, 0): 0.25, (6, 0): 0.25 + 0.125, (7, 0): 0.125, (5, 1): 0.125, (6, 1): 0.125}
+    )
+    (row,) = paired_comparisons({"a": a, "b": b}, n_boot=200)
+    assert row["only_a"] == pytest.approx(5.75) and row["only_b"] == pytest.approx(0.25)
+    assert row["accuracy_a"] == pytest.approx(6 / 7) and row["difference"] == pytest.approx(5.5 / 7)
+    assert row["mcnemar_p"] == pytest.approx(
+        sum(p * mcnemar_exact(i, j) for (i, j), p in dist.items())
+    )
+    md = comparisons_markdown([{**row, "family": "headline", "holm_p": row["mcnemar_p"]}])
+    assert "| 5.8 / 0.2 |" in md and "counts 1/k correct" in md

@@ -45,7 +45,13 @@ def test_definitions_load_with_the_asset_graph():
     assert parents["lora_adapter"] == {"dpo_model", "sft_dataset"}
     assert parents["vector_index"] == {"doc_chunks"}
     assert parents["mcq_report"] == {"mcq_scores", "general_scores"}
-    assert parents["general_scores"] == {"merged_model", "dpo_model", "lora_adapter"}
+    # the specialist is scored on the general set too (Figure 2: every merge source)
+    assert parents["general_scores"] == {
+        "specialist_model",
+        "merged_model",
+        "dpo_model",
+        "lora_adapter",
+    }
     gpu_bound = ("specialist_model", "merged_model", "dpo_model", "lora_adapter")
     for name in (*gpu_bound, "mcq_scores", "general_scores"):
         assert graph.get(dg.AssetKey(name)).pools == {"gpu"}
@@ -199,6 +205,14 @@ def test_quickstart_end_to_end(tmp_path):
     # random weights cannot pass the gate: non-blocking, it is reported and the export runs
     raw["release_gate"] = {"enabled": True, "blocking": False}
     Path(recipe).write_text(yaml.safe_dump(raw, sort_keys=False))
+    # Pages as Windows editors save them (a byte-order mark, CRLF, both): the second run must
+    # still be a no-op (issue 26: a BOM page was "changed" on every run and retrained SFT).
+    for name, bom, crlf in (("chunking.md", True, False), ("glossary.md", False, True)):
+        page = recipe_dir / "docs" / name
+        text = page.read_text(encoding="utf-8").replace("\n", "\r\n" if crlf else "\n")
+        page.write_bytes((b"\xef\xbb\xbf" if bom else b"") + text.encode("utf-8"))
+    both = recipe_dir / "docs" / "troubleshooting.md"
+    both.write_bytes(b"\xef\xbb\xbf" + both.read_bytes().replace(b"\n", b"\r\n"))
     lines: list[str] = []
 
     def run():

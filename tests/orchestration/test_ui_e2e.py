@@ -32,6 +32,7 @@ from dagster_graphql import DagsterGraphQLClient
 
 from ragft_dagster.config.recipe import load_recipe
 from ragft_dagster.definitions import recipe_stages
+from ragft_dagster.models.refs import merge_source_keys
 from ragft_dagster.orchestration.launcher import WORKER_TAG
 
 from ..conftest import (
@@ -65,6 +66,8 @@ ALL_ASSETS = sorted({asset for assets in JOBS.values() for asset in assets})
 # test's time (each run is a fresh process; the gpu pool runs the scoring cells one at a time).
 DOCS = sorted(p.name for p in (QUICKSTART_DATA / "docs").glob("*.md"))
 MODELS = ["base", "merged", "dpo", "sft"]
+# general_scores also scores every merge source (the tiny recipe's tiny:math)
+GENERAL = list(dict.fromkeys([*merge_source_keys(load_recipe(TINY_RECIPE)), *MODELS]))
 # What a person sees at this size is the whole graph with every node's details (status,
 # partitions, checks); a smaller window shows bare names.
 VIEWPORT = {"width": 2000, "height": 1150}
@@ -401,7 +404,7 @@ def test_ui_graph_materialize_and_the_whole_pipeline_through_graphql(
         {"models_job": [None]},
         {"documents_job": list(DOCS)},
         {"training_job": [None], "retrieval_job": [None]},  # independent: launched together
-        {"evaluation_job": cells, "general_job": list(MODELS)},
+        {"evaluation_job": cells, "general_job": GENERAL},
         {"report_job": [None]},
     ]
     assert [job for stage in stages for job in stage] == list(JOBS)
