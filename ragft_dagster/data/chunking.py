@@ -90,15 +90,15 @@ def chunk_id(doc: str, text: str) -> str:
 
 
 def read_document(path: Path, doc_key: str) -> str:
-    """Read a markdown document (:func:`~ragft_dagster.artifacts.read_utf8`), with errors that
-    name the file and say what to do.
+    """Read a markdown document (:func:`~ragft_dagster.artifacts.read_utf8`: a byte-order mark
+    dropped; line endings made LF), with errors that name the file and say what to do.
 
     Raises:
         DocumentError: The file is gone, unreadable, binary (NUL bytes: an image, a PDF, UTF-16
             text) or not valid UTF-8; the message names the file, where, and the fix.
     """
     try:
-        return read_utf8(path, binary_check=True)
+        text = read_utf8(path, binary_check=True)
     except UnreadableText as exc:
         message = {
             "missing": f"document not found at {path} (was it deleted?)",
@@ -111,6 +111,8 @@ def read_document(path: Path, doc_key: str) -> str:
             "the file as UTF-8",
         }[exc.problem]
         raise DocumentError(f"{doc_key}: {message}") from None
+    # Windows and old Mac line endings are the same text (and the same content hash)
+    return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
 
 
 def empty_document_warning(doc_key: str, text: str) -> str | None:

@@ -145,7 +145,17 @@ CONTENT_HASH_KEY = "content_sha256"
 
 
 def content_hash(data: bytes) -> str:
-    """The hash :func:`scan_documents` gives a document with these bytes."""
+    """A document's content identity: the one definition the folder scan (the file's bytes)
+    and ``doc_chunks`` (the text it read, encoded) both use, so they agree.
+
+    What reading drops does not count: a UTF-8 byte-order mark, and Windows (CRLF) or old Mac
+    (CR) line endings, which are the same text as LF. A page saved with a mark or by a Windows
+    editor is not "changed" on every run.
+    """
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    if b"\r" in data:
+        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
     return hashlib.sha256(data).hexdigest()
 
 

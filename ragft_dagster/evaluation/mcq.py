@@ -63,6 +63,8 @@ class Question:
     correct: str
     source: str | None = None
     """The document that answers it (optional ``source`` column), to locate its chunk."""
+    letter_prefixed: bool = False
+    """Its options were written with their letters (``A. ...``), stripped when read."""
 
 
 def load_questions(path: Path) -> list[Question]:
@@ -71,7 +73,10 @@ def load_questions(path: Path) -> list[Question]:
     Extra columns (the optional ``source``, notes) are allowed; a row with more values than the
     header (an unquoted comma) or too few, broken quoting, a duplicate column, an empty cell, a
     ``correct`` outside A-D and a duplicate question are errors naming the row, its line and
-    the column.
+    the column. Options written with their own letters (``A. ...``, ``A) ...``, ``(A) ...``,
+    ``A: ...``, every option of the row) are read without them (``letter_prefixed``); a row
+    where only some options carry one is an error. ``correct`` may also be given as the text
+    of the correct option.
 
     Args:
         path: The CSV file.
@@ -139,10 +144,25 @@ def load_questions(path: Path) -> list[Question]:
         for col in COLUMNS:
             if not values[col]:
                 raise McqError(f"{where}: column '{col}' is empty; fill it in or remove the row")
-        correct = values["correct"].upper()
-        if correct not in LETTERS:
+        options = (values["a"], values["b"], values["c"], values["d"])
+        prefixes = [_letter_prefix(o) for o in options]
+        prefixed = prefixes == list(LETTERS)
+        if prefixed:
+            # "A. To send..." (the published benchmark's format): the prompt writes the letters
+            # itself, and the option-text metrics must not score "A." as part of the answer.
+            options = tuple(_strip_letter_prefix(o) for o in options)  # type: ignore[assignment]
+        elif any(prefixes):
+            carried = [f"{c} starts with {p + '.'!r}" for c, p in zip("abcd", prefixes) if p]
             raise McqError(
-                f"{where}: column 'correct' is {values['correct']!r}; it must be one of A, B, C, D"
+                f"{where}: some options carry an answer letter and some do not "
+                f"({', '.join(carried)}); write every option of a row with its own letter "
+                "(A. ... B. ... C. ... D. ...), or none"
+            )
+        correct = _correct_letter(values["correct"], options)
+        if correct is None:
+            raise McqError(
+                f"{where}: column 'correct' is {values['correct']!r}; it must be one of A, B, C, "
+                "D (or the text of one of the row's options)"
             )
         key = fold(values["question"])
         if key in seen:
@@ -152,18 +172,39 @@ def load_questions(path: Path) -> list[Question]:
         at = index.get("source", len(fields))
         source = fields[at].strip() if at < len(fields) else ""
         questions.append(
-            Question(
-                qid,
-                n,
-                values["question"],
-                (values["a"], values["b"], values["c"], values["d"]),
-                correct,
-                source or None,
-            )
+            Question(qid, n, values["question"], options, correct, source or None, prefixed)
         )
     if not questions:
         raise McqError(f"{path}: no questions below the header; add rows {','.join(COLUMNS)}")
     return questions
+
+
+_PREFIX = re.compile(r"^(?:\(([A-Da-d])\)|([A-Da-d])[.):])\s+(?=\S)")
+
+
+def _letter_prefix(option: str) -> str | None:
+    """The answer letter an option starts with (``A.``, ``A)``, ``(A)``, ``A:`` and a space),
+    upper case, or None."""
+    m = _PREFIX.match(option)
+    return (m.group(1) or m.group(2)).upper() if m else None
+
+
+def _strip_letter_prefix(option: str) -> str:
+    return _PREFIX.sub("", option, count=1)
+
+
+def _correct_letter(value: str, options: Sequence[str]) -> str | None:
+    """The ``correct`` column as a letter: ``B``, ``b``, ``B.``, ``(B)``, or the text of one
+    of the options (with or without its letter); None when it is none of these."""
+    letter = value.strip().strip("().:").strip().upper()
+    if letter in LETTERS:
+        return letter
+    text = fold(_strip_letter_prefix(value) if _letter_prefix(value) else value)
+    matches = [L for L, o in zip(LETTERS, options, strict=True) if fold(o) == text]
+    if len(matches) == 1:
+        return matches[0]
+    prefix = _letter_prefix(value)
+    return prefix if prefix and fold(options["ABCD".index(prefix)]) == text else None
 
 
 def _csv_records(reader: Any, path: Path) -> Iterator[tuple[int, int, list[str]]]:

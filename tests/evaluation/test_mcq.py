@@ -225,3 +225,45 @@ def test_a_tie_counts_one_kth_never_the_first_letter(tiny_base, tiny_tokenizer):
             assert rec["is_correct_option"] == 0.5
         elif rec["tied"]["acc_option"] == 2:
             assert rec["is_correct_option"] == 0.0
+
+
+HEADER = "question,a,b,c,d,correct\n"
+
+
+def test_options_written_with_their_letters_are_read_without_them(tmp_path):
+    """The published benchmark writes "A. To send ...": read as the same question without the
+    prefixes (so the prompt does not say "A. A. ..." and the option texts score the answer, not
+    the letter), in every prefix style, with ``correct`` as a letter or as the option text."""
+    from ragft_dagster.evaluation.mcq import load_questions
+
+    plain = tmp_path / "plain.csv"
+    plain.write_text(HEADER + "What is 2+2?,three,four,five,six,B\n")
+    styles = {
+        "dot": '"What is 2+2?","A. three","B. four","C. five","D. six",B\n',
+        "paren": '"What is 2+2?","A) three","B) four","C) five","D) six",B\n',
+        "both": '"What is 2+2?","(a) three","(b) four","(c) five","(d) six",(B)\n',
+        "colon": '"What is 2+2?","A: three","B: four","C: five","D: six",four\n',
+        "text": '"What is 2+2?","A. three","B. four","C. five","D. six",B. four\n',
+    }
+    (want,) = load_questions(plain)
+    assert not want.letter_prefixed
+    for name, row in styles.items():
+        path = tmp_path / f"{name}.csv"
+        path.write_text(HEADER + row)
+        (got,) = load_questions(path)
+        assert (got.id, got.options, got.correct) == (want.id, want.options, want.correct), name
+        assert got.letter_prefixed
+
+
+def test_a_row_mixing_prefixed_and_plain_options_is_refused_naming_it(tmp_path):
+    from ragft_dagster.evaluation.mcq import load_questions
+
+    path = tmp_path / "mixed.csv"
+    path.write_text(
+        HEADER + "First?,one,two,three,four,A\n" + 'Second?,"A. one",two,"C. three",four,A\n'
+    )
+    with pytest.raises(McqError, match=r"row 2 \(line 3\): some options carry an answer letter"):
+        load_questions(path)
+    path.write_text(HEADER + "First?,one,two,three,four,five\n")
+    with pytest.raises(McqError, match="column 'correct' is 'five'.*text of one"):
+        load_questions(path)

@@ -1,0 +1,34 @@
+"""A document's content identity (issue 26): the folder scan and doc_chunks agree on it, and
+encoding details a reader drops (a byte-order mark, CRLF or CR line endings) do not change it."""
+
+from ragft_dagster.data.chunking import read_document
+from ragft_dagster.data.documents import content_hash, discover_documents
+
+TEXT = "# Title\n\nA paragraph.\n\n## Section\n\nMore text, and a last line\n"
+
+
+def test_bom_and_line_endings_do_not_change_a_documents_hash(tmp_path):
+    variants = {
+        "plain.md": TEXT.encode(),
+        "bom.md": b"\xef\xbb\xbf" + TEXT.encode(),
+        "crlf.md": TEXT.replace("\n", "\r\n").encode(),
+        "both.md": b"\xef\xbb\xbf" + TEXT.replace("\n", "\r\n").encode(),
+        "cr.md": TEXT.replace("\n", "\r").encode(),
+    }
+    for name, data in variants.items():
+        (tmp_path / name).write_bytes(data)
+    scan = discover_documents(tmp_path, "*.md").documents
+    assert set(scan.values()) == {content_hash(TEXT.encode())}
+    for name in variants:
+        text = read_document(tmp_path / name, name)
+        assert text == TEXT  # what chunking sees: no mark, LF
+        # doc_chunks records the hash of the text it read: the scan's hash, so no rebuild
+        assert content_hash(text.encode("utf-8")) == scan[name]
+
+
+def test_a_real_edit_still_changes_the_hash(tmp_path):
+    (tmp_path / "a.md").write_bytes(TEXT.replace("\n", "\r\n").encode())
+    before = discover_documents(tmp_path, "*.md").documents["a.md"]
+    (tmp_path / "a.md").write_bytes(TEXT.replace("last", "final").replace("\n", "\r\n").encode())
+    assert discover_documents(tmp_path, "*.md").documents["a.md"] != before
+    assert content_hash(b"a\r\nb") == content_hash(b"a\nb") != content_hash(b"a b")
