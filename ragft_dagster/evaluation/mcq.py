@@ -152,7 +152,9 @@ def load_questions(path: Path) -> list[Question]:
             # itself, and the option-text metrics must not score "A." as part of the answer.
             options = tuple(_strip_letter_prefix(o) for o in options)  # type: ignore[assignment]
         elif any(prefixes):
-            carried = [f"{c} starts with {p + '.'!r}" for c, p in zip("abcd", prefixes) if p]
+            carried = [
+                f"{c} starts with {p + '.'!r}" for c, p in zip("abcd", prefixes, strict=True) if p
+            ]
             raise McqError(
                 f"{where}: some options carry an answer letter and some do not "
                 f"({', '.join(carried)}); write every option of a row with its own letter "
