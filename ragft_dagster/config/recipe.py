@@ -130,17 +130,39 @@ def _training_version(dump: dict[str, Any], args: dict[str, Any]) -> dict[str, A
     return {**dump, "args": training_relevant(args)}
 
 
+DEFAULT_EXCLUDE = (
+    ".*",
+    "node_modules",
+    "__pycache__",
+    "venv",
+    "site-packages",
+    "_build",
+    "build",
+    "dist",
+)
+"""What is not documentation below a docs folder, by default: hidden files and folders (.git,
+.venv, .draft.md), node_modules, Python caches and virtualenvs, and build outputs (Sphinx's
+_build, a site's build/ and dist/)."""
+
+
 class DocsRecipe(_Section):
     path: str = "docs"
     """Folder of the documentation, relative to the recipe file."""
     glob: str = "**/*.md"
     """Which files below ``path`` are documents (one partition each)."""
+    exclude: list[str] = Field(default_factory=lambda: list(DEFAULT_EXCLUDE))
+    """Path components that are not documentation, fnmatch patterns matched against every
+    folder and file name below ``path`` (default: hidden files and folders, node_modules,
+    __pycache__, venv, site-packages, _build, build, dist). ``[]`` takes every file the glob
+    matches. What they keep out is named in one line of each scan."""
     batch_size: int = Field(default=100, gt=0)
     """Most documents in one run: a backfill of the document assets
     (``BackfillPolicy.multi_run``), a burst of changes the docs sensor sees and ``ragft run``
     each process this many documents per run, with one materialization per document."""
 
-    UNVERSIONED: ClassVar[frozenset[str]] = frozenset({"batch_size"})
+    # Which files are documents is the scan's business (partitions come and go with it); how
+    # each document is chunked is not affected.
+    UNVERSIONED: ClassVar[frozenset[str]] = frozenset({"batch_size", "exclude"})
 
 
 class DpoRecipe(_Section):

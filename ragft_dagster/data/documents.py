@@ -10,6 +10,7 @@ and its files: an unreadable file is not a removed one.
 from __future__ import annotations
 
 import errno
+import fnmatch
 import hashlib
 import os
 import stat
@@ -32,6 +33,21 @@ class DocumentScan:
     ``known`` so that it reads only the files that changed."""
     read: int = 0
     """How many files this scan read (the others' hashes came from ``known``)."""
+    excluded: dict[str, int] = field(default_factory=dict)
+    """What ``exclude`` kept out though the glob matched: each top-most excluded path below the
+    folder (``node_modules/``, ``.draft.md``) -> how many files below it matched."""
+
+    def excluded_line(self, docs_dir: Path | str) -> str | None:
+        """``"<docs>: skipped 13 files as not documentation (docs.exclude): node_modules/ (12
+        files), .draft.md"``, or None when nothing was excluded."""
+        if not self.excluded:
+            return None
+        shown = [f"{n} ({c} files)" if c > 1 else n for n, c in sorted(self.excluded.items())]
+        more = f" and {len(shown) - 8} more" if len(shown) > 8 else ""
+        return (
+            f"{Path(docs_dir).as_posix().rstrip('/')}: skipped {sum(self.excluded.values())} "
+            f"file(s) as not documentation (docs.exclude): {', '.join(shown[:8])}{more}"
+        )
 
 
 def _file_identity(info: os.stat_result) -> list[int]:
@@ -40,8 +56,21 @@ def _file_identity(info: os.stat_result) -> list[int]:
     return [info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino]
 
 
+def _excluded_path(key: str, exclude: tuple[str, ...]) -> str | None:
+    """The top-most path of ``key`` whose last component matches a pattern of ``exclude``
+    (fnmatch; ``node_modules/`` for a folder, the key itself for a file), or None."""
+    parts = key.split("/")
+    for depth, part in enumerate(parts, 1):
+        if any(fnmatch.fnmatchcase(part, pattern) for pattern in exclude):
+            return "/".join(parts[:depth]) + ("/" if depth < len(parts) else "")
+    return None
+
+
 def discover_documents(
-    docs_dir: Path, pattern: str = "**/*.md", known: Mapping[str, list[Any]] | None = None
+    docs_dir: Path,
+    pattern: str = "**/*.md",
+    known: Mapping[str, list[Any]] | None = None,
+    exclude: Iterable[str] = (),
 ) -> DocumentScan:
     """Hash every document below ``docs_dir`` and say which matching paths were skipped.
 
@@ -50,6 +79,8 @@ def discover_documents(
         pattern: Which files are documents (``docs.glob``).
         known: :attr:`DocumentScan.stats` of an earlier scan: a file whose size, mtime, ctime
             and inode are unchanged keeps its hash without being read.
+        exclude: Path components that are not documentation (``docs.exclude``): a file whose
+            path below ``docs_dir`` has one is left out (listed in ``excluded``).
 
     Returns:
         The documents with their content hashes, and the skipped paths with their reasons.
@@ -66,8 +97,15 @@ def discover_documents(
     skipped: dict[str, str] = {}
     stats: dict[str, list[Any]] = {}
     read = 0
+    exclude = tuple(exclude)
+    excluded: dict[str, int] = {}
     for path in sorted(docs_dir.glob(pattern)):
         key = path.relative_to(docs_dir).as_posix()
+        out = _excluded_path(key, exclude) if exclude else None
+        if out is not None:
+            if path.is_file():
+                excluded[out] = excluded.get(out, 0) + 1
+            continue
         info = _stat_document(path)
         if isinstance(info, str):
             if info:
@@ -86,8 +124,8 @@ def discover_documents(
                 continue
         stats[key] = [*identity, found[key]]
     if "**" in pattern:
-        skipped.update(_symlinked_folders(docs_dir))
-    return DocumentScan(found, skipped, stats, read)
+        skipped.update(_symlinked_folders(docs_dir, exclude))
+    return DocumentScan(found, skipped, stats, read, excluded)
 
 
 def scan_documents(docs_dir: Path, pattern: str = "**/*.md") -> dict[str, str]:
@@ -123,11 +161,12 @@ def _stat_document(path: Path) -> os.stat_result | str:
     return info
 
 
-def _symlinked_folders(docs_dir: Path) -> dict[str, str]:
+def _symlinked_folders(docs_dir: Path, exclude: tuple[str, ...] = ()) -> dict[str, str]:
     """Symlinks to folders below ``docs_dir``: the recursive glob does not enter them (so a link
     to an ancestor cannot loop), and their files are not documents. Says so, naming each one."""
     found: dict[str, str] = {}
     for top, dirs, _files in os.walk(docs_dir, followlinks=False):
+        dirs[:] = [d for d in dirs if not any(fnmatch.fnmatchcase(d, p) for p in exclude)]
         for name in dirs:
             link = Path(top) / name
             if link.is_symlink():

@@ -119,7 +119,7 @@ def scan_documents_folder(recipe: Recipe, scan_state: Path | None = None) -> Doc
         FileNotFoundError: The docs folder does not exist (naming ``docs.path``).
     """
     known = _read_scan_state(scan_state) if scan_state is not None else {}
-    scan = discover_documents(recipe.docs_dir, recipe.docs.glob, known)
+    scan = discover_documents(recipe.docs_dir, recipe.docs.glob, known, recipe.docs.exclude)
     if scan_state is not None and scan.stats != known:
         atomic_write_text(scan_state, json.dumps(scan.stats, sort_keys=True))
     return scan
@@ -236,6 +236,9 @@ def build_docs_sensor(recipe: Recipe) -> dg.SensorDefinition:
         changes = plan_changes(instance, scan)
         for warning in changes.warnings(recipe.docs_dir):
             context.log.warning(f"skipped {warning}")
+        excluded = scan.excluded_line(recipe.docs_dir)
+        if excluded:
+            context.log.info(excluded)
         order = [*instance.get_dynamic_partitions(DOCUMENTS), *changes.added]
         flight = documents_in_flight(instance, order)
         # a document whose run started after its last edit needs no second run

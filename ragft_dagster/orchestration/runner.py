@@ -201,6 +201,9 @@ def run_pipeline(
     echo(f"recipe {recipe.name}: {len(current)} documents ({changes.summary()})")
     for warning in changes.warnings(recipe.docs_dir):
         echo(f"  skipped {warning}")
+    excluded = scan.excluded_line(recipe.docs_dir)
+    if excluded:
+        echo(f"  {excluded}")
 
     batch_size = recipe.docs.batch_size
     graph = defs.resolve_asset_graph()

@@ -32,3 +32,44 @@ def test_a_real_edit_still_changes_the_hash(tmp_path):
     (tmp_path / "a.md").write_bytes(TEXT.replace("last", "final").replace("\n", "\r\n").encode())
     assert discover_documents(tmp_path, "*.md").documents["a.md"] != before
     assert content_hash(b"a\r\nb") == content_hash(b"a\nb") != content_hash(b"a b")
+
+
+def test_what_is_not_documentation_is_skipped_and_named_in_one_line(tmp_path):
+    """Issue 26: node_modules READMEs, hidden drafts and build outputs became documents."""
+    from ragft_dagster.config.recipe import DEFAULT_EXCLUDE
+
+    for key in (
+        "guide/intro.md",
+        "guide/build-a-model.md",  # a page about building is documentation
+        ".draft.md",
+        ".git/README.md",
+        "node_modules/pkg/README.md",
+        "node_modules/pkg/docs/api.md",
+        "guide/node_modules/x/README.md",
+        "_build/html/index.md",
+        ".venv/lib/site-packages/foo/README.md",
+    ):
+        (tmp_path / key).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / key).write_text(TEXT)
+    scan = discover_documents(tmp_path, "**/*.md", exclude=DEFAULT_EXCLUDE)
+    assert sorted(scan.documents) == ["guide/build-a-model.md", "guide/intro.md"]
+    assert scan.excluded == {
+        ".draft.md": 1,
+        ".git/": 1,
+        ".venv/": 1,
+        "_build/": 1,
+        "guide/node_modules/": 1,
+        "node_modules/": 2,
+    }
+    line = scan.excluded_line(tmp_path)
+    assert line.startswith(f"{tmp_path.as_posix()}: skipped 7 file(s) as not documentation")
+    assert "node_modules/ (2 files)" in line and "docs.exclude" in line
+    # exclude: [] takes every file the glob matches
+    assert len(discover_documents(tmp_path, "**/*.md", exclude=[]).documents) == 9
+
+
+def test_the_recipe_key_changes_what_is_excluded(tmp_path):
+    from ragft_dagster.config.recipe import DocsRecipe
+
+    assert DocsRecipe().exclude[0] == ".*"
+    assert DocsRecipe(exclude=["drafts"]).exclude == ["drafts"]
