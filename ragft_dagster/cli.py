@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import warnings
 from typing import Any
@@ -219,7 +220,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from ragft_dagster.config.profile import ProfileError
     from ragft_dagster.config.recipe import RecipeError
+    from ragft_dagster.orchestration.runner import PipelineInterrupted
 
+    signals = _SignalLog()
     try:
         if args.command == "backfill":
             return backfill(args)
@@ -227,7 +230,48 @@ def main(argv: list[str] | None = None) -> int:
     except (RecipeError, ProfileError) as exc:
         print(exc, file=sys.stderr)
         return 2
+    except (PipelineInterrupted, KeyboardInterrupt) as exc:
+        signo = signals.last() or signal.SIGINT
+        if not isinstance(exc, PipelineInterrupted):  # between two jobs: nothing was running
+            print("INTERRUPTED between jobs; every finished job is kept", file=sys.stderr)
+        name = signal.Signals(signo).name
+        print(f"ragft run: stopped by {name}; run `ragft run` again to continue", file=sys.stderr)
+        return 128 + signo
+    finally:
+        signals.close()
     return 0 if ok else 1
+
+
+class _SignalLog:
+    """Which signal stopped the run: SIGTERM is turned into an interrupt (as Dagster does while
+    a job runs; otherwise it would end the process without a word), and every signal Python
+    catches is written to a pipe (``signal.set_wakeup_fd``), so the exit status can say which
+    one came (130 for Ctrl-C, 143 for SIGTERM) even when Dagster's own handler caught it."""
+
+    def __init__(self) -> None:
+        self._read, write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(write, False)
+        self._write = write
+        try:
+            self._before: int | None = signal.set_wakeup_fd(write)
+            signal.signal(signal.SIGTERM, signal.default_int_handler)
+        except ValueError:  # not the main thread (a test calling main): nothing to record
+            self._before = None
+
+    def last(self) -> int | None:
+        try:
+            got = os.read(self._read, 1024)
+        except BlockingIOError:
+            return None
+        wanted = [b for b in got if b in (signal.SIGINT, signal.SIGTERM)]
+        return wanted[-1] if wanted else None
+
+    def close(self) -> None:
+        if self._before is not None:
+            signal.set_wakeup_fd(self._before)
+        os.close(self._read)
+        os.close(self._write)
 
 
 if __name__ == "__main__":

@@ -80,6 +80,15 @@ class PipelineResult:
         return sum(step.seconds for step in self.steps if step.job in jobs)
 
 
+class PipelineInterrupted(Exception):
+    """Ctrl-C or SIGTERM stopped ``ragft run`` (its line is printed already); what finished
+    is kept and the next ``ragft run`` continues from there."""
+
+
+def _was_interrupted(events: Sequence[Any]) -> bool:
+    return any("DagsterExecutionInterruptedError" in m for m in _failure_messages(events))
+
+
 def _failure_messages(events: Sequence[Any]) -> list[str]:
     """What failed in a run: each failed step's error, else the run's own failure (a run that
     failed before any step, e.g. a resource that could not start). Only STEP_FAILURE events
@@ -136,6 +145,19 @@ def _execute_releasing_memory(job: Any, **kwargs: Any) -> Any:
         return job.execute_in_process(**kwargs)
     finally:
         _release_freed_memory()
+
+
+def _run_warnings(instance: dg.DagsterInstance, run_id: str) -> list[str]:
+    """What the run's own code logged at WARNING or above (``context.log.warning``), one line
+    each, without Dagster's event log lines."""
+    import logging
+
+    out = []
+    for entry in instance.all_logs(run_id):
+        if entry.is_dagster_event or entry.level < logging.WARNING:
+            continue
+        out.append(" ".join(str(entry.user_message).split()))
+    return out
 
 
 def _config_error_messages(exc: Any) -> list[str]:
@@ -257,6 +279,17 @@ def run_pipeline(
         label = stage.job + (f" [{step.partition}]" if keys else "")
         if len(keys) > 1:
             label += f" ({len(keys)} documents)"
+
+        def interrupted(run_id: str | None, kept: int) -> PipelineInterrupted:
+            what = f"run {run_id}" if run_id else "it"
+            echo(
+                f"INTERRUPTED {label}: stopped; {what} kept {kept} finished asset "
+                "materialization(s) and every job before it (training resumes from its last "
+                "checkpoint); `ragft run` continues from here"
+            )
+            result.success = False
+            return PipelineInterrupted(label)
+
         try:
             outcome = _execute_releasing_memory(
                 job,
@@ -267,9 +300,12 @@ def run_pipeline(
                 asset_selection=[dg.AssetKey(a) for a in assets],
                 raise_on_error=False,
                 # Step events stay in the instance (see them with `make ui`); the console gets
-                # one line per run.
-                run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+                # one line per run, its warnings after it and its failures as FAILED lines (not
+                # Dagster's own log of them, which carries the whole stack).
+                run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
             )
+        except KeyboardInterrupt:  # before Dagster's own handling of the interrupt began
+            raise interrupted(None, 0) from None
         except DagsterInvalidConfigError as exc:
             # The run could not start (e.g. an EnvVar that is not set): no run id exists.
             for message in _config_error_messages(exc):
@@ -278,6 +314,10 @@ def run_pipeline(
             result.success = False
             return False
         checks = outcome.get_asset_check_evaluations()
+        for warning in _run_warnings(instance, outcome.run_id):
+            echo(f"  {label}: {warning}")
+        if not outcome.success and _was_interrupted(outcome.all_events):
+            raise interrupted(outcome.run_id, len(outcome.get_asset_materialization_events()))
         if not outcome.success:
             for message in _failure_messages(outcome.all_events):
                 echo(f"FAILED {label}: {message}")
