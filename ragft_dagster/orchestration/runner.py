@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,6 +147,105 @@ def _execute_releasing_memory(job: Any, **kwargs: Any) -> Any:
         _release_freed_memory()
 
 
+OWNER_TAG = "ragft/owner"
+"""On runs ``ragft run`` executes in its own process: ``host:pid:start time``, so another
+``ragft run`` can tell a run in progress from one whose process was killed (Dagster leaves an
+in-process run STARTED when its process dies)."""
+
+_IN_FLIGHT = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
+def _owner(pid: int | None = None) -> str:
+    import socket
+
+    import psutil
+
+    proc = psutil.Process(pid)
+    return f"{socket.gethostname()}:{proc.pid}:{proc.create_time():.3f}"
+
+
+def _owner_alive(tag: str) -> bool:
+    """Whether the ``ragft run`` process named by an :data:`OWNER_TAG` is still running (a
+    process of another host is taken to be)."""
+    import socket
+
+    import psutil
+
+    host, _, rest = tag.partition(":")
+    pid, _, started = rest.partition(":")
+    if host != socket.gethostname():
+        return True
+    try:
+        return _owner(int(pid)) == tag
+    except (psutil.Error, ValueError):
+        return False
+
+
+def run_assets(run: Any, job_assets: Mapping[str, Collection[str]]) -> set[str]:
+    """The assets a run builds: its asset selection, or (a whole job launched from the UI, a
+    schedule or a sensor carries none) its job's assets."""
+    if run.asset_selection:
+        return {k.to_user_string() for k in run.asset_selection}
+    return set(job_assets.get(run.job_name, ()))
+
+
+def overlapping_runs(
+    instance: dg.DagsterInstance,
+    assets: Sequence[str],
+    partitions: Sequence[str],
+    job_assets: Mapping[str, Collection[str]] | None = None,
+) -> list[Any]:
+    """Runs in progress on ``instance`` that build one of ``assets`` (in one of ``partitions``,
+    when both runs name theirs), but for ``ragft run`` runs whose process is gone.
+    ``job_assets``: each job's assets, for runs of a whole job."""
+    out = []
+    for record in instance.get_run_records(dg.RunsFilter(statuses=_IN_FLIGHT)):
+        run = record.dagster_run
+        if not run_assets(run, job_assets or {}) & set(assets):
+            continue
+        theirs = run.tags.get("dagster/partition")
+        if theirs is not None and partitions and theirs not in partitions:
+            continue
+        owner = run.tags.get(OWNER_TAG)
+        if owner is not None and not _owner_alive(owner):
+            continue
+        out.append(run)
+    return out
+
+
+def _wait_for_overlapping_runs(
+    instance: dg.DagsterInstance,
+    assets: Sequence[str],
+    partitions: Sequence[str],
+    label: str,
+    echo: Callable[[str], Any],
+    job_assets: Mapping[str, Collection[str]] | None = None,
+    every: float = 2.0,
+) -> None:
+    """One run at a time per asset: wait (saying so once per run waited for) while another
+    run on this instance builds what this one would. Ctrl-C stops the wait like any other."""
+    said: set[str] = set()
+    while True:
+        runs = overlapping_runs(instance, assets, partitions, job_assets)
+        if not runs:
+            return
+        for run in runs:
+            if run.run_id not in said:
+                said.add(run.run_id)
+                building = sorted(run_assets(run, job_assets or {}) & set(assets))
+                echo(
+                    f"waiting for run {run.run_id} ({run.job_name}, {run.status.value}) that is "
+                    f"building {', '.join(building) or 'the same assets'}; {label} starts when "
+                    "it ends (Ctrl-C to stop waiting)"
+                )
+        time.sleep(every)
+
+
 def _run_warnings(instance: dg.DagsterInstance, run_id: str) -> list[str]:
     """What the run's own code logged at WARNING or above (``context.log.warning``), one line
     each, without Dagster's event log lines."""
@@ -268,6 +367,7 @@ def run_pipeline(
                 return True
         return False
 
+    job_assets = {stage.job: stage.assets for stage in stages}
     result = PipelineResult(success=True)
     started = time.monotonic()
 
@@ -290,13 +390,14 @@ def run_pipeline(
             result.success = False
             return PipelineInterrupted(label)
 
+        _wait_for_overlapping_runs(instance, assets, keys, label, echo, job_assets)
         try:
             outcome = _execute_releasing_memory(
                 job,
                 instance=instance,
                 # several documents: one run over their partition range, as a backfill runs it
                 partition_key=keys[0] if len(keys) == 1 else None,
-                tags=batch_tags(keys) if len(keys) > 1 else None,
+                tags={**(batch_tags(keys) if len(keys) > 1 else {}), OWNER_TAG: _owner()},
                 asset_selection=[dg.AssetKey(a) for a in assets],
                 raise_on_error=False,
                 # Step events stay in the instance (see them with `make ui`); the console gets

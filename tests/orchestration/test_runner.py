@@ -389,3 +389,74 @@ def test_ragft_run_scores_api_models_at_the_endpoint_and_reports_them(tmp_path):
         assert f"evaluation_job [{cell}]" in out
     assert "ok  report_job" in out and "| stub-model |" in out
     assert "Traceback" not in out
+
+
+def test_a_second_ragft_run_waits_for_the_run_building_the_same_asset(tmp_path):
+    """Issue 26: two `ragft run` on one instance trained the same adapter at once. A run in
+    progress (a real in-process run, paused inside its asset) makes the next one wait with a
+    line naming it; a run whose `ragft run` process is gone (left STARTED) does not."""
+    import subprocess
+    import sys
+    import threading
+
+    from ragft_dagster.orchestration.runner import (
+        OWNER_TAG,
+        _owner,
+        _wait_for_overlapping_runs,
+        overlapping_runs,
+    )
+
+    release = threading.Event()
+    started = threading.Event()
+
+    @dg.asset
+    def adapter() -> None:
+        started.set()
+        assert release.wait(60)
+
+    @dg.asset
+    def other() -> None:
+        pass
+
+    defs = dg.Definitions(
+        assets=[adapter, other], jobs=[dg.define_asset_job("training_job", selection=[adapter])]
+    )
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait(timeout=30)
+    host = _owner().split(":", 1)[0]
+    for owner, waits in ((f"{host}:{gone.pid}:1.000", False), (_owner(), True)):
+        release.clear()
+        started.clear()
+        timer = threading.Timer(0, release.set)
+        with dg.instance_for_test() as instance:
+            thread = threading.Thread(
+                target=lambda: defs.resolve_job_def("training_job").execute_in_process(
+                    instance=instance,
+                    tags={OWNER_TAG: owner},  # noqa: B023
+                )
+            )
+            thread.start()
+            try:
+                assert started.wait(60)
+                jobs = {"training_job": ["adapter"]}  # a whole job's run carries no selection
+                assert overlapping_runs(instance, ["other"], [], jobs) == []
+                assert overlapping_runs(instance, ["adapter"], []) == []  # an unknown job
+                found = overlapping_runs(instance, ["adapter"], [], jobs)
+                assert len(found) == int(waits)
+                lines: list[str] = []
+                timer = threading.Timer(1.0, release.set)
+                timer.start()
+                _wait_for_overlapping_runs(
+                    instance, ["adapter"], [], "training_job", lines.append, jobs, every=0.2
+                )
+                if waits:
+                    (line,) = lines
+                    assert line.startswith(f"waiting for run {found[0].run_id} (training_job")
+                    assert "building adapter" in line
+                else:
+                    assert lines == []
+            finally:
+                timer.cancel()
+                release.set()
+                thread.join(60)
+            assert overlapping_runs(instance, ["adapter"], [], {"training_job": ["adapter"]}) == []
