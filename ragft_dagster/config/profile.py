@@ -344,4 +344,27 @@ def load_profile(path: Path | str) -> Profile:
                 lines.append(f"  - {msg}")
         raise ProfileError("\n".join(lines)) from None
     profile._path = path
+    if profile.executor != "k8s_job":  # on Kubernetes the root is a volume of the step pods
+        problem = artifact_root_problem(profile.artifact_root)
+        if problem:
+            raise ProfileError(f"{path}: invalid profile\n  - key 'artifacts.root': {problem}")
     return profile
+
+
+def artifact_root_problem(root: Path) -> str | None:
+    """Why ``root`` cannot hold the artifacts on this machine (a file in the way, a folder that
+    cannot be created or written), or None. Nothing is created here."""
+    import os
+
+    existing = root
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        return (
+            f"{root}: {existing} is a file, not a folder; point artifacts.root at a folder "
+            "(it is created when missing)"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "cannot be written" if existing == root else f"cannot be created in {existing}"
+        return f"{root} {what} (no permission); point artifacts.root at a writable folder"
+    return None

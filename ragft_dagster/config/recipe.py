@@ -160,6 +160,24 @@ class DocsRecipe(_Section):
     (``BackfillPolicy.multi_run``), a burst of changes the docs sensor sees and ``ragft run``
     each process this many documents per run, with one materialization per document."""
 
+    @field_validator("glob")
+    @classmethod
+    def _relative_glob(cls, v: str) -> str:
+        parts = v.replace("\\", "/").split("/")
+        if not v.strip():
+            raise ValueError("is empty; give a pattern below docs.path, e.g. '**/*.md'")
+        if v.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", v):
+            raise ValueError(
+                f"{v!r} is an absolute path; the glob is relative to docs.path (point docs.path "
+                "at the folder and keep a pattern such as '**/*.md' here)"
+            )
+        if ".." in parts:
+            raise ValueError(
+                f"{v!r} leaves docs.path ('..'); point docs.path at the folder that holds the "
+                "documents instead"
+            )
+        return v
+
     # Which files are documents is the scan's business (partitions come and go with it); how
     # each document is chunked is not affected.
     UNVERSIONED: ClassVar[frozenset[str]] = frozenset({"batch_size", "exclude"})

@@ -159,3 +159,32 @@ def test_the_schema_imports_no_execution_code_and_the_product_no_benchmark():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("glob", "says"),
+    [
+        ("", "is empty"),
+        ("/srv/docs/**/*.md", "absolute path"),
+        ("../**/*.md", "leaves docs.path"),
+    ],
+)
+def test_a_docs_glob_that_cannot_run_is_refused_at_load_naming_the_key(tmp_path, glob, says):
+    """Issue 26: these globs loaded, then ended `ragft run` in a pathlib traceback."""
+    path = write_recipe(tmp_path, lambda raw: raw["docs"].update(glob=glob))
+    with pytest.raises(RecipeError, match=rf"key 'docs.glob': .*{says}"):
+        load_recipe(path)
+
+
+def test_an_artifact_root_under_a_file_is_refused_at_load(tmp_path):
+    """Issue 26: a root that could never be created ended in a NotADirectoryError traceback."""
+    (tmp_path / "afile").write_text("x")
+    text = (ROOT / "resources" / "local.yaml").read_text()
+    for root in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        profile = tmp_path / "resources" / "p.yaml"
+        profile.parent.mkdir(exist_ok=True)
+        profile.write_text(text.replace("root: .artifacts", f"root: {root}", 1))
+        with pytest.raises(ProfileError, match=r"key 'artifacts.root': .* is a file, not a folder"):
+            load_profile(profile)
+    profile.write_text(text.replace("root: .artifacts", f"root: {tmp_path / 'new' / 'art'}", 1))
+    assert load_profile(profile).artifact_root == tmp_path / "new" / "art"  # made when needed
