@@ -6,17 +6,29 @@ Q&A generations (LLM requests with an LLM generator), embeddings computed and th
 the data + index stages for both, and checks the targets: work only for the edited document's
 changed chunks, wall time <= 0.2x the full run.
 
-``scoring``: our batched log-likelihood scorer against the published protocol (each question
-through a llama-index query engine, up to 3 generated tokens, the letter parsed from the reply;
-:mod:`ragft_dagster.benchmarks.published_protocol`) on the same model, questions, index and prompts.
-Reports questions/second of both, the speed-up, valid answers of both and their agreement where
-both are valid, and checks the targets: speed-up >= 5x, no disagreement, identical prompts.
+``scoring`` (``make bench-scoring``): our scorer against lm-evaluation-harness's ``hf`` model on
+the same rendered prompts, closed-book, on two shapes: the recipe's questions and a generated
+set of 50 questions with long options (about 106 tokens on average, some over 400, half of them
+code). Each measurement (ours in float32, ours in the default inference dtype, lm-eval in
+float32) runs in a process of its own, so its peak RSS is its own; reported: wall time, peak
+memory, GFLOP/s, the ratios to lm-eval and the answers' agreement, against the targets (long
+options <= 60 s and <= 3 GB in the default dtype; float32 >= 4x lm-eval's speed at no more
+memory), printed as PASS/FAIL without failing the run (docs/benchmark-scoring.md).
+
+``scoring --against published``: our batched log-likelihood scorer against the published
+protocol (each question through a llama-index query engine, up to 3 generated tokens, the letter
+parsed from the reply; :mod:`ragft_dagster.benchmarks.published_protocol`) on the same model,
+questions, index and prompts. Reports questions/second of both, the speed-up, valid answers of
+both and their agreement where both are valid, and checks the targets: speed-up >= 5x, no
+disagreement, identical prompts.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import random
 import re
 import sys
@@ -493,7 +505,7 @@ def _recipe_chunks(recipe: Any, tokenizer: Any) -> list[dict[str, Any]]:
     return chunks
 
 
-def scoring(args: argparse.Namespace) -> int:
+def scoring_published(args: argparse.Namespace) -> int:
     from ragft_dagster.compute import ComputeSettings
     from ragft_dagster.config.recipe import load_recipe
     from ragft_dagster.evaluation.mcq import load_questions
@@ -667,6 +679,630 @@ def scoring(args: argparse.Namespace) -> int:
     return finish(figures, checks, args.json)
 
 
+# --- scoring against lm-evaluation-harness (issue 25): speed and memory on the same prompts ---
+
+LONG_QUESTIONS = 50
+LONG_CELL_SECONDS = 60.0
+LONG_CELL_PEAK_GB = 3.0
+LMEVAL_SPEED_UP_TARGET = 4.0
+
+_NOUNS = (
+    *("chunk", "index", "cache", "adapter", "tokenizer", "partition", "sensor", "schedule"),
+    *("checkpoint", "retriever", "embedding", "manifest", "batch", "shard", "queue", "worker"),
+    *("recipe", "profile", "record", "snapshot"),
+)
+_VERBS = (
+    *("loads", "writes", "skips", "merges", "validates", "retries", "hashes", "splits"),
+    *("caches", "streams", "rebuilds", "counts", "renames", "locks", "flushes", "sorts"),
+)
+_WHEN = (
+    "before the run starts",
+    "after every edit",
+    "once per partition",
+    "when the hash changes",
+    "under a file lock",
+    "in a temporary directory",
+    "for each document",
+    "only on the first attempt",
+    "without touching the network",
+    "in batches of sixteen",
+    "while the daemon waits",
+    "at the end of the step",
+)
+
+
+def _name(rng: random.Random) -> str:
+    return f"{rng.choice(_NOUNS)}_{rng.choice(['id', 'path', 'count', 'rows', 'keys', 'size'])}"
+
+
+def _sentence(rng: random.Random) -> str:
+    subject, verb, thing = rng.choice(_NOUNS), rng.choice(_VERBS), rng.choice(_NOUNS)
+    return f"The {subject} {verb} the {thing} {rng.choice(_WHEN)}."
+
+
+def _code_line(rng: random.Random) -> str:
+    a, b, i, noun = _name(rng), _name(rng), rng.choice("ijk"), rng.choice(_NOUNS)
+    return rng.choice(
+        [
+            f"    {a} = {b} * {rng.randint(2, 64)} + len({noun}s)",
+            f"    if {a} > {rng.randint(0, 999)}:\n        {b} = sorted({a}, key=str)",
+            f"    for {i} in range({a}):\n        {b}.append({noun}[{i}])",
+            f'    logger.info("{noun} %s {rng.choice(_VERBS)}", {a})',
+            f"    {a} = {{{noun!r}: {b}, {rng.choice(_NOUNS)!r}: None}}",
+            f"    {a} = self.{rng.choice(_VERBS)[:-1]}({b}, strict={rng.random() < 0.5})",
+        ]
+    )
+
+
+def _grown(units: list[str], more: Any, join: Any, tokens: int, count: Any) -> str:
+    """``units`` grown one ``more()`` at a time to the length nearest ``tokens``."""
+    while count(join(units)) < tokens:
+        units.append(more())
+    shorter = join(units[:-1])
+    if len(units) > 1 and tokens - count(shorter) < count(join(units)) - tokens:
+        return shorter
+    return join(units)
+
+
+def _long_option(rng: random.Random, tokens: int, count: Any) -> str:
+    """Python code (half the time) or prose, of about ``tokens`` tokens."""
+    if rng.random() < 0.5:
+        head = [
+            f"def {rng.choice(_VERBS)[:-1]}_{rng.choice(_NOUNS)}({_name(rng)}, {_name(rng)}):",
+            f'    """{_sentence(rng)}"""',
+        ]
+        tail = f"    return {_name(rng)}"
+        return _grown(
+            head, lambda: _code_line(rng), lambda units: "\n".join([*units, tail]), tokens, count
+        )
+    return _grown([], lambda: _sentence(rng), " ".join, tokens, count)
+
+
+def long_option_questions(tokenizer: Any, n: int = LONG_QUESTIONS, seed: int = 0) -> list[Any]:
+    """A generated benchmark whose options are long, as real docs questions' options can be:
+    4% of the options (8 of 200) 400-560 tokens, the rest 30-151, evenly spread (about 106
+    tokens on average), half of them Python code and half prose. Deterministic for a
+    seed and a tokenizer; the content is made up (only the lengths and the kind of text matter
+    to a speed benchmark).
+
+    Returns:
+        Questions with content-hash ids, as :func:`ragft_dagster.evaluation.mcq.load_questions`
+        gives them.
+    """
+    from ragft_dagster.evaluation.mcq import LETTERS, Question, fold
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    rng = random.Random(seed)
+    # option lengths evenly spread over the two ranges, in a seeded order
+    n_long = max(1, 4 * n // 25)
+    n_short = 4 * n - n_long
+    lengths = [400 + 160 * k // max(n_long - 1, 1) for k in range(n_long)]
+    lengths += [30 + 121 * k // max(n_short - 1, 1) for k in range(n_short)]
+    rng.shuffle(lengths)
+    questions = []
+    for q in range(n):
+        a, b, c, d = (_long_option(rng, lengths[4 * q + j], count) for j in range(4))
+        text = (
+            f"Question {q + 1}: which {rng.choice(['function', 'description'])} matches how "
+            f"the {rng.choice(_NOUNS)} {rng.choice(_VERBS)} the {rng.choice(_NOUNS)} "
+            f"{rng.choice(_WHEN)}?"
+        )
+        qid = hashlib.sha256(fold(text).encode()).hexdigest()[:16]
+        questions.append(Question(qid, q + 1, text, (a, b, c, d), rng.choice(LETTERS)))
+    return questions
+
+
+# lm-eval's metric for each of our predictions (its ARC ``acc`` is our ``acc_option``)
+HARNESS_METRICS = {
+    "predicted": ("letters", "acc"),
+    "predicted_norm": ("options", "acc_norm"),
+    "predicted_bytes": ("options", "acc_bytes"),
+    "predicted_option": ("options", "acc"),
+}
+
+
+def lmeval_tasks(questions: list[Any], prompts: list[str], work: Path) -> dict[str, Any]:
+    """lm-evaluation-harness tasks over our rendered prompts: ``ragft_letters`` (the choices are
+    the letters A-D) and ``ragft_options`` (the option texts), zero-shot, ``doc_to_text`` the
+    prompt word for word and no target delimiter (lm-eval moves the prompt's trailing
+    whitespace into every choice, as our scorer does). Written under ``work`` as a JSONL file
+    and YAML tasks, loaded through a ``TaskManager`` over that folder only (no hub, no built-in
+    task index).
+
+    Returns:
+        lm-eval's loaded tasks (``TaskManager.load``: Task objects under ``"tasks"``).
+    """
+    from lm_eval.tasks import TaskManager
+
+    from ragft_dagster.evaluation.mcq import LETTERS
+
+    work.mkdir(parents=True, exist_ok=True)
+    data = work / "questions.jsonl"
+    with data.open("w", encoding="utf-8") as f:
+        for q, prompt in zip(questions, prompts, strict=True):
+            doc = {
+                "qid": q.id,
+                "prompt": prompt,
+                "letters": list(LETTERS),
+                "options": list(q.options),
+                "gold": LETTERS.index(q.correct),
+            }
+            f.write(json.dumps(doc) + "\n")
+    metrics = {"letters": ["acc"], "options": ["acc", "acc_norm", "acc_bytes"]}
+    for choices, names in metrics.items():
+        spec = {
+            "task": f"ragft_{choices}",
+            "dataset_path": "json",
+            "dataset_kwargs": {
+                "data_files": {"test": str(data)},
+                "cache_dir": str(work / "datasets"),
+            },
+            "test_split": "test",
+            "num_fewshot": 0,
+            "output_type": "multiple_choice",
+            "doc_to_text": "prompt",
+            "doc_to_choice": choices,
+            "doc_to_target": "gold",
+            "target_delimiter": "",
+            "metric_list": [{"metric": m, "aggregation": "mean"} for m in names],
+        }
+        (work / f"ragft_{choices}.yaml").write_text(json.dumps(spec), encoding="utf-8")
+    manager = TaskManager(include_path=str(work), include_defaults=False)
+    return manager.load([f"ragft_{c}" for c in metrics])
+
+
+def lmeval_model(model_dir: str, *, batch_size: int, dtype: str = "float32", device: str = "cpu"):
+    """lm-eval's ``hf`` model (HFLM) on a local model folder."""
+    from lm_eval.models.huggingface import HFLM
+
+    return HFLM(pretrained=model_dir, dtype=dtype, batch_size=batch_size, device=device)
+
+
+def _harness_pick(task: Any, doc: dict[str, Any], results: list[Any], metric: str) -> int:
+    """The choice lm-eval's own ``process_results`` picks under ``metric``: the one it marks
+    correct when the gold is moved there (its numpy ``argmax`` keeps the first maximum)."""
+    picked = [
+        i
+        for i in range(len(results))
+        if task.process_results({**doc, "gold": i}, results)[metric] == 1.0
+    ]
+    if len(picked) != 1:
+        raise RuntimeError(f"lm-eval picked {picked} under {metric} for question {doc['qid']}")
+    return picked[0]
+
+
+def lmeval_score(lm: Any, tasks: dict[str, Any], limit: int | None = None) -> dict[str, Any]:
+    """Score ``tasks`` (:func:`lmeval_tasks`) with ``lm`` through ``lm_eval.evaluator.evaluate``,
+    the harness's evaluation loop (``simple_evaluate`` is that plus model loading and a record of
+    the environment, which takes seconds of subprocesses and scores nothing).
+
+    Returns:
+        Per question id: ``letters`` and ``options`` (lm-eval's log-likelihood of each choice)
+        and, for each of our prediction fields (:data:`HARNESS_METRICS`), the letter lm-eval
+        picks.
+    """
+    import logging
+
+    from lm_eval.evaluator import evaluate
+
+    from ragft_dagster.evaluation.mcq import LETTERS
+
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    out = evaluate(lm=lm, task_dict=tasks, limit=limit, log_samples=True, bootstrap_iters=0)
+    if out is None:
+        raise RuntimeError("lm_eval.evaluator.evaluate returned no results")
+    scored: dict[str, dict[str, Any]] = {}
+    for name, task in tasks["tasks"].items():
+        kind = name.removeprefix("ragft_")
+        for sample in out["samples"][name]:
+            doc = sample["doc"]
+            if sample["arguments"][0][0] != doc["prompt"]:
+                raise RuntimeError(f"lm-eval changed the prompt of question {doc['qid']}")
+            results = [tuple(r) for r in sample["filtered_resps"]]
+            entry = scored.setdefault(doc["qid"], {})
+            entry[kind] = [ll for ll, _ in results]
+            for field, (on, metric) in HARNESS_METRICS.items():
+                if on == kind:
+                    entry[field] = LETTERS[_harness_pick(task, doc, results, metric)]
+    return scored
+
+
+class DecoderPositions:
+    """Counts the token positions a model's decoder runs (padding included), by a forward
+    pre-hook: what our scorer and lm-eval actually compute, whatever they batch or cache."""
+
+    def __init__(self, model: Any):
+        decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
+        self.count = 0
+        self._hook = decoder.register_forward_pre_hook(self._seen, with_kwargs=True)
+
+    def _seen(self, module: Any, args: tuple, kwargs: dict) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None:
+            ids = kwargs["inputs_embeds"][..., 0]
+        self.count += int(ids.numel())
+
+    def close(self) -> None:
+        self._hook.remove()
+
+
+def _peak_rss_bytes() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def _current_rss_bytes() -> int:
+    import os
+
+    with open(f"/proc/{os.getpid()}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _shape_questions(spec: dict[str, Any]) -> tuple[list[Any], list[list[dict[str, str]]]]:
+    from ragft_dagster.evaluation.mcq import Question
+
+    questions = []
+    for q in spec["questions"]:
+        a, b, c, d = q["options"]
+        questions.append(Question(q["id"], q["row"], q["question"], (a, b, c, d), q["correct"]))
+    return questions, spec["messages"]
+
+
+def measure(args: argparse.Namespace) -> int:
+    """One measurement in this process (``scoring --measure``): load the model, score one
+    shape's questions once untimed on the first two (warm-up), then all of them timed; write
+    time, decoder positions, peak and post-load RSS and the answers to ``--out``."""
+    import torch
+
+    from ragft_dagster.compute import ComputeSettings
+    from ragft_dagster.config.recipe import load_recipe
+
+    spec = json.loads(Path(args.shape_file).read_text(encoding="utf-8"))
+    questions, messages = _shape_questions(spec)
+    recipe = load_recipe(args.recipe or DEFAULT_RECIPE)
+    compute = ComputeSettings(device=args.device, dtype=args.dtype)
+    device = compute.torch_device()
+    figures: dict[str, Any] = {"rss_before_load": _current_rss_bytes()}
+    if args.measure == "ours":
+        from ragft_dagster.evaluation.scoring import load_scoring_model, score_local
+
+        dtype = compute.inference_dtype()
+        model, tokenizer = load_scoring_model(
+            args.model,
+            None,
+            device=device,
+            dtype=dtype,
+            chat_template=recipe.chat_template,
+            trust_remote_code=recipe.trust_remote_code,
+        )
+        hits: list[list[dict[str, Any]]] = [[] for _ in questions]
+
+        def run(n: int | None) -> dict[str, dict[str, Any]]:
+            records = score_local(
+                questions[:n],
+                hits[:n],
+                messages[:n],
+                model,
+                tokenizer,
+                batch_size=recipe.evaluation.batch_size,
+                device=device,
+            )
+            return {q.id: r for q, r in zip(questions, records, strict=False)}
+
+        figures["parameters"] = model.num_parameters()
+    else:
+        from ragft_dagster.models.refs import load_tokenizer
+
+        dtype = torch.float32 if args.dtype == "auto" else getattr(torch, args.dtype)
+        tokenizer = load_tokenizer(args.model, recipe.chat_template)
+        prompts = [
+            tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True)
+            for m in messages
+        ]
+        tasks = lmeval_tasks(questions, prompts, Path(args.out).with_suffix(".lmeval"))
+        lm = lmeval_model(
+            args.model,
+            batch_size=args.lmeval_batch_size or recipe.evaluation.batch_size,
+            dtype=str(dtype).removeprefix("torch."),
+            device=device,
+        )
+        model = lm.model
+
+        def run(n: int | None) -> dict[str, dict[str, Any]]:
+            return lmeval_score(lm, tasks, limit=n)
+
+        figures["parameters"] = model.num_parameters()
+    figures["rss_after_load"] = _current_rss_bytes()
+    run(2)
+    positions = DecoderPositions(model)
+    started = time.perf_counter()
+    answers = run(None)
+    figures["seconds"] = time.perf_counter() - started
+    positions.close()
+    figures.update(
+        dtype=str(dtype).removeprefix("torch."),
+        positions=positions.count,
+        peak_rss=_peak_rss_bytes(),
+        answers={
+            qid: {
+                "option_logprobs": (
+                    list(a["option_logprobs"].values()) if "option_logprobs" in a else a["options"]
+                ),
+                **{field: a[field] for field in HARNESS_METRICS},
+            }
+            for qid, a in answers.items()
+        },
+    )
+    Path(args.out).write_text(json.dumps(figures), encoding="utf-8")
+    return 0
+
+
+def _shape_figures(tokenizer: Any, questions: list[Any], prompts: list[str]) -> dict[str, Any]:
+    """Token counts of one shape: prompts, options, and the useful positions (each prompt once
+    plus its options' tokens: the least any scorer of the four options must run)."""
+    import statistics
+
+    from ragft_dagster.evaluation.mcq import answer_tokens
+
+    tokens = [
+        answer_tokens(tokenizer, p, q.options) for q, p in zip(questions, prompts, strict=True)
+    ]
+    option_lengths = [len(ids) for t in tokens for ids in t.option_ids]
+    return {
+        "questions": len(questions),
+        "prompt_tokens_mean": round(statistics.fmean(len(t.context_ids) for t in tokens), 1),
+        "prompt_tokens_max": max(len(t.context_ids) for t in tokens),
+        "option_tokens_mean": round(statistics.fmean(option_lengths), 1),
+        "option_tokens_max": max(option_lengths),
+        "options_over_400_tokens": sum(n > 400 for n in option_lengths),
+        "useful_positions": sum(len(t.context_ids) for t in tokens) + sum(option_lengths),
+    }
+
+
+MEASUREMENTS = (("ours", "float32"), ("ours", "auto"), ("lm-eval", "float32"))
+
+
+def scoring_against_lmeval(args: argparse.Namespace) -> int:
+    """Our scorer against lm-eval's ``hf`` model on the same prompts, two shapes, each
+    measurement in a process of its own (so its peak RSS is its own). Prints the table, the
+    agreement and the targets (PASS/FAIL, reported, never failing the run)."""
+    import platform
+    import subprocess
+
+    from ragft_dagster.compute import ComputeSettings
+    from ragft_dagster.config.recipe import load_recipe
+    from ragft_dagster.evaluation.mcq import load_questions
+    from ragft_dagster.evaluation.scoring import recipe_messages
+    from ragft_dagster.models.refs import load_tokenizer, resolve_model_ref
+
+    recipe_path = str(args.recipe or DEFAULT_RECIPE)
+    recipe = load_recipe(recipe_path)
+    default_dtype = str(ComputeSettings(device=args.device).inference_dtype()).removeprefix(
+        "torch."
+    )
+    shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="ragft-bench-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        model_dir = args.model or resolve_model_ref(
+            recipe.base_model, tmp / "artifacts", recipe.root
+        )
+        tokenizer = load_tokenizer(model_dir, recipe.chat_template, recipe.trust_remote_code)
+        for shape in shapes:
+            if shape == "quickstart":
+                questions = load_questions(recipe.questions_path)
+            elif shape == "long":
+                questions = long_option_questions(tokenizer, args.long_questions, args.seed)
+            else:
+                raise SystemExit(f"--shapes: unknown shape {shape!r} (quickstart, long)")
+            questions = questions[: args.limit] if args.limit else questions
+            messages = recipe_messages(recipe.evaluation, questions, [[] for _ in questions])
+            prompts = [
+                tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True)
+                for m in messages
+            ]
+            shape_file = tmp / f"{shape}.json"
+            shape_file.write_text(
+                json.dumps(
+                    {
+                        "questions": [
+                            {
+                                "id": q.id,
+                                "row": q.row,
+                                "question": q.question,
+                                "options": list(q.options),
+                                "correct": q.correct,
+                            }
+                            for q in questions
+                        ],
+                        "messages": messages,
+                    }
+                ),
+                encoding="utf-8",
+            )
+            entry: dict[str, Any] = {**_shape_figures(tokenizer, questions, prompts), "runs": {}}
+            print(
+                f"{shape}: {entry['questions']} questions, prompts "
+                f"{entry['prompt_tokens_mean']:.0f} tokens on average, options "
+                f"{entry['option_tokens_mean']:.0f} (max "
+                f"{entry['option_tokens_max']}, {entry['options_over_400_tokens']} over 400)",
+                flush=True,
+            )
+            for who, dtype in MEASUREMENTS:
+                label = f"{who} {default_dtype if dtype == 'auto' else dtype}"
+                out = tmp / f"{shape}-{who}-{dtype}.json"
+                command = [
+                    sys.executable,
+                    "-m",
+                    "ragft_dagster.benchmarks.bench",
+                    "scoring",
+                    "--measure",
+                    who,
+                    "--dtype",
+                    dtype,
+                    "--device",
+                    args.device,
+                    "--recipe",
+                    recipe_path,
+                    "--model",
+                    str(model_dir),
+                    "--shape-file",
+                    str(shape_file),
+                    "--out",
+                    str(out),
+                ]
+                if args.lmeval_batch_size:
+                    command += ["--lmeval-batch-size", str(args.lmeval_batch_size)]
+                log = tmp / f"{shape}-{who}-{dtype}.log"
+                started = time.perf_counter()
+                with log.open("w") as f:
+                    status = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT).returncode
+                if status != 0:
+                    print(log.read_text()[-4000:], file=sys.stderr)
+                    raise SystemExit(f"{shape}, {label}: the measurement failed ({status})")
+                run = json.loads(out.read_text())
+                run["process_seconds"] = round(time.perf_counter() - started, 1)
+                run["gflops"] = 2 * run["parameters"] * run["positions"] / run["seconds"] / 1e9
+                entry["runs"][label] = run
+                print(
+                    f"  {label}: {run['seconds']:.1f} s, peak {run['peak_rss'] / 1e9:.2f} GB",
+                    flush=True,
+                )
+            results[shape] = entry
+
+    figures = _lmeval_figures(results, default_dtype)
+    figures.update(
+        model=args.model or recipe.base_model,
+        parameters=next(iter(next(iter(results.values()))["runs"].values()))["parameters"],
+        batch_size=recipe.evaluation.batch_size,
+        lmeval_batch_size=args.lmeval_batch_size or recipe.evaluation.batch_size,
+        default_dtype=default_dtype,
+        cpu=_cpu_model(),
+        machine=platform.machine(),
+        shapes=results,
+    )
+    checks = _lmeval_checks(figures, default_dtype)
+    _print_lmeval(figures, default_dtype)
+    finish(figures, checks, args.json)
+    return 0  # targets are reported, not enforced
+
+
+def _cpu_model() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    name = next(
+        (ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")),
+        "unknown",
+    )
+    return f"{name}, {os.cpu_count()} cores"
+
+
+def _lmeval_figures(results: dict[str, Any], default_dtype: str) -> dict[str, Any]:
+    """Per shape: each run's time, memory and GFLOP/s against lm-eval's, and agreement."""
+    summary: dict[str, Any] = {}
+    for shape, entry in results.items():
+        runs = entry["runs"]
+        ref = runs["lm-eval float32"]
+        rows = {}
+        for label, run in runs.items():
+            agree = {}
+            for field in HARNESS_METRICS:
+                same = sum(
+                    run["answers"][qid][field] == ans[field] for qid, ans in ref["answers"].items()
+                )
+                agree[field] = same
+            worst = max(
+                abs(a - b)
+                for qid, ans in ref["answers"].items()
+                for a, b in zip(
+                    run["answers"][qid]["option_logprobs"], ans["option_logprobs"], strict=True
+                )
+            )
+            rows[label] = {
+                "seconds": round(run["seconds"], 2),
+                "peak_rss_gb": round(run["peak_rss"] / 1e9, 3),
+                "rss_after_load_gb": round(run["rss_after_load"] / 1e9, 3),
+                "positions": run["positions"],
+                "gflops": round(run["gflops"], 1),
+                "speed_up_vs_lmeval": round(ref["seconds"] / run["seconds"], 2),
+                "memory_vs_lmeval": round(run["peak_rss"] / ref["peak_rss"], 2),
+                "same_as_lmeval": agree,
+                "max_option_loglik_diff": round(worst, 6),
+            }
+        summary[shape] = rows
+    return {"summary": summary}
+
+
+def _lmeval_checks(figures: dict[str, Any], default_dtype: str) -> dict[str, bool]:
+    summary = figures["summary"]
+    checks: dict[str, bool] = {}
+    if "long" in summary:
+        long = summary["long"][f"ours {default_dtype}"]
+        n = figures["shapes"]["long"]["questions"]
+        checks[f"long options, {n} questions, {default_dtype}: <= {LONG_CELL_SECONDS:g} s"] = (
+            long["seconds"] <= LONG_CELL_SECONDS
+        )
+        checks[f"long options, {default_dtype}: peak memory <= {LONG_CELL_PEAK_GB:g} GB"] = (
+            long["peak_rss_gb"] <= LONG_CELL_PEAK_GB
+        )
+    for shape, rows in summary.items():
+        ours = rows["ours float32"]
+        checks[f"{shape}, float32: >= {LMEVAL_SPEED_UP_TARGET:g}x lm-eval's speed"] = (
+            ours["speed_up_vs_lmeval"] >= LMEVAL_SPEED_UP_TARGET
+        )
+        checks[f"{shape}, float32: peak memory <= lm-eval's"] = ours["memory_vs_lmeval"] <= 1.0
+        n = figures["shapes"][shape]["questions"]
+        checks[f"{shape}, float32: lm-eval's answer on every question, every metric"] = all(
+            same == n for same in ours["same_as_lmeval"].values()
+        )
+    return checks
+
+
+def _print_lmeval(figures: dict[str, Any], default_dtype: str) -> None:
+    print(
+        f"\n{figures['model']} ({figures['parameters'] / 1e6:.1f}M parameters) on "
+        f"{figures['cpu']}; batch {figures['batch_size']} (ours), "
+        f"{figures['lmeval_batch_size']} (lm-eval); default inference dtype here: "
+        f"{default_dtype}\n"
+    )
+    print(
+        "| shape | scorer | seconds | peak RSS | positions run | GFLOP/s | speed vs lm-eval "
+        "| memory vs lm-eval | same answer as lm-eval (acc / norm / bytes / option) |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---|")
+    for shape, rows in figures["summary"].items():
+        n = figures["shapes"][shape]["questions"]
+        for label, row in rows.items():
+            same = " / ".join(str(row["same_as_lmeval"][f]) for f in HARNESS_METRICS)
+            print(
+                f"| {shape} | {label} | {row['seconds']:.1f} | {row['peak_rss_gb']:.2f} GB | "
+                f"{row['positions']:,} | {row['gflops']:.1f} | {row['speed_up_vs_lmeval']:.2f}x | "
+                f"{row['memory_vs_lmeval']:.2f}x | {same} of {n} |"
+            )
+    print(
+        "\nGFLOP/s = 2 x parameters x positions run / seconds: positions are the token "
+        "positions the decoder ran (padding included), counted by a forward hook; attention "
+        "FLOPs are not counted. Useful positions (each prompt once plus its options): "
+        + ", ".join(
+            f"{shape} {entry['useful_positions']:,}" for shape, entry in figures["shapes"].items()
+        )
+        + "\n"
+    )
+
+
+def scoring(args: argparse.Namespace) -> int:
+    if args.measure:
+        return measure(args)
+    if args.against == "published":
+        return scoring_published(args)
+    return scoring_against_lmeval(args)
+
+
 def finish(figures: dict[str, Any], checks: dict[str, bool], json_path: str | None) -> int:
     """Print each check, write the figures (with their checks) to ``json_path``, and return the
     benchmark's exit status: 0 when every check passed."""
@@ -694,22 +1330,64 @@ def main(argv: list[str] | None = None) -> int:
     inc.add_argument("--json", help="also write the figures to this file")
     sc = sub.add_parser(
         "scoring",
-        help="batched log-likelihood scoring vs. the published generate-and-parse protocol",
+        help="our scorer vs. lm-evaluation-harness on the same prompts (default), or vs. the "
+        "published generate-and-parse protocol (--against published)",
     )
+    sc.add_argument(
+        "--against",
+        choices=["lm-eval", "published"],
+        default="lm-eval",
+        help="lm-eval: speed, memory and answers against lm-eval's hf model on two shapes "
+        "(closed-book); published: the published protocol (the options below it)",
+    )
+    sc.add_argument(
+        "--shapes",
+        default="quickstart,long",
+        help="lm-eval: the question sets, comma-separated: quickstart (the recipe's questions), "
+        "long (generated long options with code)",
+    )
+    sc.add_argument(
+        "--long-questions",
+        type=int,
+        default=LONG_QUESTIONS,
+        help="lm-eval: questions of the generated long-option set",
+    )
+    sc.add_argument(
+        "--lmeval-batch-size",
+        type=int,
+        help="lm-eval: its batch size (default: the recipe's evaluation.batch_size, as ours)",
+    )
+    # one measurement in this process (the lm-eval comparison runs each in a child process)
+    sc.add_argument("--measure", choices=["ours", "lm-eval"], help=argparse.SUPPRESS)
+    sc.add_argument("--shape-file", help=argparse.SUPPRESS)
+    sc.add_argument("--out", help=argparse.SUPPRESS)
     sc.add_argument("--recipe", help="recipe YAML (default: the quickstart)")
     sc.add_argument(
         "--model",
         help="a local Hugging Face causal LM directory to score with (default: the recipe's "
         "base model, a tiny model first taught to answer with a letter)",
     )
-    sc.add_argument("--context", choices=["rag", "closed_book"], default="rag")
-    sc.add_argument("--limit", type=int, help="only the first N questions")
     sc.add_argument(
-        "--repeats", type=int, default=3, help="timed runs per protocol (best reported)"
+        "--context",
+        choices=["rag", "closed_book"],
+        default="rag",
+        help="published only (the lm-eval comparison is closed-book)",
+    )
+    sc.add_argument("--limit", type=int, help="only the first N questions (of each shape)")
+    sc.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="published: timed runs per protocol (best reported)",
     )
     sc.add_argument("--device", default="auto", help="auto, cpu or cuda")
     sc.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 ...")
-    sc.add_argument("--seed", type=int, default=0, help="seed of the taught random letters")
+    sc.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the taught random letters (published) or the long-option set (lm-eval)",
+    )
     sc.add_argument(
         "--no-teach", action="store_true", help="score the tiny model as built (random init)"
     )

@@ -479,3 +479,61 @@ def test_retrieval_quality_against_hand_computed_ranks():
     assert got["questions"] == 4
     assert got["hit_at_1"] == 0.25 and got["hit_at_k"] == 0.5
     assert got["mrr"] == pytest.approx((1 + 1 / 2 + 0 + 1 / 5) / 4)
+
+
+def test_long_option_set_is_deterministic_long_and_has_code(tiny_tokenizer):
+    """``make bench-scoring``'s generated shape: 50 questions, options about 106 tokens on
+    average with some over 400, half of them code; the same set on every run."""
+    import statistics
+
+    from ragft_dagster.benchmarks.bench import long_option_questions
+
+    questions = long_option_questions(tiny_tokenizer)
+    assert long_option_questions(tiny_tokenizer) == questions
+    assert long_option_questions(tiny_tokenizer, seed=1) != questions
+    assert len(questions) == 50 and len({q.id for q in questions}) == 50
+    lengths = [
+        len(tiny_tokenizer(o, add_special_tokens=False)["input_ids"])
+        for q in questions
+        for o in q.options
+    ]
+    assert 95 <= statistics.fmean(lengths) <= 120
+    assert sum(n > 400 for n in lengths) >= 5
+    code = [o for q in questions for o in q.options if o.startswith("def ")]
+    assert 60 <= len(code) <= 140 and all("\n    return " in o for o in code)
+    assert {q.correct for q in questions} == {"A", "B", "C", "D"}
+
+
+@pytest.mark.slow
+def test_bench_scoring_against_lm_eval_measures_each_scorer_in_its_own_process(tmp_path):
+    """``bench scoring`` end to end on the tiny model and two long-option questions: three
+    child processes (ours float32, ours in the default dtype, lm-eval), their figures, the
+    ratios and the targets in the JSON; exit status 0 whatever the targets say."""
+    import json
+
+    from ragft_dagster.benchmarks.bench import main
+
+    out = tmp_path / "bench.json"
+    args = ["scoring", "--recipe", str(TINY_RECIPE), "--shapes", "long", "--long-questions", "2"]
+    assert main([*args, "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    rows = figures["summary"]["long"]
+    default = figures["default_dtype"]
+    assert set(rows) == {"ours float32", f"ours {default}", "lm-eval float32"}
+    shape = figures["shapes"]["long"]
+    assert shape["questions"] == 2
+    for label, row in rows.items():
+        assert row["seconds"] > 0 and row["gflops"] > 0, label
+        # a process of its own: at least the model and torch, and not the parent's figure
+        assert 0.1 < row["peak_rss_gb"] < 8, label
+        assert row["positions"] >= shape["useful_positions"], label
+    lmeval = rows["lm-eval float32"]
+    assert lmeval["speed_up_vs_lmeval"] == 1.0 and lmeval["memory_vs_lmeval"] == 1.0
+    # lm-eval runs the prompt again for every option; ours once per question
+    assert lmeval["positions"] > rows["ours float32"]["positions"]
+    # letter and unnormalised option: lm-eval's delimiter token adds the same to every choice
+    ours = rows["ours float32"]
+    assert ours["same_as_lmeval"]["predicted"] == ours["same_as_lmeval"]["predicted_option"] == 2
+    assert ours["max_option_loglik_diff"] < 20
+    assert any("lm-eval's speed" in name for name in figures["checks"])
+    assert any("<= 60 s" in name for name in figures["checks"])
