@@ -405,7 +405,8 @@ class ArtifactLayout:
         return self.root / "retrieval" / "benchmark"
 
     def scores(self, model: str, context: str) -> Path:
-        return self.root / "scores" / f"{model}__{context}.jsonl"
+        # an API model's name may be a path ("/models/mistral"): one flat file name per cell
+        return self.root / "scores" / partition_file_name(f"{model}__{context}")
 
     def general_scores(self, model: str) -> Path:
         return self.root / "general_scores" / f"{model}.jsonl"

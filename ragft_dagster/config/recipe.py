@@ -552,8 +552,15 @@ class RetrievalRecipe(_Section):
 
 LocalModel = Literal["base", "merged", "dpo", "sft"]
 LOCAL_MODELS: tuple[LocalModel, ...] = ("base", "merged", "dpo", "sft")
-# Dagster partition keys: no "|" (multi-partition separator), "," or brackets.
-API_MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$"
+# The names servers report are partition keys as they are: vLLM's default is the model path
+# ("/models/mistral"), Ollama's has a tag ("llama3.1:8b"), `transformers serve` the argument it
+# was given ("./SmolLM2"). Dagster's partition keys forbid "|" (the multi-partition separator),
+# ",", brackets, "..." and control characters; whitespace would not survive a CLI or a URL.
+API_MODEL_NAME = r"^[^\s|,\[\]]+$"  # and no "..."
+API_MODEL_RULE = (
+    "a name the endpoint serves, without whitespace, '|', ',', '[', ']' or '...' (Dagster's "
+    "partition keys)"
+)
 
 
 class ApiScoringRecipe(EndpointCalls):
@@ -570,10 +577,14 @@ class ApiScoringRecipe(EndpointCalls):
     @classmethod
     def _partition_safe(cls, v: list[str]) -> list[str]:
         for name in v:
-            if name in LOCAL_MODELS or not re.match(API_MODEL_NAME, name):
+            if name in LOCAL_MODELS:
                 raise ValueError(
-                    f"{name!r} cannot be an API model name: it must not be one of {LOCAL_MODELS} "
-                    "and may hold only letters, digits and . _ : / @ + -"
+                    f"{name!r} is a local model of this recipe; an API model needs another name "
+                    f"(not one of {LOCAL_MODELS})"
+                )
+            if not re.match(API_MODEL_NAME, name) or "..." in name:
+                raise ValueError(
+                    f"{name!r} cannot be an API model name: it must be {API_MODEL_RULE}"
                 )
         if len(set(v)) != len(v):
             raise ValueError("an API model is listed twice")
@@ -693,7 +704,7 @@ class ExportRecipe(_Section):
     """Precision the adapter is merged and the weights saved in; ``auto`` keeps the DPO model's."""
     max_shard_size: str = Field(default="5GB", pattern=r"^[1-9][0-9]*(KB|MB|GB|KiB|MiB|GiB)$")
     """Largest safetensors file; a bigger model is split into shards plus an index."""
-    served_model_name: str | None = Field(default=None, pattern=API_MODEL_NAME)
+    served_model_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")
     """The name the model card's ``vllm serve --served-model-name`` uses (default
     ``ragft-<recipe name>``); usable as an ``evaluation.api.models`` entry to benchmark the
     served model."""

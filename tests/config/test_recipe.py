@@ -188,3 +188,21 @@ def test_an_artifact_root_under_a_file_is_refused_at_load(tmp_path):
             load_profile(profile)
     profile.write_text(text.replace("root: .artifacts", f"root: {tmp_path / 'new' / 'art'}", 1))
     assert load_profile(profile).artifact_root == tmp_path / "new" / "art"  # made when needed
+
+
+def test_api_model_names_servers_report_are_accepted_and_kept_apart_on_disk(tmp_path):
+    """Issue 28: vLLM serves "/models/mistral" by default, Ollama "llama3.1:8b", `transformers
+    serve` the path it was given; each is a partition key as it is, and a flat file name."""
+    from ragft_dagster.artifacts import ArtifactLayout
+    from ragft_dagster.config.recipe import ApiScoringRecipe
+
+    names = ["/models/mistral", "llama3.1:8b", "./SmolLM2", "meta-llama/Llama-3.1-8B", "gpt-4"]
+    assert ApiScoringRecipe(models=names).models == names
+    layout = ArtifactLayout(tmp_path)
+    paths = {layout.scores(n, "rag") for n in names}
+    assert len(paths) == len(names) and all(p.parent == tmp_path / "scores" for p in paths)
+    for bad in ("a|b", "two words", "x...y", "[x]"):
+        with pytest.raises(ValueError, match=r"without whitespace, '\|', ',', '\[', '\]' or"):
+            ApiScoringRecipe(models=[bad])
+    with pytest.raises(ValueError, match="'sft' is a local model of this recipe"):
+        ApiScoringRecipe(models=["sft"])
