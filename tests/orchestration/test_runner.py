@@ -359,7 +359,8 @@ def test_ragft_run_scores_api_models_at_the_endpoint_and_reports_them(tmp_path):
 
     recipe, _ = recipe_with_docs(tmp_path, ["glossary.md", "chunking.md"])
     raw = yaml.safe_load(recipe.read_text())
-    raw["evaluation"].update(models=["base"], api={"models": ["stub-model"]})
+    # named as vLLM names a model by default: its path (issue 28)
+    raw["evaluation"].update(models=["base"], api={"models": ["/models/stub-model"]})
     recipe.write_text(yaml.safe_dump(raw))
     home = tmp_path / "home"
     home.mkdir()
@@ -385,9 +386,10 @@ def test_ragft_run_scores_api_models_at_the_endpoint_and_reports_them(tmp_path):
         assert done.returncode == 0, out
         questions = len(load_questions(QUICKSTART_DATA / "mcq.csv"))
         assert len(stub.requests) == 2 * questions  # closed_book and rag, once each
-    for cell in ("closed_book|stub-model", "rag|stub-model", "closed_book|base", "rag|base"):
+    assert {r["model"] for r in stub.requests} == {"/models/stub-model"}
+    for cell in ("closed_book|/models/stub-model", "rag|/models/stub-model", "rag|base"):
         assert f"evaluation_job [{cell}]" in out
-    assert "ok  report_job" in out and "| stub-model |" in out
+    assert "ok  report_job" in out and "| /models/stub-model |" in out
     assert "Traceback" not in out
 
 
