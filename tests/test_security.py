@@ -314,14 +314,19 @@ def test_make_ui_and_documented_commands_bind_loopback():
     assert ui, "the Makefile has no ui target"
     starts = [line for line in ui.group(1).splitlines() if "dagster" in line]
     assert starts and all(re.search(r"\s(-h|--host)\s+127\.0\.0\.1\b", s) for s in starts)
-    # Every command line in the README that starts the UI names the host (or is `make ui`).
-    readme = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"```.*?\n(.*?)```", readme, re.S)
-    spans = re.findall(r"`([^`\n]+)`", readme)
-    spans += [line for block in blocks for line in block.splitlines()]
+    # Every command line in the README and docs/ that starts the UI names the host (or is
+    # `make ui`). An inline command may wrap onto the next line; it is read as one line.
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    spans: list[str] = []
+    for page in pages:
+        text = page.read_text()
+        blocks = re.findall(r"```.*?\n(.*?)```", text, re.S)
+        prose = re.sub(r"```.*?```", "", text, flags=re.S)
+        spans += [" ".join(span.split()) for span in re.findall(r"`([^`]+)`", prose)]
+        spans += [line for block in blocks for line in block.splitlines()]
     starts_ui = re.compile(r"(dagster dev|dagster-webserver|dg dev)\b(.*)")
     commands = [m.group(0) for span in spans if (m := starts_ui.search(span))]
-    assert commands, "the README names no way to start the UI"
+    assert commands, "the README and docs/ name no way to start the UI"
     for command in commands:
         if not starts_ui.match(command).group(2).strip():
             continue  # the tool's name in prose (its default host is checked below)

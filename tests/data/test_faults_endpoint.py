@@ -3,9 +3,9 @@ through the Dagster assets that call it — ``synthetic_qa`` of a document parti
 (``qa.generator: openai``) and ``mcq_scores`` of an API-model partition — against the loopback
 stub (127.0.0.1 only, started and stopped here, every wait bounded).
 
-Each case (the README's fault table) asserts what the user sees (the run fails naming the
-endpoint, the variable or setting and what to do; or it succeeds after retries), that the
-previous materialization's file is intact, and that replies paid for before the fault are
+Each case (the fault table of docs/troubleshooting.md) asserts what the user sees (the run fails
+naming the endpoint, the variable or setting and what to do; or it succeeds after retries), that
+the previous materialization's file is intact, and that replies paid for before the fault are
 cached: the rerun does not ask for them again (requests are counted at the stub).
 """
 

@@ -1,7 +1,7 @@
-"""The ceiling the README states, tested: 5,000 document partitions on the default SQLite
-instance and on PostgreSQL (a real server the test starts). The docs sensor's ticks, an asset
-backfill's submission and the UI's partition query (the GraphQL the asset page sends) all
-finish, with the work each should do, at that size.
+"""The ceiling docs/deployment.md states (figures in docs/figures.md), tested: 5,000 document
+partitions on the default SQLite instance and on PostgreSQL (a real server the test starts).
+The docs sensor's ticks, an asset backfill's submission and the UI's partition query (the GraphQL
+the asset page sends) all finish, with the work each should do, at that size.
 
 The bounds are loose on purpose (a slow CI machine must pass): they catch a per-partition query
 or a full re-read creeping back, which costs minutes at this size, not seconds. The figures are
