@@ -52,9 +52,15 @@ $(POSTGRES):
 chromium: $(CHROMIUM)
 postgres: $(POSTGRES)
 
-$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
-	mkdir -p $(DAGSTER_HOME)
-	cp dagster.yaml $@
+# The instance file `make run` and `make ui` put in DAGSTER_HOME: dagster.yaml (Dagster's own
+# parts), or `make ui INSTANCE=dagster-fast.yaml` for the opt-in plugins (docs/instance.md).
+INSTANCE ?= dagster.yaml
+
+$(DAGSTER_HOME)/dagster.yaml: $(INSTANCE) FORCE
+	@mkdir -p $(DAGSTER_HOME)
+	@cmp -s $(INSTANCE) $@ || { echo "$@: copied from $(INSTANCE)"; cp $(INSTANCE) $@; }
+
+FORCE:
 
 run: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/ragft run

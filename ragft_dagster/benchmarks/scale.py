@@ -6,7 +6,7 @@ edition, so no two documents share a chunk or a cache key; the offline Q&A gener
 - ``ragft run`` of the documents and retrieval stages from empty, then again with nothing
   changed, then after one document's edit;
 - the daemon path, as a user's backfill runs: ``ragft backfill`` of every document through a
-  real ``dagster-daemon`` (SQLite instance, the repo's dagster.yaml), until every run is done;
+  real ``dagster-daemon``, until every run is done;
 - the same work without Dagster (chunking, generation and embedding called directly), so that
   the orchestration overhead is the wall time minus that, divided by the documents.
 
@@ -14,6 +14,11 @@ Then, once, Q&A generation through the ``openai`` generator against a loopback
 OpenAI-compatible server (tests/openai_stub.py, 127.0.0.1, started and stopped here) that
 answers every request after a fixed delay, against the ideal of requests x delay /
 ``qa.max_concurrency``; and the least-squares line of wall time against documents.
+
+Every instance is a SQLite one in a temporary DAGSTER_HOME made from ``--instance``: by default
+``dagster-fast.yaml`` (the opt-in batching storage and warm run launcher, which the published
+figures were measured with: docs/instance.md); ``--instance dagster.yaml`` measures Dagster's
+own parts.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ from ragft_dagster.definitions import DEFAULT_PROFILE, DEFAULT_RECIPE, PROJECT_R
 from ragft_dagster.orchestration.batches import batch_tags
 from ragft_dagster.orchestration.storage import BATCH_SIZE_ENV
 
+FAST_INSTANCE = PROJECT_ROOT / "dagster-fast.yaml"
+DEFAULT_INSTANCE = PROJECT_ROOT / "dagster.yaml"
 STAGES = {"documents_job", "retrieval_job"}
 OVERHEAD_TARGET_MS = 50.0
 LLM_RATIO_TARGET = 1.3
@@ -159,24 +166,29 @@ def direct_compute(recipe_path: Path, artifact_root: Path) -> dict[str, float]:
     }
 
 
-def repo_instance_yaml(home: Path) -> None:
-    """The repo's dagster.yaml in ``home``, its SQLite storage under ``home`` (as ``make run``
-    has it under DAGSTER_HOME=.dagster_home)."""
-    config = yaml.safe_load((PROJECT_ROOT / "dagster.yaml").read_text())
-    config["storage"]["custom"]["config"]["base_dir"] = str(home)
+def instance_yaml(source: Path, home: Path) -> None:
+    """The instance file ``source`` as ``home``/dagster.yaml, its SQLite storage under ``home``
+    (as ``make run`` has it under DAGSTER_HOME=.dagster_home), whether or not DAGSTER_HOME is
+    set in this process."""
+    config = yaml.safe_load(source.read_text())
+    custom = config.get("storage", {}).get("custom")
+    if custom is not None:
+        custom["config"]["base_dir"] = str(home)
     home.mkdir(parents=True, exist_ok=True)
     (home / "dagster.yaml").write_text(yaml.safe_dump(config))
 
 
-def through_ragft_run(recipe: Path, profile: Path, home: Path, edit: Path) -> dict[str, float]:
-    """Wall times of ``ragft run`` (data and index stages) on the repo's instance: from empty,
+def through_ragft_run(
+    recipe: Path, profile: Path, home: Path, edit: Path, instance_file: Path = FAST_INSTANCE
+) -> dict[str, float]:
+    """Wall times of ``ragft run`` (data and index stages) on ``instance_file``: from empty,
     unchanged, one edit."""
     import dagster as dg
 
     from ragft_dagster.orchestration.runner import run_pipeline
 
     lines: list[str] = []
-    repo_instance_yaml(home)
+    instance_yaml(instance_file, home)
     with dg.DagsterInstance.local_temp(str(home)) as instance:
 
         def timed() -> tuple[float, Any]:
@@ -245,14 +257,15 @@ def _running_daemon(env: dict[str, str], home: Path) -> Iterator[Path]:
             daemon.wait(timeout=60)
 
 
-def through_the_daemon(recipe: Path, profile: Path, home: Path, n: int) -> dict[str, float]:
+def through_the_daemon(
+    recipe: Path, profile: Path, home: Path, n: int, instance_file: Path = FAST_INSTANCE
+) -> dict[str, float]:
     """Wall time of a backfill of every document (``ragft backfill``) through a real
-    ``dagster-daemon``: from submission until its last run ends."""
+    ``dagster-daemon`` on ``instance_file``: from submission until its last run ends."""
     import dagster as dg
 
     bin_dir = Path(sys.executable).parent
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "dagster.yaml").write_text((PROJECT_ROOT / "dagster.yaml").read_text())
+    instance_yaml(instance_file, home)
     env = _daemon_env(recipe, profile, home)
     # The docs sensor is stopped first, so its own runs do not mix in: the backfill is timed.
     _stop_sensor("docs_sensor", env, home)
@@ -294,11 +307,10 @@ def edit_through_the_daemon(
     sensor's tick that sees the edit until ``vector_index`` holds its chunks (the index step's
     materialization), and the parts: tick to run created, created to started (the queue, the
     run's process), started to the index materialized. The first edit's run is the first this
-    daemon launches (its launcher's warm worker starts then); later ones find it warm. The
+    daemon launches (with the warm launcher, its worker starts then); later ones find it warm. The
     automation sensor is stopped, so that only the docs sensor's runs are timed (it would go on
     to sft_dataset and lora_adapter)."""
     import dagster as dg
-    from dagster._core.scheduler.instigation import InstigatorType, TickStatus
 
     env = _daemon_env(recipe, profile, home)
     _stop_sensor("ragft_automation", env, home)
@@ -307,8 +319,8 @@ def edit_through_the_daemon(
     with dg.DagsterInstance.get() as instance, _running_daemon(env, home) as log:
 
         def docs_sensor_ticks() -> list[Any]:
-            for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
-                if state.instigator_name == "docs_sensor":
+            for state in instance.all_instigator_state():
+                if state.instigator_name == "docs_sensor":  # (no schedule has its name)
                     return list(
                         instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=20)
                     )
@@ -319,7 +331,7 @@ def edit_through_the_daemon(
         while last is None:  # the first tick, finished: every file read, nothing changed
             if time.monotonic() > deadline:
                 raise SystemExit(f"the docs sensor never ticked; see {log}")
-            done = [t.tick_id for t in docs_sensor_ticks() if t.status != TickStatus.STARTED]
+            done = [t.tick_id for t in docs_sensor_ticks() if t.status.value != "STARTED"]
             last = max(done) if done else None
             time.sleep(0.5)
         for edit in edits:
@@ -340,7 +352,7 @@ def edit_through_the_daemon(
                         break
                 time.sleep(0.5)
             # the last finished tick: one still running may be the one that sees the next edit
-            last = max(t.tick_id for t in docs_sensor_ticks() if t.status != TickStatus.STARTED)
+            last = max(t.tick_id for t in docs_sensor_ticks() if t.status.value != "STARTED")
             run = record.dagster_run
             if run.status != dg.DagsterRunStatus.SUCCESS:
                 raise SystemExit(f"the edit's run {run.run_id} ended {run.status.value}; see {log}")
@@ -387,6 +399,7 @@ def llm_pool(
     concurrency: int,
     keep_alive: bool = True,
     pairs_per_reply: int = 3,
+    instance_file: Path = FAST_INSTANCE,
 ) -> dict[str, float]:
     """Q&A generation of ``n`` documents through the openai generator at a loopback server
     (127.0.0.1, its own process, stopped here) that answers each request after ``delay``
@@ -440,7 +453,7 @@ def llm_pool(
         profile.write_text(yaml.safe_dump(raw))
         os.environ["RAGFT_BENCH_KEY"] = "sk-bench"
         lines: list[str] = []
-        repo_instance_yaml(tmp / "home")
+        instance_yaml(instance_file, tmp / "home")
         resolve_model_ref(load_recipe(recipe).base_model, tmp / "artifacts", recipe.parent)
         with dg.DagsterInstance.local_temp(str(tmp / "home")) as instance:
             result = run_pipeline(
@@ -487,6 +500,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--llm-concurrency", type=int, default=8)
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument(
+        "--instance",
+        type=Path,
+        default=FAST_INSTANCE,
+        help="the instance file the runs and the daemon use (default: dagster-fast.yaml, the "
+        "opt-in plugins the published figures were measured with; dagster.yaml: Dagster's own)",
+    )
+    parser.add_argument(
         "--floor", action="store_true", help="only measure Dagster's own cost per document"
     )
     parser.add_argument("--llm-only", action="store_true", help="only the LLM pool check")
@@ -505,11 +525,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.floor:
         for n in (200, 1000):
-            ours, plain = dagster_floor(n), dagster_floor(n, repo_instance=False)
+            fast = dagster_floor(n)
+            default = dagster_floor(n, fast_storage=False)
+            plain = dagster_floor(n, fast_storage=False, our_metadata=False)
             print(
                 f"Dagster alone, two partitioned assets, {n} documents in one run: "
-                f"{ours:.1f} ms a document with this repo's instance and metadata calls, "
-                f"{plain:.1f} ms with Dagster's defaults"
+                f"{fast:.1f} ms a document with dagster-fast.yaml's storage and our metadata "
+                f"calls, {default:.1f} ms with dagster.yaml's (Dagster's) storage and our "
+                f"metadata calls, {plain:.1f} ms with Dagster's storage and metadata calls"
             )
         return 0
     if args.llm_only:
@@ -521,6 +544,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.llm_concurrency,
                 keep_alive=not args.llm_new_connections,
                 pairs_per_reply=args.llm_pairs,
+                instance_file=args.instance,
             )
         print(json.dumps(llm))
         return 0 if llm["ratio"] <= LLM_RATIO_TARGET else 1
@@ -542,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
             row["sensor"] = sensor_ticks(recipe, tmp / "sensor-artifacts", docs / keys[0])
             daemon = None
             if not args.no_daemon:
-                daemon = through_the_daemon(recipe, profile, tmp / "daemon-home", n)
+                daemon = through_the_daemon(recipe, profile, tmp / "daemon-home", n, args.instance)
                 row["daemon"] = daemon
                 row["daemon_overhead_ms"] = (
                     1000 * (daemon["backfill"] - direct["documents_stage"]) / n
@@ -553,7 +577,9 @@ def main(argv: list[str] | None = None) -> int:
             resolve_model_ref(
                 load_recipe(recipe).base_model, tmp / "run" / "artifacts", recipe.parent
             )
-            run = through_ragft_run(recipe, profile, tmp / "run-home", docs / keys[n // 2])
+            run = through_ragft_run(
+                recipe, profile, tmp / "run-home", docs / keys[n // 2], args.instance
+            )
             row["ragft_run"] = run
             if not args.no_daemon:
                 first, later = edit_through_the_daemon(
@@ -564,9 +590,15 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(json.dumps(row), flush=True)
     with tempfile.TemporaryDirectory(prefix="ragft-scale-llm-") as tmp_dir:
-        llm = llm_pool(Path(tmp_dir), args.llm_docs, args.llm_delay, args.llm_concurrency)
+        llm = llm_pool(
+            Path(tmp_dir),
+            args.llm_docs,
+            args.llm_delay,
+            args.llm_concurrency,
+            instance_file=args.instance,
+        )
     fit = _line([r["documents"] for r in rows], [r["ragft_run"]["full"] for r in rows])
-    figures = {"sizes": rows, "llm": llm, "ragft_run_fit": fit}
+    figures = {"instance": args.instance.name, "sizes": rows, "llm": llm, "ragft_run_fit": fit}
     if not args.no_daemon:
         figures["daemon_fit"] = _line(
             [r["documents"] for r in rows], [r["daemon"]["backfill"] for r in rows]
@@ -596,14 +628,15 @@ def main(argv: list[str] | None = None) -> int:
     return finish(figures, checks, args.json)
 
 
-def dagster_floor(n: int = 200, repo_instance: bool = True) -> float:
+def dagster_floor(n: int = 200, fast_storage: bool = True, our_metadata: bool = True) -> float:
     """Milliseconds a document costs Dagster alone: two partitioned assets whose bodies do
     nothing but record per-partition metadata, ``n`` partitions in one range run, on a local
     (SQLite) instance. What ``ragft run`` spends per document beyond this is ours.
 
-    ``repo_instance``: the repo's dagster.yaml storage (a batch of events in one transaction)
-    and metadata added as our assets add it (``add_partition_metadata``); otherwise Dagster's
-    default storage and one ``context.add_asset_metadata(..., partition_key=)`` per document."""
+    ``fast_storage``: dagster-fast.yaml's storage (a batch of events in one transaction, Dagster's
+    event batching on); otherwise dagster.yaml's, Dagster's default storage, unbatched.
+    ``our_metadata``: metadata added as our assets add it (``add_partition_metadata``); otherwise
+    one ``context.add_asset_metadata(..., partition_key=)`` per document."""
     import dagster as dg
 
     from ragft_dagster.assets._meta import add_partition_metadata
@@ -616,7 +649,7 @@ def dagster_floor(n: int = 200, repo_instance: bool = True) -> float:
         @dg.asset(name=name, partitions_def=parts, backfill_policy=dg.BackfillPolicy.multi_run(n))
         def nothing(context):  # type: ignore[no-untyped-def]  # (string annotations: see above)
             metadata = {key: {"content_sha256": "0" * 64} for key in context.partition_keys}
-            if repo_instance:
+            if our_metadata:
                 add_partition_metadata(context, metadata)
             else:
                 for key, value in metadata.items():
@@ -630,11 +663,11 @@ def dagster_floor(n: int = 200, repo_instance: bool = True) -> float:
     defs = dg.Definitions(assets=[first, second], jobs=[job])
     saved = os.environ.pop(BATCH_SIZE_ENV, None)  # Dagster's defaults: no event batching
     with tempfile.TemporaryDirectory(prefix="ragft-floor-") as home:
-        overrides = None
-        if repo_instance:
-            overrides = yaml.safe_load((PROJECT_ROOT / "dagster.yaml").read_text())
-            overrides["storage"]["custom"]["config"]["base_dir"] = home
-        with dg.DagsterInstance.local_temp(home, overrides=overrides) as instance:
+        instance_yaml(FAST_INSTANCE if fast_storage else DEFAULT_INSTANCE, Path(home))
+        with dg.DagsterInstance.local_temp(home) as instance:
+            storage = type(instance.event_log_storage).__name__
+            if (storage == "BatchingSqliteEventLogStorage") != fast_storage:
+                raise RuntimeError(f"the floor's instance has {storage}")
             keys = [f"d{i}" for i in range(n)]
             instance.add_dynamic_partitions("floor", keys)
             t0 = time.perf_counter()
@@ -645,7 +678,7 @@ def dagster_floor(n: int = 200, repo_instance: bool = True) -> float:
             )
             seconds = time.perf_counter() - t0
             done = instance.get_materialized_partitions(dg.AssetKey("second"))
-    os.environ.pop(BATCH_SIZE_ENV, None)  # (set by the repo's storage)
+    os.environ.pop(BATCH_SIZE_ENV, None)  # (set by the batching storage)
     if saved is not None:
         os.environ[BATCH_SIZE_ENV] = saved
     if len(done) != n:
@@ -689,8 +722,9 @@ def _line(xs: list[float], ys: list[float]) -> dict[str, float]:
 
 
 def _print(figures: dict[str, Any]) -> None:
+    print(f"\ninstance: {figures['instance']}")
     print(
-        "\n| documents | chunks | direct work | ragft run | overhead / doc | second run "
+        "| documents | chunks | direct work | ragft run | overhead / doc | second run "
         "| one edit | daemon backfill | runs | overhead / doc |"
     )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -717,7 +751,7 @@ def _print(figures: dict[str, Any]) -> None:
     for r in figures["sizes"]:
         for key, what in (
             ("daemon_edit", "one edit through the daemon"),
-            ("daemon_first_edit", "the daemon's first run (its warm worker starting)"),
+            ("daemon_first_edit", "the daemon's first run (a warm launcher's worker starting)"),
         ):
             if key in r:
                 e = r[key]

@@ -1,4 +1,4 @@
-"""A run launcher whose runs start with their heavy modules already imported.
+"""A run launcher whose runs start with their heavy modules already imported (opt-in, Linux).
 
 Dagster's ``DefaultRunLauncher`` asks the code server to start each run, and the code server
 spawns a fresh interpreter for it: every run imports dagster, torch, transformers and llama-index
@@ -8,11 +8,14 @@ them once (``run_worker.py``) and forks each run from it; the forked process run
 as ``dagster api execute_run`` does, loading the code location's definitions from disk.
 
 Runs it cannot start that way go to Dagster's ``DefaultRunLauncher`` unchanged, with an engine
-event saying why: a code location served from another host (a ``grpc_server`` workspace entry
-whose code may live elsewhere), a location on another Python interpreter, or a worker that
-failed to start.
+event saying why: on any platform but Linux (forking a process that imported torch is not safe
+on macOS, and the worker reads ``/proc``), a code location served from another host (a
+``grpc_server`` workspace entry whose code may live elsewhere), a location on another Python
+interpreter, or a worker that failed to start.
 
-Selected in ``dagster.yaml``::
+It reaches into Dagster internals (``dagster._core.launcher``, ``dagster._grpc``, the CLI's
+``execute_run`` command), so it is opt-in: ``dagster-fast.yaml`` and ``deploy/dagster-fast.yaml``
+select it, ``dagster.yaml`` and ``deploy/dagster.yaml`` do not (docs/instance.md)::
 
     run_launcher:
       module: ragft_dagster.orchestration.launcher
@@ -231,11 +234,17 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
     # -- launching
 
     def _not_forkable(self, run: dg.DagsterRun) -> str | None:
-        """Why the run cannot be forked from the warm worker; None if it can: its code location
-        is loaded on this host (started by this workspace, or a code server on this host, as
-        ``dagster dev`` runs it) by the same Python interpreter as this launcher's."""
+        """Why the run cannot be forked from the warm worker; None if it can: on Linux, its
+        code location is loaded on this host (started by this workspace, or a code server on
+        this host, as ``dagster dev`` runs it) by the same Python interpreter as this
+        launcher's."""
         from dagster._core.remote_origin import GrpcServerCodeLocationOrigin
 
+        if not sys.platform.startswith("linux"):
+            return (
+                f"the warm run worker forks, which this launcher does on Linux only (this is "
+                f"{sys.platform}); dagster.yaml uses Dagster's launcher from the start"
+            )
         origin = run.job_code_origin
         if origin is None or run.remote_job_origin is None:
             return "the run has no code origin"

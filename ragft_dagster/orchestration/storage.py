@@ -1,4 +1,4 @@
-"""The SQLite instance storage of ``dagster.yaml``, writing a batch of events in one transaction.
+"""An opt-in SQLite instance storage that writes a batch of events in one transaction.
 
 A run over a range of document partitions logs an event per asset and partition twice: when
 the run is created (``ASSET_MATERIALIZATION_PLANNED``) and when the step ends
@@ -12,8 +12,12 @@ an event on this project's 2-core machine, 28 ms a document for every partitione
 ``$DAGSTER_HOME``, so an existing instance keeps its history) whose event log writes the asset
 events of a batch with one connection and one transaction to each database; every other event
 goes through Dagster's own ``store_event`` unchanged. The connection is still closed after each
-batch, so the UI's file watcher sees the run's database change as before. ``dagster.yaml``
-selects it::
+batch, so the UI's file watcher sees the run's database change as before.
+
+It subclasses Dagster's private SQLite classes and re-implements the asset branch of their
+``store_event`` (``dagster._core.storage``), and it turns on ``DAGSTER_EVENT_BATCH_SIZE``, which
+only Dagster's private code reads: so it is opt-in, selected by ``dagster-fast.yaml`` and not by
+``dagster.yaml`` (docs/instance.md)::
 
     storage:
       custom:
@@ -22,8 +26,8 @@ selects it::
         config:
           base_dir: {env: DAGSTER_HOME}
 
-PostgreSQL (``deploy/dagster.yaml``) keeps Dagster's own storage; there batches fall back to
-one event at a time, as without this setting.
+PostgreSQL (``deploy/dagster.yaml``, ``deploy/dagster-fast.yaml``) keeps Dagster's own storage,
+unbatched.
 """
 
 from __future__ import annotations

@@ -1,14 +1,15 @@
-"""bench-scale's own pieces, small: Dagster's floor on both instances, the fitted line."""
+"""bench-scale's own pieces, small: Dagster's floor on both instance files, the fitted line."""
 
 import math
 
 from ragft_dagster.benchmarks.scale import _line, dagster_floor
 
 
-def test_dagster_floor_runs_on_the_repo_instance_and_on_dagsters_defaults():
+def test_dagster_floor_runs_on_the_fast_and_the_default_instance():
     # each raises unless every partition of both assets was materialized
-    assert dagster_floor(12) > 0
-    assert dagster_floor(12, repo_instance=False) > 0
+    assert dagster_floor(12) > 0  # dagster-fast.yaml's storage, our metadata calls
+    assert dagster_floor(12, fast_storage=False) > 0  # dagster.yaml: Dagster's storage
+    assert dagster_floor(12, fast_storage=False, our_metadata=False) > 0  # Dagster's calls too
 
 
 def test_fitted_line():

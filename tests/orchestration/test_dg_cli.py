@@ -1,5 +1,8 @@
-"""The project as the `dg` CLI sees it ([tool.dg] in pyproject.toml)."""
+"""The project as the `dg` CLI sees it ([tool.dg] in pyproject.toml), from a fresh shell in the
+project root: no DAGSTER_HOME, so Dagster reads the root's dagster.yaml over a temporary storage
+folder (issue 27: the instance file once needed DAGSTER_HOME and this ended in a traceback)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -10,30 +13,28 @@ from ..conftest import ROOT
 DG = Path(sys.executable).parent / "dg"
 
 
-def _dg(tmp_path, *args):
+def _dg(*args):
     env = {
-        **os.environ,
-        "DAGSTER_HOME": str(tmp_path),
+        **{k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"},
         "VIRTUAL_ENV": str(Path(sys.executable).parent.parent),
         "PATH": f"{DG.parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
-    (tmp_path / "dagster.yaml").write_text("")
-    return subprocess.run(
+    done = subprocess.run(
         [str(DG), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
     )
+    assert "Traceback" not in done.stdout + done.stderr, done.stdout + done.stderr
+    return done
 
 
-def test_dg_check_defs_loads_the_project(tmp_path):
-    done = _dg(tmp_path, "check", "defs")
+def test_dg_check_defs_loads_the_project():
+    done = _dg("check", "defs")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "All definitions loaded successfully" in done.stdout + done.stderr
 
 
-def test_dg_list_defs_shows_the_graph_and_the_stage_jobs(tmp_path):
-    done = _dg(tmp_path, "list", "defs", "--json")
+def test_dg_list_defs_shows_the_graph_and_the_stage_jobs():
+    done = _dg("list", "defs", "--json")
     assert done.returncode == 0, done.stdout + done.stderr
-    import json
-
     listed = json.loads(done.stdout)
     assets = {a["asset_key"] for a in listed["assets"]}
     assert {"specialist_model", "doc_chunks", "lora_adapter", "mcq_report"} <= assets

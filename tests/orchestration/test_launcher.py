@@ -1,12 +1,14 @@
-"""The warm run launcher (dagster.yaml's run_launcher): runs forked from a process that imported
-the heavy modules once, loading the code location from disk each time, cancellable, and started
-the default way when they cannot be forked."""
+"""The opt-in warm run launcher (dagster-fast.yaml's run_launcher): runs forked from a process
+that imported the heavy modules once, loading the code location from disk each time,
+cancellable, and started the default way when they cannot be forked (not Linux, another code
+server, a worker whose imports left threads or touched CUDA)."""
 
 import contextlib
-import importlib.util
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +30,8 @@ from ragft_dagster.orchestration.launcher import WORKER_TAG, WarmRunLauncher
 ROOT = Path(__file__).resolve().parents[2]
 
 # A code location of its own: one op that writes what its process saw and may then wait.
-# "wave" (a stdlib module nothing else imports) is what the test's worker preloads.
+# "wave" (a stdlib module nothing else imports) is what the test's worker preloads, with numpy
+# (whose OpenBLAS pool the worker keeps from starting until a run is forked).
 PROBE = """
 import json, os, sys, time
 from pathlib import Path
@@ -39,11 +42,19 @@ PRELOADED = "wave" in sys.modules
 OUT = Path(__file__).parent / "out"
 
 
+def blas_threads():
+    import numpy, threadpoolctl
+    return sorted(
+        i["num_threads"] for i in threadpoolctl.threadpool_info() if i["internal_api"] == "openblas"
+    )
+
+
 @dg.op(config_schema={{"name": str, "wait": dg.Field(float, default_value=0.0)}})
 def report(context):
     name, wait = context.op_config["name"], context.op_config["wait"]
     (OUT / f"{{name}}.json").write_text(json.dumps(
-        {{"pid": os.getpid(), "ppid": os.getppid(), "version": VERSION, "preloaded": PRELOADED}}
+        {{"pid": os.getpid(), "ppid": os.getppid(), "version": VERSION, "preloaded": PRELOADED,
+          "blas": blas_threads()}}
     ))
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
@@ -93,7 +104,7 @@ def _workspace(tmp_path: Path, preload: list[str]) -> Iterator[tuple[Any, Any, P
 
 @pytest.fixture
 def workspace(tmp_path: Path) -> Iterator[tuple[Any, Any, Path]]:
-    with _workspace(tmp_path, ["wave", "no_such_module_for_the_test"]) as opened:
+    with _workspace(tmp_path, ["wave", "numpy", "no_such_module_for_the_test"]) as opened:
         yield opened
 
 
@@ -159,8 +170,14 @@ def test_runs_fork_from_one_warm_worker_and_load_the_code_from_disk(workspace: A
     tag = json.loads(instance.get_run_by_id(first).tags[WORKER_TAG])
     assert tag["pid"] == seen["pid"]
     forked = [m for m in _engine_messages(instance, first) if "Forked the run" in m]
-    assert len(forked) == 1 and "preloaded: wave" in forked[0]
+    assert len(forked) == 1 and "preloaded: wave, numpy" in forked[0]
     assert "could not preload no_such_module_for_the_test (ModuleNotFoundError" in forked[0]
+    # the BLAS pools the worker kept at one thread are as large as in a fresh interpreter
+    show = "import json, probe_defs; print(json.dumps(probe_defs.blas_threads()))"
+    fresh = subprocess.run(
+        [sys.executable, "-c", show], cwd=code, capture_output=True, text=True, check=True
+    )
+    assert seen["blas"] == json.loads(fresh.stdout) and seen["blas"], (seen, fresh.stdout)
 
     # an edited code location is what the next run runs: nothing of ours is preloaded
     _write_probe(code, version=2)
@@ -306,15 +323,29 @@ def test_a_run_handed_over_without_an_answer_is_never_started_twice(workspace, m
     assert not (code / "out" / "lost.json").exists()
 
 
-def test_a_worker_whose_imports_initialize_cuda_is_not_used(tmp_path, monkeypatch) -> None:
-    # a stand-in for a module that touches the GPU at import: torch with CUDA initialized
-    stub = tmp_path / "stubs"
-    stub.mkdir()
-    (stub / "initializes_cuda.py").write_text(
+# Stand-ins for modules whose import makes a forked child untrustworthy.
+UNFORKABLE = {
+    # torch with CUDA initialized
+    "initializes_cuda": (
         "import sys, types\n"
         "sys.modules['torch'] = types.SimpleNamespace(\n"
-        "    cuda=types.SimpleNamespace(is_initialized=lambda: True))\n"
-    )
+        "    cuda=types.SimpleNamespace(is_initialized=lambda: True))\n",
+        "initialized CUDA",
+    ),
+    # a native pool's thread: the operating system sees it, Python's threading module does not
+    "starts_a_thread": (
+        "import _thread, time\n_thread.start_new_thread(time.sleep, (3600,))\n",
+        "started 1 thread(s)",
+    ),
+}
+
+
+@pytest.mark.parametrize("module", sorted(UNFORKABLE))
+def test_a_worker_whose_imports_make_forks_unsafe_is_not_used(tmp_path, monkeypatch, module):
+    source, why = UNFORKABLE[module]
+    stub = tmp_path / "stubs"
+    stub.mkdir()
+    (stub / f"{module}.py").write_text(source)
     monkeypatch.setenv("PYTHONPATH", str(stub))
     starts = []
 
@@ -324,29 +355,45 @@ def test_a_worker_whose_imports_initialize_cuda_is_not_used(tmp_path, monkeypatc
             super().__init__(preload)
 
     monkeypatch.setattr(launcher_module, "_Worker", Counted)
-    with _workspace(tmp_path, ["initializes_cuda"]) as (instance, process_context, code):
-        run_id = _launch(instance, process_context.create_request_context(), name="gpu")
+    with _workspace(tmp_path, [module]) as (instance, process_context, code):
+        run_id = _launch(instance, process_context.create_request_context(), name="one")
         assert _wait(instance, run_id).status == dg.DagsterRunStatus.SUCCESS
-        again = _launch(instance, process_context.create_request_context(), name="gpu2")
+        again = _launch(instance, process_context.create_request_context(), name="two")
         assert _wait(instance, again).status == dg.DagsterRunStatus.SUCCESS
         assert len(starts) == 1  # the failed start is remembered, not retried for every run
-        assert any("initialized CUDA" in m for m in _engine_messages(instance, again))
-        seen = json.loads((code / "out" / "gpu.json").read_text())
+        assert any(why in m for m in _engine_messages(instance, again))
+        seen = json.loads((code / "out" / "one.json").read_text())
         assert seen["preloaded"] is False  # started by Dagster's launcher, in a fresh process
         assert WORKER_TAG not in instance.get_run_by_id(run_id).tags
         messages = _engine_messages(instance, run_id)
-        assert any(
-            "Dagster's default launcher" in m and "initialized CUDA" in m for m in messages
-        ), messages
+        assert any("Dagster's default launcher" in m and why in m for m in messages), messages
 
 
-def test_the_repo_instance_uses_the_warm_launcher() -> None:
-    for yaml_path in (ROOT / "dagster.yaml", ROOT / "deploy" / "dagster.yaml"):
-        config = yaml.safe_load(yaml_path.read_text())
-        launcher = config["run_launcher"]
-        assert (launcher["module"], launcher["class"]) == (
-            "ragft_dagster.orchestration.launcher",
-            "WarmRunLauncher",
-        ), yaml_path
-        for module in launcher["config"]["preload"]:
-            assert importlib.util.find_spec(module) is not None, module  # in the lock
+def test_off_linux_every_run_goes_to_dagsters_launcher(workspace, monkeypatch) -> None:
+    instance, process_context, code = workspace
+    launcher = instance.run_launcher
+    monkeypatch.setattr(sys, "platform", "darwin")
+    run_id = _launch(instance, process_context.create_request_context(), name="mac")
+    monkeypatch.undo()  # (Dagster's own launcher ran the run in a fresh process meanwhile)
+    assert _wait(instance, run_id).status == dg.DagsterRunStatus.SUCCESS
+    assert launcher._worker is None  # never started
+    assert WORKER_TAG not in instance.get_run_by_id(run_id).tags
+    assert json.loads((code / "out" / "mac.json").read_text())["preloaded"] is False
+    (message,) = [m for m in _engine_messages(instance, run_id) if "default launcher" in m]
+    assert "on Linux only (this is darwin)" in message, message
+
+
+def test_the_shipped_preload_list_leaves_no_other_thread() -> None:
+    """The worker of dagster-fast.yaml and deploy/dagster-fast.yaml starts: importing the
+    modules they preload leaves no thread but the main one (numpy's and scipy's OpenBLAS and
+    pyarrow's jemalloc would start theirs, but for QUIET_POOLS) and does not touch CUDA."""
+    preloads = [
+        yaml.safe_load(path.read_text())["run_launcher"]["config"]["preload"]
+        for path in (ROOT / "dagster-fast.yaml", ROOT / "deploy" / "dagster-fast.yaml")
+    ]
+    assert preloads[0] == preloads[1]
+    worker = launcher_module._Worker(preloads[0])
+    try:
+        assert worker.failed == {}  # every module is in the lock
+    finally:
+        worker.close()

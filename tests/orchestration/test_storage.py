@@ -1,5 +1,6 @@
-"""The repo's SQLite storage (dagster.yaml): batches of asset events in one transaction give the
-same records as Dagster's own storage, and per-partition metadata is checked once per run."""
+"""The opt-in batching SQLite storage (dagster-fast.yaml): batches of asset events in one
+transaction give the same records as Dagster's own storage (dagster.yaml's), and per-partition
+metadata is checked once per run."""
 
 import os
 import types
@@ -19,6 +20,7 @@ from ragft_dagster.orchestration.storage import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
+FAST_INSTANCE = ROOT / "dagster-fast.yaml"
 KEYS = [f"doc{i:02d}.md" for i in range(12)]
 PARTS = dg.DynamicPartitionsDefinition(name="docs")
 
@@ -85,15 +87,22 @@ def _run(home: Path, overrides: dict[str, Any] | None) -> dict[str, Any]:
     return out
 
 
-def _batching(home: Path) -> dict[str, Any]:
+def _default() -> dict[str, Any]:
+    """dagster.yaml: Dagster's own SQLite storage."""
     overrides = yaml.safe_load((ROOT / "dagster.yaml").read_text())
+    assert "storage" not in overrides
+    return overrides
+
+
+def _batching(home: Path) -> dict[str, Any]:
+    overrides = yaml.safe_load(FAST_INSTANCE.read_text())
     overrides["storage"]["custom"]["config"]["base_dir"] = str(home)
     return overrides
 
 
 def test_batched_events_read_back_as_dagsters_own(tmp_path, monkeypatch):
     monkeypatch.delenv(BATCH_SIZE_ENV, raising=False)
-    plain = _run(tmp_path / "plain", None)
+    plain = _run(tmp_path / "plain", _default())
     batches: list[int] = []
     original = BatchingSqliteEventLogStorage._store_asset_events
 
@@ -118,10 +127,10 @@ def test_batched_events_read_back_as_dagsters_own(tmp_path, monkeypatch):
     assert max(batches) == 2 * len(KEYS) and batches.count(len(KEYS)) == 4
 
 
-def test_the_repo_instance_turns_batching_on(tmp_path, monkeypatch):
+def test_the_fast_instance_turns_batching_on(tmp_path, monkeypatch):
     monkeypatch.setenv(BATCH_SIZE_ENV, "0")  # recorded, so the test's end restores the original
     monkeypatch.delenv(BATCH_SIZE_ENV)
-    (tmp_path / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
+    (tmp_path / "dagster.yaml").write_text(FAST_INSTANCE.read_text())
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
     with dg.DagsterInstance.get() as instance:
         assert type(instance.event_log_storage) is BatchingSqliteEventLogStorage
@@ -138,7 +147,7 @@ def test_a_failed_write_stores_every_event_once(tmp_path, monkeypatch, fails):
     of a batch is stored stores the rest one by one. Either way the instance reads back as
     Dagster's own (no event twice: Dagster's fallback would store the whole batch again)."""
     monkeypatch.delenv(BATCH_SIZE_ENV, raising=False)
-    plain = _run(tmp_path / "plain", None)
+    plain = _run(tmp_path / "plain", _default())
     if fails == "index":
         original = BatchingSqliteEventLogStorage._mirror
 

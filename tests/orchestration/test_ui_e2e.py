@@ -6,6 +6,12 @@ quickstart pipeline job by job through ``DagsterGraphQLClient`` (the daemon dequ
 then drives Debian's chromium through Playwright: a screenshot of the asset graph is saved as a
 test artifact, and Materialize on an asset page launches a run that the run page shows
 succeeding. Playwright never downloads a browser of its own (``make test`` installs chromium).
+
+The instance is the opt-in ``dagster-fast.yaml`` (batching storage, warm run launcher): this is
+the end-to-end test of both plugins under ``dagster dev``, and every run must be forked. The
+default ``dagster.yaml`` (Dagster's own parts) is run end to end by the daemon test
+(test_daemon.py, on its PostgreSQL twin) and loaded by ``dg`` (test_dg_cli.py) and ``dagster
+dev`` (test_security.py).
 """
 
 from __future__ import annotations
@@ -147,8 +153,8 @@ def dagster_dev(tmp_path) -> Iterator[DagsterDev]:
     profile_path.write_text(yaml.safe_dump(profile))
     home = tmp_path / "dagster_home"
     home.mkdir()
-    # The repo's instance: queued runs, the gpu pool, telemetry off.
-    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    # The opt-in fast instance: queued runs, the gpu pool, telemetry off, and our plugins.
+    shutil.copy(ROOT / "dagster-fast.yaml", home / "dagster.yaml")
     env = {
         **os.environ,
         "DAGSTER_HOME": str(home),
@@ -439,5 +445,5 @@ def test_ui_graph_materialize_and_the_whole_pipeline_through_graphql(
     runs = dev.query(RUNS)["runsOrError"]["results"]
     assert len(runs) == launched + 1, [(r["jobName"], r["status"]) for r in runs]
     assert {r["status"] for r in runs} == {"SUCCESS"}
-    # every run was forked from the daemon's warm run worker (dagster.yaml's run_launcher)
+    # every run was forked from the daemon's warm run worker (dagster-fast.yaml's run_launcher)
     assert all(any(t["key"] == WORKER_TAG for t in r["tags"]) for r in runs), runs
