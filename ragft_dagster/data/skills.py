@@ -14,7 +14,8 @@ calculation and a final "The answer is N." line, in chat ``messages`` format.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 SKILLS = ("arithmetic",)
@@ -35,55 +36,75 @@ _UNITS = (
 )
 
 
-def _answer(work: str, result: int) -> str:
-    return f"{work}. The answer is {result}."
+@dataclass(frozen=True)
+class _Problem:
+    question: str
+    work: str
+    """The worked calculation, ending in ``= result``."""
+    result: int
+    mistakes: tuple[int, ...]
+    """Answers a typical slip gives (wrong operation, off by one step): the distractors of
+    :func:`skill_questions`."""
+
+    @property
+    def answer(self) -> str:
+        return f"{self.work}. The answer is {self.result}."
 
 
-def _total(rng: random.Random) -> tuple[str, str]:
+def _total(rng: random.Random) -> _Problem:
     name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
     a, b = rng.randint(5, 90), rng.randint(2, 60)
     c = rng.randint(1, a + b - 1)
     q = f"{name} has {a} {item}, gets {b} more and gives away {c}. How many {item} are left?"
-    return q, _answer(f"{a} + {b} - {c} = {a + b - c}", a + b - c)
+    r = a + b - c
+    return _Problem(q, f"{a} + {b} - {c} = {r}", r, (a + b + c, a + b, a - c, r + 10, a - b + c))
 
 
-def _product(rng: random.Random) -> tuple[str, str]:
+def _product(rng: random.Random) -> _Problem:
     (one, many), item = rng.choice(_CONTAINERS), rng.choice(_ITEMS)
     a, b = rng.randint(3, 25), rng.randint(2, 12)
     q = f"Each {one} holds {a} {item}. How many {item} are in {b} {many}?"
-    return q, _answer(f"{b} x {a} = {a * b}", a * b)
+    return _Problem(q, f"{b} x {a} = {a * b}", a * b, (a + b, a * (b + 1), a * (b - 1), a * b + 10))
 
 
-def _share(rng: random.Random) -> tuple[str, str]:
+def _share(rng: random.Random) -> _Problem:
     item = rng.choice(_ITEMS)
     people, each = rng.randint(2, 12), rng.randint(2, 15)
     total = people * each
     q = f"{total} {item} are shared equally among {people} friends. How many does each get?"
-    return q, _answer(f"{total} / {people} = {each}", each)
+    return _Problem(
+        q, f"{total} / {people} = {each}", each, (total - people, people, each + 1, each * 2)
+    )
 
 
-def _percent(rng: random.Random) -> tuple[str, str]:
+def _percent(rng: random.Random) -> _Problem:
     pct = rng.choice((10, 20, 25, 50, 75))
     base = rng.randint(2, 40) * (100 // _gcd(pct, 100))
     result = base * pct // 100
     q = f"What is {pct}% of {base}?"
-    return q, _answer(f"{pct}% of {base} = {base} x {pct} / 100 = {result}", result)
+    work = f"{pct}% of {base} = {base} x {pct} / 100 = {result}"
+    return _Problem(q, work, result, (base * pct // 10, base - result, result * 2, pct))
 
 
-def _rate(rng: random.Random) -> tuple[str, str]:
+def _rate(rng: random.Random) -> _Problem:
     speed, hours = rng.randint(3, 90), rng.randint(2, 9)
     q = f"A cyclist rides at {speed} km per hour for {hours} hours. How many km does she ride?"
-    return q, _answer(f"{speed} x {hours} = {speed * hours}", speed * hours)
+    r = speed * hours
+    return _Problem(
+        q, f"{speed} x {hours} = {r}", r, (speed + hours, speed * (hours + 1), r - speed, r + 10)
+    )
 
 
-def _convert(rng: random.Random) -> tuple[str, str]:
+def _convert(rng: random.Random) -> _Problem:
     big, small, factor, fact = rng.choice(_UNITS)
     n = rng.randint(2, 15)
     if rng.random() < 0.5:
         q = f"How many {small} are in {n} {big}?"
-        return q, _answer(f"{fact}, so {n} x {factor} = {n * factor}", n * factor)
+        r = n * factor
+        return _Problem(q, f"{fact}, so {n} x {factor} = {r}", r, (r * 10, r // 10, n + factor))
     q = f"How many {big} are {n * factor} {small}?"
-    return q, _answer(f"{fact}, so {n * factor} / {factor} = {n}", n)
+    work = f"{fact}, so {n * factor} / {factor} = {n}"
+    return _Problem(q, work, n, (n * factor * factor, n * 10, n + 1, factor))
 
 
 def _gcd(a: int, b: int) -> int:
@@ -92,7 +113,7 @@ def _gcd(a: int, b: int) -> int:
     return a
 
 
-_TEMPLATES: tuple[Callable[[random.Random], tuple[str, str]], ...] = (
+_TEMPLATES: tuple[Callable[[random.Random], _Problem], ...] = (
     _total,
     _product,
     _share,
@@ -100,6 +121,23 @@ _TEMPLATES: tuple[Callable[[random.Random], tuple[str, str]], ...] = (
     _rate,
     _convert,
 )
+
+
+def _problems(skill: str, n: int, seed: int, exclude: Collection[str] = ()) -> list[_Problem]:
+    if skill not in SKILLS:
+        raise ValueError(f"unknown skill {skill!r}; one of {list(SKILLS)}")
+    rng = random.Random(f"{skill}:{seed}")
+    found: list[_Problem] = []
+    seen = set(exclude)
+    for _ in range(n * 20):  # bounded: the templates have far more distinct questions
+        if len(found) == n:
+            break
+        problem = rng.choice(_TEMPLATES)(rng)
+        if problem.question in seen:
+            continue
+        seen.add(problem.question)
+        found.append(problem)
+    return found
 
 
 def skill_rows(skill: str, examples: int, seed: int = 0) -> list[dict[str, Any]]:
@@ -116,24 +154,51 @@ def skill_rows(skill: str, examples: int, seed: int = 0) -> list[dict[str, Any]]
     Raises:
         ValueError: An unknown skill.
     """
-    if skill not in SKILLS:
-        raise ValueError(f"unknown skill {skill!r}; one of {list(SKILLS)}")
-    rng = random.Random(f"{skill}:{seed}")
-    rows: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    for _ in range(examples * 20):  # bounded: the templates have far more distinct questions
-        if len(rows) == examples:
-            break
-        question, answer = rng.choice(_TEMPLATES)(rng)
-        if question in seen:
-            continue
-        seen.add(question)
+    return [
+        {
+            "messages": [
+                {"role": "user", "content": p.question},
+                {"role": "assistant", "content": p.answer},
+            ]
+        }
+        for p in _problems(skill, examples, seed)
+    ]
+
+
+def skill_questions(
+    skill: str, n: int, seed: int, exclude: Sequence[dict[str, Any]] = ()
+) -> list[dict[str, Any]]:
+    """A held-out multiple-choice set of a skill, to choose a specialist's settings on its own
+    data (never on a benchmark's questions): the same templates, another seed, the result
+    among three typical-slip distractors, the correct letter spread evenly.
+
+    Args:
+        skill: One of :data:`SKILLS`.
+        n: How many questions.
+        seed: Use another seed than the training rows'.
+        exclude: Training rows (:func:`skill_rows`) whose questions must not appear.
+
+    Returns:
+        Rows ``{"question", "a", "b", "c", "d", "correct"}`` (options are the numbers as text).
+    """
+    taken = {r["messages"][0]["content"] for r in exclude}
+    rng = random.Random(f"{skill}:questions:{seed}")
+    rows = []
+    for i, p in enumerate(_problems(skill, n, seed, taken)):
+        wrong: list[int] = []
+        near = (p.result + 1, p.result - 1, p.result + 2, p.result + 10, p.result - 10)
+        for value in (*p.mistakes, *near):
+            if value > 0 and value != p.result and value not in wrong:
+                wrong.append(value)
+        options = rng.sample(wrong[:3], 3)
+        correct = "ABCD"[i % 4]
+        options.insert("ABCD".index(correct), p.result)
         rows.append(
             {
-                "messages": [
-                    {"role": "user", "content": question},
-                    {"role": "assistant", "content": answer},
-                ]
+                "question": p.question,
+                **dict(zip("abcd", map(str, options), strict=True)),
+                "correct": correct,
             }
         )
+    rng.shuffle(rows)
     return rows

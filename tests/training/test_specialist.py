@@ -33,6 +33,27 @@ def test_skill_rows_are_deterministic_distinct_and_correct():
         skill_rows("poetry", 3)
 
 
+def test_held_out_skill_questions_have_one_right_option_and_none_of_the_training_rows():
+    from ragft_dagster.data.skills import skill_questions
+
+    answers = {
+        r["messages"][0]["content"]: r["messages"][1]["content"].rsplit(" ", 1)[-1].rstrip(".")
+        for r in skill_rows("arithmetic", 40, seed=5)
+    }
+    questions = skill_questions("arithmetic", 40, seed=5)
+    assert questions == skill_questions("arithmetic", 40, seed=5)
+    assert {q["question"] for q in questions} == set(answers)  # same seed, same problems
+    for q in questions:
+        options = [q[x] for x in "abcd"]
+        assert len(set(options)) == 4 and all(int(o) > 0 for o in options), q
+        assert q[q["correct"].lower()] == answers[q["question"]], q
+    assert sorted(q["correct"] for q in questions) == sorted("ABCD" * 10)
+    training = skill_rows("arithmetic", 160, seed=0)
+    held_out = skill_questions("arithmetic", 80, seed=1000, exclude=training)
+    assert len(held_out) == 80
+    assert not {q["question"] for q in held_out} & {r["messages"][0]["content"] for r in training}
+
+
 def _slerp(a: str, b: str) -> dict:
     return {
         "merge_method": "slerp",
