@@ -278,8 +278,17 @@ class QaRecipe(EndpointCalls):
     """Generation passes per chunk (use temperature > 0 for different questions per pass)."""
     pricing: QaPricing = Field(default_factory=lambda: QaPricing())
     """USD per 1,000 tokens, for the estimated cost in the metadata."""
+    structured_output: Literal["auto", "json_schema", "off"] = "auto"
+    """Ask for the pairs with a JSON schema (``response_format``), as vLLM, llama.cpp, Ollama
+    and OpenAI enforce. ``auto``: when the endpoint refuses it, say so once and ask without it;
+    replies that ignore it (``transformers serve`` accepts the field and answers prose) are
+    counted as ``off_schema`` and read by the lenient parser. ``json_schema``: a refusal is an
+    error. ``off``: never send it. How to ask, not what: cached replies stay valid."""
 
-    UNVERSIONED: ClassVar[frozenset[str]] = EndpointCalls.UNVERSIONED | {"pricing"}
+    UNVERSIONED: ClassVar[frozenset[str]] = EndpointCalls.UNVERSIONED | {
+        "pricing",
+        "structured_output",
+    }
 
     @model_validator(mode="after")
     def _model_for_openai(self) -> QaRecipe:

@@ -1211,6 +1211,7 @@ def generate_qa(
             stats.requests += 1
             replies[task.index] = reply
     elif todo:
+        schema = {"response_format": QA_RESPONSE_FORMAT} if qa.structured_output != "off" else {}
         requests = [
             LlmRequest(
                 task.index,
@@ -1220,14 +1221,16 @@ def generate_qa(
                     "messages": [{"role": "user", "content": task.prompt}],
                     "temperature": qa.temperature,
                     "max_tokens": qa.max_tokens,
+                    **schema,
                 },
             )
             for task in todo
         ]
+        endpoint = Endpoint(client, qa, "qa", sleep, structured=qa.structured_output)
         replies.update(
             run_requests(
                 requests,
-                Endpoint(client, qa, "qa", sleep),
+                endpoint,
                 cache,
                 concurrency=qa.max_concurrency,
                 budget=RequestBudget(qa.budget.max_requests, qa.budget.max_tokens, "qa"),
@@ -1237,6 +1240,12 @@ def generate_qa(
             )
         )
 
+        if endpoint.structured_refused is not None:
+            stats.warnings.append(
+                f"{endpoint.url} refused response_format ({endpoint.structured_refused}); the "
+                "pairs were asked for by the prompt alone (qa.structured_output: off skips the "
+                "attempt)"
+            )
         for task in todo:  # each document's share of the tokens
             reply = replies[task.index]
             per_doc[task.doc].prompt_tokens += reply.get("prompt_tokens", 0) or 0
@@ -1251,11 +1260,17 @@ def generate_qa(
             pairs = _llm_pairs(task, reply, qa, per_doc[task.doc])
         rows[task.doc] += qa_rows_for_chunk(task.chunk, pairs, qa.generator, qa.model)
     for doc_key, doc_stats in per_doc.items():
-        for name in ("truncated", "short_replies"):
+        for name in ("truncated", "short_replies", "off_schema"):
             setattr(stats, name, getattr(stats, name) + getattr(doc_stats, name))
         for how, n in doc_stats.parse.items():
             stats.parse[how] = stats.parse.get(how, 0) + n
         stats.warnings += [f"{doc_key}: {line}" for line in doc_stats.warnings]
+    if stats.off_schema:
+        stats.warnings.append(
+            f"{stats.off_schema} repl(ies) ignored the JSON schema the endpoint accepted in "
+            "response_format (transformers serve accepts the field and answers prose); their "
+            "pairs were read by the lenient parser"
+        )
     if log is not None:
         for line in stats.warnings[:WARNINGS_LOGGED]:
             log(line)
@@ -1295,6 +1310,8 @@ def _llm_pairs(
     warning naming the chunk and what to do."""
     parsed, how = parse_qa_reply(reply["content"])
     stats.parse[how] = stats.parse.get(how, 0) + 1
+    if reply.get("structured") and not _on_schema(reply["content"]):
+        stats.off_schema += 1
     where = f"chunk {task.chunk['id']} ({' > '.join(task.chunk['heading_path']) or 'top'})"
     if reply.get("finish_reason") == "length":
         stats.truncated += 1
@@ -1314,6 +1331,51 @@ def _llm_pairs(
             f"{qa.questions_per_chunk}; kept as they are."
         )
     return [{**p, "kind": f"llm_{how}"} for p in parsed[: qa.questions_per_chunk * 2]]
+
+
+QA_RESPONSE_FORMAT = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "qa_pairs",
+        "strict": True,
+        "schema": {
+            "type": "object",
+            "properties": {
+                "pairs": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "question": {"type": "string"},
+                            "answer": {"type": "string"},
+                        },
+                        "required": ["question", "answer"],
+                        "additionalProperties": False,
+                    },
+                }
+            },
+            "required": ["pairs"],
+            "additionalProperties": False,
+        },
+    },
+}
+"""The Q&A list as a JSON schema (``qa.structured_output``): servers with structured output
+constrain the reply to it."""
+
+
+def _on_schema(content: str) -> bool:
+    """Whether a reply is exactly :data:`QA_RESPONSE_FORMAT`'s JSON (no prose, no fences)."""
+    try:
+        data = json.loads(content)
+    except (TypeError, ValueError):
+        return False
+    pairs = data.get("pairs") if isinstance(data, dict) else None
+    return isinstance(pairs, list) and all(
+        isinstance(p, dict)
+        and isinstance(p.get("question"), str)
+        and isinstance(p.get("answer"), str)
+        for p in pairs
+    )
 
 
 def _preview(text: str, limit: int = 80) -> str:

@@ -28,6 +28,8 @@ class LlmStats:
     """Replies cut off at ``max_tokens`` (finish_reason ``length``)."""
     short_replies: int = 0
     """Q&A replies holding fewer pairs than ``qa.questions_per_chunk``."""
+    off_schema: int = 0
+    """Replies to a request with a JSON schema (``response_format``) that do not follow it."""
     prompt_tokens: int = 0
     completion_tokens: int = 0
     retry_wait_seconds: float = 0.0
@@ -175,6 +177,11 @@ class Endpoint:
     retry: EndpointCalls
     section: str = "qa"
     sleep: Callable[[float], None] = time.sleep
+    structured: str = "off"
+    """``auto``: a request with ``response_format`` that the endpoint refuses (HTTP 400) is sent
+    again without it, and so is every later one; ``json_schema``: the refusal is an error."""
+    structured_refused: str | None = None
+    """Set when the endpoint refused ``response_format``: the reason, said once."""
 
     @property
     def url(self) -> str:
@@ -257,6 +264,12 @@ def _retryable_advice(endpoint: Endpoint, exc: BaseException) -> str:
     )
 
 
+def _about_schema(exc: BaseException) -> bool:
+    """Whether an HTTP 400 is about structured output (servers without it name the field)."""
+    text = f"{getattr(exc, 'message', '') or exc} {getattr(exc, 'body', '')}".lower()
+    return any(w in text for w in ("response_format", "json_schema", "schema", "structured"))
+
+
 def call_llm(
     endpoint: Endpoint, request: dict[str, Any], stats: LlmStats, stats_lock: threading.Lock
 ) -> dict[str, Any]:
@@ -277,7 +290,10 @@ def call_llm(
 
     retry, section, url = endpoint.retry, endpoint.section, endpoint.url
     last: BaseException | None = None
-    for attempt in range(retry.max_retries + 1):
+    if endpoint.structured_refused is not None:
+        request = {k: v for k, v in request.items() if k != "response_format"}
+    attempt = 0
+    while True:
         started = time.monotonic()
         wait: float | None = None
         try:
@@ -286,6 +302,7 @@ def call_llm(
             usage = getattr(response, "usage", None)
             return {
                 "content": choice.message.content or "",
+                "structured": "response_format" in request,
                 "finish_reason": getattr(choice, "finish_reason", None),
                 "prompt_tokens": getattr(usage, "prompt_tokens", 0) or 0,
                 "completion_tokens": getattr(usage, "completion_tokens", 0) or 0,
@@ -303,6 +320,18 @@ def call_llm(
                     f"{url} says the account has no quota left (HTTP 429 insufficient_quota): "
                     f"add credit to the account, or put another key in {endpoint.key_env}"
                 ) from None
+            if status == 400 and "response_format" in request and _about_schema(exc):
+                if endpoint.structured != "auto":
+                    raise LlmCallError(
+                        f"{url} refused the JSON schema in response_format (HTTP 400: "
+                        f"{endpoint.describe(exc)}); this endpoint has no structured output: "
+                        f"set {section}.structured_output: auto (try, then fall back) or off"
+                    ) from None
+                # This server has no structured output: ask without it from now on (the same
+                # request again at once, not a retry).
+                endpoint.structured_refused = endpoint.describe(exc)
+                request = {k: v for k, v in request.items() if k != "response_format"}
+                continue
             if status not in (408, 409, 429) and status < 500:
                 hint = (
                     f"; check the model name ({endpoint.model_field} in the recipe) and "
@@ -335,6 +364,7 @@ def call_llm(
             stats.retries += 1
             stats.retry_wait_seconds += wait
         endpoint.sleep(wait)
+        attempt += 1
     advice = _retryable_advice(endpoint, last) if last is not None else f"{url}: no attempt"
     raise LlmCallError(
         f"gave up after {retry.max_retries + 1} attempts ({section}.max_retries="

@@ -205,3 +205,49 @@ def test_offline_generator_is_cached_too(tmp_path):
     assert rows and stats.requests == 1
     rows2, stats2 = generate_document_qa([chunk], "d.md", qa, cache=ReplyCache(tmp_path))
     assert rows2 == rows and stats2.requests == 0 and stats2.cache_hits == 1
+
+
+ON_SCHEMA = '{"pairs": [{"question": "What is X?", "answer": "X is Y."}]}'
+PROSE = "Question: What is X?\nAnswer: X is Y."
+
+
+def test_structured_output_on_a_server_that_enforces_it(tmp_path):
+    """Issue 28: the pairs are asked for with a JSON schema (vLLM, llama.cpp, Ollama and OpenAI
+    constrain the reply to it)."""
+    with OpenAIStub([ON_SCHEMA]) as stub:
+        rows, stats = _generate(tmp_path, _client(stub), n=3)
+    assert all(r["response_format"]["json_schema"]["name"] == "qa_pairs" for r in stub.requests)
+    assert len(rows) == 3 and stats.off_schema == 0
+    assert not any("response_format" in w for w in stats.warnings)
+
+
+def test_a_server_that_refuses_the_schema_is_asked_without_it_once_said(tmp_path):
+    def server(body):  # as an endpoint without structured output answers
+        if "response_format" in body:
+            return {"status": 400, "code": "response_format is not supported"}
+        return GOOD
+
+    with OpenAIStub([server]) as stub:
+        rows, stats = _generate(tmp_path, _client(stub), n=3, max_concurrency=1)
+    with_schema = [r for r in stub.requests if "response_format" in r]
+    assert len(with_schema) == 1 and len(stub.requests) == 4  # refused once, then never sent
+    assert len(rows) == 3 and stats.retries == 0
+    (said,) = [w for w in stats.warnings if "refused response_format" in w]
+    assert "qa.structured_output: off" in said
+    # forced: the refusal is an error naming the key
+    with OpenAIStub([server]) as stub, pytest.raises(LlmCallError, match="structured_output"):
+        _generate(tmp_path / "forced", _client(stub), structured_output="json_schema")
+    # off: never sent
+    with OpenAIStub([server]) as stub:
+        _generate(tmp_path / "off", _client(stub), n=2, structured_output="off")
+    assert stub.requests and not any("response_format" in r for r in stub.requests)
+
+
+def test_a_server_that_accepts_the_schema_and_answers_prose_is_noticed(tmp_path):
+    """`transformers serve` accepts response_format, ignores it and answers prose."""
+    with OpenAIStub([PROSE]) as stub:
+        rows, stats = _generate(tmp_path, _client(stub), n=3)
+    assert len(rows) == 3  # the lenient parser still reads the pairs
+    assert stats.off_schema == 3
+    (said,) = [w for w in stats.warnings if "ignored the JSON schema" in w]
+    assert said.startswith("3 repl")
