@@ -12,13 +12,9 @@ import dagster as dg
 from ragft_dagster.artifacts import read_jsonl, write_jsonl
 from ragft_dagster.assets._meta import add_partition_metadata, documents_partitions, preview_table
 from ragft_dagster.config.recipe import Recipe
-from ragft_dagster.data.chunking import (
-    DocumentError,
-    chunk_document,
-    empty_document_warning,
-    read_document,
-)
-from ragft_dagster.data.documents import CONTENT_HASH_KEY, content_hash
+from ragft_dagster.data.chunking import DocumentError, chunk_document, empty_document_warning
+from ragft_dagster.data.convert import ConvertedDocument, convert_document
+from ragft_dagster.data.documents import CONTENT_HASH_KEY
 from ragft_dagster.data.qa_generation import DocumentQa, generate_qa
 from ragft_dagster.llm.cache import ReplyCache
 from ragft_dagster.llm.client import BudgetExceeded, LlmCallError, LlmStats
@@ -68,21 +64,29 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
         for key in context.partition_keys:
             path = recipe.docs_dir / key
             try:
-                text = read_document(path, key)
+                doc = convert_document(path, key)
             except DocumentError as exc:
                 failed.append(f"{exc}. {_gone(path)}".strip())
                 continue
             chunks = [
                 c.to_dict()
                 for c in chunk_document(
-                    text, key, tokenizer, recipe.chunking.chunk_size, recipe.chunking.chunk_overlap
+                    doc.text,
+                    key,
+                    tokenizer,
+                    recipe.chunking.chunk_size,
+                    recipe.chunking.chunk_overlap,
+                    markup=doc.markup,
+                    title=doc.title,
                 )
             ]
             write_jsonl(layout.chunks(key), chunks)
-            empty = empty_document_warning(key, text)
+            for note in doc.notes:
+                context.log.warning(note)
+            empty = empty_document_warning(key, doc.text, markup=doc.markup)
             if empty:
                 context.log.warning(empty)
-            by_partition[key] = chunk_metadata(layout.chunks(key), path, text, chunks, empty)
+            by_partition[key] = chunk_metadata(layout.chunks(key), path, doc, chunks, empty)
         if failed:  # the other documents' chunk files are written: a rerun redoes nothing
             raise dg.Failure(description="doc_chunks: " + "\n".join(failed))
         add_partition_metadata(context, by_partition)
@@ -150,15 +154,22 @@ def build(recipe: Recipe) -> list[dg.AssetsDefinition]:
 
 
 def chunk_metadata(
-    path: Path, source: Path, text: str, chunks: list[dict[str, Any]], warning: str | None
+    path: Path,
+    source: Path,
+    doc: ConvertedDocument,
+    chunks: list[dict[str, Any]],
+    warning: str | None,
 ) -> dict[str, Any]:
     """One document's ``doc_chunks`` metadata (its content hash tells what it was built from)."""
     tokens = [c["n_tokens"] for c in chunks]
     return {
         **({"warning": warning} if warning else {}),
+        **({"notes": "\n".join(doc.notes)} if doc.notes else {}),
         "path": dg.MetadataValue.path(str(path)),
         "source": dg.MetadataValue.path(str(source)),
-        CONTENT_HASH_KEY: content_hash(text.encode("utf-8")),
+        CONTENT_HASH_KEY: doc.content_hash,
+        "format": doc.format,
+        **({"document_metadata": dg.MetadataValue.json(doc.metadata)} if doc.metadata else {}),
         "chunks": len(chunks),
         "tokens": sum(tokens),
         "max_chunk_tokens": max(tokens, default=0),

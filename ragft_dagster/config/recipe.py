@@ -148,8 +148,11 @@ _build, a site's build/ and dist/)."""
 class DocsRecipe(_Section):
     path: str = "docs"
     """Folder of the documentation, relative to the recipe file."""
-    glob: str = "**/*.md"
-    """Which files below ``path`` are documents (one partition each)."""
+    glob: str = "**/*"
+    """Which files below ``path`` are documents (one partition each). The default takes every
+    format ragft reads (.md, .markdown, .mdx, .rst, .html, .htm, .txt, .pdf, .docx; see
+    docs/documents.md); a matched file of another type (an image, a .doc) is skipped with a
+    line naming it."""
     exclude: list[str] = Field(default_factory=lambda: list(DEFAULT_EXCLUDE))
     """Path components that are not documentation, fnmatch patterns matched against every
     folder and file name below ``path`` (default: hidden files and folders, node_modules,

@@ -33,16 +33,23 @@ _FRONT_MATTER = re.compile(
 )
 # Cheap test for the markup strip_markup removes: most pages have none and skip the slow path.
 _MARKUP_HINT = re.compile(r"<[A-Za-z/!]|\{#|\{/\*|^(?:import|export)\s|^[ \t]*:::", re.M)
+# A JSX {expression} in a tag's attributes, with up to three levels of braces inside
+# (values={[{label: 'Linux', value: 'linux'}]}, style={{margin: 0}}).
+_JSX_EXPRESSION = r"\{(?:[^{}]|\{(?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})*\})*\}"
 # Markup in prose. Inline code comes first so that `<placeholder>` inside backticks is skipped
 # over, never stripped. A tag's attributes may hold quoted strings and JSX {expressions}.
 _MARKUP = re.compile(
     r"(?P<code>(?P<ticks>`+)[^\n]*?(?P=ticks))"
     r"|(?P<comment><!--.*?-->|\{/\*.*?\*/\})"
-    r"|(?P<tag></?[A-Za-z][\w.-]*(?:\s(?:[^<>\"'{}]|\"[^\"\n]*\"|'[^'\n]*'|\{[^{}]*\}){0,2000})?/?>)"
+    r"|(?P<tag></?[A-Za-z][\w.-]*(?:\s(?:[^<>\"'{}]|\"[^\"\n]*\"|'[^'\n]*'|"
+    + _JSX_EXPRESSION
+    + r"){0,2000})?/?>)"
     r"|(?P<anchor>[ \t]*\{#[\w.:-]+\}[ \t]*$)"  # Docusaurus heading id: ## Install {#install}
-    r"|(?P<admonition>^[ \t]*:::[\w-]*)",  # :::note ... ::: keeps its body
+    r"|(?P<admonition>^[ \t]*:::[\w-]*(?:\[(?=[^\]\n]*\][ \t]*$))?)"  # :::note / :::tip[Title
+    r"|(?P<title_end>(?<=[^\n\]])\](?=[ \t]*$))",  # the ] after an admonition's title
     re.S | re.M,
 )
+_ADMONITION_TITLE = re.compile(r"[ \t]*:::[\w-]*\[[^\]\n]*\][ \t]*$", re.M)
 _MDX_IMPORT = re.compile(
     r"^import[ \t]+(?:[\w*{}\s,]{1,2000}?\sfrom[ \t]+)?(['\"])[^'\"\n]+\1;?[ \t]*(?:\n|\Z)", re.M
 )
@@ -90,8 +97,9 @@ def chunk_id(doc: str, text: str) -> str:
 
 
 def read_document(path: Path, doc_key: str) -> str:
-    """Read a markdown document (:func:`~ragft_dagster.artifacts.read_utf8`: a byte-order mark
-    dropped; line endings made LF), with errors that name the file and say what to do.
+    """Read a text document (markdown, MDX, reStructuredText, plain text) with
+    :func:`~ragft_dagster.artifacts.read_utf8` (a byte-order mark dropped; line endings made LF),
+    with errors that name the file and say what to do.
 
     Raises:
         DocumentError: The file is gone, unreadable, binary (NUL bytes: an image, a PDF, UTF-16
@@ -100,27 +108,38 @@ def read_document(path: Path, doc_key: str) -> str:
     try:
         text = read_utf8(path, binary_check=True)
     except UnreadableText as exc:
-        message = {
-            "missing": f"document not found at {path} (was it deleted?)",
-            "unreadable": f"cannot read {path} ({exc.detail}); fix it or remove it from the "
-            "docs folder",
-            "utf16": f"{path} is UTF-16 text; re-save it as UTF-8 (documents must be UTF-8)",
-            "binary": f"{path} looks like a binary file, not markdown ({exc.detail}); remove it "
-            "from the docs folder or narrow docs.glob in the recipe",
-            "encoding": f"{path} is not valid UTF-8 ({exc.detail}, line {exc.line}); re-save "
-            "the file as UTF-8",
-        }[exc.problem]
-        raise DocumentError(f"{doc_key}: {message}") from None
+        raise unreadable_document(exc, path, doc_key) from None
     # Windows and old Mac line endings are the same text (and the same content hash)
     return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
 
 
-def empty_document_warning(doc_key: str, text: str) -> str | None:
+def unreadable_document(exc: UnreadableText, path: Path, doc_key: str) -> DocumentError:
+    """The :class:`DocumentError` for a document that could not be read as text: names the
+    file, what is wrong and the fix."""
+    message = {
+        "missing": f"document not found at {path} (was it deleted?)",
+        "unreadable": f"cannot read {path} ({exc.detail}); fix it or remove it from the "
+        "docs folder",
+        "utf16": f"{path} is UTF-16 text; re-save it as UTF-8 (documents must be UTF-8)",
+        "binary": f"{path} looks like a binary file, not a text document ({exc.detail}); remove "
+        "it from the docs folder or narrow docs.glob in the recipe",
+        "encoding": f"{path} is not valid UTF-8 ({exc.detail}, line {exc.line}); re-save "
+        "the file as UTF-8",
+    }[exc.problem]
+    return DocumentError(f"{doc_key}: {message}")
+
+
+def empty_document_warning(doc_key: str, text: str, *, markup: bool = True) -> str | None:
     """The warning for a document with no text (zero chunks, so no Q&A and nothing indexed),
     or None when it has some. An empty page is valid (a stub, a placeholder): its partition
-    succeeds rather than blocking every downstream asset, and this says why it adds nothing."""
+    succeeds rather than blocking every downstream asset, and this says why it adds nothing.
+
+    ``markup`` as in :func:`chunk_document`: False for text that a converter wrote, which has no
+    front matter or tags to see through."""
     if not text.strip():
         what = "is empty" if not text else "holds only whitespace"
+    elif not markup:
+        return None
     else:
         try:
             if strip_markup(text, doc_key).text.strip():
@@ -217,12 +236,16 @@ def _after_blank_lines(text: str, start: int, end: int) -> int:
     return start
 
 
-def _front_matter(text: str, doc: str) -> tuple[str | None, int]:
-    """(title, offset where the body starts) of a page that opens with YAML front matter;
-    (None, 0) for a page without."""
+def front_matter(text: str, doc: str = "document") -> tuple[dict[str, Any], int]:
+    """The YAML front matter a page opens with, and the offset where its body starts
+    (``({}, 0)`` for a page without; a ``---`` rule around plain text is not front matter).
+
+    Raises:
+        DocumentError: The front matter is not valid YAML (naming the document and the line).
+    """
     m = _FRONT_MATTER.match(text)
     if not m:
-        return None, 0
+        return {}, 0
     import yaml
 
     try:
@@ -238,10 +261,17 @@ def _front_matter(text: str, doc: str) -> tuple[str | None, int]:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        return None, 0  # a --- rule around plain text, not front matter
+        return {}, 0  # a --- rule around plain text, not front matter
+    return data, m.end()
+
+
+def _front_matter(text: str, doc: str) -> tuple[str | None, int]:
+    """(title, offset where the body starts) of a page that opens with YAML front matter;
+    (None, 0) for a page without."""
+    data, body_start = front_matter(text, doc)
     title = data.get("title")
     title = str(title).strip() if isinstance(title, str | int | float) else ""
-    return title or None, m.end()
+    return title or None, body_start
 
 
 def _closes_fence(line: str, fence: str) -> bool:
@@ -260,6 +290,10 @@ def _prose_markup(text: str, start: int, end: int) -> list[tuple[int, int]]:
             continue
         if m.lastgroup == "tag" and "\n\n" in m.group():
             continue  # a stray '<' in one paragraph and a '>' in another: not a tag
+        if m.lastgroup == "title_end" and not _ADMONITION_TITLE.match(
+            text, text.rfind("\n", 0, m.start()) + 1
+        ):
+            continue  # a ] ending any other line is text
         spans.append(m.span())
     for m in _MDX_IMPORT.finditer(text, start, end):
         spans.append(m.span())
@@ -377,17 +411,30 @@ def _same_heading(a: str, b: str) -> bool:
 
 
 def chunk_document(
-    text: str, doc: str, tokenizer: Any, chunk_size: int = 300, chunk_overlap: int = 30
+    text: str,
+    doc: str,
+    tokenizer: Any,
+    chunk_size: int = 300,
+    chunk_overlap: int = 30,
+    *,
+    markup: bool = True,
+    title: str | None = None,
 ) -> list[Chunk]:
     """Chunk one markdown document (front matter, HTML/MDX markup and comments removed first,
     see :func:`strip_markup`).
 
     Args:
-        text: The document, as read from its file.
+        text: The document, as read from its file, or as a converter wrote it
+            (:mod:`ragft_dagster.data.convert`).
         doc: Its key (path relative to the docs folder), stored on every chunk.
         tokenizer: A fast tokenizer (offsets are used to cut the original text exactly).
         chunk_size: Tokens per chunk.
         chunk_overlap: Tokens shared by consecutive windows of one section.
+        markup: Whether ``text`` is a page as its author wrote it, whose front matter and tags
+            are removed. False for a converter's markdown (and plain text): nothing is removed,
+            so a ``<name>`` placeholder in a PDF's prose stays; its ``#`` headings still split.
+        title: The root of every heading path when ``markup`` is False (a page's own front
+            matter gives it otherwise).
 
     Returns:
         Chunks in document order; their offsets point into ``text``.
@@ -399,7 +446,7 @@ def chunk_document(
         raise ValueError("chunk_overlap must be smaller than chunk_size")
     chunks: list[Chunk] = []
     step = chunk_size - chunk_overlap
-    page = strip_markup(text, doc)
+    page = strip_markup(text, doc) if markup else CleanDocument(text, title)
     for section in split_sections(page.text, page.title):
         starts_at, ends_at = _token_offsets(tokenizer, section.text)
         n = len(starts_at)

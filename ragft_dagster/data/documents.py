@@ -1,9 +1,10 @@
 """The docs folder as a set of documents with content hashes (partition keys = relative paths).
 
-Discovery never hangs and never drops a file silently: a symlink loop, a broken link, a FIFO or
-an unreadable file matching the glob is skipped with a reason that names it and says what to do,
-and a symlinked folder (which the recursive glob does not enter, so a link back to an ancestor
-cannot loop) is reported the same way. A skipped document that already has a partition keeps it
+Discovery never hangs and never drops a file silently: a symlink loop, a broken link, a FIFO,
+an unreadable file or a file of a type ragft does not read (an image, a ``.doc``) matching the
+glob is skipped with a reason that names it and says what to do, and a symlinked folder (which
+the recursive glob does not enter, so a link back to an ancestor cannot loop) is reported the
+same way. A skipped document that already has a partition keeps it
 and its files: an unreadable file is not a removed one.
 """
 
@@ -18,6 +19,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ragft_dagster.data.convert import document_format, unsupported_reason
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,7 @@ def _excluded_path(key: str, exclude: tuple[str, ...]) -> str | None:
 
 def discover_documents(
     docs_dir: Path,
-    pattern: str = "**/*.md",
+    pattern: str = "**/*",
     known: Mapping[str, list[Any]] | None = None,
     exclude: Iterable[str] = (),
 ) -> DocumentScan:
@@ -76,7 +79,9 @@ def discover_documents(
 
     Args:
         docs_dir: The recipe's docs folder (``docs.path``).
-        pattern: Which files are documents (``docs.glob``).
+        pattern: Which files are documents (``docs.glob``); of those, a file whose type
+            ragft does not read (:data:`~ragft_dagster.data.convert.FORMATS`) is skipped,
+            naming it.
         known: :attr:`DocumentScan.stats` of an earlier scan: a file whose size, mtime, ctime
             and inode are unchanged keeps its hash without being read.
         exclude: Path components that are not documentation (``docs.exclude``): a file whose
@@ -111,6 +116,9 @@ def discover_documents(
             if info:
                 skipped[key] = info
             continue  # "": a folder whose name matches the glob: its files are visited alone
+        if document_format(path.name) is None:
+            skipped[key] = unsupported_reason(path.name)
+            continue
         identity = _file_identity(info)
         before = known.get(key)
         if before is not None and list(before[:4]) == identity:
@@ -128,7 +136,7 @@ def discover_documents(
     return DocumentScan(found, skipped, stats, read, excluded)
 
 
-def scan_documents(docs_dir: Path, pattern: str = "**/*.md") -> dict[str, str]:
+def scan_documents(docs_dir: Path, pattern: str = "**/*") -> dict[str, str]:
     """Map each document key (path relative to ``docs_dir``, '/'-separated) to its sha256
     (:func:`discover_documents` without the skipped paths).
 

@@ -160,3 +160,32 @@ def test_a_page_of_only_front_matter_and_markup_gets_the_empty_warning():
     warning = empty_document_warning("stub.md", "---\ntitle: Stub\n---\n\n<div>\n</div>\n")
     assert warning is not None and "stub.md holds only front matter and markup" in warning
     assert empty_document_warning("page.md", "---\ntitle: Page\n---\nText.\n") is None
+
+
+def test_jsx_props_with_nested_braces_and_admonition_titles_leave_no_markup():
+    """Issue 28: Docusaurus components take object props, and v3 admonitions a [title]."""
+    page = (
+        "<Tabs values={[{label: 'Linux', value: 'linux'}, {label: 'Mac', value: 'mac'}]}>\n"
+        '<TabItem value="linux">\n\nRun it.\n\n</TabItem>\n</Tabs>\n\n'
+        "<Card link={{href: '/next', label: \"next\"}} />\n\n"
+        ":::tip[Pro tip]\nSet the port once.\n:::\n\n"
+        "A [link] at the end of a line stays [as written]\n"
+    )
+    text = strip_markup(page, "tabs.mdx").text
+    assert text == (
+        "Run it.\n\nPro tip\nSet the port once.\n\nA [link] at the end of a line stays "
+        "[as written]\n"
+    )
+
+
+def test_converted_text_keeps_what_looks_like_markup(tiny_tokenizer):
+    """A converter's markdown (markup=False) is chunked as it is: no tag stripping, the title
+    given is the root of every heading path."""
+    text = "Run `tool <name>` or tool <name> directly.\n\n## Flags\n\nSee <flags>.\n"
+    chunks = chunk_document(text, "x.pdf", tiny_tokenizer, markup=False, title="Manual")
+    assert [(c.heading_path, c.text) for c in chunks] == [
+        (["Manual"], "Run `tool <name>` or tool <name> directly."),
+        (["Manual", "Flags"], "## Flags\n\nSee <flags>."),
+    ]
+    assert empty_document_warning("x.pdf", text, markup=False) is None
+    assert "x.pdf is empty" in empty_document_warning("x.pdf", "", markup=False)

@@ -1,8 +1,11 @@
 """A document's content identity (issue 26): the folder scan and doc_chunks agree on it, and
 encoding details a reader drops (a byte-order mark, CRLF or CR line endings) do not change it."""
 
-from ragft_dagster.data.chunking import read_document
-from ragft_dagster.data.documents import content_hash, discover_documents
+import pytest
+
+from ragft_dagster.data.chunking import DocumentError, read_document
+from ragft_dagster.data.convert import convert_document
+from ragft_dagster.data.documents import content_hash, discover_documents, plan_document_changes
 
 TEXT = "# Title\n\nA paragraph.\n\n## Section\n\nMore text, and a last line\n"
 
@@ -73,3 +76,16 @@ def test_the_recipe_key_changes_what_is_excluded(tmp_path):
 
     assert DocsRecipe().exclude[0] == ".*"
     assert DocsRecipe(exclude=["drafts"]).exclude == ["drafts"]
+
+
+def test_a_file_of_a_type_ragft_does_not_read_is_one_warning_line_never_a_failure(tmp_path):
+    """Issue 28: with the default glob (every file), an image or a .doc is named and skipped."""
+    (tmp_path / "page.md").write_text(TEXT)
+    (tmp_path / "diagram.svg").write_text("<svg/>")
+    scan = discover_documents(tmp_path)
+    changes = plan_document_changes(scan.documents, [], lambda key: None, scan.skipped)
+    assert changes.to_run == ["page.md"]
+    (line,) = changes.warnings(tmp_path)
+    assert line.startswith(f"{tmp_path.as_posix()}/diagram.svg: a .svg file is not a document")
+    with pytest.raises(DocumentError, match=r"^diagram\.svg: a \.svg file is not a document"):
+        convert_document(tmp_path / "diagram.svg", "diagram.svg")
