@@ -254,7 +254,7 @@ def _rst(text: str, doc_key: str, digest: str) -> ConvertedDocument:
         "smart_quotes": False,
         "language_code": "en",
     }
-    writer = _RstWriter()
+    writer = _RstWriter(doc_key, notes)
     try:
         with _sphinx_markup(text, doc_key, notes):
             tree = publish_doctree(text, source_path=doc_key, settings_overrides=settings)
@@ -399,7 +399,8 @@ def _rst_role(name: str) -> Callable[..., Any]:
 class _RstWriter:
     """A docutils doctree as markdown (see the module's table)."""
 
-    def __init__(self) -> None:
+    def __init__(self, doc_key: str, notes: list[str]) -> None:
+        self.doc_key, self.notes = doc_key, notes
         self.metadata: dict[str, Any] = {}
         """The fields a file opens with (Sphinx's file-wide metadata, docinfo)."""
 
@@ -425,6 +426,19 @@ class _RstWriter:
                     self.metadata[name.astext()] = _squash(body.astext())
                 else:
                     self.metadata[field_node.tagname] = _squash(field_node.astext())
+            return []
+        if (
+            isinstance(node, nodes.system_message)
+            and node.get("level", 0) >= 3
+            and node.next_node(nodes.literal_block) is not None
+        ):
+            # An error that took the source with it (an inconsistent title level, a malformed
+            # table): that text is not converted, so say where.
+            message = _squash(node.children[0].astext()) if node.children else "an error"
+            self.notes.append(
+                f"{self.doc_key}: line {node.get('line', '?')}: {message} (reStructuredText; "
+                "the text there is left out); fix the markup there"
+            )
             return []
         if isinstance(node, _rst_skipped()):
             return []
@@ -626,11 +640,8 @@ def _html(raw: bytes, path: Path, doc_key: str, digest: str) -> ConvertedDocumen
         return ConvertedDocument("", "html", digest)
     try:
         page = lxml.html.document_fromstring(text)
-    except Exception as exc:  # lxml.etree.ParserError on a page with no elements at all
-        raise DocumentError(
-            f"{doc_key}: cannot be read as HTML ({type(exc).__name__}: {_squash(str(exc))}); "
-            "fix or remove the page"
-        ) from None
+    except lxml.etree.ParserError:  # no element at all (only a comment): an empty page
+        return ConvertedDocument("", "html", digest)
     metadata: dict[str, Any] = {}
     title = _squash(" ".join(page.xpath("/html/head/title//text()")))
     if title:

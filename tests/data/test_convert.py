@@ -521,6 +521,22 @@ def test_a_scanned_pdf_without_text_is_named_in_a_note(tmp_path):
     )
 
 
+def test_rst_markup_docutils_gives_up_on_is_named_where_not_a_traceback(tmp_path):
+    page = "Page\n====\n\nIntro.\n\n+-----+----+\n| a | b |\n+----+\n\nAfter the table.\n"
+    (tmp_path / "broken.rst").write_text(page)
+    doc = convert_document(tmp_path / "broken.rst", "broken.rst")
+    assert doc.text == "# Page\n\nIntro.\n\nAfter the table.\n"  # no +---+ borders
+    assert doc.notes == (
+        "broken.rst: line 7: Malformed table. Right border not aligned or missing. "
+        "(reStructuredText; the text there is left out); fix the markup there",
+    )
+
+
+def test_an_html_page_with_no_element_is_empty_not_broken(tmp_path):
+    (tmp_path / "stub.html").write_text("<!-- generated later -->\n")
+    assert convert_document(tmp_path / "stub.html", "stub.html").text == ""
+
+
 # --- The folder scan ----------------------------------------------------------------------
 
 
