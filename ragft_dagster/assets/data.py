@@ -202,6 +202,8 @@ def llm_metadata(doc: LlmStats, batch: LlmStats, pricing: Any) -> dict[str, Any]
         "estimated_cost_usd": doc.cost_usd(pricing.prompt_per_1k, pricing.completion_per_1k),
         "truncated_replies": doc.truncated,
         "short_replies": doc.short_replies,
+        # replies that ignored the JSON schema the endpoint accepted (qa.structured_output)
+        "off_schema_replies": doc.off_schema,
         "parse_outcomes": dg.MetadataValue.json(doc.parse),
         "llm_retries": batch.retries,
         "llm_retry_wait_seconds": round(batch.retry_wait_seconds, 2),

@@ -234,6 +234,17 @@ def _csv_records(reader: Any, path: Path) -> Iterator[tuple[int, int, list[str]]
             yield first, last, fields
 
 
+def question_set(records: Sequence[Any]) -> str:
+    """A short hash of which questions (content-hash ids) with which correct letters a cell was
+    scored on: records (dicts with ``question_id``/``correct``) or :class:`Question` objects.
+    Two cells are comparable exactly when their hashes are equal."""
+    keys = sorted(
+        f"{r['question_id']}:{r['correct']}" if isinstance(r, dict) else f"{r.id}:{r.correct}"
+        for r in records
+    )
+    return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
+
+
 def build_messages(
     question: Question,
     system_prompt: str,

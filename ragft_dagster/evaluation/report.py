@@ -630,12 +630,18 @@ def preference_markdown(data: dict[str, Any] | None, path: Path | str | None) ->
     return out
 
 
-def regressions(previous: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def regressions(
+    previous: dict[str, Any], rows: list[dict[str, Any]], comparable: set[str] | None = None
+) -> list[dict[str, Any]]:
     """Cells whose accuracy fell below the lower end of the 95% CI they had in the previous
-    report (its numeric metadata ``accuracy_<model>_<context>`` / ``ci_low_<model>_<context>``)."""
+    report (its numeric metadata ``accuracy_<model>_<context>`` / ``ci_low_<model>_<context>``);
+    with ``comparable``, only those cells (``<model>_<context>``: scored on the same questions
+    as then)."""
     out = []
     for r in rows:
         cell = f"{r['model']}_{r['context']}"
+        if comparable is not None and cell not in comparable:
+            continue
         before, low = previous.get(f"accuracy_{cell}"), previous.get(f"ci_low_{cell}")
         if before is None or low is None:
             continue

@@ -317,6 +317,27 @@ def test_api_cell_report_and_regression_check_in_dagster(tmp_path):
     assert not last.passed and last.severity == dg.AssetCheckSeverity.WARN
     assert last.metadata["regressions"].value == 1
 
+    # Issue 26: another benchmark file (3 questions, all answered wrong) is a new
+    # baseline, never a regression against the old questions' intervals.
+    recipe_path, questions = _api_recipe(tmp_path, 3)
+    recipe = load_recipe(recipe_path)
+    assets = build_all_assets(recipe)
+    with OpenAIStub([_answer_by_question(questions, ["?"] * 3)]) as stub:
+        resources = build_resources(recipe, load_profile(LOCAL_PROFILE), tmp_path / "art2")
+        resources["llm"] = LlmEndpointResource(base_url=stub.base_url, api_key="sk-test")
+        for selection in ("mcq_scores", "mcq_report"):
+            report = dg.materialize(
+                assets,
+                resources=resources,
+                instance=instance,
+                selection=selection,
+                partition_key="closed_book|gpt-4" if selection == "mcq_scores" else None,
+            )
+    rebased = report.get_asset_check_evaluations()[0]
+    assert rebased.passed and rebased.metadata["regressions"].value == 0
+    assert rebased.metadata["new_baseline"].value == ["gpt-4 closed_book"]
+    assert "new baseline" in rebased.description
+
 
 def test_nightly_schedule_requests_every_cell(tmp_path):
     from ragft_dagster.definitions import build_definitions
