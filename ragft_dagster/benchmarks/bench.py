@@ -39,7 +39,7 @@ from typing import Any
 
 import yaml
 
-from ragft_dagster.definitions import DEFAULT_PROFILE, DEFAULT_RECIPE
+from ragft_dagster.definitions import DEFAULT_PROFILE, DEFAULT_RECIPE, PROJECT_ROOT
 
 EDITIONS = ["Atlas", "Borealis"]
 
@@ -929,9 +929,21 @@ class DecoderPositions:
 
 
 def _peak_rss_bytes() -> int:
+    """This process's peak RSS since it started its program: ``VmHWM``, the high-water mark of
+    its own address space. (``ru_maxrss`` would not do: after fork and exec it starts from the
+    parent's RSS at the fork.)"""
+    with open("/proc/self/status") as f:
+        line = next(ln for ln in f if ln.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024  # kB
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process, all threads (on a shared machine, less disturbed by other
+    processes than wall time)."""
     import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _current_rss_bytes() -> int:
@@ -1018,9 +1030,10 @@ def measure(args: argparse.Namespace) -> int:
     figures["rss_after_load"] = _current_rss_bytes()
     run(2)
     positions = DecoderPositions(model)
-    started = time.perf_counter()
+    cpu, started = _cpu_seconds(), time.perf_counter()
     answers = run(None)
     figures["seconds"] = time.perf_counter() - started
+    figures["cpu_seconds"] = _cpu_seconds() - cpu
     positions.close()
     figures.update(
         dtype=str(dtype).removeprefix("torch."),
@@ -1157,6 +1170,7 @@ def scoring_against_lmeval(args: argparse.Namespace) -> int:
                 if args.lmeval_batch_size:
                     command += ["--lmeval-batch-size", str(args.lmeval_batch_size)]
                 log = tmp / f"{shape}-{who}-{dtype}.log"
+                load = os.getloadavg()[0]  # other work on the machine slows wall time
                 started = time.perf_counter()
                 with log.open("w") as f:
                     status = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT).returncode
@@ -1165,10 +1179,13 @@ def scoring_against_lmeval(args: argparse.Namespace) -> int:
                     raise SystemExit(f"{shape}, {label}: the measurement failed ({status})")
                 run = json.loads(out.read_text())
                 run["process_seconds"] = round(time.perf_counter() - started, 1)
+                run["load_average"] = [round(load, 2), round(os.getloadavg()[0], 2)]
                 run["gflops"] = 2 * run["parameters"] * run["positions"] / run["seconds"] / 1e9
                 entry["runs"][label] = run
                 print(
-                    f"  {label}: {run['seconds']:.1f} s, peak {run['peak_rss'] / 1e9:.2f} GB",
+                    f"  {label}: {run['seconds']:.1f} s ({run['cpu_seconds']:.1f} CPU s), peak "
+                    f"{run['peak_rss'] / 1e9:.2f} GB; load average {load:.1f} before, "
+                    f"{run['load_average'][1]:.1f} after",
                     flush=True,
                 )
             results[shape] = entry
@@ -1182,12 +1199,25 @@ def scoring_against_lmeval(args: argparse.Namespace) -> int:
         default_dtype=default_dtype,
         cpu=_cpu_model(),
         machine=platform.machine(),
+        commit=_commit(),
         shapes=results,
     )
     checks = _lmeval_checks(figures, default_dtype)
     _print_lmeval(figures, default_dtype)
     finish(figures, checks, args.json)
     return 0  # targets are reported, not enforced
+
+
+def _commit() -> str:
+    """The checkout's commit, ``+changes`` when the package has uncommitted edits."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + ("+changes" if git("status", "--porcelain", "--", "ragft_dagster") else "")
 
 
 def _cpu_model() -> str:
@@ -1225,14 +1255,17 @@ def _lmeval_figures(results: dict[str, Any], default_dtype: str) -> dict[str, An
             )
             rows[label] = {
                 "seconds": round(run["seconds"], 2),
+                "cpu_seconds": round(run["cpu_seconds"], 2),
                 "peak_rss_gb": round(run["peak_rss"] / 1e9, 3),
                 "rss_after_load_gb": round(run["rss_after_load"] / 1e9, 3),
                 "positions": run["positions"],
                 "gflops": round(run["gflops"], 1),
                 "speed_up_vs_lmeval": round(ref["seconds"] / run["seconds"], 2),
+                "cpu_speed_up_vs_lmeval": round(ref["cpu_seconds"] / run["cpu_seconds"], 2),
                 "memory_vs_lmeval": round(run["peak_rss"] / ref["peak_rss"], 2),
                 "same_as_lmeval": agree,
                 "max_option_loglik_diff": round(worst, 6),
+                "load_average": run["load_average"],
             }
         summary[shape] = rows
     return {"summary": summary}
@@ -1265,14 +1298,15 @@ def _lmeval_checks(figures: dict[str, Any], default_dtype: str) -> dict[str, boo
 
 def _print_lmeval(figures: dict[str, Any], default_dtype: str) -> None:
     print(
-        f"\n{figures['model']} ({figures['parameters'] / 1e6:.1f}M parameters) on "
-        f"{figures['cpu']}; batch {figures['batch_size']} (ours), "
+        f"\n{figures['model']} ({figures['parameters'] / 1e6:.1f}M parameters) at commit "
+        f"{figures['commit']} on {figures['cpu']}; batch {figures['batch_size']} (ours), "
         f"{figures['lmeval_batch_size']} (lm-eval); default inference dtype here: "
         f"{default_dtype}\n"
     )
     print(
-        "| shape | scorer | seconds | peak RSS | positions run | GFLOP/s | speed vs lm-eval "
-        "| memory vs lm-eval | same answer as lm-eval (acc / norm / bytes / option) |"
+        "| shape | scorer | seconds (CPU s) | peak RSS | positions run | GFLOP/s "
+        "| speed vs lm-eval (by CPU s) | memory vs lm-eval "
+        "| same answer as lm-eval (acc / norm / bytes / option) |"
     )
     print("|---|---|---:|---:|---:|---:|---:|---:|---|")
     for shape, rows in figures["summary"].items():
@@ -1280,8 +1314,9 @@ def _print_lmeval(figures: dict[str, Any], default_dtype: str) -> None:
         for label, row in rows.items():
             same = " / ".join(str(row["same_as_lmeval"][f]) for f in HARNESS_METRICS)
             print(
-                f"| {shape} | {label} | {row['seconds']:.1f} | {row['peak_rss_gb']:.2f} GB | "
-                f"{row['positions']:,} | {row['gflops']:.1f} | {row['speed_up_vs_lmeval']:.2f}x | "
+                f"| {shape} | {label} | {row['seconds']:.1f} ({row['cpu_seconds']:.1f}) | "
+                f"{row['peak_rss_gb']:.2f} GB | {row['positions']:,} | {row['gflops']:.1f} | "
+                f"{row['speed_up_vs_lmeval']:.2f}x ({row['cpu_speed_up_vs_lmeval']:.2f}x) | "
                 f"{row['memory_vs_lmeval']:.2f}x | {same} of {n} |"
             )
     print(
