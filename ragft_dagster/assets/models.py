@@ -1,7 +1,9 @@
 """Model assets: an optional derived specialist, the merge of the source models, then its DPO
 alignment."""
 
+import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -20,7 +22,11 @@ from ragft_dagster.models.merging import (
 from ragft_dagster.models.refs import resolve_model_ref
 from ragft_dagster.resources import ArtifactStoreResource, ComputeResource
 from ragft_dagster.training.checkpoints import progress_callback
-from ragft_dagster.training.preference import load_preference_pairs
+from ragft_dagster.training.preference import (
+    PREFERENCE_EVAL_FILE,
+    load_preference_pairs,
+    split_preference_pairs,
+)
 from ragft_dagster.training.specialist import train_specialist
 
 
@@ -98,11 +104,21 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[dg.
         artifacts: ArtifactStoreResource,
         compute: ComputeResource,
     ) -> dg.MaterializeResult:
-        """The merged model aligned with DPO (trl DPOTrainer) on the recipe's preference pairs."""
+        """The merged model aligned with DPO (trl DPOTrainer) on the recipe's preference pairs,
+        with its preference accuracy on pairs held out of training."""
         layout = artifacts.layout()
+        section = recipe.dpo
         rows = load_preference_pairs(
-            dpo_file or recipe.dpo.dataset, split=recipe.dpo.split, max_rows=recipe.dpo.max_rows
+            dpo_file or section.dataset, split=section.split, max_rows=section.max_rows
         )
+        train_rows, heldout = split_preference_pairs(
+            rows, section.validation_fraction, source=section.dataset
+        )
+        if section.validation_fraction > 0 and not heldout:
+            context.log.warning(
+                f"dpo.validation_fraction {section.validation_fraction} holds none of the "
+                f"{len(rows)} pairs out: no held-out preference accuracy for this run"
+            )
         settings = compute.settings()
         m = train_artifact(
             context,
@@ -112,21 +128,56 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[dg.
             final=layout.dpo_model,
             artifact_root=layout.root,
             model_dir=layout.merged_model,
-            data={"rows": rows},
+            data={"rows": train_rows, "heldout": heldout},
             data_files=[dpo_file] if dpo_file else [],
             run={
-                "args": recipe.dpo.args,
-                "lora": recipe.dpo.lora.model_dump() if recipe.dpo.lora else None,
+                "args": section.args,
+                "lora": section.lora.model_dump() if section.lora else None,
             },
             data_identity={
-                "dataset": recipe.dpo.dataset,
-                "split": recipe.dpo.split,
-                "max_rows": recipe.dpo.max_rows,
+                "dataset": section.dataset,
+                "split": section.split,
+                "max_rows": section.max_rows,
+                "validation_fraction": section.validation_fraction,
             },
         )
-        return training_result(layout.dpo_model, m)
+        heldout_figures = heldout_metadata(layout.dpo_model, m)  # takes them out of m
+        return training_result(layout.dpo_model, m, **heldout_figures)
 
     return [*([specialist] if specialist else []), merged_model, dpo_model]
+
+
+def heldout_metadata(model_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
+    """The held-out preference figures of a DPO run as flat metadata (floats the UI plots),
+    taken out of ``metrics``; none when no pairs were held out."""
+    after = metrics.pop("heldout", None)
+    before = metrics.pop("heldout_before", None)
+    baseline = metrics.pop("heldout_length_baseline", None)
+    metrics.pop("heldout_dropped", None)  # in preference_eval.json
+    report = model_dir / PREFERENCE_EVAL_FILE
+    if after is None or before is None or not report.is_file():
+        return {}
+    out: dict[str, Any] = {
+        "heldout_preference_accuracy": float(after["accuracy"]),
+        "heldout_ci95_low": float(after["ci_low"]),
+        "heldout_ci95_high": float(after["ci_high"]),
+        "heldout_margin": float(after["margin"]),
+        "heldout_pairs": int(after["pairs"]),
+        "heldout_accuracy_before": float(before["accuracy"]),
+        "heldout_length_baseline": float(baseline) if baseline is not None else float("nan"),
+        "heldout_note": json.loads(report.read_text(encoding="utf-8"))["note"],
+        "preference_eval": dg.MetadataValue.path(str(report)),
+    }
+    categories = after.get("by_category", {})
+    if categories:
+        rows = [
+            f"| {k} | {c['right']} / {c['pairs']} | {c['accuracy']:.2f} |"
+            for k, c in categories.items()
+        ]
+        out["heldout_by_category"] = dg.MetadataValue.md(
+            "| category | right | accuracy |\n|---|---|---|\n" + "\n".join(rows)
+        )
+    return out
 
 
 def build_specialist(

@@ -191,6 +191,10 @@ class DpoRecipe(_Section):
     """A local JSONL file (relative to the recipe) or a hub dataset id (prompt/chosen/rejected)."""
     split: str = "train"
     max_rows: int | None = Field(default=None, gt=0)
+    validation_fraction: float = Field(default=0.1, ge=0, lt=1)
+    """Share of the pairs held out of training, chosen by a content hash of each pair's prompt
+    (not by position): the policy's preference accuracy on them, before and after training,
+    goes into the metadata and ``preference_eval.json``. 0 holds none out."""
     args: dict[str, Any] = Field(default_factory=dict)
     """trl ``DPOConfig`` fields (beta, learning_rate, num_train_epochs, max_length, ...)."""
     lora: LoraRecipe | None = None
