@@ -72,3 +72,37 @@ def test_an_interrupted_run_says_what_was_kept_in_one_line_and_the_rerun_continu
         # the documents finished before the interrupt: the second run does not redo them
         if sig == signal.SIGTERM:
             assert "documents_job" not in output, output[-3000:]
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "says"),
+    [
+        ("glob", "/srv/docs/**/*.md", "key 'docs.glob': '/srv/docs/**/*.md' is an absolute path"),
+        ("glob", "../*.md", "key 'docs.glob': '../*.md' leaves docs.path"),
+        ("root", "afile", "key 'artifacts.root': "),
+    ],
+)
+def test_values_that_cannot_run_fail_ragft_run_in_one_line_naming_the_key(
+    tmp_path, where, value, says
+):
+    """Issue 26: these loaded, then ended `ragft run` in a traceback."""
+    (tmp_path / "afile").write_text("not a folder")
+    recipe = write_recipe(
+        tmp_path, (lambda raw: raw["docs"].update(glob=value)) if where == "glob" else None
+    )
+    profile = tmp_path / "resources" / "p.yaml"
+    profile.parent.mkdir()
+    root = tmp_path / value if where == "root" else tmp_path / "artifacts"
+    profile.write_text(LOCAL_PROFILE.read_text().replace("root: .artifacts", f"root: {root}", 1))
+    home = tmp_path / "home"
+    home.mkdir()
+    done = subprocess.run(
+        [str(RAGFT), "run", "--recipe", str(recipe), "--profile", str(profile)],
+        env={**os.environ, "DAGSTER_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    out = done.stdout + done.stderr
+    assert done.returncode == 2, out
+    assert says in out and "Traceback" not in out, out

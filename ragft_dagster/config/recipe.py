@@ -887,7 +887,7 @@ def _format_errors(path: Path, err: ValidationError) -> str:
     lines = [f"{path}: invalid recipe"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "<top level>"
-        msg = e["msg"]
+        msg = e["msg"].removeprefix("Value error, ")  # pydantic's prefix says nothing
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check its spelling against ragft_dagster/config/recipe.py)"
         elif e["type"] == "missing":
