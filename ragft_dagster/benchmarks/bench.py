@@ -1180,7 +1180,9 @@ def scoring_against_lmeval(args: argparse.Namespace) -> int:
                 run = json.loads(out.read_text())
                 run["process_seconds"] = round(time.perf_counter() - started, 1)
                 run["load_average"] = [round(load, 2), round(os.getloadavg()[0], 2)]
-                run["gflops"] = 2 * run["parameters"] * run["positions"] / run["seconds"] / 1e9
+                flop = 2 * run["parameters"] * run["positions"]
+                run["gflops"] = flop / run["seconds"] / 1e9
+                run["gflop_per_cpu_second"] = flop / run["cpu_seconds"] / 1e9
                 entry["runs"][label] = run
                 print(
                     f"  {label}: {run['seconds']:.1f} s ({run['cpu_seconds']:.1f} CPU s), peak "
@@ -1260,6 +1262,7 @@ def _lmeval_figures(results: dict[str, Any], default_dtype: str) -> dict[str, An
                 "rss_after_load_gb": round(run["rss_after_load"] / 1e9, 3),
                 "positions": run["positions"],
                 "gflops": round(run["gflops"], 1),
+                "gflop_per_cpu_second": round(run["gflop_per_cpu_second"], 1),
                 "speed_up_vs_lmeval": round(ref["seconds"] / run["seconds"], 2),
                 "cpu_speed_up_vs_lmeval": round(ref["cpu_seconds"] / run["cpu_seconds"], 2),
                 "memory_vs_lmeval": round(run["peak_rss"] / ref["peak_rss"], 2),
@@ -1304,7 +1307,7 @@ def _print_lmeval(figures: dict[str, Any], default_dtype: str) -> None:
         f"{default_dtype}\n"
     )
     print(
-        "| shape | scorer | seconds (CPU s) | peak RSS | positions run | GFLOP/s "
+        "| shape | scorer | seconds (CPU s) | peak RSS | positions run | GFLOP/s (per CPU s) "
         "| speed vs lm-eval (by CPU s) | memory vs lm-eval "
         "| same answer as lm-eval (acc / norm / bytes / option) |"
     )
@@ -1315,14 +1318,15 @@ def _print_lmeval(figures: dict[str, Any], default_dtype: str) -> None:
             same = " / ".join(str(row["same_as_lmeval"][f]) for f in HARNESS_METRICS)
             print(
                 f"| {shape} | {label} | {row['seconds']:.1f} ({row['cpu_seconds']:.1f}) | "
-                f"{row['peak_rss_gb']:.2f} GB | {row['positions']:,} | {row['gflops']:.1f} | "
+                f"{row['peak_rss_gb']:.2f} GB | {row['positions']:,} | {row['gflops']:.1f} "
+                f"({row['gflop_per_cpu_second']:.1f}) | "
                 f"{row['speed_up_vs_lmeval']:.2f}x ({row['cpu_speed_up_vs_lmeval']:.2f}x) | "
                 f"{row['memory_vs_lmeval']:.2f}x | {same} of {n} |"
             )
     print(
-        "\nGFLOP/s = 2 x parameters x positions run / seconds: positions are the token "
-        "positions the decoder ran (padding included), counted by a forward hook; attention "
-        "FLOPs are not counted. Useful positions (each prompt once plus its options): "
+        "\nGFLOP/s = 2 x parameters x positions run / seconds (or CPU seconds): positions are "
+        "the token positions the decoder ran (padding included), counted by a forward hook; "
+        "attention FLOPs are not counted. Useful positions (each prompt once plus its options): "
         + ", ".join(
             f"{shape} {entry['useful_positions']:,}" for shape, entry in figures["shapes"].items()
         )
