@@ -10,8 +10,11 @@ upstream asset ran in this invocation. Every run is an ordinary Dagster run in t
 from __future__ import annotations
 
 import re
+import subprocess
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+import types
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,13 +28,15 @@ from ragft_dagster.data.documents import purge_document_files
 from ragft_dagster.definitions import definitions_for, load_inputs
 from ragft_dagster.orchestration.automation import (
     document_changes,
-    latest_by_partition,
-    latest_materialization,
+    latest_materialization_record,
+    latest_records_by_partition,
+    plan_changes,
 )
 from ragft_dagster.orchestration.batches import batch_tags, contiguous_batches
 from ragft_dagster.orchestration.stages import Stage, plan_stages
 
 CODE_VERSION_TAG = "dagster/code_version"
+REPLAN = "replan"
 
 
 @dataclass
@@ -140,9 +145,43 @@ def _release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+def _popen_watchers_in_own_group(args: Any, *rest: Any, **kwargs: Any) -> subprocess.Popen:
+    """``subprocess.Popen`` for Dagster's compute-log capture: its orphan watcher starts in a
+    process group of its own (see :func:`_terminal_interrupts_spare_log_watchers`)."""
+    watcher = isinstance(args, list | tuple) and len(args) > 1
+    if watcher and Path(str(args[1])).name == "watch_orphans.py":
+        kwargs.setdefault("process_group", 0)
+    return subprocess.Popen(args, *rest, **kwargs)
+
+
+@contextmanager
+def _terminal_interrupts_spare_log_watchers() -> Iterator[None]:
+    """Ctrl-C at a terminal sends SIGINT to its whole foreground process group. Each run
+    captures its stdout and stderr through a ``tail`` and a Python watcher
+    (dagster/_core/execution/scripts/watch_orphans.py, which kills the tail if this process
+    dies): the watcher, asleep in ``time.sleep``, died of that SIGINT with a KeyboardInterrupt
+    traceback on the terminal, two per run, below the one INTERRUPTED line. In a process group
+    of its own it does not get the terminal's SIGINT; Dagster still stops it when the run
+    ends, interrupted or not, and it still kills the tail if this process is killed."""
+    from dagster._core.execution import compute_logs
+
+    real = getattr(compute_logs, "subprocess", None)
+    if real is not subprocess:  # Dagster changed how it starts them: leave it alone
+        yield
+        return
+    shim = types.ModuleType("subprocess")
+    shim.__dict__.update(vars(subprocess), Popen=_popen_watchers_in_own_group)
+    compute_logs.subprocess = shim
+    try:
+        yield
+    finally:
+        compute_logs.subprocess = real
+
+
 def _execute_releasing_memory(job: Any, **kwargs: Any) -> Any:
     try:
-        return job.execute_in_process(**kwargs)
+        with _terminal_interrupts_spare_log_watchers():
+            return job.execute_in_process(**kwargs)
     finally:
         _release_freed_memory()
 
@@ -226,14 +265,15 @@ def _wait_for_overlapping_runs(
     echo: Callable[[str], Any],
     job_assets: Mapping[str, Collection[str]] | None = None,
     every: float = 2.0,
-) -> None:
+) -> bool:
     """One run at a time per asset: wait (saying so once per run waited for) while another
-    run on this instance builds what this one would. Ctrl-C stops the wait like any other."""
+    run on this instance builds what this one would. Ctrl-C stops the wait like any other.
+    Returns whether it waited."""
     said: set[str] = set()
     while True:
         runs = overlapping_runs(instance, assets, partitions, job_assets)
         if not runs:
-            return
+            return bool(said)
         for run in runs:
             if run.run_id not in said:
                 said.add(run.run_id)
@@ -244,6 +284,90 @@ def _wait_for_overlapping_runs(
                     "it ends (Ctrl-C to stop waiting)"
                 )
         time.sleep(every)
+
+
+RECENT_RUNS = 200
+"""How many of the instance's newest runs are read for another live ``ragft run``'s."""
+
+
+def other_ragft_runs(
+    instance: dg.DagsterInstance,
+    assets: Sequence[str],
+    job_assets: Mapping[str, Collection[str]] | None = None,
+) -> list[Any]:
+    """Recent runs (any status, newest first) that build one of ``assets`` in any partition
+    and were started by another ``ragft run`` process of this host that is still running and
+    started before this one.
+
+    Between two of its runs such a process has no run in progress, yet it is about to build
+    more of the same assets: a second ``ragft run`` that only looked at runs in progress would
+    slip in there and build the next partition at the same time. Only an older process is
+    waited for, so that two processes that started their first runs at the same moment cannot
+    wait for each other forever (the older one waits only for the younger one's run in
+    progress, :func:`overlapping_runs`). A process of another host cannot be seen to end:
+    only its runs in progress are waited for."""
+    me = _owner()
+    host = me.split(":", 1)[0]
+    alive: dict[str, bool] = {}
+    out = []
+    for record in instance.get_run_records(limit=RECENT_RUNS):
+        run = record.dagster_run
+        owner = run.tags.get(OWNER_TAG)
+        if owner is None or owner == me or owner.split(":", 1)[0] != host:
+            continue
+        if not _started_before(owner, me) or not run_assets(run, job_assets or {}) & set(assets):
+            continue
+        if owner not in alive:
+            alive[owner] = _owner_alive(owner)
+        if alive[owner]:
+            out.append(run)
+    return out
+
+
+def _started_before(owner: str, other: str) -> bool:
+    """Whether the process of one :data:`OWNER_TAG` started before that of another (start
+    time, then pid)."""
+
+    def order(tag: str) -> tuple[float, int]:
+        _, pid, started = tag.split(":")
+        return float(started), int(pid)
+
+    try:
+        return order(owner) < order(other)
+    except ValueError:  # not a tag of ours
+        return False
+
+
+def _wait_for_other_runs(
+    instance: dg.DagsterInstance,
+    assets: Sequence[str],
+    partitions: Sequence[str],
+    label: str,
+    echo: Callable[[str], Any],
+    job_assets: Mapping[str, Collection[str]],
+    every: float = 2.0,
+) -> bool:
+    """Wait while another ``ragft run`` is working on these assets (until that process ends)
+    or another run (the UI's, a sensor's, a schedule's) is building them (until that run
+    ends), saying so in one line. Returns whether it waited: what is stale must then be
+    planned again, since the other process may have built it."""
+    others = other_ragft_runs(instance, assets, job_assets)
+    if not others:
+        return _wait_for_overlapping_runs(
+            instance, assets, partitions, label, echo, job_assets, every
+        )
+    run = others[0]
+    owners = {r.tags[OWNER_TAG] for r in others}
+    pids = ", ".join(sorted(owner.split(":")[1] for owner in owners))
+    building = sorted(run_assets(run, job_assets) & set(assets))
+    echo(
+        f"waiting for run {run.run_id} ({run.job_name}, {run.status.value}) that is building "
+        f"{', '.join(building)}: another `ragft run` (pid {pids}) is working on this instance; "
+        f"{label} is planned again when it ends (Ctrl-C to stop waiting)"
+    )
+    while any(_owner_alive(owner) for owner in owners):
+        time.sleep(every)
+    return True
 
 
 def _run_warnings(instance: dg.DagsterInstance, run_id: str) -> list[str]:
@@ -341,21 +465,59 @@ def run_pipeline(
         if by_documents and changes.removed:
             ran[name] = set(changes.removed)
 
+    # asset -> partition -> the event record of its latest materialization (read in bulk,
+    # once per asset and plan)
     latest: dict[str, dict[str | None, Any]] = {}
 
-    def is_current(name: str, partition: str | None) -> bool:
-        """Materialized with the current code version (read in bulk, once per asset)."""
+    def records(name: str) -> dict[str | None, Any]:
         if name not in latest:
             if node[name].partitions_def is None:
-                latest[name] = {None: latest_materialization(instance, name)}
+                latest[name] = {None: latest_materialization_record(instance, name)}
             else:
-                latest[name] = latest_by_partition(instance, name)
-        mat = latest[name].get(partition)
+                by_key = latest_records_by_partition(instance, name)
+                latest[name] = {key: record for key, record in by_key.items()}
+        return latest[name]
+
+    def is_current(name: str, partition: str | None) -> bool:
+        """Materialized with the current code version."""
+        record = records(name).get(partition)
+        mat = record.asset_materialization if record is not None else None
         return mat is not None and mat.tags.get(CODE_VERSION_TAG) == node[name].code_version
+
+    def parent_is_newer(parent: str, name: str, partition: str | None) -> bool:
+        """The parent was materialized after this asset (partition): a run that stopped
+        between the two (Ctrl-C, a failure, a kill), another process, or the UI built the
+        parent and not this one yet. Event storage ids grow with every event."""
+        mine = records(name)[partition].storage_id
+        if node[parent].partitions_def == node[name].partitions_def:
+            theirs = [records(parent).get(partition)]
+        else:
+            theirs = list(records(parent).values())
+        return any(r is not None and r.storage_id > mine for r in theirs)
+
+    blocking = {
+        key.asset_key.to_user_string()
+        for key in graph.asset_check_keys
+        if graph.get_check_spec(key).blocking
+    }
+
+    def failed_blocking_check(name: str, partition: str | None) -> bool:
+        """A blocking check of the asset failed in the run of its latest materialization, so
+        its dependents were not built from it: run it again (its check says why, again)
+        rather than build them from data the check refused."""
+        if name not in blocking:
+            return False
+        record = records(name)[partition]
+        of_type = dg.DagsterEventType.ASSET_CHECK_EVALUATION
+        for entry in instance.all_logs(record.run_id, of_type=of_type):
+            check = entry.dagster_event.event_specific_data
+            if check.asset_key == node[name].key and check.blocking and not check.passed:
+                return True
+        return False
 
     def stale(name: str, partition: str | None, in_run: set[str]) -> bool:
         n = node[name]
-        if full or not is_current(name, partition):
+        if full or not is_current(name, partition) or failed_blocking_check(name, partition):
             return True
         if getattr(n.partitions_def, "name", None) == DOCUMENTS and partition in changes.to_run:
             return True
@@ -365,13 +527,15 @@ def run_pipeline(
             done = ran.get(parent)
             if done and (node[parent].partitions_def != n.partitions_def or partition in done):
                 return True
+            if parent_is_newer(parent, name, partition):
+                return True
         return False
 
     job_assets = {stage.job: stage.assets for stage in stages}
     result = PipelineResult(success=True)
     started = time.monotonic()
 
-    def run(stage: Stage, partitions: list[str | None], assets: list[str]) -> bool:
+    def run(stage: Stage, partitions: list[str | None], assets: list[str]) -> bool | str:
         t0 = time.monotonic()
         job = defs.resolve_job_def(stage.job)
         keys = [p for p in partitions if p is not None]
@@ -390,7 +554,8 @@ def run_pipeline(
             result.success = False
             return PipelineInterrupted(label)
 
-        _wait_for_overlapping_runs(instance, assets, keys, label, echo, job_assets)
+        if _wait_for_other_runs(instance, assets, keys, label, echo, job_assets):
+            return REPLAN
         try:
             outcome = _execute_releasing_memory(
                 job,
@@ -438,31 +603,42 @@ def run_pipeline(
         echo(f"ok  {label:<40} {step.seconds:6.1f}s")
         return True
 
-    for stage in stages:
-        if jobs is not None and stage.job not in jobs:
-            continue
-        order = stage_partitions(stage, instance)
-        selected: dict[str | None, set[str]] = {}
-        for partition in order:
-            chosen: set[str] = set()
-            for name in stage.assets:  # topological: a stale asset makes its dependents stale
-                if stale(name, partition, chosen):
-                    chosen.add(name)
-            if chosen:
-                selected[partition] = chosen
-        if getattr(stage.partitions_def, "name", None) == DOCUMENTS:
-            keys = [p for p in order if p is not None]
-            batches: list[list[str | None]] = list(
-                contiguous_batches(keys, [p for p in selected if p is not None], batch_size)
-            )
-        else:
-            batches = [[p] for p in order if p in selected]
-        for batch in batches:
-            chosen = set().union(*(selected.get(p, set()) for p in batch))
-            if not run(stage, batch, [a for a in stage.assets if a in chosen]):
-                return result
-            for name in chosen:
-                ran.setdefault(name, set()).update(batch)
+    def plan_and_run() -> bool | str:
+        """Each stage's stale partitions, run in graph order: True when all ran, False when
+        a run failed, REPLAN when this process waited for another that may have built some."""
+        for stage in stages:
+            if jobs is not None and stage.job not in jobs:
+                continue
+            order = stage_partitions(stage, instance)
+            selected: dict[str | None, set[str]] = {}
+            for partition in order:
+                chosen: set[str] = set()
+                for name in stage.assets:  # topological: a stale asset makes its dependents stale
+                    if stale(name, partition, chosen):
+                        chosen.add(name)
+                if chosen:
+                    selected[partition] = chosen
+            if getattr(stage.partitions_def, "name", None) == DOCUMENTS:
+                keys = [p for p in order if p is not None]
+                batches: list[list[str | None]] = list(
+                    contiguous_batches(keys, [p for p in selected if p is not None], batch_size)
+                )
+            else:
+                batches = [[p] for p in order if p in selected]
+            for batch in batches:
+                chosen = set().union(*(selected.get(p, set()) for p in batch))
+                outcome = run(stage, batch, [a for a in stage.assets if a in chosen])
+                if outcome is not True:
+                    return outcome
+                for name in chosen:
+                    ran.setdefault(name, set()).update(batch)
+        return True
+
+    while (outcome := plan_and_run()) == REPLAN:
+        latest.clear()  # what the other process built since
+        changes = plan_changes(instance, scan)
+    if not outcome:
+        return result
     result.seconds = time.monotonic() - started
     if not result.steps:
         echo("everything is up to date (`ragft run --full` re-runs it all)")
