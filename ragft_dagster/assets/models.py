@@ -13,6 +13,13 @@ from ragft_dagster.assets._meta import training_result
 from ragft_dagster.assets._training import train_artifact
 from ragft_dagster.config.recipe import Recipe
 from ragft_dagster.data.skills import skill_rows
+from ragft_dagster.evaluation.scoring import load_scoring_model
+from ragft_dagster.evaluation.skill_check import (
+    compare_on_skill,
+    held_out_questions,
+    skill_credits,
+    write_skill_eval,
+)
 from ragft_dagster.models.merging import (
     MergeCompatibilityError,
     merge_models,
@@ -215,10 +222,21 @@ def build_specialist(
                 trust_remote_code=recipe.trust_remote_code,
                 callbacks=[progress_callback(context.log.info)],
             )
+            check = _skill_check(recipe, rows, tmp, settings, layout.root)
         context.log.info(
             f"specialist {section.name}: {m['steps']} steps on {m['train_rows']} {section.skill} "
             f"rows, loss {m['first_loss']:.3f} -> {m['final_loss']:.3f}"
         )
+        skill_meta: dict[str, Any] = {}
+        if check is not None:
+            context.log.info(check["sentence"])
+            skill_meta = {
+                "skill_questions": check["questions"],
+                "skill_accuracy": check["specialist_accuracy"],
+                "skill_accuracy_base": check["base_accuracy"],
+                "skill_gain_p": check["p_one_sided"],
+                "skill_check": dg.MetadataValue.md(check["sentence"]),
+            }
         return dg.MaterializeResult(
             metadata={
                 "path": dg.MetadataValue.path(str(layout.specialist_model)),
@@ -231,8 +249,46 @@ def build_specialist(
                 "first_loss": m["first_loss"],
                 "final_loss": m["final_loss"],
                 "parameters": m["parameters"],
+                **skill_meta,
                 "example": dg.MetadataValue.json(rows[0]["messages"]),
             }
         )
 
     return specialist_model
+
+
+def _skill_check(
+    recipe: Recipe, rows: list[dict[str, Any]], trained: Path, settings: Any, root: Path
+) -> dict[str, Any] | None:
+    """Base vs. the freshly trained specialist on held-out questions of its skill, written
+    into the specialist's folder (skill_eval.json); None when the recipe skips the check."""
+    section = recipe.specialist
+    assert section is not None
+    if not section.validation_questions:
+        return None
+    ev = recipe.evaluation
+    questions = held_out_questions(section.skill, section.validation_questions, section.seed, rows)
+    credits = []
+    for model_dir in (resolve_model_ref(section.base_model, root, recipe.root), str(trained)):
+        model, tokenizer = load_scoring_model(
+            model_dir,
+            None,
+            device=settings.torch_device(),
+            dtype=settings.inference_dtype(),
+            chat_template=recipe.chat_template,
+            trust_remote_code=recipe.trust_remote_code,
+        )
+        credits.append(
+            skill_credits(
+                ev,
+                questions,
+                model,
+                tokenizer,
+                metric=ev.headline_metric,
+                device=settings.torch_device(),
+            )
+        )
+        del model
+    result = compare_on_skill(*credits, skill=section.skill, metric=ev.headline_metric)
+    write_skill_eval(trained, result)
+    return result

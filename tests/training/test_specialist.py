@@ -10,6 +10,11 @@ import pytest
 
 from ragft_dagster.config.recipe import RecipeError, load_recipe
 from ragft_dagster.data.skills import skill_rows
+from ragft_dagster.evaluation.skill_check import (
+    compare_on_skill,
+    held_out_questions,
+    read_skill_eval,
+)
 from ragft_dagster.models.merging import MergeCompatibilityError, preflight_merge
 
 from ..conftest import LOCAL_PROFILE, ROOT, write_recipe
@@ -64,6 +69,33 @@ def _slerp(a: str, b: str) -> dict:
         "parameters": {"t": 0.5},
         "dtype": "float32",
     }
+
+
+def test_the_skill_check_set_is_held_out_and_the_comparison_is_worked_by_hand():
+    training = skill_rows("arithmetic", 160, seed=0)
+    questions = held_out_questions("arithmetic", 40, 0, training)
+    assert [q.question for q in questions] == [
+        q.question for q in held_out_questions("arithmetic", 40, 0, training)
+    ]
+    assert not {q.question for q in questions} & {r["messages"][0]["content"] for r in training}
+    assert len({q.id for q in questions}) == 40
+
+    # 10 questions: both right on 2, only the specialist on 5, only base on 1, a base tie
+    # between two options (credit 1/2) where the specialist is right.
+    base = [1, 1, 0, 0, 0, 0, 0, 1, 0, 0.5]
+    spec = [1, 1, 1, 1, 1, 1, 1, 0, 0, 1]
+    r = compare_on_skill(base, spec, skill="arithmetic", metric="acc_norm")
+    assert (r["base_accuracy"], r["specialist_accuracy"]) == (0.35, 0.8)
+    assert (r["only_specialist"], r["only_base"]) == (5.5, 1)
+    # tie broken for base (prob 1/2): 5 vs 1 discordant, P(X >= 5 | 6) = 7/64;
+    # against it: 6 vs 1, P(X >= 6 | 7) = 8/128; the expectation of the two.
+    assert r["p_one_sided"] == pytest.approx(0.5 * 7 / 64 + 0.5 * 8 / 128)
+    assert not r["gained"] and "did not measurably gain" in r["sentence"]
+    strong = compare_on_skill([0] * 20, [1] * 10 + [0] * 10, skill="arithmetic", metric="acc")
+    assert strong["p_one_sided"] == pytest.approx(0.5**10)
+    assert strong["gained"] and strong["sentence"].startswith("The specialist has its skill")
+    with pytest.raises(ValueError, match="same, non-empty"):
+        compare_on_skill([1], [1, 0], skill="arithmetic", metric="acc")
 
 
 def test_a_merge_of_a_model_with_itself_fails_in_the_preflight(tmp_path):
@@ -125,6 +157,12 @@ def test_specialist_model_trains_and_the_merge_uses_it(tmp_path):
     assert meta["train_rows"].value == 24 and meta["steps"].value == 3
     layout = ArtifactLayout(tmp_path / "art")
     assert (layout.specialist_model / "model.safetensors").is_file()
+    # base and specialist answered the same 160 held-out skill questions (the default)
+    check = read_skill_eval(layout.specialist_model)
+    assert check["questions"] == meta["skill_questions"].value == 160
+    assert meta["skill_accuracy"].value == check["specialist_accuracy"]
+    assert meta["skill_accuracy_base"].value == check["base_accuracy"]
+    assert "held-out arithmetic questions" in meta["skill_check"].value
     merged = result.asset_materializations_for_node("merged_model")[0].metadata
     assert "specialist:math" in merged["sources"].value
 
