@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ragft_dagster.artifacts import read_utf8_file
-from ragft_dagster.evaluation.mcq import content_words
+from ragft_dagster.text import content_words
 
 GENERATOR = "own"
 LOCAL_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")

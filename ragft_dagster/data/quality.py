@@ -30,10 +30,10 @@ from typing import Any
 
 from ragft_dagster.config.recipe import JudgeRecipe, QualityRecipe
 from ragft_dagster.data.qa_generation import render_prompt
-from ragft_dagster.evaluation.mcq import content_words, fold, words
 from ragft_dagster.llm.cache import ReplyCache
 from ragft_dagster.llm.client import Endpoint, LlmStats, RequestBudget
 from ragft_dagster.llm.runner import LlmRequest, run_requests
+from ragft_dagster.text import content_words, fold, words
 
 EmbedFn = Callable[[list[str]], Sequence[Sequence[float]]]
 

@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from ragft_dagster.evaluation.mcq import content_words
+from ragft_dagster.text import content_words
 
 # queries -> each query's ranked hits ({"id", "text", ...}), e.g. Retriever.retrieve_many
 RetrieveMany = Callable[[list[str]], list[list[dict[str, Any]]]]

@@ -30,24 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from ragft_dagster.artifacts import read_utf8_file
+from ragft_dagster.text import content_words, fold
 
 LETTERS = ("A", "B", "C", "D")
 COLUMNS = ("question", "a", "b", "c", "d", "correct")
-
-
-_WORDS = re.compile(r"\w+")
-
-
-def fold(text: str) -> str:
-    """Lower case, whitespace collapsed: how two questions are found to be the same question
-    (benchmark duplicates, SFT duplicates and the SFT split hash)."""
-    return " ".join(text.lower().split())
-
-
-def words(text: str) -> list[str]:
-    """Lower-case words, punctuation dropped: ``"Key-value heads?"`` -> ``["key", "value",
-    "heads"]``."""
-    return _WORDS.findall(text.lower())
 
 
 class McqError(ValueError):
@@ -644,20 +630,6 @@ def parse_letter(reply: str | None) -> str | None:
             continue  # the article: "A good guess is C"
         return m.group(1)
     return None
-
-
-_STOP = frozenset(
-    re.findall(
-        r"\w+",
-        "a an and are as at be by can do does for from has have how in is it its of on or the "
-        "that this to what when where which who why will with you your",
-    )
-)
-
-
-def content_words(text: str) -> set[str]:
-    """The words that carry meaning (common function words dropped), as a set."""
-    return {w for w in words(text) if w not in _STOP}
 
 
 @dataclass(frozen=True)
