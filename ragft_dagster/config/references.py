@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ragft_dagster.models.packaged import PackagedModelError, find_packaged_model
+from ragft_dagster.config.packages import PackagedModelError, find_packaged_model
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 

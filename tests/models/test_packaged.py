@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ragft_dagster.models.packaged import find_packaged_model, parse_pkg_ref
+from ragft_dagster.config.packages import find_packaged_model, parse_pkg_ref
 from ragft_dagster.models.refs import ModelReferenceError, check_model_ref, resolve_model_ref
 
 
