@@ -58,7 +58,7 @@ def sft_dataset_version(recipe: Recipe) -> str:
     embedding = ["retrieval.embedding_model"] if uses_embeddings else []
     if recipe.sft_dataset.retrieval_context.enabled:  # what the prompts show, and how
         embedding = ["retrieval", "evaluation.context_template"]
-    files = (recipe.questions_path,) if c.enabled else ()
+    files: tuple[Path, ...] = (recipe.questions_path,) if c.enabled else ()
     own = [recipe.own_qa_path(o.source) for o in recipe.sft_dataset.own_qa]
     files += tuple(p for p in [*own, recipe.generic_path] if p is not None)
     return recipe.section_version("sft_dataset", *embedding, files=files)

@@ -73,15 +73,16 @@ def add_retrieved_context(
         rng = random.Random(draw)
         retrieved_gold += any(h["id"] == gold for h in hits[:chunks])
         distractors = [{"id": h["id"], "text": h["text"]} for h in hits if h["id"] != gold]
-        with_gold = gold in chunk_text and rng.random() < gold_probability
-        if with_gold:
-            context = [{"id": gold, "text": chunk_text[gold]}, *distractors[: chunks - 1]]
+        gold_text = chunk_text.get(gold) if gold is not None else None
+        with_gold = gold_text is not None and rng.random() < gold_probability
+        if with_gold and gold_text is not None:
+            context = [{"id": gold, "text": gold_text}, *distractors[: chunks - 1]]
         else:
             context = distractors[:chunks]
         rng.shuffle(context)
         answer = row["answer"]
-        if quote_evidence and with_gold:
-            evidence = evidence_sentence(chunk_text[gold], answer)
+        if quote_evidence and with_gold and gold_text is not None:
+            evidence = evidence_sentence(gold_text, answer)
             if evidence:
                 answer = f'The docs say: "{evidence}"\n\n{answer}'
                 quoted += 1

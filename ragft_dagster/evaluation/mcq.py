@@ -366,8 +366,8 @@ class _ScoringHead:
 
         self.model = model
         out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-        body = getattr(model, "base_model", None)
-        weight = getattr(out, "weight", None)
+        body: Any = getattr(model, "base_model", None)
+        weight: Any = getattr(out, "weight", None)
         self.split = body is not None and body is not model and isinstance(weight, torch.Tensor)
         if not self.split:
             return

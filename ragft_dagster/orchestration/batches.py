@@ -38,16 +38,16 @@ def contiguous_batches(
     position = {key: i for i, key in enumerate(order)}
     indices = sorted({position[key] for key in wanted})
     batches: list[list[str]] = []
-    start = last = None
-    for i in indices:
-        if start is not None and i - start < size and i - last - 1 <= gap:
+    if not indices:
+        return batches
+    start = last = indices[0]
+    for i in indices[1:]:
+        if i - start < size and i - last - 1 <= gap:
             last = i
             continue
-        if start is not None:
-            batches.append(list(order[start : last + 1]))
-        start = last = i
-    if start is not None:
         batches.append(list(order[start : last + 1]))
+        start = last = i
+    batches.append(list(order[start : last + 1]))
     return batches
 
 
