@@ -10,6 +10,7 @@ from ragft_dagster.assets.evaluation import release_gate_decision
 from ragft_dagster.config.recipe import Recipe
 from ragft_dagster.models.export import (
     CARD_FILE,
+    MODELFILE,
     ExportError,
     export_model,
     model_card,
@@ -57,8 +58,10 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[dg.
         compute: ComputeResource,
     ) -> dg.MaterializeResult:
         """The DPO model with the LoRA adapter merged in, saved for serving: safetensors,
-        tokenizer with chat template, generation config and a model card (`vllm serve` it)."""
+        tokenizer with chat template, generation config, an Ollama Modelfile and a model card
+        (`vllm serve` it, `ollama create` it, or `ragft serve`)."""
         layout = artifacts.layout()
+        name = served_model_name(recipe)
         final = layout.exported_model
         gate = recipe.release_gate
         if gate.enabled and gate.blocking:
@@ -82,6 +85,7 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[dg.
                     device=compute.settings().torch_device(),
                     chat_template=recipe.chat_template,
                     trust_remote_code=recipe.trust_remote_code,
+                    served_name=name,
                 )
                 training = latest_training_facts(context.instance)
                 card = model_card(recipe, layout, final, info, training)
@@ -89,8 +93,8 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[dg.
         except ExportError as exc:
             # An upstream asset to materialize, not a flaky run: no retries.
             raise dg.Failure(description=str(exc), allow_retries=False) from None
-        name = served_model_name(recipe)
         serve = f"vllm serve {final} --served-model-name {name} --dtype {info['dtype']}"
+        ollama = f"cd {final} && ollama create {name} -f {MODELFILE}"
         context.log.info(f"exported {info['parameters']:,} parameters to {final}: {serve}")
         return dg.MaterializeResult(
             metadata={
@@ -103,6 +107,8 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[dg.
                 "files": dg.MetadataValue.json(info["files"] + [CARD_FILE]),
                 "served_model_name": name,
                 "serve": dg.MetadataValue.md(f"```bash\n{serve}\n```"),
+                "ollama": dg.MetadataValue.md(f"```bash\n{ollama}\n```"),
+                "ollama_template": info["ollama"]["template"] or "left to Ollama (not ChatML)",
                 "model_card": dg.MetadataValue.md(card),
             }
         )

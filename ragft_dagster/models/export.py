@@ -5,6 +5,8 @@ that way needs peft and the adapter next to the base; an OpenAI-compatible serve
 plain checkpoint instead. :func:`export_model` merges the adapter into the weights (peft
 ``merge_and_unload``) and saves what ``vllm serve <dir>`` loads: safetensors shards,
 ``config.json``, ``generation_config.json`` and the tokenizer with its chat template.
+:func:`ollama_modelfile` writes the Ollama ``Modelfile`` that imports the same folder (the chat
+template in Ollama's Go-template syntax, its stop tokens, temperature 0).
 :func:`model_card` writes the README that says where the model came from and how to serve it.
 
 The checkpoint is written by transformers 5, whose file formats older readers misread: servers
@@ -29,6 +31,7 @@ from ragft_dagster.models.merging import merge_stages, source_models
 
 ADAPTER_CONFIG = "adapter_config.json"
 CARD_FILE = "README.md"
+MODELFILE = "Modelfile"
 
 # A hub repository id (org/name), as the model card's base_model field expects.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -100,6 +103,108 @@ def portable_chat_template(template: str, tokenizer: Any) -> str:
     return stripped
 
 
+# ChatML (SmolLM2, Qwen2, ...): each turn is <|im_start|>role, a newline, the content, <|im_end|>
+# and a newline, except that a template trained with trl's {% generation %} markers may end
+# assistant turns without the newline (the block tag's trim_blocks eats it), as the
+# quickstart's does: the model learnt that, so the Ollama template reproduces it.
+CHATML_START, CHATML_END = "<|im_start|>", "<|im_end|>"
+
+
+def ollama_chatml_template(assistant_newline: bool = True) -> str:
+    """ChatML in Ollama's Go template syntax. Ollama keeps system messages in ``.Messages``
+    and puts the Modelfile's ``SYSTEM`` first when a request has none, as Jinja templates with a
+    default system message do."""
+    end = "\n" if assistant_newline else '{{ if ne .Role "assistant" }}\n{{ end }}'
+    return (
+        "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>"
+        f"{end}{{{{ end }}}}<|im_start|>assistant\n"
+    )
+
+
+def _chatml(
+    messages: list[dict[str, str]], default_system: str | None, assistant_newline: bool
+) -> str:
+    """``messages`` as ChatML with the generation prompt (what :func:`ollama_chatml_template`
+    renders, the default system message first when there is no system message)."""
+    if default_system is not None and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": default_system}, *messages]
+    turns = "".join(
+        f"{CHATML_START}{m['role']}\n{m['content']}{CHATML_END}"
+        + ("\n" if assistant_newline or m["role"] != "assistant" else "")
+        for m in messages
+    )
+    return f"{turns}{CHATML_START}assistant\n"
+
+
+def chatml_form(tokenizer: Any) -> tuple[bool, str | None, bool]:
+    """Whether the tokenizer's chat template renders ChatML; the system message it puts in
+    front of a conversation that has none (None when it adds none); whether a newline follows
+    an assistant turn's end marker.
+
+    Checked by rendering probe conversations (with and without a system message, several
+    turns) and comparing them with ChatML character by character.
+    """
+    question = [_PROBE[1]]
+    try:
+        alone = tokenizer.apply_chat_template(question, tokenize=False, add_generation_prompt=True)
+        renders = [
+            (m, tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True))
+            for m in (question, _PROBE, _PROBE[1:])
+        ]
+    except Exception:  # a template that fails on plain turns is not ChatML
+        return False, None, True
+    default = None
+    head = f"{CHATML_START}system\n"
+    if isinstance(alone, str) and alone.startswith(head):
+        default = alone[len(head) :].partition(CHATML_END)[0]
+    for newline in (True, False):
+        if all(text == _chatml(list(m), default, newline) for m, text in renders):
+            return True, default, newline
+    return False, None, True
+
+
+def ollama_modelfile(tokenizer: Any, name: str | None = None) -> tuple[str, dict[str, Any]]:
+    """An Ollama ``Modelfile`` for the checkpoint saved beside it (``FROM .``).
+
+    A ChatML chat template becomes Ollama's Go template (and its default system message
+    ``SYSTEM``); another template is left to Ollama, which derives one from
+    ``tokenizer_config.json`` where it can (the file says so). Stop tokens: the template's
+    turn markers and the EOS token. Temperature 0, as the benchmark asks.
+
+    Args:
+        tokenizer: The exported tokenizer, with its chat template.
+        name: The model's served name (for the ``ollama create`` line in the header).
+
+    Returns:
+        The file's text, and facts for metadata: ``template`` (``chatml`` or None), ``stop``.
+    """
+    chatml, default_system, assistant_newline = chatml_form(tokenizer)
+    stops = [CHATML_START, CHATML_END] if chatml else []
+    eos = getattr(tokenizer, "eos_token", None)
+    if isinstance(eos, str) and eos and eos not in stops:
+        stops.append(eos)
+    lines = [
+        "# Ollama Modelfile written by ragft_dagster's export: FROM . is this folder's "
+        "safetensors checkpoint; in this folder run",
+        f"#   ollama create {name or '<name>'} -f Modelfile",
+        "FROM .",
+    ]
+    if chatml:
+        lines.append(f'TEMPLATE """{ollama_chatml_template(assistant_newline)}"""')
+        if default_system and '"""' not in default_system:
+            lines.append(f'SYSTEM """{default_system}"""')
+    else:
+        lines.append(
+            "# No TEMPLATE: the chat template is not ChatML; Ollama derives one from "
+            "tokenizer_config.json's chat_template where it can (check `ollama show "
+            "--template`)."
+        )
+    lines += [f"PARAMETER stop {json.dumps(stop)}" for stop in stops]
+    lines.append("PARAMETER temperature 0")
+    facts = {"template": "chatml" if chatml else None, "stop": stops}
+    return "\n".join(lines) + "\n", facts
+
+
 def make_portable(out_dir: Path) -> None:
     """Add the transformers-4 spelling of the fields transformers 5 renamed, so that servers on
     either version read the same model (both versions load the result identically).
@@ -153,8 +258,10 @@ def export_model(
     device: str = "cpu",
     chat_template: str | None = None,
     trust_remote_code: bool = False,
+    served_name: str | None = None,
 ) -> dict[str, Any]:
-    """Merge the LoRA adapter into the DPO model and save a checkpoint that loads without peft.
+    """Merge the LoRA adapter into the DPO model and save a checkpoint that loads without peft,
+    with an Ollama ``Modelfile`` beside it.
 
     Args:
         dpo_dir: The DPO model (the adapter's base).
@@ -166,10 +273,12 @@ def export_model(
         device: Where the merge runs (``cpu``, ``cuda``).
         chat_template: The recipe's chat template (it replaces the tokenizer's, as in SFT).
         trust_remote_code: Only when the recipe opts in.
+        served_name: The name it is served under (named in the Modelfile's header).
 
     Returns:
         Facts for metadata and the model card: parameters, dtype, architecture, shards, files,
-        whether the chat template's training markers were removed.
+        whether the chat template's training markers were removed, the Modelfile's template
+        and stop tokens.
 
     Raises:
         ExportError: An upstream artifact is missing, or the merge left LoRA weights behind.
@@ -206,6 +315,8 @@ def export_model(
         tokenizer.chat_template = portable_chat_template(original, tokenizer)
     tokenizer.save_pretrained(str(out_dir))
     make_portable(Path(out_dir))
+    modelfile, ollama = ollama_modelfile(tokenizer, served_name)
+    (Path(out_dir) / MODELFILE).write_text(modelfile, encoding="utf-8")
     shards = sorted(p.name for p in Path(out_dir).glob("*.safetensors"))
     return {
         "parameters": sum(p.numel() for p in merged.parameters()),
@@ -214,6 +325,7 @@ def export_model(
         "shards": len(shards),
         "files": sorted(p.name for p in Path(out_dir).iterdir()),
         "generation_markers_removed": original != tokenizer.chat_template,
+        "ollama": ollama,
     }
 
 
@@ -445,6 +557,15 @@ def model_card(
         "reply = client.chat.completions.create(",
         f'    model="{name}", messages=[{{"role": "user", "content": "How do I install it?"}}]',
         ")",
+        "```",
+        "",
+        "With [Ollama](https://ollama.com), which imports safetensors checkpoints of this "
+        "architecture, from the `Modelfile` in this folder (the chat template, stop tokens, "
+        "temperature 0); its OpenAI-compatible endpoint is `http://localhost:11434/v1`:",
+        "",
+        "```bash",
+        f"cd {out_dir} && ollama create {name} -f {MODELFILE}",
+        f"ollama run {name} 'How do I install it?'",
         "```",
         "",
         "The chat template ships in `chat_template.jinja` and `tokenizer_config.json`; the server "
