@@ -129,19 +129,32 @@ def ask_messages(
     return [*messages, {"role": "user", "content": block + question}]
 
 
-def stream_answer(
+@dataclass(frozen=True)
+class Reply:
+    """A generated reply and how it ended."""
+
+    text: str
+    new_tokens: int
+    """Tokens generated (the end-of-turn token included when the model wrote one)."""
+    truncated: bool
+    """Cut off at ``max_new_tokens`` before the model ended its turn."""
+
+
+def generate_reply(
     model: Any,
     tokenizer: Any,
     messages: list[dict[str, str]],
     *,
     device: str,
     max_new_tokens: int,
-    temperature: float,
-    write: Callable[[str], Any],
-) -> str:
+    temperature: float = 0.0,
+    write: Callable[[str], Any] | None = None,
+) -> Reply:
     """Generate a reply, handing each piece of text to ``write`` as soon as it is decoded.
 
-    Generation runs in a thread feeding a ``TextIteratorStreamer``; this thread writes.
+    Generation runs in a thread feeding a ``TextIteratorStreamer``; this thread writes. The
+    text is the streamer's, so what ``ragft ask`` prints and what ``open_scores`` scores are the
+    same characters.
 
     Args:
         model: A causal LM on ``device``.
@@ -150,10 +163,10 @@ def stream_answer(
         device: Torch device of the model.
         max_new_tokens: Longest reply, in tokens.
         temperature: 0 decodes greedily; above 0 samples at that temperature.
-        write: Receives the reply piece by piece.
+        write: Receives the reply piece by piece (None: nobody is watching).
 
     Returns:
-        The whole reply.
+        The whole reply, its length in tokens and whether it was cut off.
     """
     import torch
     from transformers import TextIteratorStreamer
@@ -166,16 +179,19 @@ def stream_answer(
     if temperature > 0:
         sampling["temperature"] = temperature
     failure: list[BaseException] = []
+    output: list[Any] = []
 
     def generate() -> None:
         try:
             with torch.no_grad():
-                model.generate(
-                    **enc,
-                    max_new_tokens=max_new_tokens,
-                    pad_token_id=tokenizer.pad_token_id,
-                    streamer=streamer,
-                    **sampling,
+                output.append(
+                    model.generate(
+                        **enc,
+                        max_new_tokens=max_new_tokens,
+                        pad_token_id=tokenizer.pad_token_id,
+                        streamer=streamer,
+                        **sampling,
+                    )
                 )
         except BaseException as exc:
             failure.append(exc)
@@ -188,11 +204,62 @@ def stream_answer(
     for piece in streamer:
         if piece:
             pieces.append(piece)
-            write(piece)
+            if write is not None:
+                write(piece)
     worker.join()
     if failure:
         raise failure[0]
-    return "".join(pieces)
+    new = output[0][0, enc["input_ids"].shape[1] :].tolist() if output else []
+    stops = model.generation_config.eos_token_id
+    stops = set(stops if isinstance(stops, list) else [stops] if stops is not None else [])
+    ended = bool(new) and new[-1] in stops
+    return Reply("".join(pieces), len(new), len(new) >= max_new_tokens and not ended)
+
+
+def reply_to_question(
+    model: Any,
+    tokenizer: Any,
+    question: str,
+    hits: list[dict[str, Any]],
+    *,
+    system_prompt: str | None,
+    context_template: str,
+    device: str,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    write: Callable[[str], Any] | None = None,
+) -> Reply:
+    """Answer one question with a loaded model: the one way ``ragft ask`` and ``open_scores``
+    answer (the training prompt, the retrieved chunks as the benchmark's RAG rows show them,
+    greedy decoding at temperature 0).
+
+    Args:
+        model: A causal LM on ``device``.
+        tokenizer: Its tokenizer (with a chat template).
+        question: The question.
+        hits: Retrieved chunks, best first (empty closed-book).
+        system_prompt: ``sft_dataset.system_prompt``, or None.
+        context_template: ``evaluation.context_template``.
+        device: Torch device of the model.
+        max_new_tokens: Longest answer, in tokens.
+        temperature: 0 is greedy decoding.
+        write: Receives the answer piece by piece (None: nobody is watching).
+
+    Returns:
+        The reply.
+    """
+    messages = ask_messages(
+        question, hits, system_prompt=system_prompt, context_template=context_template
+    )
+    return generate_reply(
+        model,
+        tokenizer,
+        messages,
+        device=device,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        write=write,
+    )
 
 
 def answer_question(
@@ -269,22 +336,19 @@ def answer_question(
             hits = retriever.retrieve(question)
     device = compute.torch_device()
     model, tokenizer = load_local_model(LocalModels.of(recipe, layout), "sft", compute)
-    messages = ask_messages(
+    reply = reply_to_question(
+        model,
+        tokenizer,
         question,
         hits,
         system_prompt=recipe.sft_dataset.system_prompt,
         context_template=recipe.evaluation.context_template,
-    )
-    text = stream_answer(
-        model,
-        tokenizer,
-        messages,
         device=device,
         max_new_tokens=max_new_tokens,
         temperature=temperature,
         write=write,
     )
-    return Answer(text, hits)
+    return Answer(reply.text, hits)
 
 
 def materialize_hint(

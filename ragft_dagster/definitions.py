@@ -42,6 +42,10 @@ def build_resources(recipe: Recipe, profile: Profile, artifact_root: Path | None
         recipe.qa.generator == "openai"
         or bool(recipe.evaluation.api.models)
         or recipe.sft_dataset.quality.judge is not None
+        or (
+            recipe.evaluation.open_questions is not None
+            and recipe.evaluation.open_answers.judge is not None
+        )
     )
     llm_key = dg.EnvVar(profile.llm.api_key_env) if uses_llm else None
     return {

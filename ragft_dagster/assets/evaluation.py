@@ -7,25 +7,42 @@ from typing import Any
 
 import dagster as dg
 
-from ragft_dagster.artifacts import ArtifactLayout, atomic_dir, read_jsonl, write_jsonl
+from ragft_dagster.artifacts import (
+    ArtifactLayout,
+    atomic_dir,
+    atomic_write_text,
+    read_jsonl,
+    write_jsonl,
+)
 from ragft_dagster.assets._meta import (
     EAGER,
     EAGER_SETTLED,
     TRIGGER_TAG,
     cell_metadata,
     general_metadata,
+    preview_table,
     report_metadata,
 )
 from ragft_dagster.config.recipe import Recipe
 from ragft_dagster.evaluation.gate import GateDecision, release_decision
+from ragft_dagster.evaluation.judge import LabelsError, judge_agreement, load_labels
 from ragft_dagster.evaluation.mcq import McqError, load_questions, question_set
+from ragft_dagster.evaluation.open_answers import (
+    OpenQuestionsError,
+    evaluate_open_cell,
+    judge_agreement_path,
+    open_scores_path,
+)
 from ragft_dagster.evaluation.report import (
+    OPEN_SCORES,
     PREFERENCE_FILE,
     build_report,
+    open_report,
     regressions,
     write_report_files,
 )
 from ragft_dagster.evaluation.scoring import evaluate_cell, evaluate_general
+from ragft_dagster.llm.cache import ReplyCache
 from ragft_dagster.llm.client import BudgetExceeded, LlmCallError
 from ragft_dagster.models.refs import LocalModels, merge_source_keys
 from ragft_dagster.resources import (
@@ -58,8 +75,19 @@ def release_gate_decision(recipe: Recipe, layout: ArtifactLayout) -> GateDecisio
         missing += [
             f"general_scores[{m}]" for m in models if not layout.general_scores(m).is_file()
         ]
+    if gate.open_metric is not None:
+        missing += [
+            f"open_scores[{m}|{gate.context}]"
+            for m in models
+            if not open_scores_path(layout, m, gate.context).is_file()
+        ]
     if missing:
         return f"{', '.join(missing)} not materialized; materialize them, then mcq_report"
+    open_scores = (
+        {m: read_jsonl(open_scores_path(layout, m, gate.context)) for m in models}
+        if gate.open_metric is not None
+        else None
+    )
     return release_decision(
         gate.candidate,
         gate.baseline,
@@ -70,7 +98,45 @@ def release_gate_decision(recipe: Recipe, layout: ArtifactLayout) -> GateDecisio
         alpha=gate.alpha,
         max_general_drop=gate.max_general_drop,
         n_boot=ev.bootstrap_samples,
+        open_scores=open_scores,
+        open_metric=gate.open_metric,
     )
+
+
+def _finite(metadata: dict[str, Any]) -> dict[str, Any]:
+    """The metadata without NaN numbers (an undefined kappa, a score no answer has)."""
+    return {k: v for k, v in metadata.items() if not (isinstance(v, float) and v != v)}
+
+
+def open_cell_metadata(
+    path: Any, records: list[dict[str, Any]], figures: dict[str, Any], ctx: str
+) -> dict[str, Any]:
+    """An ``open_scores`` partition's metadata: each score's mean (numbers, plotted per run),
+    answers generated vs. cached, judge figures, and the answers beside their references."""
+    from ragft_dagster.assets._meta import preview_table
+    from ragft_dagster.evaluation.stats import mean_interval
+
+    metadata: dict[str, Any] = {"path": dg.MetadataValue.path(str(path))}
+    for name in OPEN_SCORES:
+        values = [float(r[name]) for r in records if r.get(name) is not None]
+        if values:
+            mean, low, high = mean_interval(values)
+            metadata[name] = mean
+            metadata[f"{name}_ci95_low"] = low
+            metadata[f"{name}_ci95_high"] = high
+    for key in ("source_retrieved", "reference_chunk_retrieved"):
+        known = [float(r[key]) for r in records if r.get(key) is not None]
+        if known:
+            metadata[f"{key}_rate"] = sum(known) / len(known)
+    metadata["empty_answers"] = sum(1 for r in records if not r["answer"])
+    metadata["truncated_answers"] = sum(1 for r in records if r.get("truncated"))
+    metadata.update({k: v for k, v in figures.items() if isinstance(v, int | float | str)})
+    columns = ["row", "question", "reference", "answer", "token_f1", "rouge_l", "similarity"]
+    columns += ["coverage", "source_retrieved"] if ctx == "rag" else []
+    columns += ["judge_correct"] if "judge_verdicts" in figures else []
+    columns += ["judge_faithful"] if "judge_verdicts" in figures and ctx == "rag" else []
+    metadata["per_question"] = preview_table(records, columns, limit=100)
+    return metadata
 
 
 def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[Any]:
@@ -197,9 +263,156 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[Any
                 metadata=general_metadata(path, records, model_key, ev.headline_metric)
             )
 
+    open_path = recipe.open_questions_path
+    oa = ev.open_answers
+    open_models, open_contexts = ev.open_models, ev.open_contexts
+    open_scores = judge_trust = None
+    if open_path is not None:
+        same_cells = open_models == ev.all_models and open_contexts == list(ev.contexts)
+        open_partitions = (
+            partitions
+            if same_cells
+            else dg.MultiPartitionsDefinition(
+                {
+                    "model": dg.StaticPartitionsDefinition(open_models),
+                    "context": dg.StaticPartitionsDefinition(open_contexts),
+                }
+            )
+        )
+        uses_api = oa.judge is not None or any(m in ev.api.models for m in open_models)
+
+        @dg.asset(
+            automation_condition=EAGER_SETTLED,
+            deps=["merged_model", "dpo_model", "lora_adapter", "vector_index"],
+            partitions_def=open_partitions,
+            group_name="open_answers",
+            pool="gpu",
+            op_tags=dict(gpu_tags or {}),
+            kinds={"pytorch", "openai"} if uses_api else {"pytorch"},
+            code_version=recipe.section_version(
+                "evaluation.open_answers",
+                "evaluation.context_template",
+                "sft_dataset.system_prompt",
+                "retrieval",
+                "base_model",
+                files=(open_path,),
+            ),
+        )
+        def open_scores(
+            context: dg.AssetExecutionContext,
+            artifacts: ArtifactStoreResource,
+            compute: ComputeResource,
+            vector_store: VectorStoreResource,
+            llm: LlmEndpointResource,
+        ) -> dg.MaterializeResult:
+            """Open answers of one model, closed-book or with RAG, given as `ragft ask` gives
+            them (greedy, cached), beside their references: exact match and token F1 (SQuAD),
+            ROUGE-L, embedding similarity, for RAG the answer's coverage by the chunks, and the
+            optional LLM judge's verdicts."""
+            keys = open_partitions.get_partition_key_from_str(
+                context.partition_key
+            ).keys_by_dimension
+            model_key, ctx = keys["model"], keys["context"]
+            layout = artifacts.layout()
+            timeout = oa.judge.request_timeout if oa.judge else ev.api.request_timeout
+            try:
+                records, figures = evaluate_open_cell(
+                    ev,
+                    recipe.retrieval,
+                    open_path,
+                    LocalModels.of(recipe, layout),
+                    model_key,
+                    ctx,
+                    compute=compute.settings(),
+                    system_prompt=recipe.sft_dataset.system_prompt,
+                    open_collection=lambda: vector_store.collection(
+                        recipe.retrieval.collection, layout.vector_index
+                    ),
+                    llm_client=lambda: llm.client(timeout=timeout, max_retries=0),
+                    log=context.log.info,
+                )
+            except (BudgetExceeded, LlmCallError, OpenQuestionsError) as exc:
+                raise dg.Failure(description=f"open_scores[{model_key}|{ctx}]: {exc}") from None
+            if figures.get("judge_unreadable"):
+                context.log.warning(
+                    f"{figures['judge_unreadable']} of {figures['judge_verdicts']} judge replies "
+                    "named no verdict; they are counted and left out of the judge's figures"
+                )
+            path = open_scores_path(layout, model_key, ctx)
+            write_jsonl(path, records)
+            return dg.MaterializeResult(
+                metadata=_finite(open_cell_metadata(path, records, figures, ctx))
+            )
+
+        labels_path = recipe.judge_labels_path
+        if oa.judge is not None and labels_path is not None:
+            judge_cfg = oa.judge
+
+            @dg.asset(
+                name="judge_agreement",
+                automation_condition=EAGER,
+                group_name="report",
+                kinds={"openai"},
+                code_version=recipe.section_version(
+                    "evaluation.open_answers.judge", files=(labels_path,)
+                ),
+            )
+            def judge_agreement_asset(
+                context: dg.AssetExecutionContext,
+                artifacts: ArtifactStoreResource,
+                llm: LlmEndpointResource,
+            ) -> dg.MaterializeResult:
+                """How far the open-answer judge can be trusted: its verdicts on answers labelled
+                by people (agreement, Cohen's kappa with a 95% interval) and, on a sample judged
+                twice, how often it gives the same verdict."""
+                layout = artifacts.layout()
+                try:
+                    figures = judge_agreement(
+                        load_labels(labels_path),
+                        judge_cfg,
+                        client=llm.client(timeout=judge_cfg.request_timeout, max_retries=0),
+                        cache=ReplyCache(layout.llm_cache),
+                    )
+                except (BudgetExceeded, LlmCallError, LabelsError) as exc:
+                    raise dg.Failure(description=f"judge_agreement: {exc}") from None
+                path = judge_agreement_path(layout)
+                atomic_write_text(path, json.dumps(figures, indent=2))
+                human, again = figures["human"], figures["self_consistency"]
+                return dg.MaterializeResult(
+                    metadata=_finite(
+                        {
+                            "path": dg.MetadataValue.path(str(path)),
+                            "judge_model": judge_cfg.model,
+                            "labelled_answers": figures["labelled"],
+                            "unreadable": figures["unreadable"],
+                            "agreement": human["agreement"],
+                            "kappa": human["kappa"],
+                            "kappa_ci95_low": human["kappa_ci_low"],
+                            "kappa_ci95_high": human["kappa_ci_high"],
+                            "asked_twice": again["asked_twice"],
+                            "self_agreement": again["agreement"],
+                            "self_kappa": again["kappa"],
+                            **{k: v for k, v in figures.items() if k.startswith("judge_")},
+                            "verdicts": preview_table(
+                                figures["rows"],
+                                ["row", "question", "answer", "label", "verdict", "again"],
+                                limit=200,
+                            ),
+                        }
+                    )
+                )
+
+            judge_trust = judge_agreement_asset
+
     report_deps: list[Any] = [dg.AssetDep(mcq_scores, partition_mapping=dg.AllPartitionMapping())]
     if general_scores is not None:
         report_deps.append(dg.AssetDep(general_scores, partition_mapping=dg.AllPartitionMapping()))
+    if open_scores is not None:
+        report_deps.append(dg.AssetDep(open_scores, partition_mapping=dg.AllPartitionMapping()))
+    if judge_trust is not None:
+        report_deps.append(judge_trust)
+    # open answers are in the report's version only where the recipe has them
+    open_sections = ("evaluation.open_answers", "evaluation.open_questions") if open_path else ()
 
     @dg.asset(
         automation_condition=EAGER,
@@ -207,13 +420,16 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[Any
         group_name="report",
         kinds={"pandas", "matplotlib"},
         # the headline metric is left out of mcq_scores' version (choosing it re-scores nothing)
-        code_version=recipe.section_version("evaluation", "evaluation.headline_metric"),
+        code_version=recipe.section_version(
+            "evaluation", "evaluation.headline_metric", *open_sections
+        ),
     )
     def mcq_report(artifacts: ArtifactStoreResource) -> dg.MaterializeResult:
         """Accuracy per model x context with 95% intervals and ties, paired tests (the method's
         comparisons Holm-corrected, the rest exploratory), retrieval vs. generation failures,
         Figure 2 (merge sources, merge, DPO and SFT on the general set), DPO's held-out
-        preference accuracy, a per-question table and charts."""
+        preference accuracy, a per-question table and charts; with open questions, the open
+        answers' scores, paired tests and the judge's trust."""
         layout = artifacts.layout()
         models, contexts = ev.all_models, [str(c) for c in ev.contexts]
         cells = [(m, c) for m in models for c in contexts]
@@ -245,15 +461,43 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[Any
             sources=sources,
             preference_file=layout.dpo_model / PREFERENCE_FILE,
         )
+        if open_scores is not None:
+            report.open_answers = _open_answers(layout)
         with atomic_dir(layout.report) as tmp:
             chart, figure2 = write_report_files(tmp, report, models, contexts)
             png = base64.b64encode(chart.read_bytes()).decode()
             figure2_png = base64.b64encode(figure2.read_bytes()).decode() if figure2 else None
         metadata = report_metadata(layout.report, report, ev.headline_metric, png, figure2_png)
+        if report.open_answers is not None:
+            open_png = base64.b64encode((layout.report / "open_answers.png").read_bytes())
+            metadata.update(_finite(open_report_metadata(report.open_answers, open_png.decode())))
         # which questions each cell was scored on: the regression check compares like with like
         for (m, c), records in scored.items():
             metadata[f"questions_{m}_{c}"] = dg.MetadataValue.text(question_set(records))
         return dg.MaterializeResult(metadata=metadata)
+
+    def _open_answers(layout: ArtifactLayout) -> Any:
+        cells = [(m, c) for m in open_models for c in open_contexts]
+        missing = [f"{m}|{c}" for m, c in cells if not open_scores_path(layout, m, c).is_file()]
+        if missing:
+            raise dg.Failure(
+                f"open_scores is not materialized for {missing}; materialize every open_scores "
+                "partition first"
+            )
+        agreement = None
+        if judge_trust is not None:
+            path = judge_agreement_path(layout)
+            if not path.is_file():
+                raise dg.Failure("judge_agreement is not materialized; materialize it first")
+            agreement = json.loads(path.read_text(encoding="utf-8"))
+        return open_report(
+            {(m, c): read_jsonl(open_scores_path(layout, m, c)) for m, c in cells},
+            open_models,
+            open_contexts,
+            n_boot=ev.bootstrap_samples,
+            agreement=agreement,
+            correct_f1=oa.correct_f1,
+        )
 
     @dg.asset_check(
         asset=mcq_report,
@@ -335,7 +579,13 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[Any
             description=f"Release gate: {gate.candidate} {gate.context} beats {gate.baseline} "
             f"{gate.context} on the benchmark (one-sided paired test, alpha {gate.alpha}) and "
             f"its general score fell at most {gate.max_general_drop:g} below "
-            f"{gate.baseline}'s.",
+            f"{gate.baseline}'s"
+            + (
+                f"; and it beats {gate.baseline} on the open answers' {gate.open_metric} "
+                "(one-sided paired test)."
+                if gate.open_metric
+                else "."
+            ),
         )
         def release_gate(artifacts: ArtifactStoreResource) -> dg.AssetCheckResult:
             severity = dg.AssetCheckSeverity.ERROR if blocking else dg.AssetCheckSeverity.WARN
@@ -355,4 +605,27 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[Any
 
         checks.append(release_gate)
     general: list[Any] = [general_scores] if general_scores is not None else []
-    return [mcq_scores, *general, mcq_report, *checks]
+    extra = [a for a in (open_scores, judge_trust) if a is not None]
+    return [mcq_scores, *general, *extra, mcq_report, *checks]
+
+
+def open_report_metadata(report: Any, png: str) -> dict[str, Any]:
+    """``mcq_report``'s open-answer metadata: the section, its chart, and each cell's scores and
+    the judge's trust figures as numbers, so the UI plots their history."""
+    metadata: dict[str, Any] = {
+        "open_answers": dg.MetadataValue.md(report.markdown),
+        "open_answers_chart": dg.MetadataValue.md(f"![open answers](data:image/png;base64,{png})"),
+    }
+    for r in report.rows:
+        cell = f"{r['model']}_{r['context']}"
+        for name in OPEN_SCORES:
+            if r[f"{name}_n"]:
+                metadata[f"open_{name}_{cell}"] = r[name]
+    for name, rows in report.pairs.items():
+        metadata[f"open_significant_pairs_{name}"] = sum(1 for p in rows if p["significant"])
+    if report.agreement:
+        human = report.agreement["human"]
+        for key in ("kappa", "kappa_ci_low", "kappa_ci_high", "agreement"):
+            metadata[f"judge_{key}"] = human[key]
+        metadata["judge_self_agreement"] = report.agreement["self_consistency"]["agreement"]
+    return metadata

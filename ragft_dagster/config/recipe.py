@@ -620,6 +620,99 @@ class SamplingRecipe(_Section):
     seed: int = 0
 
 
+DEFAULT_CORRECTNESS_PROMPT = """You grade an answer to a question about technical \
+documentation against the reference answer.
+
+Question: {question}
+Reference answer: {reference}
+Answer to grade: {answer}
+
+Rubric: the answer is correct when it states the fact the reference states (other wording,
+extra detail or a longer explanation are fine); it is incorrect when it contradicts the
+reference, misses its key fact, answers another question, or says it does not know.
+
+Reply with JSON only: {"verdict": "correct" or "incorrect", "reason": "<one sentence>"}"""
+
+DEFAULT_FAITHFULNESS_PROMPT = """You check whether an answer is supported by the documentation \
+passages it was given.
+
+Passages:
+{context}
+
+Question: {question}
+Answer: {answer}
+
+Rubric: the answer is faithful when every factual statement in it is stated in, or follows
+directly from, the passages; it is unfaithful when any statement is absent from them or
+contradicts them. An answer that only says the passages do not say is faithful.
+
+Reply with JSON only: {"verdict": "faithful" or "unfaithful", "reason": "<one sentence>"}"""
+
+
+class OpenJudgeRecipe(EndpointCalls):
+    """An LLM judge of open answers at the profile's endpoint: correctness against the
+    reference and (RAG cells) faithfulness to the retrieved chunks, on fixed rubrics, each a
+    binary verdict; cached, budgeted, unreadable replies counted and shown. Its agreement with
+    hand labels (``labels``) is measured in ``judge_agreement``."""
+
+    model: str
+    """Model name at the OpenAI-compatible endpoint."""
+    correctness_prompt: str = DEFAULT_CORRECTNESS_PROMPT
+    """Template with {question}, {reference} and {answer}; the reply is JSON with ``verdict``
+    ``correct`` or ``incorrect``."""
+    faithfulness_prompt: str = DEFAULT_FAITHFULNESS_PROMPT
+    """Template with {context}, {question} and {answer}; the reply is JSON with ``verdict``
+    ``faithful`` or ``unfaithful``."""
+    max_tokens: int = Field(default=200, gt=0)
+    structured_output: Literal["auto", "json_schema", "off"] = "auto"
+    """Ask for the verdict with a JSON schema (``response_format``), as ``qa.structured_output``
+    does: ``auto`` falls back to the prompt alone when the endpoint refuses it; replies that
+    ignore it are read by the lenient parser and counted."""
+    labels: str | None = None
+    """CSV ``question,reference,answer,label`` (label ``correct``/``incorrect``, written by a
+    person), relative to the recipe: the judge's Cohen's kappa against people."""
+    repeat: int = Field(default=20, ge=0)
+    """How many labelled answers are judged a second time (another request, the same prompt):
+    the judge's self-consistency."""
+
+    UNVERSIONED: ClassVar[frozenset[str]] = EndpointCalls.UNVERSIONED | {"structured_output"}
+
+    @model_validator(mode="after")
+    def _placeholders(self) -> OpenJudgeRecipe:
+        for key, needed in (
+            ("correctness_prompt", ("{question}", "{reference}", "{answer}")),
+            ("faithfulness_prompt", ("{context}", "{question}", "{answer}")),
+        ):
+            missing = [k for k in needed if k not in getattr(self, key)]
+            if missing:
+                raise ValueError(f"judge {key} must contain the placeholders {missing}")
+        return self
+
+
+OPEN_METRICS = ("exact_match", "token_f1", "rouge_l", "similarity", "judge_correct")
+"""The open-answer metrics a gate or a headline may name (see evaluation/open_answers.py)."""
+
+
+class OpenAnswersRecipe(_Section):
+    """``open_scores``: the open questions answered as ``ragft ask`` answers them."""
+
+    models: list[str] | None = None
+    """The cells' models (default: every benchmarked model, ``evaluation.models`` and
+    ``evaluation.api.models``); each is a ``model`` partition of ``open_scores``."""
+    contexts: list[Literal["closed_book", "rag"]] | None = None
+    """The cells' contexts (default: ``evaluation.contexts``)."""
+    max_new_tokens: int = Field(default=128, gt=0, le=4096)
+    """Longest answer, in tokens (``ragft ask --max-new-tokens``); decoding is greedy."""
+    correct_f1: float = Field(default=0.5, gt=0, le=1)
+    """Token F1 from which an answer counts as matching its reference, when the judge's
+    verdicts are compared with the reference metrics."""
+    judge: OpenJudgeRecipe | None = None
+    """Optional LLM judge at the profile's endpoint."""
+
+    # Adding a model or a context adds partitions; it must not make the existing cells stale.
+    UNVERSIONED: ClassVar[frozenset[str]] = frozenset({"models", "contexts"})
+
+
 class EvaluationRecipe(_Section):
     questions: str = "mcq.csv"
     """CSV ``question,a,b,c,d,correct`` relative to the recipe (options may span lines); an
@@ -653,11 +746,26 @@ class EvaluationRecipe(_Section):
     way (``general_scores``): forgetting and a merge's skill gain made visible. ``builtin``:
     80 general and arithmetic questions shipped in ragft_dagster/evaluation_data/; or a CSV in
     the benchmark's format relative to the recipe; null: off."""
+    open_questions: str | None = None
+    """CSV or JSONL ``question,answer[,source]`` relative to the recipe (``source``: the
+    document that answers it): the open questions ``open_scores`` asks every cell of
+    ``open_answers``, as ``ragft ask`` would; null: no open answers."""
+    open_answers: OpenAnswersRecipe = OpenAnswersRecipe()
 
     # Adding a model or a context adds partitions; it must not make the existing cells stale.
-    # The headline metric is the report's choice (its own code version names it).
+    # The headline metric is the report's choice (its own code version names it). The open
+    # answers are versioned by open_scores itself: editing them re-scores no MCQ cell.
     UNVERSIONED: ClassVar[frozenset[str]] = frozenset(
-        {"batch_size", "models", "contexts", "nightly_cron", "bootstrap_samples", "headline_metric"}
+        {
+            "batch_size",
+            "models",
+            "contexts",
+            "nightly_cron",
+            "bootstrap_samples",
+            "headline_metric",
+            "open_questions",
+            "open_answers",
+        }
     )
 
     @model_validator(mode="after")
@@ -674,6 +782,37 @@ class EvaluationRecipe(_Section):
     def all_models(self) -> list[str]:
         """The ``model`` dimension: local models, then API models."""
         return list(self.models) + list(self.api.models)
+
+    @property
+    def open_models(self) -> list[str]:
+        """The ``model`` dimension of ``open_scores``."""
+        chosen = self.open_answers.models
+        return self.all_models if chosen is None else list(chosen)
+
+    @property
+    def open_contexts(self) -> list[str]:
+        """The ``context`` dimension of ``open_scores``."""
+        chosen = self.open_answers.contexts
+        return [str(c) for c in (self.contexts if chosen is None else chosen)]
+
+    @model_validator(mode="after")
+    def _open_cells_are_benchmarked(self) -> EvaluationRecipe:
+        chosen = self.open_answers
+        for name in chosen.models or []:
+            if name not in self.all_models:
+                raise ValueError(
+                    f"open_answers.models names {name!r}, which is not a benchmarked model "
+                    f"(evaluation.models / evaluation.api.models: {self.all_models})"
+                )
+        for name in chosen.contexts or []:
+            if name not in self.contexts:
+                raise ValueError(
+                    f"open_answers.contexts names {name!r}, which is not in evaluation.contexts "
+                    f"{list(self.contexts)}"
+                )
+        if chosen.models == [] or chosen.contexts == []:
+            raise ValueError("open_answers.models and open_answers.contexts may not be empty")
+        return self
 
 
 class ReleaseGateRecipe(_Section):
@@ -692,6 +831,13 @@ class ReleaseGateRecipe(_Section):
     max_general_drop: float = Field(default=0.05, ge=0, le=1)
     """Largest allowed fall of the general-capability accuracy, candidate vs. baseline (absolute,
     e.g. 0.05 = 5 points); ignored when ``evaluation.general_questions`` is off."""
+    open_metric: (
+        Literal["exact_match", "token_f1", "rouge_l", "similarity", "judge_correct"] | None
+    ) = None
+    """Also require the candidate to beat the baseline on this open-answer metric of
+    ``open_scores`` in ``context``: a one-sided paired test at ``alpha`` (Wilcoxon signed-rank
+    for token_f1, rouge_l and similarity; exact McNemar for exact_match and the judge's
+    verdicts). Needs ``evaluation.open_questions`` with both cells scored; null: MCQ only."""
     blocking: bool = True
     """With ``export.enabled``, a failed gate is an error that holds ``exported_model`` back: the
     run that checks it fails with the reasons (Dagster's blocking checks), and the asset refuses
@@ -812,6 +958,28 @@ class Recipe(_Section):
                 f"release_gate.context {gate.context!r} is not in evaluation.contexts "
                 f"{list(ev.contexts)}"
             )
+        if gate.open_metric is not None:
+            if ev.open_questions is None:
+                raise ValueError(
+                    f"release_gate.open_metric {gate.open_metric!r} needs open answers: set "
+                    "evaluation.open_questions"
+                )
+            for key in ("candidate", "baseline"):
+                if getattr(gate, key) not in ev.open_models:
+                    raise ValueError(
+                        f"release_gate.{key} {getattr(gate, key)!r} has no open answers "
+                        f"(evaluation.open_answers.models: {ev.open_models})"
+                    )
+            if gate.context not in ev.open_contexts:
+                raise ValueError(
+                    f"release_gate.context {gate.context!r} has no open answers "
+                    f"(evaluation.open_answers.contexts: {ev.open_contexts})"
+                )
+            if gate.open_metric == "judge_correct" and ev.open_answers.judge is None:
+                raise ValueError(
+                    "release_gate.open_metric 'judge_correct' needs a judge: set "
+                    "evaluation.open_answers.judge"
+                )
         if ev.general_questions is not None:
             for key in ("candidate", "baseline"):
                 if getattr(gate, key) not in ev.models:
@@ -843,6 +1011,18 @@ class Recipe(_Section):
     @property
     def questions_path(self) -> Path:
         return self.resolve(self.evaluation.questions)
+
+    @property
+    def open_questions_path(self) -> Path | None:
+        """The open questions, or None when ``evaluation.open_questions`` is off."""
+        name = self.evaluation.open_questions
+        return None if name is None else self.resolve(name)
+
+    @property
+    def judge_labels_path(self) -> Path | None:
+        """The hand-labelled answers the open-answer judge is measured on, or None."""
+        judge = self.evaluation.open_answers.judge
+        return None if judge is None or judge.labels is None else self.resolve(judge.labels)
 
     @property
     def general_questions_path(self) -> Path | None:
@@ -905,10 +1085,18 @@ def relocatable_raw(path: Path | str) -> dict[str, Any]:
     be written anywhere (tests, benchmarks). Hub dataset ids are left as they are."""
     path = Path(path).resolve()
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    for section, key in (("docs", "path"), ("evaluation", "questions"), ("dpo", "dataset")):
+    for section, key in (
+        ("docs", "path"),
+        ("evaluation", "questions"),
+        ("evaluation", "open_questions"),
+        ("dpo", "dataset"),
+    ):
         value = (raw.get(section) or {}).get(key)
         if isinstance(value, str) and (path.parent / value).exists():
             raw[section][key] = str(path.parent / value)
+    judge = ((raw.get("evaluation") or {}).get("open_answers") or {}).get("judge") or {}
+    if isinstance(judge.get("labels"), str) and (path.parent / judge["labels"]).exists():
+        judge["labels"] = str(path.parent / judge["labels"])
     return raw
 
 
@@ -1000,6 +1188,13 @@ def _missing_files(recipe: Recipe) -> list[tuple[str, str]]:
     if not questions.is_file():
         what = "is a folder, not a CSV file" if questions.exists() else "file not found"
         problems.append(("evaluation.questions", f"{what}: {questions}"))
+    for key, path in (
+        ("evaluation.open_questions", recipe.open_questions_path),
+        ("evaluation.open_answers.judge.labels", recipe.judge_labels_path),
+    ):
+        if path is not None and not path.is_file():
+            what = "is a folder, not a file" if path.exists() else "file not found"
+            problems.append((key, f"{what}: {path}"))
     general = recipe.general_questions_path
     if general is not None and not general.is_file():
         problems.append(("evaluation.general_questions", f"file not found: {general}"))

@@ -1,4 +1,5 @@
-"""Contamination of the training Q&A by the multiple-choice benchmark (Dagster-free).
+"""Contamination of the training Q&A by the benchmarks (Dagster-free): the multiple-choice
+questions and, when the recipe has them, the open questions (``evaluation.open_questions``).
 
 The published method scored its model on questions that overlapped its own training data. Three
 detectors compare every training question with every benchmark question:
@@ -65,6 +66,9 @@ class Finding:
     """Share of the benchmark question's word n-grams found in the training question."""
     embedding: float | None
     """Cosine similarity of the two questions; None when the embedding detector is off."""
+    benchmark: str = "mcq"
+    """Which benchmark the question is from: ``mcq`` (``evaluation.questions``; ``mcq_row``
+    is its row) or ``open`` (``evaluation.open_questions``; ``mcq_answer`` is the reference)."""
 
     @property
     def detector(self) -> str:
@@ -134,7 +138,9 @@ def find_contamination(
 
     Args:
         rows: Training Q&A rows (``id``, ``question``, ``answer``, ``doc``, ``chunk_id``).
-        questions: The benchmark (:func:`ragft_dagster.evaluation.mcq.load_questions`).
+        questions: The benchmark questions (:func:`benchmark_questions`: multiple-choice
+            :class:`Question` objects and open questions; each needs ``row``, ``id``,
+            ``question`` and an answer).
         embed: Embeds a list of texts (e.g. ``embedder.get_text_embedding_batch``); None turns
             the embedding detector off.
         ngram: Words per n-gram (capped at each benchmark question's length).
@@ -181,7 +187,7 @@ def find_contamination(
                 mcq_row=q.row,
                 mcq_id=q.id,
                 mcq_question=q.question,
-                mcq_answer=q.options[LETTERS.index(q.correct)],
+                mcq_answer=_answer(q),
                 train_id=row["id"],
                 train_question=row["question"],
                 train_answer=row["answer"],
@@ -191,16 +197,45 @@ def find_contamination(
                 exact=fired["exact"],
                 ngram=round(share, 4),
                 embedding=None if cosine is None else round(float(cosine[qi, ti]), 4),
+                benchmark="mcq" if isinstance(q, Question) else "open",
             )
         )
-    findings.sort(key=lambda f: (f.mcq_row, not f.exact, -f.ngram, -(f.embedding or 0.0)))
+    findings.sort(
+        key=lambda f: (f.benchmark, f.mcq_row, not f.exact, -f.ngram, -(f.embedding or 0.0))
+    )
     return findings
 
 
 def summarise(findings: list[Finding]) -> dict[str, int]:
     """Counts for metadata: flagged pairs per detector, contaminated rows, benchmark questions
-    hit."""
+    hit (multiple-choice and, when any is hit, open)."""
     counts = {f"{d}_matches": sum(d in f.detectors for f in findings) for d in DETECTORS}
     counts["contaminated_rows"] = len({f.train_id for f in findings})
-    counts["mcq_questions_hit"] = len({f.mcq_id for f in findings})
+    counts["mcq_questions_hit"] = len({f.mcq_id for f in findings if f.benchmark == "mcq"})
+    open_hit = {f.mcq_id for f in findings if f.benchmark == "open"}
+    if open_hit:
+        counts["open_questions_hit"] = len(open_hit)
     return counts
+
+
+def _answer(q: Any) -> str:
+    """A benchmark question's answer: the correct option's text, or an open question's
+    reference."""
+    return q.options[LETTERS.index(q.correct)] if isinstance(q, Question) else q.answer
+
+
+def benchmark_questions(recipe: Any) -> list[Any]:
+    """Every question the recipe evaluates on that training must not contain: the
+    multiple-choice benchmark, then the open questions (when ``evaluation.open_questions`` is
+    set); pass them to :func:`find_contamination`.
+
+    Raises:
+        McqError, OpenQuestionsError: A file that cannot be read, naming its row and field.
+    """
+    from ragft_dagster.evaluation.mcq import load_questions
+    from ragft_dagster.evaluation.open_answers import load_open_questions
+
+    questions: list[Any] = list(load_questions(recipe.questions_path))
+    if recipe.open_questions_path is not None:
+        questions += load_open_questions(recipe.open_questions_path)
+    return questions

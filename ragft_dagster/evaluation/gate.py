@@ -4,7 +4,6 @@ the same records the report reads."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,18 +12,10 @@ from ragft_dagster.evaluation.stats import (
     count_text,
     credit,
     expected_p,
+    mcnemar_one_sided,
     paired_comparisons,
     paired_credit,
 )
-
-
-def mcnemar_one_sided(only_a: int, only_b: int) -> float:
-    """Exact one-sided McNemar p-value for "a is better than b": ``P(X >= only_a)`` for
-    ``X ~ Binomial(only_a + only_b, 1/2)``; 1.0 when there are no discordant questions."""
-    n = only_a + only_b
-    if n == 0:
-        return 1.0
-    return sum(math.comb(n, i) for i in range(only_a, n + 1)) / 2**n
 
 
 @dataclass
@@ -56,6 +47,8 @@ def release_decision(
     alpha: float,
     max_general_drop: float,
     n_boot: int = 10_000,
+    open_scores: dict[str, list[dict[str, Any]]] | None = None,
+    open_metric: str | None = None,
 ) -> GateDecision:
     """Decide the release gate.
 
@@ -71,6 +64,9 @@ def release_decision(
         docs: ``{model: benchmark records in context}`` for both models.
         general: ``{model: general-set records}`` for both, or None when the set is off.
         metric: The headline metric.
+        open_scores: ``{model: open_scores records in context}`` for both, with
+            ``open_metric``: the candidate must also beat the baseline on that open-answer
+            metric (:func:`open_answer_test`).
     """
     reasons: list[str] = []
     a, b = f"{candidate} {context}", f"{baseline} {context}"
@@ -126,4 +122,70 @@ def release_decision(
                 f"({100 * g['accuracy_b']:.1f}% vs {100 * g['accuracy_a']:.1f}%, n={g['n']}), "
                 f"more than the {100 * max_general_drop:.1f} allowed"
             )
+    if open_scores is not None and open_metric is not None:
+        test = open_answer_test(
+            open_scores[candidate], open_scores[baseline], open_metric, n_boot=n_boot
+        )
+        figures.update({f"open_{k}": v for k, v in test.items() if k != "verdict"})
+        figures["open_verdict"] = (
+            f"open answers, {open_metric}: {a} {test['mean_candidate']:.3f} vs {b} "
+            f"{test['mean_baseline']:.3f} (n={test['questions']}, one-sided {test['test']} "
+            f"p={test['p_one_sided']:.3g}, alpha {alpha})"
+        )
+        if not (test["difference"] > 0 and test["p_one_sided"] < alpha):
+            reasons.append(
+                f"{a} does not significantly beat {b} on open answers: {figures['open_verdict']}"
+            )
     return GateDecision(passed=not reasons, reasons=reasons, figures=figures)
+
+
+def open_answer_test(
+    candidate: list[dict[str, Any]],
+    baseline: list[dict[str, Any]],
+    metric: str,
+    n_boot: int = 10_000,
+) -> dict[str, Any]:
+    """One-sided paired test "candidate > baseline" on an open-answer metric, over the
+    questions both have a score for: exact McNemar for 0/1 metrics (exact match, the judge's
+    verdicts), Wilcoxon signed-rank for graded ones (F1, ROUGE-L, similarity)."""
+    from ragft_dagster.evaluation.stats import (
+        is_binary,
+        paired_bootstrap_ci,
+        wilcoxon_p,
+    )
+
+    def scores(records: list[dict[str, Any]]) -> dict[str, float]:
+        return {
+            str(r["question_id"]): float(r[metric]) for r in records if r.get(metric) is not None
+        }
+
+    shared, x, y = paired_credit(scores(candidate), scores(baseline))
+    n = len(shared)
+    if not n:
+        nan = float("nan")
+        return {
+            "questions": 0,
+            "mean_candidate": nan,
+            "mean_baseline": nan,
+            "difference": nan,
+            "test": "none",
+            "p_one_sided": 1.0,
+        }
+    if is_binary(x) and is_binary(y):
+        only_a = int(sum(p * (1 - q) for p, q in zip(x, y, strict=True)))
+        only_b = int(sum(q * (1 - p) for p, q in zip(x, y, strict=True)))
+        test, p = "exact McNemar", mcnemar_one_sided(only_a, only_b)
+    else:
+        test, p = "Wilcoxon signed-rank", wilcoxon_p(x, y, alternative="greater")
+    lo, hi = paired_bootstrap_ci(x, y, n_boot=n_boot)
+    return {
+        "questions": n,
+        "metric": metric,
+        "mean_candidate": sum(x) / n,
+        "mean_baseline": sum(y) / n,
+        "difference": (sum(x) - sum(y)) / n,
+        "difference_ci95_low": lo,
+        "difference_ci95_high": hi,
+        "test": test,
+        "p_one_sided": p,
+    }

@@ -376,6 +376,8 @@ class Report:
     preference: dict[str, Any] | None = None
     """DPO's held-out preference evaluation (``preference_eval.json``), when it exists."""
     preference_md: str = ""
+    open_answers: OpenReport | None = None
+    """The "Open answers" section, when the recipe has open questions."""
 
     @property
     def markdown(self) -> str:
@@ -390,6 +392,12 @@ class Report:
                 f"\n**Warning:** RAG cells saw different retrieved chunks for rows "
                 f"{self.mismatched_rows}; re-score every rag cell on the same index.\n"
             )
+        if self.open_answers is not None:
+            parts += [
+                "\n## Open answers\n",
+                self.open_answers.markdown,
+                "\n![Open answers](open_answers.png)\n",
+            ]
         if self.retrieval_md:
             parts += ["\n## Retrieval vs. generation failures\n", self.retrieval_md]
         if self.general_md:
@@ -844,13 +852,26 @@ def write_report_files(
 ) -> tuple[Path, Path | None]:
     """Write the report's files into ``folder`` (report.md, summary.json, comparisons.json,
     questions.json, accuracy.png; general.json and figure2.png with a general set;
-    sampled.json in sampled mode); returns the two charts' paths (None: no Figure 2)."""
+    sampled.json in sampled mode; open_answers.json and open_answers.png with open answers);
+    returns the two charts' paths (None: no Figure 2)."""
     chart = accuracy_chart(report.rows, models, contexts, folder / "accuracy.png")
     figure2 = None
     if report.general_md:
         figure2 = figure2_chart(report.general_rows, report.general_models, folder / "figure2.png")
         _write_json(
             folder / "general.json", {"rows": report.general_rows, "pairs": report.general_pairs}
+        )
+    if report.open_answers is not None:
+        open_chart(report.open_answers.rows, folder / "open_answers.png")
+        _write_json(
+            folder / "open_answers.json",
+            {
+                "rows": report.open_answers.rows,
+                "pairs": report.open_answers.pairs,
+                "questions": report.open_answers.questions,
+                "judge_agreement": report.open_answers.agreement,
+                "judge_vs_metrics": report.open_answers.metric_agreement,
+            },
         )
     atomic_write_text(folder / "report.md", report.markdown)
     _write_json(folder / "summary.json", report.rows)
@@ -865,3 +886,337 @@ def write_report_files(
 
 def _write_json(path: Path, value: Any) -> None:
     atomic_write_text(path, json.dumps(value, indent=2))
+
+
+OPEN_SCORES = {
+    "token_f1": "token F1 (SQuAD)",
+    "exact_match": "exact match (SQuAD)",
+    "rouge_l": "ROUGE-L F",
+    "similarity": "embedding cosine to the reference",
+    "coverage": "answer words in the retrieved chunks",
+    "judge_correct": "judge: correct",
+    "judge_faithful": "judge: faithful to the chunks",
+}
+"""The open-answer scores of ``open_scores`` records, in the report's column order."""
+
+OPEN_TESTED = ("token_f1", "rouge_l", "similarity", "exact_match", "judge_correct")
+"""The scores whose comparisons are tested (each its own Holm family)."""
+
+
+@dataclass
+class OpenReport:
+    """The report's "Open answers" section: per cell each score's mean with its 95% interval,
+    the method's comparisons per score (paired, Holm-corrected), the judge's trust, a
+    per-question table with each cell's answer beside the reference, and a chart."""
+
+    rows: list[dict[str, Any]]
+    pairs: dict[str, list[dict[str, Any]]]
+    markdown: str
+    questions: list[dict[str, Any]]
+    agreement: dict[str, Any] | None = None
+    metric_agreement: dict[str, Any] = field(default_factory=dict)
+
+
+def _or_nan(value: Any) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def _fmt(value: float, pct: bool = False) -> str:
+    if value is None or math.isnan(value):
+        return "–"
+    return f"{100 * value:.1f}%" if pct else f"{value:.3f}"
+
+
+def _md_cell(text: Any, limit: int = 160) -> str:
+    """A table cell: one line, pipes escaped, long answers cut (the JSON file keeps them)."""
+    text = " ".join(str(text or "").split()).replace("|", "\\|")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def open_report(
+    records: dict[tuple[str, str], list[dict[str, Any]]],
+    models: list[str],
+    contexts: list[str],
+    *,
+    n_boot: int = 10_000,
+    agreement: dict[str, Any] | None = None,
+    correct_f1: float = 0.5,
+    alpha: float = 0.05,
+) -> OpenReport:
+    """The "Open answers" section from every ``open_scores`` cell.
+
+    Args:
+        records: Each cell's per-question records.
+        models: Row order.
+        contexts: Column order.
+        n_boot: Bootstrap resamples (intervals of graded scores and of differences).
+        agreement: ``judge_agreement``'s figures (the judge vs. people), when there is a judge.
+        correct_f1: Token F1 from which an answer matches its reference, to compare the judge
+            with the reference metrics.
+        alpha: Significance level of the comparisons.
+    """
+    from ragft_dagster.evaluation.judge import kappa
+    from ragft_dagster.evaluation.stats import mean_interval, score_comparisons
+
+    rows = []
+    for m in models:
+        for c in contexts:
+            recs = records.get((m, c))
+            if recs is None:
+                continue
+            row: dict[str, Any] = {"model": m, "context": c, "n": len(recs)}
+            for name in OPEN_SCORES:
+                values = [float(r[name]) for r in recs if r.get(name) is not None]
+                mean, low, high = mean_interval(values, n_boot=n_boot)
+                row.update({name: mean, f"{name}_ci_low": low, f"{name}_ci_high": high})
+                row[f"{name}_n"] = len(values)
+            row["empty_answers"] = sum(1 for r in recs if not r["answer"].strip())
+            row["truncated"] = sum(1 for r in recs if r.get("truncated"))
+            judged = [r for r in recs if "judge_correct" in r]
+            row["judge_unreadable"] = sum(
+                1
+                for r in judged
+                for k in ("judge_correct", "judge_faithful")
+                if k in r and r[k] is None
+            )
+            if c == "rag":
+                for key in ("source_retrieved", "reference_chunk_retrieved"):
+                    known = [float(r[key]) for r in recs if r.get(key) is not None]
+                    row[key] = sum(known) / len(known) if known else float("nan")
+            rows.append(row)
+    cells = {f"{m} {c}": recs for (m, c), recs in records.items()}
+    family = headline_family(models, contexts)
+    pairs = {}
+    for name in OPEN_TESTED:
+        scores = {
+            cell: {str(r["question_id"]): float(r[name]) for r in recs if r.get(name) is not None}
+            for cell, recs in cells.items()
+        }
+        scores = {k: v for k, v in scores.items() if v}
+        if scores:
+            pairs[name] = score_comparisons(scores, family, alpha=alpha, n_boot=n_boot)
+    judged = [r for recs in records.values() for r in recs if r.get("judge_correct") is not None]
+    metric_agreement: dict[str, Any] = {}
+    if judged:
+        from scipy.stats import spearmanr
+
+        verdicts = [bool(r["judge_correct"]) for r in judged]
+        metric_agreement["f1_kappa"] = kappa(
+            [(v, r["token_f1"] >= correct_f1) for v, r in zip(verdicts, judged, strict=True)]
+        )
+        metric_agreement["exact_kappa"] = kappa(
+            [(v, bool(r["exact_match"])) for v, r in zip(verdicts, judged, strict=True)]
+        )
+        for name in ("token_f1", "rouge_l", "similarity"):
+            values = [_or_nan(r.get(name)) for r in judged]
+            if len(set(verdicts)) > 1 and len(set(values)) > 1:
+                rho = spearmanr([float(v) for v in verdicts], values)
+                metric_agreement[f"{name}_spearman"] = float(rho.statistic)
+            for v in (True, False):
+                group = [x for x, w in zip(values, verdicts, strict=True) if w is v]
+                label = "correct" if v else "incorrect"
+                metric_agreement[f"{name}_mean_when_{label}"] = (
+                    sum(group) / len(group) if group else float("nan")
+                )
+        metric_agreement["judged"] = len(judged)
+    questions = _open_question_rows(records, models, contexts)
+    md = _open_markdown(
+        rows, pairs, questions, models, contexts, agreement, metric_agreement, correct_f1
+    )
+    return OpenReport(rows, pairs, md, questions, agreement, metric_agreement)
+
+
+def _open_question_rows(
+    records: dict[tuple[str, str], list[dict[str, Any]]], models: list[str], contexts: list[str]
+) -> list[dict[str, Any]]:
+    by_q: dict[str, dict[str, Any]] = {}
+    for m in models:
+        for c in contexts:
+            for r in records.get((m, c), []):
+                row = by_q.setdefault(
+                    r["question_id"],
+                    {"row": r["row"], "question": r["question"], "reference": r["reference"]},
+                )
+                row[f"{m} {c}"] = {
+                    k: r.get(k)
+                    for k in ("answer", "token_f1", "rouge_l", "judge_correct", "truncated")
+                }
+    return sorted(by_q.values(), key=lambda x: x["row"])
+
+
+def _open_markdown(
+    rows: list[dict[str, Any]],
+    pairs: dict[str, list[dict[str, Any]]],
+    questions: list[dict[str, Any]],
+    models: list[str],
+    contexts: list[str],
+    agreement: dict[str, Any] | None,
+    metric_agreement: dict[str, Any],
+    correct_f1: float,
+) -> str:
+    shown = [n for n in OPEN_SCORES if any(r[f"{n}_n"] for r in rows)]
+    n = max((r["n"] for r in rows), default=0)
+    out = (
+        f"The {n} open questions answered by each cell as `ragft ask` answers them (greedy "
+        "decoding), scored against the reference answers. Each score is its mean over the "
+        "questions with a 95% interval (Wilson for 0/1 scores, else a bootstrap over "
+        "questions).\n\n"
+        "| cell | " + " | ".join(OPEN_SCORES[s] for s in shown) + " | empty / cut off |\n"
+        "|---|" + "---:|" * len(shown) + "---:|\n"
+    )
+    for r in rows:
+        parts = [
+            f"{_fmt(r[s])} [{_fmt(r[f'{s}_ci_low'])}, {_fmt(r[f'{s}_ci_high'])}]"
+            if r[f"{s}_n"]
+            else "–"
+            for s in shown
+        ]
+        out += (
+            f"| {r['model']} {r['context']} | "
+            + " | ".join(parts)
+            + f" | {r['empty_answers']} / {r['truncated']} |\n"
+        )
+    rag = [r for r in rows if r["context"] == "rag"]
+    if rag:
+        out += (
+            "\nRetrieval for the open questions: the share whose `source` document was among "
+            "the retrieved chunks, and whose reference-holding chunk was (the chunk of that "
+            "document holding most of the reference's content words).\n\n"
+            "| cell | source document retrieved | reference chunk retrieved |\n|---|---:|---:|\n"
+        )
+        for r in rag:
+            out += (
+                f"| {r['model']} rag | {_fmt(r['source_retrieved'], True)} | "
+                f"{_fmt(r['reference_chunk_retrieved'], True)} |\n"
+            )
+    if any(r["judge_unreadable"] for r in rows):
+        out += "\nUnreadable judge verdicts (left out of the judge's figures, never guessed): "
+        out += ", ".join(
+            f"{r['model']} {r['context']} {r['judge_unreadable']}"
+            for r in rows
+            if r["judge_unreadable"]
+        )
+        out += ".\n"
+    for name, rows_ in pairs.items():
+        if not rows_:
+            continue
+        out += (
+            f"\n**{OPEN_SCORES[name]}**: the method's comparisons, paired per question, "
+            "Holm-corrected together (the verdict is from the adjusted p).\n\n"
+            "| A vs B | n | A | B | A − B [95% bootstrap CI] | test | p | Holm p "
+            "| min. detectable diff. | verdict |\n|---|---:|---:|---:|---|---|---:|---:|---:|---|\n"
+        )
+        for p in rows_:
+            mde = "n/a" if math.isnan(p["mde"]) else f"{p['mde']:.3f}"
+            extra = f" ({p['only_a']} / {p['only_b']})" if "only_a" in p else ""
+            out += (
+                f"| {p['a']} vs {p['b']} | {p['n']} | {_fmt(p['mean_a'])} | {_fmt(p['mean_b'])} "
+                f"| {p['difference']:+.3f} [{p['diff_ci_low']:+.3f}, {p['diff_ci_high']:+.3f}] | "
+                f"{p['test']}{extra} | {p['p']:.3f} | {p['holm_p']:.3f} | {mde} | "
+                f"{'significant' if p['significant'] else 'not significant'} |\n"
+            )
+    if agreement:
+        h, s = agreement["human"], agreement["self_consistency"]
+        out += (
+            f"\n**Can the judge be trusted?** `{agreement['model']}` on {agreement['labelled']} "
+            f"answers labelled by people: agreement {_fmt(h['agreement'], True)}, Cohen's kappa "
+            f"{_fmt(h['kappa'])} [95% CI {_fmt(h['kappa_ci_low'])}, {_fmt(h['kappa_ci_high'])}] "
+            f"over {h['n']} readable verdicts ({agreement['unreadable']} unreadable). Asked "
+            f"twice on {s['asked_twice']}: the same verdict {_fmt(s['agreement'], True)} of the "
+            f"time (kappa {_fmt(s['kappa'])}; {s['unreadable']} pair(s) with an unreadable "
+            f"reply). Requests {agreement['judge_requests']}, cached "
+            f"{agreement['judge_cache_hits']}; replies ignoring the JSON schema "
+            f"{agreement['judge_off_schema']}.\n"
+        )
+    if metric_agreement:
+        f1k, exk = metric_agreement["f1_kappa"], metric_agreement["exact_kappa"]
+        out += (
+            f"\n**The judge vs. the reference metrics** ({metric_agreement['judged']} judged "
+            f"answers): kappa with token F1 ≥ {correct_f1:g} {_fmt(f1k['kappa'])} "
+            f"[{_fmt(f1k['kappa_ci_low'])}, {_fmt(f1k['kappa_ci_high'])}], with exact match "
+            f"{_fmt(exk['kappa'])}; "
+            + "; ".join(
+                f"{OPEN_SCORES[n]}: mean {_fmt(metric_agreement[f'{n}_mean_when_correct'])} "
+                f"where judged correct, {_fmt(metric_agreement[f'{n}_mean_when_incorrect'])} "
+                f"where incorrect"
+                + (
+                    f", Spearman {metric_agreement[f'{n}_spearman']:.2f}"
+                    if f"{n}_spearman" in metric_agreement
+                    else ""
+                )
+                for n in ("token_f1", "rouge_l", "similarity")
+            )
+            + ".\n"
+        )
+    cells = [
+        f"{m} {c}" for m in models for c in contexts if any(f"{m} {c}" in q for q in questions)
+    ]
+    out += (
+        "\n**Per question**: each cell's answer beside the reference (token F1; judge ✓/✗ "
+        "where judged; ✂ cut off at max_new_tokens).\n\n"
+        "| row | question | reference | "
+        + " | ".join(cells)
+        + " |\n|---:|---|---|"
+        + "---|" * len(cells)
+        + "\n"
+    )
+    for q in questions:
+        parts = []
+        for cell in cells:
+            a = q.get(cell)
+            if a is None:
+                parts.append("–")
+                continue
+            mark = (
+                {1.0: " ✓", 0.0: " ✗"}.get(a["judge_correct"], "")
+                if a["judge_correct"] is not None
+                else ""
+            )
+            cut = " ✂" if a["truncated"] else ""
+            parts.append(f"{_md_cell(a['answer'])} (F1 {a['token_f1']:.2f}{mark}{cut})")
+        out += (
+            f"| {q['row']} | {_md_cell(q['question'])} | {_md_cell(q['reference'])} | "
+            + " | ".join(parts)
+            + " |\n"
+        )
+    return out
+
+
+def open_chart(rows: list[dict[str, Any]], path: Path) -> Path:
+    """Bars of token F1, ROUGE-L and (when judged) the judge's correct share per cell, with
+    their 95% intervals, saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scores = [
+        s
+        for s in ("token_f1", "rouge_l", "similarity", "judge_correct")
+        if any(r[f"{s}_n"] for r in rows)
+    ]
+    width = 0.8 / max(len(scores), 1)
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    for j, s in enumerate(scores):
+        xs = [i + (j - (len(scores) - 1) / 2) * width for i in range(len(rows))]
+        ys = [0.0 if math.isnan(r[s]) else r[s] for r in rows]
+        err = [
+            [
+                max(0.0, y - r[f"{s}_ci_low"]) if not math.isnan(r[f"{s}_ci_low"]) else 0.0
+                for y, r in zip(ys, rows, strict=True)
+            ],
+            [
+                max(0.0, r[f"{s}_ci_high"] - y) if not math.isnan(r[f"{s}_ci_high"]) else 0.0
+                for y, r in zip(ys, rows, strict=True)
+            ],
+        ]
+        ax.bar(xs, ys, width, yerr=err, capsize=3, label=OPEN_SCORES[s])
+    ax.set_xticks(range(len(rows)), [f"{r['model']}\n{r['context']}" for r in rows])
+    ax.set_ylim(0, 1)
+    ax.set_title("Open answers with 95% intervals")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

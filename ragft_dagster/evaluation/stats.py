@@ -30,15 +30,28 @@ def mcnemar_exact(only_a: int, only_b: int) -> float:
         only_b: Questions the second cell got right and the first wrong.
 
     Returns:
-        ``min(1, 2 * P(X <= min(only_a, only_b)))`` for ``X ~ Binomial(only_a + only_b, 1/2)``;
-        1.0 when there are no discordant questions.
+        The two-sided exact binomial test (scipy ``binomtest``) of ``only_a`` successes in
+        ``only_a + only_b`` trials at 1/2: ``min(1, 2 * P(X <= min(only_a, only_b)))``; 1.0 when
+        there are no discordant questions.
     """
+    from scipy.stats import binomtest
+
     n = only_a + only_b
     if n == 0:
         return 1.0
-    k = min(only_a, only_b)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
-    return min(1.0, 2 * tail)
+    return float(binomtest(only_a, n, 0.5).pvalue)
+
+
+def mcnemar_one_sided(only_a: int, only_b: int) -> float:
+    """Exact one-sided McNemar p-value for "a is better than b": ``P(X >= only_a)`` for
+    ``X ~ Binomial(only_a + only_b, 1/2)`` (scipy ``binomtest``, alternative greater); 1.0
+    when there are no discordant questions."""
+    from scipy.stats import binomtest
+
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    return float(binomtest(only_a, n, 0.5, alternative="greater").pvalue)
 
 
 def credit(value: Any) -> float:
@@ -391,13 +404,140 @@ def sampled_pair(a: dict[str, list[bool]], b: dict[str, list[bool]]) -> dict[str
     }
 
 
-def wilson_interval(correct: float, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95% Wilson score interval for a proportion (sound at small n and near 0 or 1);
-    ``correct`` may be fractional (credit summed over questions with split ties)."""
+def wilson_interval(correct: float, n: int, z: float = Z_95) -> tuple[float, float]:
+    """95% Wilson score interval for a proportion (sound at small n and near 0 or 1), from
+    statsmodels ``proportion_confint(method="wilson")``; ``correct`` may be fractional (credit
+    summed over questions with split ties)."""
+    from scipy.stats import norm
+    from statsmodels.stats.proportion import proportion_confint
+
     if n == 0:
         return (float("nan"), float("nan"))
-    p = correct / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    low, high = proportion_confint(correct, n, alpha=2 * norm.sf(z), method="wilson")
+    # a bound at 0% or 100% may miss by a rounding error
+    return (max(0.0, float(low)), min(1.0, float(high)))
+
+
+def is_binary(values: list[float]) -> bool:
+    """Whether every value is 0 or 1 (a verdict, an exact match) rather than a graded score."""
+    return all(v in (0.0, 1.0) for v in values)
+
+
+def mean_interval(
+    values: list[float], n_boot: int = 10_000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float, float]:
+    """A per-question score's mean with its 95% interval, the questions the unit: the Wilson
+    interval for 0/1 scores, else the percentile bootstrap of the mean (resampling
+    questions).
+
+    Returns:
+        (mean, low, high); NaNs without values.
+    """
+    import numpy as np
+
+    if not values:
+        nan = float("nan")
+        return nan, nan, nan
+    mean = float(np.mean(values))
+    if is_binary(values):
+        low, high = wilson_interval(sum(values), len(values))
+        return mean, low, high
+    data = np.asarray(values, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = data[rng.integers(0, len(data), size=(n_boot, len(data)))].mean(axis=1)
+    tail = (1 - level) / 2
+    return mean, float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
+
+
+def wilcoxon_p(a: list[float], b: list[float], alternative: str = "two-sided") -> float:
+    """Wilcoxon signed-rank p-value of paired scores (scipy; exact for small samples without
+    ties, else the normal approximation; zero differences dropped, Wilcoxon's own rule); 1.0
+    when every pair is equal."""
+    from scipy.stats import wilcoxon
+
+    if all(x == y for x, y in zip(a, b, strict=True)):
+        return 1.0
+    return float(wilcoxon(a, b, alternative=alternative).pvalue)
+
+
+def continuous_mdd(diffs: list[float], z_alpha: float = Z_95, z_power: float = Z_80) -> float:
+    """Smallest mean difference of a paired continuous score that this many questions detect
+    with 80% power at the 5% level (two-sided), from the observed spread of the per-question
+    differences: ``(z_a + z_b) * sd / sqrt(n)`` (the paired t-test's normal approximation;
+    Wilcoxon's efficiency relative to it is 0.955 for normal differences, higher for heavy
+    tails). NaN when the differences do not vary (nothing to scale by)."""
+    import numpy as np
+
+    n = len(diffs)
+    if n < 2:
+        return float("nan")
+    sd = float(np.std(diffs, ddof=1))
+    return (z_alpha + z_power) * sd / math.sqrt(n) if sd > 0 else float("nan")
+
+
+def score_comparisons(
+    cells: dict[str, dict[str, float]],
+    family: list[tuple[str, str]],
+    *,
+    alpha: float = 0.05,
+    n_boot: int = 10_000,
+) -> list[dict[str, Any]]:
+    """The family's paired comparisons of a per-question score, Holm-corrected together.
+
+    0/1 scores (verdicts, exact match) get the exact McNemar test and its minimum detectable
+    difference; graded scores (F1, ROUGE-L, similarity) the Wilcoxon signed-rank test and the
+    paired t approximation of it (:func:`continuous_mdd`); both the paired bootstrap interval of
+    the mean difference. Questions missing in either cell (an unreadable verdict) are left out
+    of that pair.
+
+    Args:
+        cells: ``{cell: {question id: score}}``.
+        family: ``(a, b)`` pairs, read "a vs. b"; pairs naming a missing cell are left out.
+        alpha: Significance level of the verdict (on the Holm-adjusted p).
+        n_boot: Bootstrap resamples.
+
+    Returns:
+        One row per pair: ``n``, ``mean_a``, ``mean_b``, ``difference``, its CI, ``test``,
+        ``p``, ``holm_p``, ``mde`` and ``significant``; for McNemar also ``only_a``/``only_b``.
+    """
+    rows = []
+    for a, b in dict.fromkeys(family):
+        if a not in cells or b not in cells:
+            continue
+        shared, x, y = paired_credit(cells[a], cells[b])
+        if not shared:
+            continue
+        n = len(shared)
+        lo, hi = paired_bootstrap_ci(x, y, n_boot=n_boot)
+        row: dict[str, Any] = {
+            "a": a,
+            "b": b,
+            "n": n,
+            "mean_a": sum(x) / n,
+            "mean_b": sum(y) / n,
+            "difference": (sum(x) - sum(y)) / n,
+            "diff_ci_low": lo,
+            "diff_ci_high": hi,
+        }
+        if is_binary(x) and is_binary(y):
+            only_a = int(sum(p * (1 - q) for p, q in zip(x, y, strict=True)))
+            only_b = int(sum(q * (1 - p) for p, q in zip(x, y, strict=True)))
+            row.update(
+                test="exact McNemar",
+                only_a=only_a,
+                only_b=only_b,
+                p=mcnemar_exact(only_a, only_b),
+                mde=minimum_detectable_difference(n, (only_a + only_b) / n),
+            )
+        else:
+            row.update(
+                test="Wilcoxon signed-rank",
+                p=wilcoxon_p(x, y),
+                mde=continuous_mdd([p - q for p, q in zip(x, y, strict=True)]),
+            )
+        rows.append(row)
+    adjusted = holm_adjust([r["p"] for r in rows])
+    for row, p in zip(rows, adjusted, strict=True):
+        row["holm_p"] = p
+        row["significant"] = p < alpha
+    return rows

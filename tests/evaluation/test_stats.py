@@ -1,9 +1,24 @@
 """Multiplicity (issue 13, item 5): the comparisons the method is about are one family,
-Holm-corrected together; every other pair is exploratory, uncorrected and labelled so."""
+Holm-corrected together; every other pair is exploratory, uncorrected and labelled so. The
+tests (scipy/statsmodels) against hand-computed values, and the paired tests of open-answer
+scores (issue 29)."""
+
+import math
 
 import pytest
 
-from ragft_dagster.evaluation.stats import comparisons_markdown, holm_adjust, paired_comparisons
+from ragft_dagster.evaluation.stats import (
+    comparisons_markdown,
+    continuous_mdd,
+    holm_adjust,
+    mcnemar_exact,
+    mcnemar_one_sided,
+    mean_interval,
+    paired_comparisons,
+    score_comparisons,
+    wilcoxon_p,
+    wilson_interval,
+)
 
 
 def test_holm_against_hand_computed_values():
@@ -87,3 +102,64 @@ def test_split_ties_give_expected_discordance_and_the_p_averaged_over_tie_breaks
     )
     md = comparisons_markdown([{**row, "family": "headline", "holm_p": row["mcnemar_p"]}])
     assert "| 5.8 / 0.2 |" in md and "counts 1/k correct" in md
+
+
+def test_mcnemar_is_scipys_exact_binomial_with_the_old_values():
+    assert mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(5, 0) == pytest.approx(2 / 32)  # 2 * (1/2)^5
+    assert mcnemar_exact(2, 6) == pytest.approx(2 * (1 + 8 + 28) / 256)  # 2 * P(X <= 2 | 8)
+    assert mcnemar_exact(4, 4) == 1.0
+    assert mcnemar_one_sided(6, 2) == pytest.approx(37 / 256)  # P(X >= 6 | 8) = (28 + 8 + 1)/256
+
+
+def test_wilson_interval_is_statsmodels_with_the_textbook_values():
+    # 8 of 10: centre (0.8 + 1.92/10) / 1.384, half-width 1.96 * sqrt(0.016 + 0.0096) / 1.384
+    low, high = wilson_interval(8, 10)
+    assert (low, high) == pytest.approx((0.4902, 0.9433), abs=1e-4)
+    assert wilson_interval(0, 10)[0] == 0.0
+    assert all(math.isnan(x) for x in wilson_interval(0, 0))
+
+
+def test_mean_interval_uses_wilson_for_verdicts_and_the_bootstrap_for_scores():
+    mean, low, high = mean_interval([1.0] * 8 + [0.0] * 2)
+    assert mean == 0.8 and (low, high) == pytest.approx(wilson_interval(8, 10))
+    mean, low, high = mean_interval([0.2, 0.4, 0.6, 0.8])
+    assert mean == pytest.approx(0.5) and 0.2 <= low < 0.5 < high <= 0.8
+
+
+def test_wilcoxon_and_the_detectable_difference_by_hand():
+    # five positive differences: the exact null puts 1/32 on "all positive"
+    assert wilcoxon_p([1, 2, 3, 4, 5], [0] * 5) == pytest.approx(2 / 32)
+    assert wilcoxon_p([1, 2, 3, 4, 5], [0] * 5, alternative="greater") == pytest.approx(1 / 32)
+    assert wilcoxon_p([1, 2], [1, 2]) == 1.0
+    # sd of [0.1, 0.3] is 0.1 * sqrt(2); (1.96 + 0.84) * sd / sqrt(2) = 0.2802
+    assert continuous_mdd([0.1, 0.3]) == pytest.approx(0.2802, abs=1e-4)
+    assert math.isnan(continuous_mdd([0.2, 0.2]))
+
+
+def test_score_comparisons_pick_the_test_by_the_scores_and_holm_correct_together():
+    f1 = {
+        "sft rag": {"q1": 0.9, "q2": 0.8, "q3": 0.7, "q4": 0.6, "q5": 0.5},
+        "base rag": {"q1": 0.1, "q2": 0.2, "q3": 0.3, "q4": 0.0, "q5": 0.4},
+        "sft closed_book": {"q1": 0.9, "q2": 0.8, "q3": 0.7, "q4": 0.6, "q5": 0.5},
+    }
+    rows = score_comparisons(
+        f1, [("sft rag", "base rag"), ("sft rag", "sft closed_book"), ("x", "y")], n_boot=200
+    )
+    assert [(r["a"], r["b"]) for r in rows] == [
+        ("sft rag", "base rag"),
+        ("sft rag", "sft closed_book"),
+    ]
+    first, second = rows
+    assert first["test"] == "Wilcoxon signed-rank" and first["p"] == pytest.approx(2 / 32)
+    assert first["difference"] == pytest.approx((3.5 - 1.0) / 5)
+    assert second["p"] == 1.0
+    # Holm over two: the smaller p doubled, the larger kept at least as large
+    assert first["holm_p"] == pytest.approx(4 / 32) and second["holm_p"] == 1.0
+    verdicts = {
+        "a": {f"q{i}": 1.0 for i in range(6)},
+        "b": {f"q{i}": 0.0 for i in range(6)},
+    }
+    [row] = score_comparisons(verdicts, [("a", "b")], n_boot=200)
+    assert row["test"] == "exact McNemar" and (row["only_a"], row["only_b"]) == (6, 0)
+    assert row["p"] == pytest.approx(2 / 64)
