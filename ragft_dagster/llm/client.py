@@ -1,17 +1,20 @@
 """One chat completion against an OpenAI-compatible endpoint, with retries, backoff and errors
-that say what to do (never the API key)."""
+that say what to do (never the API key).
+
+The openai client retries what it knows to be transient (408/409/429/5xx, timeouts, dropped
+connections) with its own backoff, honouring the server's ``Retry-After``; tenacity retries what
+it does not (a body that is not a chat completion). What is ours is the advice in the errors."""
 
 from __future__ import annotations
 
 import base64
-import email.utils
-import random
 import re
 import threading
 import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from ragft_dagster.config.recipe import EndpointCalls
@@ -24,6 +27,7 @@ class LlmStats:
     requests: int = 0
     cache_hits: int = 0
     retries: int = 0
+    """Retries before a reply: the openai client's and ours (of unreadable replies)."""
     truncated: int = 0
     """Replies cut off at ``max_tokens`` (finish_reason ``length``)."""
     short_replies: int = 0
@@ -33,6 +37,7 @@ class LlmStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     retry_wait_seconds: float = 0.0
+    """Seconds lost to retries: the waits and the failed attempts before a reply."""
     parse: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     """One line per reply that was cut off, short or unreadable, saying what to do."""
@@ -91,29 +96,6 @@ class RequestBudget:
             self.tokens += used_tokens - estimated_tokens
 
 
-def retry_after_seconds(headers: Any) -> float | None:
-    """The wait a server asks for: ``retry-after-ms``, or ``Retry-After`` as seconds or a date."""
-    if headers is None:
-        return None
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return max(float(ms) / 1000, 0.0)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        return max(when.timestamp() - time.time(), 0.0)
-
-
 API_KEY_ENV_ATTR = "ragft_api_key_env"
 """Attribute of a client naming the variable its key came from (set by LlmEndpointResource), so
 errors can say which variable to fix; clients without it are described generically."""
@@ -170,13 +152,14 @@ def redact_secret(text: str, secret: str | None) -> str:
 @dataclass
 class Endpoint:
     """How to call the LLM: the client, and the recipe section holding the retry settings
-    (``max_retries``, ``initial_backoff``, ``max_backoff``, ``request_timeout``), named in error
-    messages."""
+    (``max_retries``; ``initial_backoff`` and ``max_backoff`` for unreadable replies;
+    ``request_timeout``), named in error messages."""
 
     client: Any
     retry: EndpointCalls
     section: str = "qa"
     sleep: Callable[[float], None] = time.sleep
+    """How the retries of unreadable replies wait (the openai client's own waits are its own)."""
     structured: str = "off"
     """``auto``: a request with ``response_format`` that the endpoint refuses (HTTP 400) is sent
     again without it, and so is every later one; ``json_schema``: the refusal is an error."""
@@ -186,6 +169,12 @@ class Endpoint:
     @property
     def url(self) -> str:
         return endpoint_url(self.client)
+
+    @cached_property
+    def retrying_client(self) -> Any:
+        """The client, retrying transient failures ``max_retries`` times (however it was built:
+        the resource builds clients with ``max_retries=0``); it shares the client's connections."""
+        return self.client.with_options(max_retries=self.retry.max_retries)
 
     @property
     def key_env(self) -> str:
@@ -246,7 +235,7 @@ def _retryable_advice(endpoint: Endpoint, exc: BaseException) -> str:
         if exc.status_code == 429:
             return (
                 f"{url} kept rate-limiting the requests (HTTP 429): lower "
-                f"{section}.max_concurrency, or raise {section}.max_backoff"
+                f"{section}.max_concurrency, or raise {section}.max_retries"
             )
         return (
             f"{url} kept failing with HTTP {exc.status_code} ({endpoint.describe(exc)}): the "
@@ -270,103 +259,153 @@ def _about_schema(exc: BaseException) -> bool:
     return any(w in text for w in ("response_format", "json_schema", "schema", "structured"))
 
 
+class _Unreadable(Exception):
+    """A 200 reply that is not a chat completion (the openai client does not retry these)."""
+
+
+def _reply(endpoint: Endpoint, request: dict[str, Any], tally: dict[str, float]) -> dict[str, Any]:
+    """One request through the retrying client, its retries and final attempt's time in
+    ``tally``."""
+    import openai
+
+    raw = endpoint.retrying_client.chat.completions.with_raw_response.create(**request)
+    tally["retries"] += raw.retries_taken
+    tally["final"] = raw.elapsed.total_seconds()
+    try:
+        response = raw.parse()
+        choice = response.choices[0]
+        content = choice.message.content
+    except (ValueError, openai.APIResponseValidationError) as exc:  # unreadable JSON body
+        raise _Unreadable() from exc
+    except (AttributeError, IndexError, TypeError) as exc:  # a reply without choices
+        raise _Unreadable() from exc
+    usage = getattr(response, "usage", None)
+    return {
+        "content": content or "",
+        "structured": "response_format" in request,
+        "finish_reason": getattr(choice, "finish_reason", None),
+        "prompt_tokens": getattr(usage, "prompt_tokens", 0) or 0,
+        "completion_tokens": getattr(usage, "completion_tokens", 0) or 0,
+        "seconds": round(tally["final"], 3),
+    }
+
+
 def call_llm(
     endpoint: Endpoint, request: dict[str, Any], stats: LlmStats, stats_lock: threading.Lock
 ) -> dict[str, Any]:
-    """One chat completion with retries: 408/409/429/5xx, timeouts, dropped connections and
-    unreadable replies are retried with exponential backoff (jittered, capped at
-    ``max_backoff``), honouring the server's Retry-After; other errors fail at once.
+    """One chat completion with retries: the openai client retries 408/409/429/5xx, timeouts
+    and dropped connections (its backoff, the server's Retry-After); a reply that is not a chat
+    completion is asked for again with tenacity (full-jitter exponential backoff from
+    ``initial_backoff``, capped at ``max_backoff``); other errors fail at once.
 
     Args:
         endpoint: Client and retry settings.
         request: ``chat.completions.create`` arguments (model, messages, temperature, ...).
-        stats: Retries and waits are counted here.
+        stats: Retries and their time are counted here.
         stats_lock: Guards ``stats`` across worker threads.
 
     Raises:
         LlmCallError: Naming the endpoint, what went wrong and what to do; never the API key.
     """
     import openai
+    import tenacity
 
     retry, section, url = endpoint.retry, endpoint.section, endpoint.url
-    last: BaseException | None = None
     if endpoint.structured_refused is not None:
         request = {k: v for k, v in request.items() if k != "response_format"}
-    attempt = 0
-    while True:
-        started = time.monotonic()
-        wait: float | None = None
-        try:
-            response = endpoint.client.chat.completions.create(**request)
-            choice = response.choices[0]
-            usage = getattr(response, "usage", None)
-            return {
-                "content": choice.message.content or "",
-                "structured": "response_format" in request,
-                "finish_reason": getattr(choice, "finish_reason", None),
-                "prompt_tokens": getattr(usage, "prompt_tokens", 0) or 0,
-                "completion_tokens": getattr(usage, "completion_tokens", 0) or 0,
-                "seconds": round(time.monotonic() - started, 3),
-            }
-        except openai.APIStatusError as exc:
-            status = exc.status_code
-            if status in (401, 403):
+    started = time.monotonic()
+    tally = {"retries": 0, "final": 0.0}
+
+    def count_retry(state: tenacity.RetryCallState) -> None:
+        tally["retries"] += 1
+
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type(_Unreadable),
+        stop=tenacity.stop_after_attempt(retry.max_retries + 1),
+        wait=tenacity.wait_random_exponential(
+            multiplier=retry.initial_backoff, max=retry.max_backoff
+        ),
+        sleep=endpoint.sleep,
+        before_sleep=count_retry,
+        reraise=True,
+    )
+    try:
+        reply = retrying(_reply, endpoint, request, tally)
+    except openai.APIStatusError as exc:
+        status = exc.status_code
+        if status in (401, 403):
+            raise LlmCallError(
+                f"{url} rejected the API key (HTTP {status}): put a valid key for this "
+                f"endpoint in {endpoint.key_env}"
+            ) from None
+        if status == 429 and getattr(exc, "code", None) == "insufficient_quota":
+            raise LlmCallError(
+                f"{url} says the account has no quota left (HTTP 429 insufficient_quota): "
+                f"add credit to the account, or put another key in {endpoint.key_env}"
+            ) from None
+        if status == 400 and "response_format" in request and _about_schema(exc):
+            if endpoint.structured != "auto":
                 raise LlmCallError(
-                    f"{url} rejected the API key (HTTP {status}): put a valid key for this "
-                    f"endpoint in {endpoint.key_env}"
+                    f"{url} refused the JSON schema in response_format (HTTP 400: "
+                    f"{endpoint.describe(exc)}); this endpoint has no structured output: "
+                    f"set {section}.structured_output: auto (try, then fall back) or off"
                 ) from None
-            if status == 429 and getattr(exc, "code", None) == "insufficient_quota":
-                raise LlmCallError(
-                    f"{url} says the account has no quota left (HTTP 429 insufficient_quota): "
-                    f"add credit to the account, or put another key in {endpoint.key_env}"
-                ) from None
-            if status == 400 and "response_format" in request and _about_schema(exc):
-                if endpoint.structured != "auto":
-                    raise LlmCallError(
-                        f"{url} refused the JSON schema in response_format (HTTP 400: "
-                        f"{endpoint.describe(exc)}); this endpoint has no structured output: "
-                        f"set {section}.structured_output: auto (try, then fall back) or off"
-                    ) from None
-                # This server has no structured output: ask without it from now on (the same
-                # request again at once, not a retry).
-                endpoint.structured_refused = endpoint.describe(exc)
-                request = {k: v for k, v in request.items() if k != "response_format"}
-                continue
-            if status not in (408, 409, 429) and status < 500:
-                hint = (
-                    f"; check the model name ({endpoint.model_field} in the recipe) and "
-                    "llm.base_url in the profile"
+            # This server has no structured output: ask without it from now on (the same
+            # request again at once, not a retry).
+            endpoint.structured_refused = endpoint.describe(exc)
+            return call_llm(endpoint, request, stats, stats_lock)
+        if status not in (408, 409, 429) and status < 500:
+            hint = (
+                f"; check the model name ({endpoint.model_field} in the recipe) and "
+                "llm.base_url in the profile"
+            )
+            if status == 400:  # most often: prompt + max_tokens exceed the context
+                shorter = (
+                    "qa.max_tokens or chunking.chunk_size"
+                    if section == "qa"
+                    else f"{section}.max_tokens or retrieval.top_k"
                 )
-                if status == 400:  # most often: prompt + max_tokens exceed the context
-                    shorter = (
-                        "qa.max_tokens or chunking.chunk_size"
-                        if section == "qa"
-                        else f"{section}.max_tokens or retrieval.top_k"
-                    )
-                    hint = f"; if the prompt is too long for the model, lower {shorter}" + hint
-                raise LlmCallError(
-                    f"{url} refused the request for model {request.get('model')!r} "
-                    f"(HTTP {status}): {endpoint.describe(exc)}{hint}"
-                ) from None
-            wait = retry_after_seconds(exc.response.headers if exc.response else None)
-            last = exc
-        except (openai.APIConnectionError, openai.APIResponseValidationError, ValueError) as exc:
-            # APITimeoutError is an APIConnectionError; ValueError covers unreadable JSON bodies
-            last = exc
-        except (AttributeError, IndexError, TypeError) as exc:  # a reply without choices
-            last = exc
-        if attempt == retry.max_retries:
-            break
-        if wait is None:
-            wait = retry.initial_backoff * 2**attempt * (0.5 + random.random() / 2)
-        wait = min(wait, retry.max_backoff)
-        with stats_lock:
-            stats.retries += 1
-            stats.retry_wait_seconds += wait
-        endpoint.sleep(wait)
-        attempt += 1
-    advice = _retryable_advice(endpoint, last) if last is not None else f"{url}: no attempt"
+                hint = f"; if the prompt is too long for the model, lower {shorter}" + hint
+            raise LlmCallError(
+                f"{url} refused the request for model {request.get('model')!r} "
+                f"(HTTP {status}): {endpoint.describe(exc)}{hint}"
+            ) from None
+        last: BaseException = exc
+    except (openai.APIConnectionError, _Unreadable) as exc:  # APITimeoutError included
+        last = exc.__cause__ if isinstance(exc, _Unreadable) and exc.__cause__ else exc
+    else:
+        if tally["retries"]:
+            with stats_lock:
+                stats.retries += int(tally["retries"])
+                stats.retry_wait_seconds += max(time.monotonic() - started - tally["final"], 0.0)
+        return reply
+    asked = _long_retry_after(last)
+    if asked is not None:
+        raise LlmCallError(
+            f"{url} rate-limited the requests (HTTP 429) and asks to wait {asked:g} s "
+            f"(Retry-After), longer than the openai client waits ({_CLIENT_MAX_RETRY_AFTER} s), "
+            f"so it was not retried: try again later, or lower {section}.max_concurrency"
+        ) from None
     raise LlmCallError(
         f"gave up after {retry.max_retries + 1} attempts ({section}.max_retries="
-        f"{retry.max_retries}): {advice}"
-    )
+        f"{retry.max_retries}): {_retryable_advice(endpoint, last)}"
+    ) from None
+
+
+_CLIENT_MAX_RETRY_AFTER = 120
+"""The longest Retry-After, in seconds, the openai client waits for (``MAX_RETRY_AFTER_DELAY``
+in openai 3.x); it does not retry a response asking for more."""
+
+
+def _long_retry_after(exc: BaseException) -> float | None:
+    """The seconds a 429 asked to wait, when that is more than the client waits (so the
+    request was tried once, not ``max_retries + 1`` times)."""
+    import openai
+
+    if not isinstance(exc, openai.APIStatusError) or exc.response is None:
+        return None
+    try:
+        asked = float(exc.response.headers.get("retry-after", ""))
+    except ValueError:
+        return None
+    return asked if _CLIENT_MAX_RETRY_AFTER < asked < float("inf") else None

@@ -268,10 +268,10 @@ QA_FAILURES = {
     "403-forbidden": Fault(
         {"status": 403}, (r"rejected the API key \(HTTP 403\)", KEY_ENV), attempts=1
     ),
-    "429-quota-exhausted": Fault(
+    "429-quota-exhausted": Fault(  # the openai client retries every 429 (openai-python#1671)
         {"status": 429, "code": "insufficient_quota"},
         (r"no quota left \(HTTP 429 insufficient_quota\)", "add credit", KEY_ENV),
-        attempts=1,
+        attempts=3,
     ),
     "429-persistent": Fault(
         {"status": 429, "headers": {"Retry-After": "0"}},
@@ -380,7 +380,8 @@ def test_synthetic_qa_transient_fault_is_retried(qa_scene, name, script, retries
                 t for r, t in zip(stub.requests, stub.times, strict=True) if _version_of(r) == 2
             ]
             assert times[2] - times[1] >= 0.95
-            assert meta["llm_retry_wait_seconds"].value == 1.0
+            # the wait and the refused attempt before it
+            assert 1.0 <= meta["llm_retry_wait_seconds"].value < 1.5
 
 
 # --- synthetic_qa: the endpoint is not there, or goes away ---------------------------------------

@@ -1,4 +1,5 @@
-"""The LLM path of synthetic_qa: cache, retries and backoff, concurrency, budget, cost."""
+"""The LLM path of synthetic_qa: cache, retries, concurrency, budget, cost (which failures are
+retried and how long they wait: tests/llm/test_client.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 from ragft_dagster.config.recipe import QaRecipe
 from ragft_dagster.data.qa_generation import generate_document_qa
 from ragft_dagster.llm.cache import ReplyCache
-from ragft_dagster.llm.client import BudgetExceeded, LlmCallError, retry_after_seconds
+from ragft_dagster.llm.client import BudgetExceeded, LlmCallError
 
 from ..openai_stub import OpenAIStub
 
@@ -39,7 +40,8 @@ def _client(stub: OpenAIStub, timeout: float = 5) -> openai.OpenAI:
 
 
 def _generate(cache_dir, client, n: int = 1, sleep=lambda s: None, **qa_overrides):
-    """Generate for ``n`` chunks of one document with the stub's client (no real sleeping)."""
+    """Generate for ``n`` chunks of one document with the stub's client (our retries of
+    unreadable replies do not sleep; the openai client's own backoff does)."""
     return generate_document_qa(
         _chunks(n),
         "d.md",
@@ -84,40 +86,6 @@ def test_passes_are_separate_cache_entries(tmp_path):
             _chunks(2), "d.md", _qa(passes=3), cache=ReplyCache(tmp_path), client=_client(stub)
         )
     assert stats.requests == 6 and len(stub.requests) == 6
-
-
-def test_429_honours_retry_after_and_5xx_backs_off(tmp_path):
-    waits: list[float] = []
-    script = [
-        {"status": 429, "headers": {"Retry-After": "7"}},
-        {"status": 503},
-        {"raw": "{not json"},
-        GOOD,
-    ]
-    with OpenAIStub(script) as stub:
-        rows, stats = _generate(tmp_path, _client(stub), sleep=waits.append)
-    assert len(stub.requests) == 4 and stats.retries == 3 and len(rows) == 1
-    assert waits[0] == 7.0  # the server's Retry-After, not our backoff
-    assert 0 < waits[1] <= 0.02 and 0 < waits[2] <= 0.04  # exponential from initial_backoff
-
-
-def test_retry_after_is_capped_and_parsed(tmp_path):
-    assert retry_after_seconds({"retry-after-ms": "1500"}) == 1.5
-    assert retry_after_seconds({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0
-    assert retry_after_seconds({"retry-after": "soon"}) is None
-    assert retry_after_seconds({}) is None
-    waits: list[float] = []
-    qa = _qa(max_backoff=2.0, max_retries=1)
-    with OpenAIStub([{"status": 429, "headers": {"Retry-After": "3600"}}, GOOD]) as stub:
-        generate_document_qa(
-            _chunks(1),
-            "d.md",
-            qa,
-            cache=ReplyCache(tmp_path),
-            client=_client(stub),
-            sleep=waits.append,
-        )
-    assert waits == [2.0]
 
 
 def test_401_fails_at_once_naming_the_key_variable(tmp_path):
