@@ -13,6 +13,8 @@ def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX): there, bf16 matmuls
     run about 3x faster than float32 (measured on SmolLM2-135M, 2 cores); elsewhere torch
     emulates them and they are slower."""
+    # /proc/cpuinfo's flags: psutil reports no CPU features, and torch only through private
+    # helpers (torch.cpu._is_avx512_bf16_supported)
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:

@@ -930,8 +930,10 @@ class DecoderPositions:
 
 def _peak_rss_bytes() -> int:
     """This process's peak RSS since it started its program: ``VmHWM``, the high-water mark of
-    its own address space. (``ru_maxrss`` would not do: after fork and exec it starts from the
-    parent's RSS at the fork.)"""
+    its own address space. Read from /proc because neither alternative measures that:
+    ``ru_maxrss`` starts from the parent's RSS at the fork (after fork and exec), and psutil has
+    no peak RSS on Linux (``memory_info``/``memory_full_info`` give the current RSS, USS and
+    PSS; its peak fields are Windows only)."""
     with open("/proc/self/status") as f:
         line = next(ln for ln in f if ln.startswith("VmHWM:"))
     return int(line.split()[1]) * 1024  # kB
@@ -947,10 +949,9 @@ def _cpu_seconds() -> float:
 
 
 def _current_rss_bytes() -> int:
-    import os
+    import psutil
 
-    with open(f"/proc/{os.getpid()}/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    return psutil.Process().memory_info().rss
 
 
 def _shape_questions(spec: dict[str, Any]) -> tuple[list[Any], list[list[dict[str, str]]]]:
@@ -1223,6 +1224,7 @@ def _commit() -> str:
 
 
 def _cpu_model() -> str:
+    # /proc/cpuinfo: psutil gives no CPU model name (platform.processor() is "" or "x86_64")
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:

@@ -34,11 +34,11 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from signal import SIGTERM
 from typing import Any
 
 import dagster as dg
+import psutil
 from dagster._core.launcher import (
     CheckRunHealthResult,
     DefaultRunLauncher,
@@ -76,34 +76,28 @@ class RunHandedOver(Exception):
     be running, so it must not be started a second time."""
 
 
-def _stat(pid: int) -> list[str] | None:
-    """/proc/<pid>/stat after the command name (Linux); None where unknown."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
 def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot; tells a run's process from a later
-    process that got its pid."""
-    stat = _stat(pid)
-    return stat[19] if stat else None
+    """The process's start time (psutil's ``create_time``, seconds since the epoch); tells a
+    run's process from a later process that got its pid."""
+    try:
+        return f"{psutil.Process(pid).create_time():.3f}"
+    except psutil.Error:
+        return None
 
 
 def _alive(pid: int, start: str | None) -> bool:
     """The run's process still runs: it exists, is not a zombie (exited, not yet reaped, as
     when the daemon is PID 1 of a container without an init) and is the same process."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        process = psutil.Process(pid)
+        if process.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+            return False
+        # a tag written before start times came from psutil holds clock ticks (no ".")
+        return start is None or "." not in start or f"{process.create_time():.3f}" == start
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
-        pass  # another user's process of that pid: /proc tells
-    stat = _stat(pid)
-    if stat is None:
-        return True
-    return stat[0] not in ("Z", "X") and (start is None or stat[19] == start)
+    except psutil.AccessDenied:
+        return True  # another user's process of that pid: taken to be the run's
 
 
 class _Worker:

@@ -397,3 +397,21 @@ def test_the_shipped_preload_list_leaves_no_other_thread() -> None:
         assert worker.failed == {}  # every module is in the lock
     finally:
         worker.close()
+
+
+def test_a_run_process_is_alive_until_it_exits_or_its_pid_is_reused() -> None:
+    """The watcher's test of a run's process (psutil): alive while it runs; not once it exited
+    (a zombie not yet reaped included), nor when the pid now belongs to a later process."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        start = launcher_module._start_time(child.pid)
+        assert start is not None and launcher_module._alive(child.pid, start)
+        assert not launcher_module._alive(child.pid, f"{float(start) - 5:.3f}")  # pid reused
+        child.kill()
+        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped: a zombie
+        assert not launcher_module._alive(child.pid, start)
+    finally:
+        child.kill()
+        child.wait()
+    assert not launcher_module._alive(child.pid, start)
+    assert launcher_module._start_time(child.pid) is None
