@@ -12,7 +12,7 @@ from typing import Any
 
 from ragft_dagster.artifacts import ArtifactLayout
 from ragft_dagster.definitions import PROJECT_ROOT, build_resources, load_inputs
-from ragft_dagster.orchestration.runner import run_pipeline
+from ragft_dagster.runner import run_pipeline
 
 
 def _positive_int(text: str) -> int:
@@ -147,9 +147,9 @@ def backfill(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from ragft_dagster.assets._meta import DOCUMENTS
+    from ragft_dagster.backfill import submit_asset_backfill
     from ragft_dagster.definitions import definitions_for
     from ragft_dagster.orchestration.automation import scan_documents_folder
-    from ragft_dagster.orchestration.backfill import submit_asset_backfill
 
     recipe, profile = load_inputs(args.recipe, args.profile)
     instance = dg.DagsterInstance.get()
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from ragft_dagster.config.profile import ProfileError
     from ragft_dagster.config.recipe import RecipeError
-    from ragft_dagster.orchestration.runner import PipelineInterrupted
+    from ragft_dagster.runner import PipelineInterrupted
 
     signals = _SignalLog()
     try:

@@ -28,7 +28,7 @@ import yaml
 
 from ragft_dagster.artifacts import ArtifactLayout, read_jsonl
 from ragft_dagster.config.recipe import DEFAULT_EXCLUDE
-from ragft_dagster.orchestration.runner import OWNER_TAG
+from ragft_dagster.runner import OWNER_TAG
 
 from .conftest import (
     LOCAL_PROFILE,

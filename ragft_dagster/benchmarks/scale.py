@@ -185,7 +185,7 @@ def through_ragft_run(
     unchanged, one edit."""
     import dagster as dg
 
-    from ragft_dagster.orchestration.runner import run_pipeline
+    from ragft_dagster.runner import run_pipeline
 
     lines: list[str] = []
     instance_yaml(instance_file, home)
@@ -410,7 +410,7 @@ def llm_pool(
 
     from ragft_dagster.config.recipe import load_recipe
     from ragft_dagster.models.refs import resolve_model_ref
-    from ragft_dagster.orchestration.runner import run_pipeline
+    from ragft_dagster.runner import run_pipeline
 
     docs = tmp / "docs"
     docs.mkdir()

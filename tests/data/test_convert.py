@@ -567,7 +567,7 @@ def test_the_default_glob_takes_every_format_and_names_what_it_cannot_read(tmp_p
 
 
 # The stage that reads documents (the whole graph over the quickstart's pages is
-# tests/orchestration/test_runner.py's end-to-end test; run here it takes ~6 min on 2 cores).
+# tests/test_runner.py's end-to-end test; run here it takes ~6 min on 2 cores).
 E2E_JOBS = {"documents_job"}
 
 

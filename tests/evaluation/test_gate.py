@@ -182,7 +182,7 @@ def test_failed_gate_is_an_error_check_and_holds_the_export(tmp_path, tiny_base)
 def test_ragft_run_prints_a_blocking_gate_as_one_line_and_its_reasons():
     from types import SimpleNamespace
 
-    from ragft_dagster.orchestration.runner import _echo_failed_checks, _readable
+    from ragft_dagster.runner import _echo_failed_checks, _readable
 
     raw = (
         "dagster._core.errors.DagsterAssetCheckFailedError: 1 blocking asset check failed with "

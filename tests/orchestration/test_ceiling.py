@@ -16,9 +16,9 @@ import dagster as dg
 import pytest
 import yaml
 
+from ragft_dagster.backfill import submit_asset_backfill
 from ragft_dagster.data.documents import CONTENT_HASH_KEY, scan_documents
 from ragft_dagster.definitions import build_definitions
-from ragft_dagster.orchestration.backfill import submit_asset_backfill
 from ragft_dagster.resources import ArtifactStoreResource
 
 from ..conftest import ROOT, write_recipe

@@ -12,8 +12,8 @@ from ragft_dagster.artifacts import ArtifactLayout, read_jsonl
 from ragft_dagster.config.recipe import relocatable_raw
 from ragft_dagster.definitions import build_definitions, load_inputs, recipe_stages
 
-from ..conftest import LOCAL_PROFILE, QUICKSTART_DATA, TINY_RECIPE, write_recipe
-from ..openai_stub import OpenAIStub
+from .conftest import LOCAL_PROFILE, QUICKSTART_DATA, TINY_RECIPE, write_recipe
+from .openai_stub import OpenAIStub
 
 ALL_ASSETS = {
     "merged_model",
@@ -355,7 +355,7 @@ def test_ragft_run_scores_api_models_at_the_endpoint_and_reports_them(tmp_path):
 
     from ragft_dagster.evaluation.mcq import load_questions
 
-    from ..conftest import ROOT, recipe_with_docs
+    from .conftest import ROOT, recipe_with_docs
 
     recipe, _ = recipe_with_docs(tmp_path, ["glossary.md", "chunking.md"])
     raw = yaml.safe_load(recipe.read_text())
@@ -401,7 +401,7 @@ def test_a_second_ragft_run_waits_for_the_run_building_the_same_asset(tmp_path):
     import sys
     import threading
 
-    from ragft_dagster.orchestration.runner import (
+    from ragft_dagster.runner import (
         OWNER_TAG,
         _owner,
         _wait_for_overlapping_runs,

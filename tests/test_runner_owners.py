@@ -11,9 +11,9 @@ import sys
 
 import dagster as dg
 
-from ragft_dagster.orchestration.runner import OWNER_TAG, _owner, other_ragft_runs
+from ragft_dagster.runner import OWNER_TAG, _owner, other_ragft_runs
 
-from ..conftest import stop_process_group
+from .conftest import stop_process_group
 
 
 @dg.asset
