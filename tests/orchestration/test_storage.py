@@ -188,3 +188,13 @@ def test_partition_metadata_falls_back_to_the_public_call():
     )
     add_partition_metadata(context, {"a.md": {"n": 1}, "b.md": {"n": 2}})  # type: ignore[arg-type]
     assert calls == [("a.md", {"n": 1}), ("b.md", {"n": 2})]
+
+
+def test_partition_metadata_of_a_one_partition_run_is_dagsters_call_without_the_key():
+    calls: list[tuple] = []
+    context = types.SimpleNamespace(
+        partition_keys=["a.md"],
+        add_asset_metadata=lambda md, partition_key=None: calls.append((partition_key, md)),
+    )
+    add_partition_metadata(context, {"a.md": {"n": 1}})  # type: ignore[arg-type]
+    assert calls == [(None, {"n": 1})]
