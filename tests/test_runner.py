@@ -35,7 +35,8 @@ def test_definitions_load_with_the_asset_graph():
     defs = defs()  # @dg.definitions is lazy
     graph = defs.resolve_asset_graph()
     keys = {k.path[0] for k in graph.get_all_asset_keys()}
-    assert keys == ALL_ASSETS | {"specialist_model"}  # the quickstart derives a specialist
+    # the quickstart derives a specialist and answers open questions
+    assert keys == ALL_ASSETS | {"specialist_model", "open_scores"}
     parents = {
         k.path[0]: {p.path[0] for p in graph.get(k).parent_keys} for k in graph.get_all_asset_keys()
     }
@@ -44,7 +45,8 @@ def test_definitions_load_with_the_asset_graph():
     assert parents["synthetic_qa"] == {"doc_chunks"}
     assert parents["lora_adapter"] == {"dpo_model", "sft_dataset"}
     assert parents["vector_index"] == {"doc_chunks"}
-    assert parents["mcq_report"] == {"mcq_scores", "general_scores"}
+    assert parents["mcq_report"] == {"mcq_scores", "general_scores", "open_scores"}
+    assert parents["open_scores"] == {"merged_model", "dpo_model", "lora_adapter", "vector_index"}
     # the specialist is scored on the general set too (Figure 2: every merge source)
     assert parents["general_scores"] == {
         "specialist_model",
@@ -53,7 +55,7 @@ def test_definitions_load_with_the_asset_graph():
         "lora_adapter",
     }
     gpu_bound = ("specialist_model", "merged_model", "dpo_model", "lora_adapter")
-    for name in (*gpu_bound, "mcq_scores", "general_scores"):
+    for name in (*gpu_bound, "mcq_scores", "general_scores", "open_scores"):
         assert graph.get(dg.AssetKey(name)).pools == {"gpu"}
     stages = recipe_stages(load_inputs()[0])  # the default recipe
     assert [s.job for s in stages] == [
@@ -63,6 +65,7 @@ def test_definitions_load_with_the_asset_graph():
         "retrieval_job",
         "evaluation_job",
         "general_job",
+        "open_answers_job",
         "report_job",
     ]
     for stage in stages:
