@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import shutil
 import time
@@ -555,7 +556,28 @@ def _run_mergekit(config: dict[str, Any], out_dir: Path, options: Any) -> None:
     from mergekit.config import MergeConfiguration
     from mergekit.merge import run_merge
 
-    run_merge(MergeConfiguration.model_validate(config), out_path=str(out_dir), options=options)
+    # mergekit 0.1.5 writes the output dtype through transformers 5's deprecated alias
+    # (``config.torch_dtype = ...`` in mergekit.merge._model_out_config), which logs "`torch_dtype`
+    # is deprecated! Use `dtype` instead!" into every merge's output: the value is stored the
+    # same, and there is nothing for a user to change. Only that record is dropped, only here.
+    logger = logging.getLogger("transformers.configuration_utils")
+    mergekit_alias = _DropRecords("`torch_dtype` is deprecated")
+    logger.addFilter(mergekit_alias)
+    try:
+        run_merge(MergeConfiguration.model_validate(config), out_path=str(out_dir), options=options)
+    finally:
+        logger.removeFilter(mergekit_alias)
+
+
+class _DropRecords(logging.Filter):
+    """Drops the log records whose message starts with ``prefix``."""
+
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
 
 
 def _prune_stale(plan: _ChainPlan) -> list[str]:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -259,7 +262,9 @@ def load_trainable_model(
     # trl's default is gradient checkpointing on; non-reentrant, as the Trainer will use it.
     return prepare_model_for_kbit_training(
         model,
-        use_gradient_checkpointing=bool(trainer_args.get("gradient_checkpointing", True)),
+        use_gradient_checkpointing=bool(
+            checkpointing_args(trainer_args)["activation_checkpointing"]
+        ),
         gradient_checkpointing_kwargs={"use_reentrant": False},
     )
 
@@ -274,3 +279,35 @@ def count_parameters(model: Any) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return total, trainable
+
+
+def checkpointing_args(args: Mapping[str, Any]) -> dict[str, Any]:
+    """The recipe's gradient checkpointing as transformers 5 names it, to pass to a trl config.
+
+    Recipes use trl's field names (``gradient_checkpointing``, on by default in trl 1.x).
+    transformers 5 renamed it ``activation_checkpointing`` and warns (FutureWarning, "will be
+    removed in v6") whenever only the old name is set, which trl's configs always do; setting the
+    new name to the same value keeps the setting and silences nothing else.
+    """
+    out: dict[str, Any] = {}
+    for old, new, default in (
+        ("gradient_checkpointing", "activation_checkpointing", True),
+        ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs", None),
+    ):
+        value = args.get(new, args.get(old, default))
+        if value is not None:
+            out[new] = value
+    return out
+
+
+@contextmanager
+def upstream_deprecations_silenced() -> Iterator[None]:
+    """Around trl trainers: peft 0.21 (``PeftModel``) and trl 1.16 (DPO's reference pass) read
+    ``model.is_gradient_checkpointing``, which transformers 5 deprecated for
+    ``is_activation_checkpointing`` with a FutureWarning in every run's log. Only that warning
+    is dropped, and only while a trainer is built and trains."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+        )
+        yield

@@ -19,10 +19,12 @@ from typing import Any
 from ragft_dagster.artifacts import atomic_write_text, read_utf8_file
 from ragft_dagster.evaluation.stats import wilson_interval
 from ragft_dagster.models.refs import (
+    checkpointing_args,
     count_parameters,
     load_tokenizer,
     load_trainable_model,
     loss_history,
+    upstream_deprecations_silenced,
 )
 from ragft_dagster.training.checkpoints import train_resuming, training_dir
 
@@ -490,9 +492,15 @@ def train_dpo(
     tokenizer = load_tokenizer(model_dir, chat_template, trust_remote_code)
     on_gpu = not compute_args.get("use_cpu", False)
     model = load_trainable_model(model_dir, dtype, trust_remote_code, None, args, on_gpu=on_gpu)
-    with training_dir(out_dir, checkpoints) as run_dir:
+    with training_dir(out_dir, checkpoints) as run_dir, upstream_deprecations_silenced():
         config = DPOConfig(
-            **{**compute_args, "save_strategy": "no", "logging_steps": 1, **args},
+            **{
+                **compute_args,
+                "save_strategy": "no",
+                "logging_steps": 1,
+                **args,
+                **checkpointing_args(args),
+            },
             output_dir=str(run_dir),
         )
         trainer = DPOTrainer(

@@ -13,10 +13,12 @@ from ragft_dagster.ask import ask_messages
 from ragft_dagster.data.contamination import Finding, summarise
 from ragft_dagster.evaluation.mcq import fold
 from ragft_dagster.models.refs import (
+    checkpointing_args,
     count_parameters,
     load_tokenizer,
     load_trainable_model,
     loss_history,
+    upstream_deprecations_silenced,
 )
 from ragft_dagster.training.checkpoints import train_resuming, training_dir
 
@@ -245,7 +247,7 @@ def train_lora(
         files["validation"] = str(Path(dataset_dir) / "validation.jsonl")
     data = load_dataset("json", data_files=files)
     data = data.select_columns(["messages"])
-    with training_dir(out_dir, checkpoints) as run_dir:
+    with training_dir(out_dir, checkpoints) as run_dir, upstream_deprecations_silenced():
         config = SFTConfig(
             **{
                 **compute_args,
@@ -254,6 +256,7 @@ def train_lora(
                 "logging_steps": 1,
                 "eval_strategy": "epoch" if has_validation else "no",
                 **args,
+                **checkpointing_args(args),
             },
             output_dir=str(run_dir),
         )

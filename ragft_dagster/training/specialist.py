@@ -12,7 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from ragft_dagster.artifacts import scratch_dir
-from ragft_dagster.models.refs import count_parameters, load_tokenizer, loss_history
+from ragft_dagster.models.refs import (
+    checkpointing_args,
+    count_parameters,
+    load_tokenizer,
+    loss_history,
+    upstream_deprecations_silenced,
+)
 
 
 def train_specialist(
@@ -51,7 +57,7 @@ def train_specialist(
     model = AutoModelForCausalLM.from_pretrained(
         model_dir, dtype=dtype, trust_remote_code=trust_remote_code
     )
-    with scratch_dir(out_dir) as scratch:
+    with scratch_dir(out_dir) as scratch, upstream_deprecations_silenced():
         config = SFTConfig(
             **{
                 **compute_args,
@@ -59,6 +65,7 @@ def train_specialist(
                 "save_strategy": "no",
                 "logging_steps": 1,
                 **args,
+                **checkpointing_args(args),
             },
             output_dir=str(scratch),
         )

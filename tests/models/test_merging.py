@@ -493,3 +493,29 @@ def test_a_mergekit_multi_file_is_a_merge_chain(tmp_path):
     multi.write_text(yaml.safe_dump_all([first, {"name": "first", **final}]))
     with pytest.raises(RecipeError, match=r"merges.yml: merge name 'first' twice"):
         load_recipe(write_recipe(tmp_path, lambda raw: raw.update(merge="merges.yml")))
+
+
+def test_a_merge_logs_no_upstream_deprecation(tmp_path, root):
+    """mergekit sets the output dtype through transformers' deprecated ``torch_dtype`` alias;
+    the merge's log stays free of it (issue 27: no upstream deprecations in make run)."""
+    import logging
+
+    import transformers.utils.logging as hf_logging
+
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    logger = logging.getLogger("transformers.configuration_utils")
+    keep = Keep()
+    logger.addHandler(keep)
+    hf_logging.warning_once.cache_clear()  # said once a process: an earlier test may have
+    try:
+        _merge(_slerp("tiny:base", "tiny:math"), tmp_path / "out", root)
+        hf_logging.warning_once.cache_clear()
+        logger.warning_once("`torch_dtype` is deprecated! Use `dtype` instead!")  # outside it
+    finally:
+        logger.removeHandler(keep)
+    assert records == ["`torch_dtype` is deprecated! Use `dtype` instead!"]
