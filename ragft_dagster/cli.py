@@ -7,7 +7,6 @@ import argparse
 import os
 import signal
 import sys
-import warnings
 from typing import Any
 
 from ragft_dagster.artifacts import ArtifactLayout
@@ -72,8 +71,6 @@ def ask(args: argparse.Namespace) -> int:
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     # The terminal shows the answer, not weight-loading bars (tqdm in transformers/hub).
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    # Upstream noise: peft 0.21 reads transformers 5's deprecated `is_gradient_checkpointing`.
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
     from ragft_dagster.ask import (
         ArtifactsNotReadyError,
         AskError,

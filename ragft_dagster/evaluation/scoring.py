@@ -45,7 +45,7 @@ def load_scoring_model(
     """Load a causal LM (optionally with a PEFT adapter merged in) and its tokenizer."""
     from transformers import AutoModelForCausalLM
 
-    from ragft_dagster.models.refs import load_tokenizer
+    from ragft_dagster.models.refs import load_tokenizer, upstream_deprecations_silenced
 
     tokenizer = load_tokenizer(adapter_dir or model_dir, chat_template, trust_remote_code)
     model: Any = AutoModelForCausalLM.from_pretrained(
@@ -54,7 +54,8 @@ def load_scoring_model(
     if adapter_dir:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+        with upstream_deprecations_silenced():  # peft reads a deprecated transformers property
+            model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
     return model.to(device), tokenizer
 
 

@@ -28,6 +28,7 @@ import yaml
 from ragft_dagster.artifacts import ArtifactLayout, read_jsonl
 from ragft_dagster.config.recipe import Recipe
 from ragft_dagster.models.merging import merge_stages, source_models
+from ragft_dagster.models.refs import upstream_deprecations_silenced
 
 ADAPTER_CONFIG = "adapter_config.json"
 CARD_FILE = "README.md"
@@ -298,7 +299,8 @@ def export_model(
     )
     # merge_and_unload adds B @ A * scale into the base weights in place and returns the bare
     # transformers model: no peft classes, no adapter_config.json when it is saved.
-    merged = PeftModel.from_pretrained(model.to(device), str(adapter_dir)).merge_and_unload()
+    with upstream_deprecations_silenced():  # peft reads a deprecated transformers property
+        merged = PeftModel.from_pretrained(model.to(device), str(adapter_dir)).merge_and_unload()
     leftovers = [name for name, _ in merged.named_parameters() if "lora_" in name]
     if leftovers:
         raise ExportError(f"the merge left LoRA weights in the model: {leftovers[:5]}")
