@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         "--profile", help="profile YAML (default: RAGFT_PROFILE or resources/local.yaml)"
     )
     fill.add_argument("--documents", help="comma-separated document keys (default: every document)")
-    from ragft_dagster.models.serve import add_serve_parser, serve
+    from ragft_dagster.serve import add_serve_parser, serve
 
     add_serve_parser(sub)
     args = parser.parse_args(argv)

@@ -16,7 +16,7 @@ import yaml
 from ragft_dagster.artifacts import ArtifactLayout
 from ragft_dagster.cli import main
 from ragft_dagster.config.recipe import load_recipe
-from ragft_dagster.models.serve import (
+from ragft_dagster.serve import (
     STAMP,
     NotMaterializedError,
     ServeError,
@@ -27,7 +27,7 @@ from ragft_dagster.models.serve import (
     served_model,
 )
 
-from ..conftest import LOCAL_PROFILE, free_port, write_recipe
+from .conftest import LOCAL_PROFILE, free_port, write_recipe
 
 
 def _profile(tmp_path: Path, root: Path) -> Path:
@@ -173,7 +173,7 @@ def test_ragft_serve_answers_under_its_name_and_sigterm_stops_it_in_one_line(tmp
 
     from openai import OpenAI
 
-    from ..conftest import log_tail, stop_process_group, wait_until
+    from .conftest import log_tail, stop_process_group, wait_until
 
     layout = ArtifactLayout(tmp_path / "artifacts")
     _tiny_finished_model(layout, tiny_base)
