@@ -53,21 +53,17 @@ class ComputeSettings:
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
 
-    def _prepare_cpu(self, training: bool = False) -> None:
+    def _prepare_cpu(self) -> None:
         # Fine-tuning drives many fp32 values into the denormal range, where x86 arithmetic is
         # an order of magnitude slower: with them flushed to zero a SmolLM2 training step took
-        # 9.6 s instead of 18.0 s on 2 cores (the slower run shared the CPU). trl's fused LM
-        # head is a GPU kernel whose CPU fallback cost more than the logits it avoids
-        # (ragft_dagster/training/dense_logprobs.py). Set per process, before the math starts.
+        # 9.6 s instead of 18.0 s on 2 cores (the slower run shared the CPU). Set per process,
+        # before the math starts. (trl's fused LM head on a CPU: the trainers in training/
+        # route it to ragft_dagster/training/dense_logprobs.py themselves.)
         import torch
 
         if self.torch_device() != "cpu":
             return
         torch.set_flush_denormal(True)
-        if training:
-            from ragft_dagster.training.dense_logprobs import use_dense_logprobs_on_cpu
-
-            use_dense_logprobs_on_cpu()
 
     def cpu_autocast(self) -> bool:
         """bfloat16 autocast over float32 weights: ``dtype: auto`` on a CPU with native bf16.
@@ -98,7 +94,7 @@ class ComputeSettings:
         it also prepares this process, which is about to train (see :meth:`_prepare_cpu`)."""
         import torch
 
-        self._prepare_cpu(training=True)
+        self._prepare_cpu()
         on_cpu = self.torch_device() == "cpu"
         dtype = self.torch_dtype()
         args = {

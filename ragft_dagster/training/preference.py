@@ -27,6 +27,7 @@ from ragft_dagster.models.refs import (
     upstream_deprecations_silenced,
 )
 from ragft_dagster.training.checkpoints import train_resuming, training_dir
+from ragft_dagster.training.dense_logprobs import use_dense_logprobs_on_cpu
 
 PREFERENCE_EVAL_FILE = "preference_eval.json"
 """Held-out preference accuracy of the DPO model, written into its folder."""
@@ -479,6 +480,8 @@ def train_dpo(
     import torch
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
+
+    use_dense_logprobs_on_cpu()  # trl's fused LM head is slow on a CPU; other devices keep it
 
     if lora is None and compute_args.get("fp16"):
         # fp16 mixed precision needs fp32 master weights: the grad scaler refuses fp16 params

@@ -21,6 +21,7 @@ from ragft_dagster.models.refs import (
     upstream_deprecations_silenced,
 )
 from ragft_dagster.training.checkpoints import train_resuming, training_dir
+from ragft_dagster.training.dense_logprobs import use_dense_logprobs_on_cpu
 
 CONTAMINATION_FILE = "contamination.json"
 QUALITY_FILE = "quality.json"
@@ -235,6 +236,8 @@ def train_lora(
     from datasets import load_dataset
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
+
+    use_dense_logprobs_on_cpu()  # trl's fused LM head is slow on a CPU; other devices keep it
 
     tokenizer = load_tokenizer(model_dir, chat_template, trust_remote_code)
     on_gpu = not compute_args.get("use_cpu", False)

@@ -19,6 +19,7 @@ from ragft_dagster.models.refs import (
     loss_history,
     upstream_deprecations_silenced,
 )
+from ragft_dagster.training.dense_logprobs import use_dense_logprobs_on_cpu
 
 
 def train_specialist(
@@ -52,6 +53,8 @@ def train_specialist(
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
+
+    use_dense_logprobs_on_cpu()  # trl's fused LM head is slow on a CPU; other devices keep it
 
     tokenizer = load_tokenizer(model_dir, chat_template, trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
