@@ -16,9 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from ragft_dagster.data.skills import skill_questions
-from ragft_dagster.evaluation.gate import mcnemar_one_sided
 from ragft_dagster.evaluation.mcq import Question
-from ragft_dagster.evaluation.stats import expected_p, whole, wilson_interval
+from ragft_dagster.evaluation.stats import (
+    expected_p,
+    mcnemar_one_sided,
+    whole,
+    wilson_interval,
+)
 
 SKILL_EVAL_FILE = "skill_eval.json"
 """Written into the specialist's folder: the held-out comparison, for the report."""
