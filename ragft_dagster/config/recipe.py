@@ -251,9 +251,11 @@ class EndpointCalls(_Section):
     max_retries: int = Field(default=5, ge=0)
     """Retries of a request after 429, 5xx, a timeout or a dropped connection."""
     initial_backoff: float = Field(default=1.0, ge=0)
-    """First retry delay in seconds, doubled per retry (with jitter); Retry-After wins."""
+    """First delay in seconds before asking again after a reply that is not a chat completion,
+    doubled per retry (tenacity). HTTP errors are retried by the openai client, with its own
+    backoff and the server's Retry-After."""
     max_backoff: float = Field(default=60.0, ge=0)
-    """Longest wait between retries, also the cap on a server's Retry-After."""
+    """Longest wait between those retries."""
     max_concurrency: int = Field(default=4, gt=0, le=64)
     """Requests in flight at once."""
     budget: QaBudget = Field(default_factory=lambda: QaBudget())
