@@ -377,7 +377,8 @@ def _run_warnings(instance: dg.DagsterInstance, run_id: str) -> list[str]:
 
     out = []
     for entry in instance.all_logs(run_id):
-        if entry.is_dagster_event or entry.level < logging.WARNING:
+        level = entry.level if isinstance(entry.level, int) else logging.getLevelName(entry.level)
+        if entry.is_dagster_event or not isinstance(level, int) or level < logging.WARNING:
             continue
         out.append(" ".join(str(entry.user_message).split()))
     return out
@@ -620,9 +621,10 @@ def run_pipeline(
                     selected[partition] = chosen
             if getattr(stage.partitions_def, "name", None) == DOCUMENTS:
                 keys = [p for p in order if p is not None]
-                batches: list[list[str | None]] = list(
-                    contiguous_batches(keys, [p for p in selected if p is not None], batch_size)
-                )
+                wanted = [p for p in selected if p is not None]
+                batches: list[list[str | None]] = [
+                    list(b) for b in contiguous_batches(keys, wanted, batch_size)
+                ]
             else:
                 batches = [[p] for p in order if p in selected]
             for batch in batches:

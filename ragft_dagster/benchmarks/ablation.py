@@ -28,7 +28,7 @@ import yaml
 
 from ragft_dagster.artifacts import ArtifactLayout, atomic_write_text, read_jsonl
 from ragft_dagster.evaluation.report import METRICS
-from ragft_dagster.evaluation.stats import comparisons_markdown, paired_comparisons
+from ragft_dagster.evaluation.stats import comparisons_markdown, credit, paired_comparisons
 
 SFT_CHAIN = ("sft_dataset", "lora_adapter")
 """What an ablation rebuilds (then the sft cells)."""
@@ -134,8 +134,9 @@ def compare(
     """Variant vs. finished run, sft, per context and on the general set."""
     field = METRICS[metric][0]
 
-    def correct(path: Path) -> dict[str, bool]:
-        return {str(r["question_id"]): bool(r[field]) for r in read_jsonl(path)}
+    def correct(path: Path) -> dict[str, float]:
+        # credit, not bool: a tie among k options is worth 1/k (bool(0.25) would be a hit)
+        return {str(r["question_id"]): credit(r[field]) for r in read_jsonl(path)}
 
     pairs: list[tuple[str, Path, Path]] = [
         (c, finished.scores("sft", c), variant.scores("sft", c)) for c in contexts
