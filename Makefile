@@ -68,7 +68,8 @@ run: install $(DAGSTER_HOME)/dagster.yaml
 ui: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -h 127.0.0.1 -p 3000
 
-test: install $(CHROMIUM) $(POSTGRES)
+# Lint first (ruff, then mypy: about a minute), so CI fails on style and types too.
+test: lint $(CHROMIUM) $(POSTGRES)
 	$(BIN)/pytest -q
 
 # The inner loop: everything but the end-to-end tests marked slow (a few minutes).
