@@ -11,14 +11,13 @@ document's chunk that shares most words with its answer.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 from pathlib import Path
 from typing import Any
 
 from ragft_dagster.artifacts import read_utf8_file
+from ragft_dagster.tables import read_csv
 from ragft_dagster.text import content_words
 
 GENERATOR = "own"
@@ -55,17 +54,12 @@ def _local_rows(path: Path, key: str) -> tuple[list[tuple[str, Any]], str]:
         except Exception as exc:  # pyarrow raises several types for unreadable files
             raise OwnQaError(f"{path}: not a readable parquet file ({exc}); fix {key}") from None
         return [(f"row {i}", rec) for i, rec in enumerate(table.to_pylist(), start=1)], "row"
-    text = read_utf8_file(path, OwnQaError, what="Q&A file", key=key, expected=path.suffix[1:])
     if path.suffix == ".csv":
-        reader = csv.DictReader(io.StringIO(text))
-        rows = []
-        start = 2  # the header is line 1; a quoted answer may span lines
-        for rec in reader:
-            rows.append((f"line {start}", dict(rec)))
-            start = reader.line_num + 1
-        if reader.fieldnames is None:
-            raise OwnQaError(f"{path}: empty; write a header question,answer[,doc] and rows")
-        return rows, "line"
+        table = read_csv(path, OwnQaError, what="Q&A file", key=key, header="question,answer[,doc]")
+        # Fields are checked per record below, as for JSON lines and parquet; a row's place is
+        # its first line (a quoted answer may span lines).
+        return [(f"line {row.first_line}", row.values) for row in table.rows], "line"
+    text = read_utf8_file(path, OwnQaError, what="Q&A file", key=key, expected=path.suffix[1:])
     if path.suffix == ".json" and text.lstrip().startswith("["):
         try:
             data = json.loads(text)

@@ -19,17 +19,15 @@ a tie for the top choice is recorded and counted as 1/k correct, never as the fi
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ragft_dagster.artifacts import read_utf8_file
+from ragft_dagster.tables import read_csv
 from ragft_dagster.text import content_words, fold
 
 LETTERS = ("A", "B", "C", "D")
@@ -51,13 +49,17 @@ class Question:
     """The document that answers it (optional ``source`` column), to locate its chunk."""
     letter_prefixed: bool = False
     """Its options were written with their letters (``A. ...``), stripped when read."""
+    category: str | None = None
+    """Its group in a set scored per category (optional ``category`` column, e.g. the general
+    set's ``arithmetic``)."""
 
 
 def load_questions(path: Path) -> list[Question]:
     """Read ``question,a,b,c,d,correct`` (options may span lines) with row-level errors.
 
-    Extra columns (the optional ``source``, notes) are allowed; a row with more values than the
-    header (an unquoted comma) or too few, broken quoting, a duplicate column, an empty cell, a
+    The file follows the project's CSV rules (:mod:`ragft_dagster.tables`: a row with more
+    values than the header or too few, broken quoting and a duplicate column are errors). Extra
+    columns (the optional ``source`` and ``category``, notes) are allowed; an empty cell, a
     ``correct`` outside A-D and a duplicate question are errors naming the row, its line and
     the column. Options written with their own letters (``A. ...``, ``A) ...``, ``(A) ...``,
     ``A: ...``, every option of the row) are read without them (``letter_prefixed``); a row
@@ -74,59 +76,21 @@ def load_questions(path: Path) -> list[Question]:
         McqError: Naming the file, the row (and its line) and the column, and the fix.
     """
     path = Path(path)
-    text = read_utf8_file(
+    table = read_csv(
         path,
         McqError,
         what="benchmark file",
         key="evaluation.questions",
-        expected="a CSV file",
-        noun="CSV",
+        header=",".join(COLUMNS),
+        required=COLUMNS,
+        value_noun="a question or option",
     )
-    # strict: a stray quote ('"1"x') or a quote never closed is an error, not a silent guess.
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    records = _csv_records(reader, path)
-    _, header_line, names = next(records, (1, 1, []))
-    header = [h.strip().lower() for h in names]
-    missing = [c for c in COLUMNS if c not in header]
-    if missing:
-        hint = ""
-        if len(header) == 1 and (";" in names[0] or "\t" in names[0]):
-            hint = " (the header has no commas: the file seems to use ';' or tabs; save it "
-            hint += "with commas as separators)"
-        raise McqError(
-            f"{path}: missing column(s) {missing} in the header (line {header_line}); the "
-            f"header must be {','.join(COLUMNS)}{hint}"
-        )
-    twice = sorted({h for h in header if h and header.count(h) > 1})
-    if twice:
-        raise McqError(f"{path}: column(s) {twice} appear twice in the header; keep one of each")
-    index = {h: i for i, h in enumerate(header) if h}
-    needed = max(index[c] for c in COLUMNS) + 1
     questions: list[Question] = []
     seen: dict[str, int] = {}
-    for first_line, line, fields in records:
-        n = len(questions) + 1
-        lines = f"line {line}" if first_line == line else f"lines {first_line}-{line}"
-        where = f"{path}: row {n} ({lines})"
-        extra = [v for v in fields[len(header) :] if v.strip()]
-        if extra:
-            raise McqError(
-                f"{where}: {len(fields)} values for the {len(header)} columns of the header (an "
-                "unquoted comma?); put double quotes around a question or option that contains "
-                'a comma ("1,000 rows") and double any quote inside it'
-            )
-        if len(fields) < needed:
-            spans = (
-                "; one value spans these lines: check for a quote that closes too late"
-                if first_line != line
-                else ""
-            )
-            raise McqError(
-                f"{where}: {len(fields)} values for the {len(header)} columns of the header "
-                f"(no '{header[len(fields)]}' value){spans}; every row needs "
-                f"{','.join(COLUMNS)}"
-            )
-        values = {c: fields[index[c]].strip() for c in COLUMNS}
+    for row in table.rows:
+        n = row.number
+        where = f"{path}: row {n} ({row.lines})"
+        values = row.values
         for col in COLUMNS:
             if not values[col]:
                 raise McqError(f"{where}: column '{col}' is empty; fill it in or remove the row")
@@ -157,10 +121,17 @@ def load_questions(path: Path) -> list[Question]:
             raise McqError(f"{where}: duplicate of row {seen[key]}; remove one of them")
         seen[key] = n
         qid = hashlib.sha256(key.encode()).hexdigest()[:16]
-        at = index.get("source", len(fields))
-        source = fields[at].strip() if at < len(fields) else ""
         questions.append(
-            Question(qid, n, values["question"], options, correct, source or None, prefixed)
+            Question(
+                qid,
+                n,
+                values["question"],
+                options,
+                correct,
+                values.get("source") or None,
+                prefixed,
+                values.get("category") or None,
+            )
         )
     if not questions:
         raise McqError(f"{path}: no questions below the header; add rows {','.join(COLUMNS)}")
@@ -193,31 +164,6 @@ def _correct_letter(value: str, options: Sequence[str]) -> str | None:
         return matches[0]
     prefix = _letter_prefix(value)
     return prefix if prefix and fold(options["ABCD".index(prefix)]) == text else None
-
-
-def _csv_records(reader: Any, path: Path) -> Iterator[tuple[int, int, list[str]]]:
-    """Non-blank CSV records as (first line, last line, values); a quoting error names its
-    line."""
-    last = 0
-    while True:
-        try:
-            fields = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            start = last + 1
-            if "end of data" in str(exc):
-                raise McqError(
-                    f"{path}: a quoted value starting on line {start} is never closed (the file "
-                    "ends inside it); add the closing double quote"
-                ) from None
-            raise McqError(
-                f"{path}: line {reader.line_num}: broken quoting ({exc}); put the whole value "
-                'in double quotes and write a quote inside it as two ("")'
-            ) from None
-        first, last = last + 1, reader.line_num
-        if any(v.strip() for v in fields):
-            yield first, last, fields
 
 
 def question_set(records: Sequence[Any]) -> str:

@@ -426,19 +426,9 @@ def evaluate_general(
         batch_size=ev.batch_size,
         device=compute.torch_device(),
     )
-    for record, category in zip(records, _categories(questions_path, len(questions)), strict=True):
-        record["category"] = category
+    for record, question in zip(records, questions, strict=True):
+        record["category"] = question.category
     return records
-
-
-def _categories(path: Path, n: int) -> list[str | None]:
-    """The optional ``category`` column, row by row (load_questions has checked the file)."""
-    import csv
-
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = [r for r in csv.DictReader(f) if any((v or "").strip() for v in r.values())]
-    values = [(r.get("category") or "").strip() or None for r in rows]
-    return values if len(values) == n else [None] * n
 
 
 def load_local_model(

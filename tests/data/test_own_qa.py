@@ -27,6 +27,17 @@ def test_csv_rows_keep_their_file_and_line_even_across_multiline_answers(tmp_pat
     assert {r["generator"] for r in rows} == {"own"} and len({r["id"] for r in rows}) == 2
 
 
+def test_csv_follows_the_shared_table_rules(tmp_path):
+    """A BOM, blank lines and header case are taken as the benchmark takes them; an unquoted
+    comma is an error naming its line, not an answer cut at the comma."""
+    (tmp_path / "faq.csv").write_text("\ufeffQuestion,Answer\n\nWhat?,It is.\n")
+    rows = load_own_qa("faq.csv", root=tmp_path, key="k")
+    assert [(r["source"], r["answer"]) for r in rows] == [("faq.csv:3", "It is.")]
+    (tmp_path / "faq.csv").write_text("question,answer\nHow many?,About 1,000.\n")
+    with pytest.raises(OwnQaError, match=r"faq.csv: row 1 \(line 2\): 3 values .*unquoted comma"):
+        load_own_qa("faq.csv", root=tmp_path, key="k")
+
+
 def test_jsonl_and_parquet_sources(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -267,3 +267,19 @@ def test_a_row_mixing_prefixed_and_plain_options_is_refused_naming_it(tmp_path):
     path.write_text(HEADER + "First?,one,two,three,four,five\n")
     with pytest.raises(McqError, match="column 'correct' is 'five'.*text of one"):
         load_questions(path)
+
+
+def test_optional_source_and_category_columns_are_read_with_the_question(tmp_path):
+    """One parse carries the optional columns, blank lines and multi-line rows included, so a
+    category can never land on another row's question."""
+    from ragft_dagster.evaluation.mcq import load_questions
+
+    path = tmp_path / "general.csv"
+    path.write_text(
+        "question,a,b,c,d,correct,category,source\n\n"
+        '"Two\nlines?",1,2,3,4,A,arithmetic,\n'
+        "No category?,1,2,3,4,B\n"
+        "Both?,1,2,3,4,C, general ,doc.md\n"
+    )
+    got = [(q.row, q.category, q.source) for q in load_questions(path)]
+    assert got == [(1, "arithmetic", None), (2, None, None), (3, "general", "doc.md")]
