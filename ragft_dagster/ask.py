@@ -14,7 +14,7 @@ import shlex
 import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,20 @@ class Answer:
     sources: list[dict[str, Any]] = field(default_factory=list)
     """The retrieved chunks (``id``, ``text``, ``doc``, ``heading``, ``score``), best first;
     empty closed-book."""
+
+
+def generation_settings(compute: ComputeSettings) -> ComputeSettings:
+    """The settings a local model generates answers with (``ragft ask`` and ``open_scores``):
+    the profile's, except that ``dtype: auto`` on a CPU generates in float32.
+
+    Token-by-token decoding is where bfloat16 loses on a CPU: measured on this project's
+    2-core CPU with avx512_bf16 (SmolLM2-135M sft, a 3-chunk RAG prompt, load average ~7),
+    reading the prompt took 5-6 s and each new token 1.3 s in bfloat16, 0.85 s and 0.12 s in
+    float32. Scoring (one forward pass per question) keeps the profile's inference dtype.
+    """
+    if compute.dtype == "auto" and compute.torch_device() == "cpu":
+        return replace(compute, dtype="float32")
+    return compute
 
 
 def missing_model_artifacts(layout: ArtifactLayout) -> list[MissingArtifact]:
@@ -216,6 +230,72 @@ def generate_reply(
     return Reply("".join(pieces), len(new), len(new) >= max_new_tokens and not ended)
 
 
+def generate_replies(
+    model: Any,
+    tokenizer: Any,
+    conversations: list[list[dict[str, str]]],
+    *,
+    device: str,
+    max_new_tokens: int,
+    batch_size: int = 1,
+) -> list[Reply]:
+    """Greedy replies to many conversations, ``batch_size`` prompts a forward pass.
+
+    With ``batch_size`` 1 every reply is the one :func:`generate_reply` streams at temperature
+    0, token for token (the same prompt, the same greedy search). Above 1, prompts of similar
+    length are left-padded into one batch: the same search, but the padded matrix products add
+    in another order, so a near-tie between two tokens may break the other way and the reply
+    differ from there on.
+
+    Args:
+        model: A causal LM on ``device``.
+        tokenizer: Its tokenizer (with a chat template).
+        conversations: One chat per reply.
+        device: Torch device of the model.
+        max_new_tokens: Longest reply, in tokens.
+        batch_size: Prompts per forward pass.
+
+    Returns:
+        The replies, in the order of ``conversations``.
+    """
+    import torch
+
+    prompts = [
+        tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True)
+        for m in conversations
+    ]
+    stops = model.generation_config.eos_token_id
+    stops = set(stops if isinstance(stops, list) else [stops] if stops is not None else [])
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stops)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # less padding
+    replies: dict[int, Reply] = {}
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # the new tokens follow every prompt directly
+    model.eval()
+    try:
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            # The chat template writes the BOS token itself.
+            enc = tokenizer(
+                [prompts[i] for i in batch],
+                return_tensors="pt",
+                padding=True,
+                add_special_tokens=False,
+            ).to(device)
+            with torch.no_grad():
+                out = model.generate(
+                    **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad
+                )
+            for i, row in zip(batch, out[:, enc["input_ids"].shape[1] :].tolist(), strict=True):
+                end = next((k + 1 for k, t in enumerate(row) if t in stops), None)
+                ids = row if end is None else row[:end]
+                text = tokenizer.decode(ids, skip_special_tokens=True)
+                replies[i] = Reply(text, len(ids), end is None and len(ids) >= max_new_tokens)
+    finally:
+        tokenizer.padding_side = side
+    return [replies[i] for i in range(len(prompts))]
+
+
 def reply_to_question(
     model: Any,
     tokenizer: Any,
@@ -335,7 +415,9 @@ def answer_question(
             retriever = Retriever(collection, embedder, top_k or recipe.retrieval.top_k)
             hits = retriever.retrieve(question)
     device = compute.torch_device()
-    model, tokenizer = load_local_model(LocalModels.of(recipe, layout), "sft", compute)
+    model, tokenizer = load_local_model(
+        LocalModels.of(recipe, layout), "sft", generation_settings(compute)
+    )
     reply = reply_to_question(
         model,
         tokenizer,

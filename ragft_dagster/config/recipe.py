@@ -705,6 +705,10 @@ class OpenAnswersRecipe(_Section):
     """The cells' contexts (default: ``evaluation.contexts``)."""
     max_new_tokens: int = Field(default=128, gt=0, le=4096)
     """Longest answer, in tokens (``ragft ask --max-new-tokens``); decoding is greedy."""
+    batch_size: int = Field(default=1, gt=0, le=64)
+    """Questions a local model answers per forward pass. 1 gives ``ragft ask``'s answers token
+    for token; above 1 the prompts are left-padded into batches, much faster on a CPU, and a
+    near-tie between two tokens may break the other way (docs/open-answers.md: how often)."""
     correct_f1: float = Field(default=0.5, gt=0, le=1)
     """Token F1 from which an answer counts as matching its reference, when the judge's
     verdicts are compared with the reference metrics."""

@@ -212,58 +212,70 @@ def ask_local(
     context_template: str,
     max_new_tokens: int,
     cache: ReplyCache,
+    batch_size: int = 1,
     log: Callable[[str], Any] | None = None,
 ) -> tuple[list[dict[str, Any]], int]:
-    """Each question's answer from a local model, as ``ragft ask`` gives it; cached.
+    """Each question's answer from a local model, as ``ragft ask`` gives it (token for token
+    with ``batch_size`` 1; see :func:`ragft_dagster.ask.generate_replies`); cached.
 
     Returns:
         (per question ``{"content", "truncated", "new_tokens", "seconds"}``, answers generated
         in this call: the rest came from the cache and the model was not even loaded when all
         did).
     """
-    from ragft_dagster.ask import ask_messages, reply_to_question
+    from ragft_dagster.ask import ask_messages, generate_replies, generation_settings
     from ragft_dagster.evaluation.scoring import load_local_model
 
     fingerprint = model_fingerprint(models, model_key)
+    conversations = [
+        ask_messages(
+            q.question, hits, system_prompt=system_prompt, context_template=context_template
+        )
+        for q, hits in zip(questions, hits_per_q, strict=True)
+    ]
     keys = [
         ReplyCache.key(
             kind="open_local",
             model=fingerprint,
-            messages=ask_messages(
-                q.question, hits, system_prompt=system_prompt, context_template=context_template
-            ),
+            messages=messages,
             max_new_tokens=max_new_tokens,
             decoding="greedy",
+            dtype=str(generation_settings(compute).inference_dtype()),
+            # batched answers may differ from single ones (see generate_replies)
+            batch_size=batch_size,
         )
-        for q, hits in zip(questions, hits_per_q, strict=True)
+        for messages in conversations
     ]
     replies: list[dict[str, Any] | None] = [cache.get(k) for k in keys]
     todo = [i for i, r in enumerate(replies) if r is None]
     if todo:
-        model, tokenizer = load_local_model(models, model_key, compute)
+        model, tokenizer = load_local_model(models, model_key, generation_settings(compute))
         device = compute.torch_device()
-        for done, i in enumerate(todo, 1):
+        # a batch at a time, each cached as soon as it is generated
+        step = batch_size * max(1, 8 // batch_size)
+        for start in range(0, len(todo), step):
+            part = todo[start : start + step]
             started = time.monotonic()
-            reply = reply_to_question(
+            generated = generate_replies(
                 model,
                 tokenizer,
-                questions[i].question,
-                hits_per_q[i],
-                system_prompt=system_prompt,
-                context_template=context_template,
+                [conversations[i] for i in part],
                 device=device,
                 max_new_tokens=max_new_tokens,
+                batch_size=batch_size,
             )
-            value = {
-                "content": reply.text,
-                "truncated": reply.truncated,
-                "new_tokens": reply.new_tokens,
-                "seconds": round(time.monotonic() - started, 3),
-            }
-            cache.put(keys[i], value)  # generated: keep it before anything else can fail
-            replies[i] = value
-            if log is not None and (done % 5 == 0 or done == len(todo)):
-                log(f"{model_key}: {done} of {len(todo)} answers generated")
+            seconds = round((time.monotonic() - started) / len(part), 3)
+            for i, reply in zip(part, generated, strict=True):
+                value = {
+                    "content": reply.text,
+                    "truncated": reply.truncated,
+                    "new_tokens": reply.new_tokens,
+                    "seconds": seconds,
+                }
+                cache.put(keys[i], value)  # generated: keep it before anything else can fail
+                replies[i] = value
+            if log is not None:
+                log(f"{model_key}: {start + len(part)} of {len(todo)} answers generated")
     return [r for r in replies if r is not None], len(todo)
 
 
@@ -532,6 +544,7 @@ def evaluate_open_cell(
             context_template=ev.context_template,
             max_new_tokens=ev.open_answers.max_new_tokens,
             cache=cache,
+            batch_size=ev.open_answers.batch_size,
             log=log,
         )
         figures.update(answers_generated=generated, answers_cached=len(questions) - generated)

@@ -329,3 +329,36 @@ def test_a_cell_answers_as_ask_does_and_a_rerun_generates_nothing(tmp_path):
     again, figures = run()
     assert figures["answers_generated"] == 0 and figures["answers_cached"] == 2
     assert [r["answer"] for r in again] == [r["answer"] for r in records]
+
+
+def test_batched_replies_come_back_in_order_and_generation_runs_in_float32_on_a_cpu(
+    tiny_base, tiny_tokenizer
+):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ragft_dagster.ask import generate_replies, generate_reply, generation_settings
+    from ragft_dagster.compute import ComputeSettings
+
+    assert generation_settings(ComputeSettings(device="cpu")).inference_dtype() == torch.float32
+    kept = ComputeSettings(device="cpu", dtype="bfloat16")
+    assert generation_settings(kept) is kept  # a profile that names a dtype is obeyed
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_base)
+    chats = [[{"role": "user", "content": text}] for text in ("a", "a longer question here", "b")]
+    side = tiny_tokenizer.padding_side
+    # one at a time: what `ragft ask` streams, token for token
+    one = generate_replies(model, tiny_tokenizer, chats, device="cpu", max_new_tokens=5)
+    streamed = [
+        generate_reply(model, tiny_tokenizer, c, device="cpu", max_new_tokens=5) for c in chats
+    ]
+    assert one == streamed
+    # batched: the same batches whatever the input order, the replies in the input order
+    three = generate_replies(
+        model, tiny_tokenizer, chats, device="cpu", max_new_tokens=5, batch_size=3
+    )
+    backwards = generate_replies(
+        model, tiny_tokenizer, chats[::-1], device="cpu", max_new_tokens=5, batch_size=3
+    )
+    assert backwards == three[::-1] and all(r.new_tokens <= 5 for r in three)
+    assert tiny_tokenizer.padding_side == side  # left padding was only for the batches

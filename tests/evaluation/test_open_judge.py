@@ -191,3 +191,11 @@ def test_a_bad_label_row_is_named(tmp_path, text, message):
     path.write_text(text, encoding="utf-8")
     with pytest.raises(LabelsError, match=re.escape(message)):
         load_labels(path)
+
+
+def test_the_quickstart_ships_hand_labelled_answers_of_both_kinds():
+    from ..conftest import QUICKSTART_DATA
+
+    labels = load_labels(QUICKSTART_DATA / "judge_labels.csv")
+    assert len(labels) == 20
+    assert sum(a.correct for a in labels) == 8  # and 12 incorrect: kappa is defined
