@@ -13,9 +13,7 @@ it repeats itself.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import re
 import time
@@ -25,11 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ragft_dagster.artifacts import read_utf8_file
 from ragft_dagster.config.recipe import OpenJudgeRecipe
 from ragft_dagster.llm.cache import ReplyCache
 from ragft_dagster.llm.client import Endpoint, LlmStats, RequestBudget
 from ragft_dagster.llm.runner import LlmRequest, run_requests
+from ragft_dagster.tables import read_csv
 
 SECTION = "evaluation.open_answers.judge"
 RUBRICS = {
@@ -248,48 +246,33 @@ def load_labels(path: Path) -> list[LabelledAnswer]:
     Raises:
         LabelsError: Naming the file, the row and the column, and the fix.
     """
-    text = read_utf8_file(
+    table = read_csv(
         path,
         LabelsError,
         what="judge label file",
         key="evaluation.open_answers.judge.labels",
-        expected="a CSV file",
-        noun="CSV",
+        header=",".join(LABEL_COLUMNS),
+        required=LABEL_COLUMNS,
+        value_noun="a question or answer",
     )
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    header = [h.strip().lower() for h in reader.fieldnames or []]
-    missing = [c for c in LABEL_COLUMNS if c not in header]
-    if missing:
-        raise LabelsError(
-            f"{path}: missing column(s) {missing} in the header; the header must be "
-            f"{','.join(LABEL_COLUMNS)}"
-        )
     out = []
-    try:
-        for n, raw in enumerate(reader, 1):
-            row = {(k or "").strip().lower(): (v or "").strip() for k, v in raw.items() if k}
-            if not any(row.values()):
-                continue
-            where = f"{path}: row {n} (line {reader.line_num})"
-            if None in raw:
-                raise LabelsError(
-                    f"{where}: more values than columns (an unquoted comma?); quote the value"
-                )
-            for col in LABEL_COLUMNS:
-                if not row.get(col):
-                    raise LabelsError(f"{where}: column '{col}' is empty; fill it in")
-            label = row["label"].lower()
-            if label not in RUBRICS["correctness"]:
-                raise LabelsError(
-                    f"{where}: column 'label' is {row['label']!r}; it must be correct or incorrect"
-                )
-            out.append(
-                LabelledAnswer(
-                    n, row["question"], row["reference"], row["answer"], label == "correct"
-                )
+    for row in table.rows:
+        where = f"{path}: row {row.number} ({row.lines})"
+        for col in LABEL_COLUMNS:
+            if not row.values.get(col):
+                raise LabelsError(f"{where}: column '{col}' is empty; fill it in")
+        label = row.values["label"].lower()
+        if label not in RUBRICS["correctness"]:
+            raise LabelsError(
+                f"{where}: column 'label' is {row.values['label']!r}; it must be correct or "
+                "incorrect"
             )
-    except csv.Error as exc:
-        raise LabelsError(f"{path}: line {reader.line_num}: broken quoting ({exc})") from None
+        v = row.values
+        out.append(
+            LabelledAnswer(
+                row.number, v["question"], v["reference"], v["answer"], label == "correct"
+            )
+        )
     if not out:
         raise LabelsError(f"{path}: no labelled answers below the header")
     return out

@@ -14,9 +14,7 @@ same chunks.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import os
 import time
@@ -36,6 +34,7 @@ from ragft_dagster.llm.cache import ReplyCache
 from ragft_dagster.llm.client import Endpoint, LlmStats, RequestBudget
 from ragft_dagster.llm.runner import LlmRequest, run_requests
 from ragft_dagster.models.refs import LocalModels
+from ragft_dagster.tables import parse_csv
 
 COLUMNS = ("question", "answer")
 
@@ -111,48 +110,15 @@ def load_open_questions(path: Path) -> list[OpenQuestion]:
 
 
 def _csv_rows(path: Path, text: str) -> list[tuple[str, dict[str, str]]]:
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    out: list[tuple[str, dict[str, str]]] = []
-    header: list[str] | None = None
-    last = 0
-    while True:
-        try:
-            fields = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as exc:
-            if "end of data" in str(exc):
-                raise OpenQuestionsError(
-                    f"{path}: a quoted value starting on line {last + 1} is never closed (the "
-                    "file ends inside it); add the closing double quote"
-                ) from None
-            raise OpenQuestionsError(
-                f"{path}: line {reader.line_num}: broken quoting ({exc}); put the whole value "
-                'in double quotes and write a quote inside it as two ("")'
-            ) from None
-        first, last = last + 1, reader.line_num
-        if not any(v.strip() for v in fields):
-            continue
-        if header is None:
-            header = [h.strip().lower() for h in fields]
-            missing = [c for c in COLUMNS if c not in header]
-            if missing:
-                raise OpenQuestionsError(
-                    f"{path}: missing column(s) {missing} in the header (line {first}); the "
-                    "header must be question,answer[,source]"
-                )
-            continue
-        where = f"line {last}" if first == last else f"lines {first}-{last}"
-        if len(fields) > len(header) and any(v.strip() for v in fields[len(header) :]):
-            raise OpenQuestionsError(
-                f"{path}: row {len(out) + 1} ({where}): {len(fields)} values for the "
-                f"{len(header)} columns of the header (an unquoted comma?); put double quotes "
-                "around a value that contains a comma"
-            )
-        out.append((where, {h: v.strip() for h, v in zip(header, fields, strict=False) if h}))
-    if header is None:
-        raise OpenQuestionsError(f"{path}: the file is empty; write the header question,answer")
-    return out
+    table = parse_csv(
+        text,
+        path,
+        OpenQuestionsError,
+        header="question,answer[,source]",
+        required=COLUMNS,
+        value_noun="a question or answer",
+    )
+    return [(row.lines, row.values) for row in table.rows]
 
 
 def _jsonl_rows(path: Path, text: str) -> list[tuple[str, dict[str, str]]]:

@@ -144,7 +144,7 @@ def test_csv_and_jsonl_files_read_the_same_questions(tmp_path):
         ("q.csv", "question,answer\nA?,B\n a? ,C\n", "row 2 (line 3): duplicate of row 1"),
         ("q.csv", 'question,answer\nA?,"B\n', "value starting on line 2 is never closed"),
         ("q.csv", 'question,answer\nA?,"B"x\n', "line 2: broken quoting"),
-        ("q.csv", "", "the file is empty"),
+        ("q.csv", "", "empty; write a header question,answer[,source]"),
         ("q.jsonl", '{"question": "A?", "answer": "B"}\n{"question": ', "row 2 (line 2): not a"),
         ("q.jsonl", '{"question": "A?", "answer": 3}\n', "field 'answer' is int, not a string"),
         ("q.jsonl", '["A?", "B"]\n', "row 1 (line 1): not a JSON object"),
