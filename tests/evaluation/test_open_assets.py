@@ -2,6 +2,8 @@
 graph they add (and what they leave alone), a cell materialized by a real tiny model, the
 report and the release gate on an open-answer metric."""
 
+import json
+
 import dagster as dg
 import pytest
 
@@ -190,3 +192,73 @@ def test_the_report_has_an_open_answer_section_and_the_gate_tests_its_metric(tmp
     assert figures["open_test"] == "Wilcoxon signed-rank"
     assert figures["open_p_one_sided"] == pytest.approx(1 / 128)
     assert gate.passed
+
+
+def _judge_reply(body):
+    """Correct when the answer holds the reference's last word; one in three answers gets
+    prose instead of a verdict (an unreadable reply)."""
+    prompt = body["messages"][0]["content"]
+    if "Reference answer:" not in prompt:
+        return "faithful"
+    reference = prompt.split("Reference answer: ")[1].split("\n")[0]
+    answer = prompt.split("Answer to grade: ")[1].split("\n")[0]
+    if "setting 3" in prompt or "setting 6" in prompt or "setting 9" in prompt:
+        return "Hard to say, it depends."
+    return '{"verdict": "%s", "reason": "r"}' % (
+        "correct" if reference.split()[-1] in answer else "incorrect"
+    )
+
+
+def test_the_judge_runs_through_the_assets_against_a_loopback_server(tmp_path, monkeypatch):
+    import yaml
+
+    from ragft_dagster.assets import build_all_assets
+    from ragft_dagster.config.profile import load_profile
+    from ragft_dagster.definitions import build_resources
+
+    from ..openai_stub import OpenAIStub
+
+    recipe = _recipe(tmp_path, judge=True, models=["base"], contexts=["closed_book"])
+    (tmp_path / "labels.csv").write_text(
+        "question,reference,answer,label\n"
+        "Which port?,port 3000,it is 3000,correct\n"
+        "Which port?,port 3000,it is 80,incorrect\n"
+        "Which tool?,use ruff,black,correct\n",  # the judge will disagree here
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("RAGFT_TEST_KEY", "sk-test")
+    with OpenAIStub([_judge_reply]) as stub:
+        profile = tmp_path / "stub.yaml"
+        profile.write_text(
+            yaml.safe_dump(
+                {
+                    "name": "stub",
+                    "executor": "in_process",
+                    "llm": {"base_url": stub.base_url, "api_key_env": "RAGFT_TEST_KEY"},
+                }
+            )
+        )
+        root = tmp_path / "artifacts"
+        resources = build_resources(recipe, load_profile(profile), root)
+        assets = build_all_assets(recipe)
+        cell = dg.materialize(
+            assets, resources=resources, selection="open_scores", partition_key="closed_book|base"
+        )
+        trust = dg.materialize(assets, resources=resources, selection="judge_agreement")
+    [mat] = cell.asset_materializations_for_node("open_scores")
+    meta = {k: getattr(v, "value", v) for k, v in mat.metadata.items()}
+    # 10 answers, closed-book: one correctness verdict each; 3 unreadable, counted
+    assert meta["judge_verdicts"] == 10 and meta["judge_unreadable"] == 3
+    assert meta["judge_requests"] == 10 and meta["judge_off_schema"] == 3
+    records = [
+        json.loads(line)
+        for line in open_scores_path(ArtifactLayout(root), "base", "closed_book")
+        .read_text(encoding="utf-8")
+        .splitlines()
+    ]
+    assert sum(r["judge_correct"] is None for r in records) == 3
+    assert all(r["judge_correct"] in (0.0, 1.0) for r in records if r["row"] not in (4, 7, 10))
+    [mat] = trust.asset_materializations_for_node("judge_agreement")
+    meta = {k: getattr(v, "value", v) for k, v in mat.metadata.items()}
+    assert meta["labelled_answers"] == 3 and meta["agreement"] == pytest.approx(2 / 3)
+    assert meta["asked_twice"] == 3 and meta["self_agreement"] == 1.0
