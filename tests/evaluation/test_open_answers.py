@@ -362,3 +362,61 @@ def test_batched_replies_come_back_in_order_and_generation_runs_in_float32_on_a_
     )
     assert backwards == three[::-1] and all(r.new_tokens <= 5 for r in three)
     assert tiny_tokenizer.padding_side == side  # left padding was only for the batches
+
+
+def test_an_api_model_gets_the_same_messages_at_temperature_0_and_is_asked_once(tmp_path):
+    import openai
+
+    from ragft_dagster.artifacts import ArtifactLayout
+    from ragft_dagster.ask import ask_messages
+    from ragft_dagster.compute import ComputeSettings
+    from ragft_dagster.config.recipe import load_recipe
+    from ragft_dagster.evaluation.open_answers import evaluate_open_cell
+    from ragft_dagster.models.refs import LocalModels
+
+    from ..conftest import write_recipe
+    from ..openai_stub import OpenAIStub
+
+    questions = _write(tmp_path, "open.csv", "question,answer\nWhich port?,port 3000\nWho?,me\n")
+
+    def mutate(raw):
+        raw["evaluation"]["api"] = {"models": ["stub-model"], "max_retries": 0}
+        raw["evaluation"]["open_questions"] = str(questions)
+        raw["evaluation"]["open_answers"] = {"max_new_tokens": 12, "models": ["stub-model"]}
+
+    recipe = load_recipe(write_recipe(tmp_path, mutate))
+    models = LocalModels.of(recipe, ArtifactLayout(tmp_path / "artifacts"))
+    with OpenAIStub(["The port is 3000."]) as stub:
+
+        def run():
+            return evaluate_open_cell(
+                recipe.evaluation,
+                recipe.retrieval,
+                questions,
+                models,
+                "stub-model",
+                "closed_book",
+                compute=ComputeSettings(device="cpu"),
+                system_prompt="Answer briefly.",
+                open_collection=lambda: pytest.fail("closed-book opens no index"),
+                llm_client=lambda: openai.OpenAI(
+                    base_url=stub.base_url, api_key="sk-test", max_retries=0, timeout=5
+                ),
+            )
+
+        records, figures = run()
+        # requests run concurrently: find the first question's
+        sent = next(r for r in stub.requests if r["messages"][-1]["content"] == "Which port?")
+        again, cached = run()
+        assert len(stub.requests) == 2  # the rerun paid nothing
+    assert sent["model"] == "stub-model" and sent["temperature"] == 0.0
+    assert sent["max_tokens"] == 12
+    assert sent["messages"] == ask_messages(
+        "Which port?",
+        [],
+        system_prompt="Answer briefly.",
+        context_template=recipe.evaluation.context_template,
+    )
+    assert figures["answers_generated"] == 2 and cached["answers_cached"] == 2
+    # "the port is 3000" vs "port 3000": P 2/3, R 1 -> F1 0.8
+    assert records[0]["token_f1"] == pytest.approx(0.8) and again == records
