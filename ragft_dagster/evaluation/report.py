@@ -930,7 +930,10 @@ def _fmt(value: float, pct: bool = False) -> str:
 def _md_cell(text: Any, limit: int = 160) -> str:
     """A table cell: one line, pipes escaped, long answers cut (the JSON file keeps them)."""
     text = " ".join(str(text or "").split()).replace("|", "\\|")
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    text = text if len(text) <= limit else text[: limit - 1] + "…"
+    if "```" in text or text.count("`") % 2:  # an unclosed code span would swallow the row
+        text = text.replace("`", "\\`")
+    return text
 
 
 def open_report(

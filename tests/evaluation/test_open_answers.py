@@ -251,6 +251,7 @@ def test_the_report_section_shows_each_cell_the_tests_and_the_answers():
         "judge_cache_hits": 0,
         "judge_off_schema": 2,
     }
+    records[("base", "rag")][0]["answer"] = "Output: ``` # 127.0.0.1"  # a fence left open
     report = open_report(records, ["base", "sft"], ["rag"], n_boot=200, agreement=agreement)
     rows = {(r["model"], r["context"]): r for r in report.rows}
     assert rows[("sft", "rag")]["token_f1"] == pytest.approx(0.6)
@@ -264,6 +265,7 @@ def test_the_report_section_shows_each_cell_the_tests_and_the_answers():
     assert "| sft rag |" in md and "Cohen's kappa 0.600 [95% CI 0.100, 1.000]" in md
     assert "answer 1 \\| with a pipe (F1 0.90 ✓)" in md  # the answer beside the reference
     assert "✂" in md  # the cut-off answer is marked
+    assert "Output: \\`\\`\\` # 127.0.0.1 (F1" in md  # escaped: the table row survives
     assert "Unreadable judge verdicts" in md
     assert report.metric_agreement["judged"] == 5
 
