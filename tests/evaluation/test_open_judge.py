@@ -199,3 +199,25 @@ def test_the_quickstart_ships_hand_labelled_answers_of_both_kinds():
     labels = load_labels(QUICKSTART_DATA / "judge_labels.csv")
     assert len(labels) == 20
     assert sum(a.correct for a in labels) == 8  # and 12 incorrect: kappa is defined
+
+
+def test_a_rag_answer_is_judged_for_correctness_and_faithfulness_to_its_chunks(tmp_path):
+    from ragft_dagster.config.recipe import EvaluationRecipe
+    from ragft_dagster.evaluation.open_answers import judge_records
+
+    ev = EvaluationRecipe(open_answers={"judge": {"model": "judge-model", "max_retries": 0}})
+    records = [
+        {"question": "Which port?", "answer": "it is 3000", "reference": "port 3000"},
+        {"question": "Which port?", "answer": "it is 80", "reference": "port 3000"},
+    ]
+    hits = [[{"text": "make ui listens on port 3000"}], []]  # the second: closed-book
+    with OpenAIStub([_reply]) as stub:
+        figures = judge_records(
+            records, hits, ev, ev.context_template, client=_client(stub), cache=ReplyCache(tmp_path)
+        )
+        faithful = [r for r in stub.requests if "Passages:" in r["messages"][0]["content"]]
+    assert figures["judge_verdicts"] == 3  # two correctness verdicts, one faithfulness
+    assert records[0]["judge_correct"] == 1.0 and records[0]["judge_faithful"] == 1.0
+    assert records[1]["judge_correct"] == 0.0 and "judge_faithful" not in records[1]
+    # the chunks reach the judge as the answering model saw them
+    assert "Context:\nmake ui listens on port 3000" in faithful[0]["messages"][0]["content"]
