@@ -9,7 +9,7 @@ from ragft_dagster.artifacts import atomic_dir, read_jsonl, write_jsonl
 from ragft_dagster.data.chunking import DocumentError, chunk_document, read_document, split_sections
 from ragft_dagster.data.qa_generation import generate_offline_qa, parse_qa_reply, render_prompt
 from ragft_dagster.evaluation.mcq import McqError, load_questions, score_questions
-from ragft_dagster.evaluation.stats import wilson_interval
+from ragft_dagster.stats import wilson_interval
 from ragft_dagster.training.sft import build_sft_dataset
 
 from .conftest import QUICKSTART_DATA
@@ -273,7 +273,7 @@ def test_sync_index_writes_more_chunks_than_one_chroma_batch(tmp_path):
 
 
 def test_exact_mcnemar_against_hand_computed_values():
-    from ragft_dagster.evaluation.stats import mcnemar_exact
+    from ragft_dagster.stats import mcnemar_exact
 
     assert mcnemar_exact(0, 0) == 1.0
     assert mcnemar_exact(5, 0) == pytest.approx(2 / 32)  # 2 * 0.5**5
@@ -283,7 +283,7 @@ def test_exact_mcnemar_against_hand_computed_values():
 
 
 def test_paired_bootstrap_and_minimum_detectable_difference():
-    from ragft_dagster.evaluation.stats import minimum_detectable_difference, paired_bootstrap_ci
+    from ragft_dagster.stats import minimum_detectable_difference, paired_bootstrap_ci
 
     assert paired_bootstrap_ci([True] * 10, [False] * 10) == (1.0, 1.0)
     assert paired_bootstrap_ci([True, False] * 5, [True, False] * 5) == (0.0, 0.0)
@@ -297,7 +297,7 @@ def test_paired_bootstrap_and_minimum_detectable_difference():
 
 
 def test_paired_comparisons_label_not_significant():
-    from ragft_dagster.evaluation.stats import comparisons_markdown, paired_comparisons
+    from ragft_dagster.stats import comparisons_markdown, paired_comparisons
 
     q = [f"q{i}" for i in range(20)]
     cells = {

@@ -168,7 +168,7 @@ def cell_metadata(
     retrieval figures (``rag``), the sampled statistic, API request counts (``stats``, API
     models) and a per-question preview."""
     from ragft_dagster.evaluation.report import summarise_scores
-    from ragft_dagster.evaluation.stats import sampled_cell
+    from ragft_dagster.stats import sampled_cell
 
     row = summarise_scores({("cell", ctx): records})[0]
     metadata: dict[str, Any] = {

@@ -114,7 +114,7 @@ def open_cell_metadata(
     """An ``open_scores`` partition's metadata: each score's mean (numbers, plotted per run),
     answers generated vs. cached, judge figures, and the answers beside their references."""
     from ragft_dagster.assets._meta import preview_table
-    from ragft_dagster.evaluation.stats import mean_interval
+    from ragft_dagster.stats import mean_interval
 
     metadata: dict[str, Any] = {"path": dg.MetadataValue.path(str(path))}
     for name in OPEN_SCORES:

@@ -28,7 +28,7 @@ import yaml
 
 from ragft_dagster.artifacts import ArtifactLayout, atomic_write_text, read_jsonl
 from ragft_dagster.evaluation.report import METRICS
-from ragft_dagster.evaluation.stats import comparisons_markdown, credit, paired_comparisons
+from ragft_dagster.stats import comparisons_markdown, credit, paired_comparisons
 
 SFT_CHAIN = ("sft_dataset", "lora_adapter")
 """What an ablation rebuilds (then the sft cells)."""

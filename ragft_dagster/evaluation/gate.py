@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ragft_dagster.evaluation.report import METRICS
-from ragft_dagster.evaluation.stats import (
+from ragft_dagster.stats import (
     count_text,
     credit,
     expected_p,
@@ -148,7 +148,7 @@ def open_answer_test(
     """One-sided paired test "candidate > baseline" on an open-answer metric, over the
     questions both have a score for: exact McNemar for 0/1 metrics (exact match, the judge's
     verdicts), Wilcoxon signed-rank for graded ones (F1, ROUGE-L, similarity)."""
-    from ragft_dagster.evaluation.stats import (
+    from ragft_dagster.stats import (
         is_binary,
         paired_bootstrap_ci,
         wilcoxon_p,

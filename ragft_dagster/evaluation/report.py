@@ -13,7 +13,7 @@ from typing import Any
 
 from ragft_dagster.artifacts import atomic_write_text
 from ragft_dagster.config.recipe import LOCAL_MODELS
-from ragft_dagster.evaluation.stats import (
+from ragft_dagster.stats import (
     comparisons_markdown,
     count_text,
     credit,
@@ -959,7 +959,7 @@ def open_report(
         alpha: Significance level of the comparisons.
     """
     from ragft_dagster.evaluation.judge import kappa
-    from ragft_dagster.evaluation.stats import mean_interval, score_comparisons
+    from ragft_dagster.stats import mean_interval, score_comparisons
 
     rows = []
     for m in models:

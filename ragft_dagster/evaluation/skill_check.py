@@ -17,7 +17,7 @@ from typing import Any
 
 from ragft_dagster.data.skills import skill_questions
 from ragft_dagster.evaluation.mcq import Question
-from ragft_dagster.evaluation.stats import (
+from ragft_dagster.stats import (
     expected_p,
     mcnemar_one_sided,
     whole,

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from ragft_dagster.artifacts import atomic_write_text, read_utf8_file
-from ragft_dagster.evaluation.stats import wilson_interval
 from ragft_dagster.models.refs import (
     checkpointing_args,
     count_parameters,
@@ -26,6 +25,7 @@ from ragft_dagster.models.refs import (
     loss_history,
     upstream_deprecations_silenced,
 )
+from ragft_dagster.stats import wilson_interval
 from ragft_dagster.training.checkpoints import train_resuming, training_dir
 from ragft_dagster.training.dense_logprobs import use_dense_logprobs_on_cpu
 

@@ -16,7 +16,7 @@ from ragft_dagster.evaluation.mcq import (
     parse_letter,
 )
 from ragft_dagster.evaluation.report import build_report, regressions
-from ragft_dagster.evaluation.stats import sampled_cell, sampled_pair
+from ragft_dagster.stats import sampled_cell, sampled_pair
 
 from ..conftest import LOCAL_PROFILE, QUICKSTART_DATA, TINY_RECIPE, write_recipe
 from ..openai_stub import OpenAIStub

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from ragft_dagster.evaluation.stats import (
+from ragft_dagster.stats import (
     comparisons_markdown,
     continuous_mdd,
     holm_adjust,
@@ -72,7 +72,7 @@ def test_without_a_family_every_pair_is_corrected_together():
 
 
 def test_without_ties_the_expected_test_is_the_exact_mcnemar_test():
-    from ragft_dagster.evaluation.stats import expected_p, mcnemar_exact
+    from ragft_dagster.stats import expected_p, mcnemar_exact
 
     a = [True] * 7 + [False] * 3 + [True] * 4
     b = [False] * 7 + [True] * 3 + [True] * 4
@@ -83,7 +83,7 @@ def test_without_ties_the_expected_test_is_the_exact_mcnemar_test():
 
 
 def test_split_ties_give_expected_discordance_and_the_p_averaged_over_tie_breaks():
-    from ragft_dagster.evaluation.stats import discordant_distribution, mcnemar_exact
+    from ragft_dagster.stats import discordant_distribution, mcnemar_exact
 
     # 5 questions only a gets right, one a ties 2-way with the correct option (1/2) where b is
     # wrong, one both tie 2-way (each right with 1/2, independently)
