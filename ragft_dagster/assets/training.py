@@ -19,6 +19,7 @@ from ragft_dagster.data.own_qa import OwnQaError, ground_on_documents, load_own_
 from ragft_dagster.data.quality import filter_rows, llm_judge
 from ragft_dagster.data.raft import add_retrieved_context
 from ragft_dagster.evaluation.mcq import McqError, load_questions
+from ragft_dagster.evaluation.open_answers import OpenQuestionsError, load_open_questions
 from ragft_dagster.llm.cache import ReplyCache
 from ragft_dagster.llm.client import BudgetExceeded, LlmCallError, LlmStats
 from ragft_dagster.resources import (
@@ -58,7 +59,11 @@ def sft_dataset_version(recipe: Recipe) -> str:
     embedding = ["retrieval.embedding_model"] if uses_embeddings else []
     if recipe.sft_dataset.retrieval_context.enabled:  # what the prompts show, and how
         embedding = ["retrieval", "evaluation.context_template"]
-    files: tuple[Path, ...] = (recipe.questions_path,) if c.enabled else ()
+    files: tuple[Path, ...] = ()
+    if c.enabled:  # what training is decontaminated against
+        files = (recipe.questions_path,)
+        if recipe.open_questions_path is not None:
+            files += (recipe.open_questions_path,)
     own = [recipe.own_qa_path(o.source) for o in recipe.sft_dataset.own_qa]
     files += tuple(p for p in [*own, recipe.generic_path] if p is not None)
     return recipe.section_version("sft_dataset", *embedding, files=files)
@@ -151,9 +156,13 @@ def contamination_detector(
 ) -> Callable[[list[dict[str, Any]]], list[Finding]]:
     """find_contamination bound to the recipe's benchmark, thresholds and embedding model."""
     c = recipe.sft_dataset.contamination
+    # every question the recipe evaluates on: the multiple-choice benchmark, then the open
+    # questions (when evaluation.open_questions is set); training must contain none of them
     try:
-        questions = load_questions(recipe.questions_path)
-    except McqError as exc:
+        questions: list[Any] = list(load_questions(recipe.questions_path))
+        if recipe.open_questions_path is not None:
+            questions += load_open_questions(recipe.open_questions_path)
+    except (McqError, OpenQuestionsError) as exc:
         raise dg.Failure(description=f"sft_dataset contamination check: {exc}") from None
     embed = None
     if c.embedding_threshold is not None:

@@ -138,7 +138,7 @@ def find_contamination(
 
     Args:
         rows: Training Q&A rows (``id``, ``question``, ``answer``, ``doc``, ``chunk_id``).
-        questions: The benchmark questions (:func:`benchmark_questions`: multiple-choice
+        questions: The benchmark questions (assets/training.py reads them: multiple-choice
             :class:`Question` objects and open questions; each needs ``row``, ``id``,
             ``question`` and an answer).
         embed: Embeds a list of texts (e.g. ``embedder.get_text_embedding_batch``); None turns
@@ -222,20 +222,3 @@ def _answer(q: Any) -> str:
     """A benchmark question's answer: the correct option's text, or an open question's
     reference."""
     return q.options[LETTERS.index(q.correct)] if isinstance(q, Question) else q.answer
-
-
-def benchmark_questions(recipe: Any) -> list[Any]:
-    """Every question the recipe evaluates on that training must not contain: the
-    multiple-choice benchmark, then the open questions (when ``evaluation.open_questions`` is
-    set); pass them to :func:`find_contamination`.
-
-    Raises:
-        McqError, OpenQuestionsError: A file that cannot be read, naming its row and field.
-    """
-    from ragft_dagster.evaluation.mcq import load_questions
-    from ragft_dagster.evaluation.open_answers import load_open_questions
-
-    questions: list[Any] = list(load_questions(recipe.questions_path))
-    if recipe.open_questions_path is not None:
-        questions += load_open_questions(recipe.open_questions_path)
-    return questions

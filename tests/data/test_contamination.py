@@ -185,6 +185,7 @@ def test_code_version_follows_contamination_inputs(tmp_path):
     base = version("base")
     mcq = tmp_path / "mcq.csv"
     mcq.write_text((QUICKSTART_DATA / "mcq.csv").read_text() + "Extra?,a,b,c,d,A\n")
+    open_file = QUICKSTART_DATA / "open_questions.csv"
     assert version("blocking", contamination(blocking=True)) == base
     assert version("top_k", lambda raw: raw["retrieval"].update(top_k=5)) == base
     changed = {
@@ -192,11 +193,29 @@ def test_code_version_follows_contamination_inputs(tmp_path):
         version("keep", contamination(remove=False)),
         version("mcq", lambda raw: raw["evaluation"].update(questions=str(mcq))),
         version("model", lambda raw: raw["retrieval"].update(embedding_model="org/other")),
+        version("open", lambda raw: raw["evaluation"].update(open_questions=str(open_file))),
     }
-    assert base not in changed and len(changed) == 4
+    assert base not in changed and len(changed) == 5
     recipe = load_recipe(write_recipe(tmp_path))
     asset = training.build(recipe)[0]
     assert asset.code_versions_by_key[dg.AssetKey("sft_dataset")] == base
+
+
+def test_sft_dataset_is_checked_against_the_open_questions_too(tmp_path):
+    """With evaluation.open_questions set, the detector sft_dataset uses holds the benchmark's
+    questions and the open ones, and a training row copying an open question is found."""
+    from ragft_dagster.evaluation.open_answers import load_open_questions
+
+    open_file = QUICKSTART_DATA / "open_questions.csv"
+    recipe = load_recipe(
+        write_recipe(tmp_path, lambda raw: raw["evaluation"].update(open_questions=str(open_file)))
+    )
+    detect = training.contamination_detector(recipe, tmp_path / "artifacts", "cpu")
+    open_questions = load_open_questions(open_file)
+    copied = _row(open_questions[0].question.upper(), 1)
+    findings = detect([copied, _row("Unrelated question about the weather?", 2)])
+    assert [(f.train_id, f.benchmark) for f in findings] == [(copied["id"], "open")]
+    assert len(detect.keywords["questions"]) == len(MCQ) + len(open_questions)
 
 
 def _materialize(
