@@ -42,6 +42,7 @@ from ragft_dagster.evaluation.report import (
     write_report_files,
 )
 from ragft_dagster.evaluation.scoring import evaluate_cell, evaluate_general
+from ragft_dagster.evaluation.skill_check import read_skill_eval
 from ragft_dagster.llm.cache import ReplyCache
 from ragft_dagster.llm.client import BudgetExceeded, LlmCallError
 from ragft_dagster.models.refs import LocalModels, merge_source_keys
@@ -460,6 +461,7 @@ def build(recipe: Recipe, gpu_tags: Mapping[str, Any] | None = None) -> list[Any
             general_models=general_keys,
             sources=sources,
             preference_file=layout.dpo_model / PREFERENCE_FILE,
+            skill_check=read_skill_eval(layout.specialist_model) if recipe.specialist else None,
         )
         if open_scores is not None:
             report.open_answers = _open_answers(layout)

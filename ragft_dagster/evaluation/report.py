@@ -376,6 +376,8 @@ class Report:
     preference: dict[str, Any] | None = None
     """DPO's held-out preference evaluation (``preference_eval.json``), when it exists."""
     preference_md: str = ""
+    skill_md: str = ""
+    """Whether the specialist has its skill, on its own held-out questions (Figure 2's lead)."""
     open_answers: OpenReport | None = None
     """The "Open answers" section, when the recipe has open questions."""
 
@@ -400,8 +402,12 @@ class Report:
             ]
         if self.retrieval_md:
             parts += ["\n## Retrieval vs. generation failures\n", self.retrieval_md]
-        if self.general_md:
-            parts += [f"\n## {FIGURE_2_TITLE}\n", self.general_md, "\n![Figure 2](figure2.png)\n"]
+        if self.general_md or self.skill_md:
+            parts += [f"\n## {FIGURE_2_TITLE}\n"]
+            if self.skill_md:
+                parts += [self.skill_md]
+            if self.general_md:
+                parts += [self.general_md, "\n![Figure 2](figure2.png)\n"]
         if self.preference_md:
             parts += ["\n## DPO: held-out preference accuracy\n", self.preference_md]
         if self.sampled_md:
@@ -448,6 +454,7 @@ def build_report(
     general_models: list[str] | None = None,
     sources: list[str] | None = None,
     preference_file: Path | None = None,
+    skill_check: dict[str, Any] | None = None,
 ) -> Report:
     """Summarise every (model, context) cell and compare pairs on the same questions: the
     :func:`headline_family` Holm-corrected, every other pair exploratory.
@@ -464,6 +471,8 @@ def build_report(
         sources: The merge's source models among them (``base`` and e.g. ``specialist:math``).
         preference_file: Where ``dpo_model`` writes its held-out preference evaluation; None
             leaves that section out, a missing file says so.
+        skill_check: The specialist against base on held-out questions of its skill
+            (:mod:`ragft_dagster.evaluation.skill_check`), when the recipe derives one.
     """
     rows = summarise_scores(records, metric)
     pairs = paired_comparisons(
@@ -501,6 +510,22 @@ def build_report(
         general_models=[m for m in order if m in (general or {})],
         preference=preference,
         preference_md=preference_markdown(preference, preference_file) if preference_file else "",
+        skill_md=skill_markdown(skill_check),
+    )
+
+
+def skill_markdown(check: dict[str, Any] | None) -> str:
+    """The specialist on its own data, before Figure 2's general set: accuracies with their
+    intervals and the sentence of :func:`ragft_dagster.evaluation.skill_check.compare_on_skill`."""
+    if not check:
+        return ""
+    lo_b, hi_b = check["base_interval"]
+    lo_s, hi_s = check["specialist_interval"]
+    return (
+        f"**The specialist on its own data** ({check['questions']} held-out {check['skill']} "
+        f"questions, none of its training rows; {check['metric']}): specialist "
+        f"{check['specialist_accuracy']:.1%} [{lo_s:.0%}–{hi_s:.0%}], base "
+        f"{check['base_accuracy']:.1%} [{lo_b:.0%}–{hi_b:.0%}]. {check['sentence']}\n"
     )
 
 

@@ -389,6 +389,22 @@ def test_a_stage_answering_exactly_as_the_one_before_gets_a_sentence(tmp_path):
     assert "absent.json is absent" in missing.preference_md
 
 
+def test_figure_2_opens_with_the_specialist_on_its_own_held_out_questions():
+    from ragft_dagster.evaluation.skill_check import compare_on_skill
+
+    check = compare_on_skill([0] * 20, [1] * 10 + [0] * 10, skill="arithmetic", metric="acc")
+    cells = {("base", "closed_book"): [_record(i, "A", "A", "A", "A") for i in range(4)]}
+    report = build_report(cells, ["base"], ["closed_book"], n_boot=50, skill_check=check)
+    assert report.skill_md.startswith(
+        "**The specialist on its own data** (20 held-out arithmetic questions, none of its "
+        "training rows; acc): specialist 50.0% [30%–70%], base 0.0% [0%–16%]. The specialist "
+        "has its skill: "
+    )
+    md = report.markdown
+    assert md.index("## Figure 2") < md.index("**The specialist on its own data**")
+    assert build_report(cells, ["base"], ["closed_book"], n_boot=50).skill_md == ""
+
+
 def test_report_asset_shows_figure_2_ties_and_dpo_preference_accuracy(tmp_path):
     import json
 
