@@ -281,6 +281,38 @@ def test_the_served_model_answers_the_letters_the_local_scorer_picks(served, tmp
         ), (reply, probs)
 
 
+def test_the_open_answer_judge_asks_the_served_model(served, tmp_path):
+    """The open-answer judge (issue 29) against a real server: both rubrics asked with a JSON
+    schema, which transformers serve accepts and ignores (prose: off-schema, counted), every
+    reply read as a verdict or counted unreadable, and a rerun answered from the cache."""
+    from openai import OpenAI
+
+    from ragft_dagster.config.recipe import OpenJudgeRecipe
+    from ragft_dagster.evaluation.judge import JudgeTask, run_judge
+    from ragft_dagster.llm.cache import ReplyCache
+
+    judge = OpenJudgeRecipe(model=served.name, max_tokens=40, request_timeout=300, max_retries=1)
+    client = OpenAI(base_url=served.base_url, api_key="unused", max_retries=0, timeout=300)
+    tasks = [
+        JudgeTask("c", "correctness", "Which command starts the web UI?", "make ui", "make ui"),
+        JudgeTask(
+            "f",
+            "faithfulness",
+            "Which port?",
+            "port 3000",
+            context="make ui listens on 127.0.0.1 port 3000",
+        ),
+    ]
+    run = run_judge(tasks, judge, client=client, cache=ReplyCache(tmp_path))
+    figures = run.figures()
+    print(f"\njudge through transformers serve: {figures}")
+    assert figures["judge_requests"] == 2 and run.structured_refused is None
+    assert figures["judge_json"] + figures["judge_word"] + figures["judge_unreadable"] == 2
+    assert figures["judge_off_schema"] == 2 - figures["judge_json"]
+    again = run_judge(tasks, judge, client=client, cache=ReplyCache(tmp_path))
+    assert again.stats.cache_hits == 2
+
+
 def test_ragft_serve_stops_on_ctrl_c_in_one_line(served):
     """Ctrl-C reaches the whole foreground process group: ragft serve and its server."""
     os.killpg(served.proc.pid, signal.SIGINT)
