@@ -323,6 +323,39 @@ def test_a_replaced_benchmark_starts_a_new_baseline_without_a_regression_alarm(s
     assert "a new baseline, not compared" in (check.description or "")
 
 
+def test_the_published_letter_prefixed_format_scores_as_the_plain_questions(site):
+    """The published benchmark writes each option with its letter ("A. To send ..."): the same
+    questions in that format are scored exactly as without the prefixes, and the run says it
+    stripped them."""
+    raw = yaml.safe_load(site.recipe.read_text())
+    plain = Path(raw["evaluation"]["questions"])
+    with plain.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    styles = ["{}. {}", "{}) {}", "({}) {}", "{}: {}"]
+    prefixed = [
+        {**r, **{x: styles[i % 4].format(x.upper(), r[x]) for x in "abcd"}}
+        for i, r in enumerate(rows)
+    ]
+    _write_questions(site.base / "prefixed_mcq.csv", prefixed)
+    layout = ArtifactLayout(site.artifacts)
+    cells = [("base", "closed_book"), ("sft", "closed_book")]
+    before = {c: read_jsonl(layout.scores(*c)) for c in cells}
+    raw["evaluation"]["questions"] = str(site.base / "prefixed_mcq.csv")
+    site.recipe.write_text(yaml.safe_dump(raw))
+    code, out = site.run("prefixed")
+    assert code == 0, out[-4000:]
+    assert set(_ok_jobs(out)) == {"evaluation_job", "report_job"}, out[-4000:]
+    fields = ["question_id", "predicted", "predicted_norm", "predicted_option", "option_logprobs"]
+    for cell in cells:
+        after = read_jsonl(layout.scores(*cell))
+        assert [{k: r[k] for k in fields} for r in after] == [
+            {k: r[k] for k in fields} for r in before[cell]
+        ], cell
+    with site.instance() as instance:
+        (latest,) = instance.fetch_materializations(dg.AssetKey("mcq_scores"), limit=1).records
+    assert latest.asset_materialization.metadata["letter_prefixes_stripped"].value == len(rows)
+
+
 def test_ctrl_c_at_the_terminal_prints_one_line_exits_130_and_the_rerun_continues(site):
     """Ctrl-C at a terminal sends SIGINT to the whole foreground process group: ragft and
     every process it started (each run's compute-log tail and its orphan watcher)."""
