@@ -9,6 +9,7 @@ upstream asset ran in this invocation. Every run is an ordinary Dagster run in t
 
 from __future__ import annotations
 
+import logging
 import re
 import subprocess
 import time
@@ -409,6 +410,30 @@ def stage_partitions(stage: Stage, instance: dg.DagsterInstance) -> list[str | N
     return list(stage.partitions_def.get_partition_keys(dynamic_partitions_store=instance))
 
 
+class _InterruptedWhileClosing(logging.Filter):
+    """Drops SQLAlchemy's "Exception closing connection" record when its exception is the
+    interrupt itself: Ctrl-C or SIGTERM that lands while the instance's pool closes a SQLite
+    connection raises there (Dagster turns the signal into DagsterExecutionInterruptedError),
+    and SQLAlchemy logs it with a traceback. The connection is discarded either way; the one
+    INTERRUPTED line says what was kept. Any other failure to close is still logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, KeyboardInterrupt | dg.DagsterExecutionInterruptedError)
+
+
+def _quiet_interrupted_connection_closes() -> None:
+    # A logger's filters see only its own records: each pool class logs under its own name
+    # (sqlalchemy.pool.impl.NullPool, the one Dagster's SQLite storage uses, ...).
+    from sqlalchemy.pool import impl
+
+    names = [f"sqlalchemy.pool.impl.{c}" for c in dir(impl) if c.endswith("Pool")]
+    for name in ["sqlalchemy.pool", "sqlalchemy.pool.base", *names]:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _InterruptedWhileClosing) for f in logger.filters):
+            logger.addFilter(_InterruptedWhileClosing())
+
+
 def run_pipeline(
     recipe_path: str | None,
     profile_path: str | None,
@@ -434,6 +459,7 @@ def run_pipeline(
     recipe, profile = load_inputs(recipe_path, profile_path)
     defs = definitions_for(recipe, profile, artifact_root)
     instance = instance or dg.DagsterInstance.get()
+    _quiet_interrupted_connection_closes()
     layout = ArtifactLayout(artifact_root or profile.artifact_root)
     scan, changes = document_changes(instance, recipe, layout.docs_scan)
     current = scan.documents

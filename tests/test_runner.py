@@ -465,3 +465,30 @@ def test_a_second_ragft_run_waits_for_the_run_building_the_same_asset(tmp_path):
                 release.set()
                 thread.join(60)
             assert overlapping_runs(instance, ["adapter"], [], {"training_job": ["adapter"]}) == []
+
+
+def test_an_interrupt_while_sqlalchemy_closes_a_connection_is_not_logged_as_a_traceback():
+    """Ctrl-C or SIGTERM landing inside SQLAlchemy's connection close was logged with a
+    traceback below the one INTERRUPTED line (seen in CI); any other close failure still is."""
+    import io
+    import logging
+
+    from ragft_dagster.runner import _quiet_interrupted_connection_closes
+
+    _quiet_interrupted_connection_closes()
+    _quiet_interrupted_connection_closes()  # idempotent: one filter per logger
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    logger = logging.getLogger("sqlalchemy.pool.impl.NullPool")
+    assert len(logger.filters) == 1
+    logger.addHandler(handler)
+    try:
+        for exc in (dg.DagsterExecutionInterruptedError(), KeyboardInterrupt(), OSError("disk")):
+            try:
+                raise exc
+            except BaseException:
+                logger.error("Exception closing connection %r", "conn", exc_info=True)
+    finally:
+        logger.removeHandler(handler)
+    text = out.getvalue()
+    assert text.count("Exception closing connection") == 1 and "OSError: disk" in text
