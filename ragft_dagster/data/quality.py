@@ -146,9 +146,12 @@ def filter_rows(
     if grounded and rules.min_similarity is not None and embed is not None:
         # the pair, not the bare answer: a short command ("make ui") says little on its own
         pairs = [f"{r['question']} {r['answer']}" for r in grounded]
-        texts = pairs + [chunk_text[r["chunk_id"]] for r in grounded]
-        both = _unit(embed(texts))  # one batch
-        answers, chunks = both[: len(grounded)], both[len(grounded) :]
+        # each chunk once: a chunk's rows (3 a chunk in the quickstart) share its vector, and
+        # the chunks, 300 tokens each, are most of what embedding costs
+        at = {c: i for i, c in enumerate(dict.fromkeys(r["chunk_id"] for r in grounded))}
+        both = _unit(embed(pairs + [chunk_text[c] for c in at]))  # one batch
+        answers, vectors = both[: len(grounded)], both[len(grounded) :]
+        chunks = vectors[[at[r["chunk_id"]] for r in grounded]]
         for row, sim in zip(grounded, (answers * chunks).sum(axis=1).tolist(), strict=True):
             similarities.append(sim)
             if sim < rules.min_similarity and row["id"] not in rejected:

@@ -312,3 +312,33 @@ def test_sft_dataset_asks_the_judge_at_the_profiles_endpoint(tmp_path, monkeypat
     assert meta["train_rows"].value == 1
     rejected = meta["quality_rejected_rows"].value.records
     assert rejected[0].data["reason"] == "judge"
+
+
+def test_a_chunk_shared_by_several_rows_is_embedded_once_and_scores_each_row_alike():
+    rows = [_row(i, q, a) for i, (q, a) in enumerate(_SHARED_CHUNK_ROWS)]
+    seen: list[str] = []
+
+    def counting(texts):
+        seen.extend(texts)
+        return bag_of_words(texts)
+
+    rules = QualityRecipe(min_overlap=None, min_similarity=0.0, duplicate_threshold=None)
+    _, _, figures = filter_rows(rows, CHUNKS, rules, embed=counting)
+    chunk = CHUNKS[rows[0]["chunk_id"]]
+    assert seen.count(chunk) == 1
+    assert len(seen) == len(rows) + 1
+    # the same similarities as embedding the chunk once per row
+    pairs = [f"{r['question']} {r['answer']}" for r in rows]
+    import numpy as np
+
+    v = np.asarray(bag_of_words(pairs + [chunk]), dtype=np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    expected = sorted((v[:-1] @ v[-1]).tolist())
+    assert figures["similarity_median"] == pytest.approx(expected[len(expected) // 2])
+
+
+_SHARED_CHUNK_ROWS = [
+    ("How many chunks does the prompt show by default?", "The default is 3 chunks."),
+    ("Where are embeddings stored?", "In Chroma, one per chunk."),
+    ("What does retrieval.top_k choose?", "How many chunks the prompt shows."),
+]
