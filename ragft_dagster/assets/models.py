@@ -15,8 +15,9 @@ from ragft_dagster.config.recipe import Recipe
 from ragft_dagster.data.skills import skill_rows
 from ragft_dagster.evaluation.scoring import load_scoring_model
 from ragft_dagster.evaluation.skill_check import (
+    METRIC,
     compare_on_skill,
-    held_out_questions,
+    held_out_problems,
     skill_credits,
     write_skill_eval,
 )
@@ -260,15 +261,15 @@ def build_specialist(
 def _skill_check(
     recipe: Recipe, rows: list[dict[str, Any]], trained: Path, settings: Any, root: Path
 ) -> dict[str, Any] | None:
-    """Base vs. the freshly trained specialist on held-out questions of its skill, written
-    into the specialist's folder (skill_eval.json); None when the recipe skips the check."""
+    """Base vs. the freshly trained specialist on held-out problems of its skill, replies
+    generated in the profile's inference dtype, written into the specialist's folder
+    (skill_eval.json); None when the recipe skips the check."""
     section = recipe.specialist
     assert section is not None
     if not section.validation_questions:
         return None
-    ev = recipe.evaluation
-    questions = held_out_questions(section.skill, section.validation_questions, section.seed, rows)
-    credits = []
+    problems = held_out_problems(section.skill, section.validation_questions, section.seed, rows)
+    credits, counts = [], []
     for model_dir in (resolve_model_ref(section.base_model, root, recipe.root), str(trained)):
         model, tokenizer = load_scoring_model(
             model_dir,
@@ -278,17 +279,11 @@ def _skill_check(
             chat_template=recipe.chat_template,
             trust_remote_code=recipe.trust_remote_code,
         )
-        credits.append(
-            skill_credits(
-                ev,
-                questions,
-                model,
-                tokenizer,
-                metric=ev.headline_metric,
-                device=settings.torch_device(),
-            )
-        )
+        got, seen = skill_credits(problems, model, tokenizer, device=settings.torch_device())
+        credits.append(got)
+        counts.append(seen)
         del model
-    result = compare_on_skill(*credits, skill=section.skill, metric=ev.headline_metric)
+    result = compare_on_skill(*credits, skill=section.skill, metric=METRIC)
+    result["base_replies"], result["specialist_replies"] = counts
     write_skill_eval(trained, result)
     return result

@@ -540,9 +540,10 @@ class SpecialistRecipe(_Section):
     seed: int = 0
     """Seed of the skill set; the same seed always gives the same rows."""
     validation_questions: int = Field(default=160, ge=0, le=10_000)
-    """Held-out multiple-choice questions of the skill (none of the training rows') that the
-    base and the specialist both answer, to show whether the specialist has its skill
-    (ragft_dagster/evaluation/skill_check.py); 0 skips the check."""
+    """Held-out problems of the skill (none of the training rows') that the base and the
+    specialist both answer, generating their replies, judged on the final number, to show
+    whether the specialist has its skill (ragft_dagster/evaluation/skill_check.py); 0 skips
+    the check."""
     args: dict[str, Any] = Field(default_factory=dict)
     """trl ``SFTConfig`` fields (learning_rate, num_train_epochs, max_length, ...)."""
 

@@ -42,9 +42,6 @@ class _Problem:
     work: str
     """The worked calculation, ending in ``= result``."""
     result: int
-    mistakes: tuple[int, ...]
-    """Answers a typical slip gives (wrong operation, off by one step): the distractors of
-    :func:`skill_questions`."""
 
     @property
     def answer(self) -> str:
@@ -57,14 +54,14 @@ def _total(rng: random.Random) -> _Problem:
     c = rng.randint(1, a + b - 1)
     q = f"{name} has {a} {item}, gets {b} more and gives away {c}. How many {item} are left?"
     r = a + b - c
-    return _Problem(q, f"{a} + {b} - {c} = {r}", r, (a + b + c, a + b, a - c, r + 10, a - b + c))
+    return _Problem(q, f"{a} + {b} - {c} = {r}", r)
 
 
 def _product(rng: random.Random) -> _Problem:
     (one, many), item = rng.choice(_CONTAINERS), rng.choice(_ITEMS)
     a, b = rng.randint(3, 25), rng.randint(2, 12)
     q = f"Each {one} holds {a} {item}. How many {item} are in {b} {many}?"
-    return _Problem(q, f"{b} x {a} = {a * b}", a * b, (a + b, a * (b + 1), a * (b - 1), a * b + 10))
+    return _Problem(q, f"{b} x {a} = {a * b}", a * b)
 
 
 def _share(rng: random.Random) -> _Problem:
@@ -72,9 +69,7 @@ def _share(rng: random.Random) -> _Problem:
     people, each = rng.randint(2, 12), rng.randint(2, 15)
     total = people * each
     q = f"{total} {item} are shared equally among {people} friends. How many does each get?"
-    return _Problem(
-        q, f"{total} / {people} = {each}", each, (total - people, people, each + 1, each * 2)
-    )
+    return _Problem(q, f"{total} / {people} = {each}", each)
 
 
 def _percent(rng: random.Random) -> _Problem:
@@ -83,16 +78,14 @@ def _percent(rng: random.Random) -> _Problem:
     result = base * pct // 100
     q = f"What is {pct}% of {base}?"
     work = f"{pct}% of {base} = {base} x {pct} / 100 = {result}"
-    return _Problem(q, work, result, (base * pct // 10, base - result, result * 2, pct))
+    return _Problem(q, work, result)
 
 
 def _rate(rng: random.Random) -> _Problem:
     speed, hours = rng.randint(3, 90), rng.randint(2, 9)
     q = f"A cyclist rides at {speed} km per hour for {hours} hours. How many km does she ride?"
     r = speed * hours
-    return _Problem(
-        q, f"{speed} x {hours} = {r}", r, (speed + hours, speed * (hours + 1), r - speed, r + 10)
-    )
+    return _Problem(q, f"{speed} x {hours} = {r}", r)
 
 
 def _convert(rng: random.Random) -> _Problem:
@@ -101,10 +94,10 @@ def _convert(rng: random.Random) -> _Problem:
     if rng.random() < 0.5:
         q = f"How many {small} are in {n} {big}?"
         r = n * factor
-        return _Problem(q, f"{fact}, so {n} x {factor} = {r}", r, (r * 10, r // 10, n + factor))
+        return _Problem(q, f"{fact}, so {n} x {factor} = {r}", r)
     q = f"How many {big} are {n * factor} {small}?"
     work = f"{fact}, so {n * factor} / {factor} = {n}"
-    return _Problem(q, work, n, (n * factor * factor, n * 10, n + 1, factor))
+    return _Problem(q, work, n)
 
 
 def _gcd(a: int, b: int) -> int:
@@ -165,40 +158,24 @@ def skill_rows(skill: str, examples: int, seed: int = 0) -> list[dict[str, Any]]
     ]
 
 
-def skill_questions(
+def skill_problems(
     skill: str, n: int, seed: int, exclude: Sequence[dict[str, Any]] = ()
 ) -> list[dict[str, Any]]:
-    """A held-out multiple-choice set of a skill, to choose a specialist's settings on its own
-    data (never on a benchmark's questions): the same templates, another seed, the result
-    among three typical-slip distractors, the correct letter spread evenly.
+    """A held-out set of a skill's problems with their results, to measure a specialist on its
+    own data (never on a benchmark's questions): the same templates, another seed.
 
     Args:
         skill: One of :data:`SKILLS`.
-        n: How many questions.
+        n: How many problems.
         seed: Use another seed than the training rows'.
         exclude: Training rows (:func:`skill_rows`) whose questions must not appear.
 
     Returns:
-        Rows ``{"question", "a", "b", "c", "d", "correct"}`` (options are the numbers as text).
+        Rows ``{"question", "answer", "result"}``: the worked answer the training rows would
+        give and its final number.
     """
     taken = {r["messages"][0]["content"] for r in exclude}
-    rng = random.Random(f"{skill}:questions:{seed}")
-    rows = []
-    for i, p in enumerate(_problems(skill, n, seed, taken)):
-        wrong: list[int] = []
-        near = (p.result + 1, p.result - 1, p.result + 2, p.result + 10, p.result - 10)
-        for value in (*p.mistakes, *near):
-            if value > 0 and value != p.result and value not in wrong:
-                wrong.append(value)
-        options = rng.sample(wrong[:3], 3)
-        correct = "ABCD"[i % 4]
-        options.insert("ABCD".index(correct), p.result)
-        rows.append(
-            {
-                "question": p.question,
-                **dict(zip("abcd", map(str, options), strict=True)),
-                "correct": correct,
-            }
-        )
-    rng.shuffle(rows)
-    return rows
+    return [
+        {"question": p.question, "answer": p.answer, "result": p.result}
+        for p in _problems(skill, n, seed, taken)
+    ]

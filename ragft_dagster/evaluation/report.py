@@ -521,11 +521,19 @@ def skill_markdown(check: dict[str, Any] | None) -> str:
         return ""
     lo_b, hi_b = check["base_interval"]
     lo_s, hi_s = check["specialist_interval"]
+    replies = ""
+    if "base_replies" in check and "specialist_replies" in check:
+        b, s = check["base_replies"], check["specialist_replies"]
+        replies = (
+            f' Replies that state "The answer is": specialist {s["stated"]}, base '
+            f"{b['stated']}; cut off at the token limit: specialist {s['truncated']}, base "
+            f"{b['truncated']} (a cut-off reply is judged on its last number)."
+        )
     return (
         f"**The specialist on its own data** ({check['questions']} held-out {check['skill']} "
         f"questions, none of its training rows; {check['metric']}): specialist "
         f"{check['specialist_accuracy']:.1%} [{lo_s:.0%}–{hi_s:.0%}], base "
-        f"{check['base_accuracy']:.1%} [{lo_b:.0%}–{hi_b:.0%}]. {check['sentence']}\n"
+        f"{check['base_accuracy']:.1%} [{lo_b:.0%}–{hi_b:.0%}]. {check['sentence']}{replies}\n"
     )
 
 

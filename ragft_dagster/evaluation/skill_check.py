@@ -2,21 +2,26 @@
 
 The merge is meant to carry a specialist's skill into the base; whether the specialist had the
 skill at all is a question of its own data, not of the docs benchmark or the general set. So
-the base and the specialist answer the same held-out multiple-choice questions of the skill set
-(:func:`ragft_dagster.data.skills.skill_questions`: the training templates, another seed, none
-of the training questions), scored as the benchmark is scored (same prompt, same scorer), and
-compared question by question with the exact one-sided McNemar test: the specialist is
-expected to be better, and the direction was fixed before looking.
+the base and the specialist answer the same held-out problems of the skill set
+(:func:`ragft_dagster.data.skills.skill_problems`: the training templates, another seed, none
+of the training questions) the way the specialist learnt to: the problem as the user turn,
+the reply generated greedily. A reply is right when its final number is the problem's result,
+the way lm-evaluation-harness scores GSM8K ("The answer is N" when the reply says it, else its
+last number: the harness's strict and flexible extractions). A multiple-choice read-out (the
+option's log-likelihood right after the question) does not fit a model that was taught to
+write the calculation first. The two are compared question by question with the exact
+one-sided McNemar test: the specialist is expected to be better, and the direction was fixed
+before looking.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
-from ragft_dagster.data.skills import skill_questions
-from ragft_dagster.evaluation.mcq import Question
+from ragft_dagster.data.skills import skill_problems
 from ragft_dagster.stats import (
     expected_p,
     mcnemar_one_sided,
@@ -27,48 +32,66 @@ from ragft_dagster.stats import (
 SKILL_EVAL_FILE = "skill_eval.json"
 """Written into the specialist's folder: the held-out comparison, for the report."""
 ALPHA = 0.05
+MAX_NEW_TOKENS = 48
+"""Longest reply: a worked answer of the skill set is 10-30 tokens."""
+BATCH_SIZE = 40
+"""Problems a forward pass (left-padded): the prompts are short and of similar length, and on
+a CPU a wide batch is what makes generating cheap (bfloat16, the quickstart's 40 problems:
+base 11 s and the specialist 7 s in one batch, 14 s and 11 s in batches of 16)."""
+METRIC = f"final number of the generated reply, up to {MAX_NEW_TOKENS} tokens"
+
+_STATED = re.compile(r"answer is\s*\$?(-?[\d,]*\d)")
+_NUMBER = re.compile(r"-?\d[\d,]*")
 
 
-def held_out_questions(
+def final_number(reply: str) -> int | None:
+    """The number a reply ends on: the one after "The answer is" when it says so, else its
+    last number; None when it holds none."""
+    stated = _STATED.findall(reply)
+    found = stated[-1:] or _NUMBER.findall(reply)[-1:]
+    if not found:
+        return None
+    try:
+        return int(found[0].replace(",", ""))
+    except ValueError:
+        return None
+
+
+def held_out_problems(
     skill: str, n: int, seed: int, training_rows: list[dict[str, Any]]
-) -> list[Question]:
-    """``n`` held-out multiple-choice questions of ``skill``, none of ``training_rows``'.
+) -> list[dict[str, Any]]:
+    """``n`` held-out problems of ``skill``, none of ``training_rows``'.
 
-    The question set's seed is derived from the training seed (``seed + 1``), so another
-    training seed gets another held-out set, and the same recipe always gets the same one.
+    The problems' seed is derived from the training seed (``seed + 1``), so another training
+    seed gets another held-out set, and the same recipe always gets the same one.
     """
-    rows = skill_questions(skill, n, seed + 1, exclude=training_rows)
-    return [
-        Question(
-            id=f"{skill}-{i}",
-            row=i + 1,
-            question=r["question"],
-            options=(r["a"], r["b"], r["c"], r["d"]),
-            correct=r["correct"],
-        )
-        for i, r in enumerate(rows)
-    ]
+    return skill_problems(skill, n, seed + 1, exclude=training_rows)
 
 
 def skill_credits(
-    ev: Any, questions: list[Question], model: Any, tokenizer: Any, *, metric: str, device: str
-) -> list[float]:
-    """One model's credit per held-out skill question under ``metric``, closed-book, with the
-    benchmark's prompt (``ev``: the recipe's evaluation section) and scorer."""
-    from ragft_dagster.evaluation.scoring import recipe_messages, score_local
+    problems: list[dict[str, Any]], model: Any, tokenizer: Any, *, device: str
+) -> tuple[list[float], dict[str, int]]:
+    """One model's credit per held-out problem (1 when its reply's final number is the
+    result), and counts: replies cut off at :data:`MAX_NEW_TOKENS`, replies that state "The
+    answer is"."""
+    from ragft_dagster.ask import generate_replies
 
-    hits: list[list[dict[str, Any]]] = [[] for _ in questions]
-    records = score_local(
-        questions,
-        hits,
-        recipe_messages(ev, questions, hits),
+    replies = generate_replies(
         model,
         tokenizer,
-        batch_size=ev.batch_size,
+        [[{"role": "user", "content": p["question"]}] for p in problems],
         device=device,
+        max_new_tokens=MAX_NEW_TOKENS,
+        batch_size=BATCH_SIZE,
     )
-    key = "is_correct" if metric == "acc" else f"is_correct_{metric.removeprefix('acc_')}"
-    return [float(r[key]) for r in records]
+    credits = [
+        float(final_number(r.text) == p["result"]) for p, r in zip(problems, replies, strict=True)
+    ]
+    counts = {
+        "truncated": sum(r.truncated for r in replies),
+        "stated": sum(bool(_STATED.search(r.text)) for r in replies),
+    }
+    return credits, counts
 
 
 def compare_on_skill(

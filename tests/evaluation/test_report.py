@@ -402,6 +402,13 @@ def test_figure_2_opens_with_the_specialist_on_its_own_held_out_questions():
     )
     md = report.markdown
     assert md.index("## Figure 2") < md.index("**The specialist on its own data**")
+    check["base_replies"] = {"truncated": 18, "stated": 0}
+    check["specialist_replies"] = {"truncated": 0, "stated": 20}
+    skill_md = build_report(cells, ["base"], ["closed_book"], n_boot=50, skill_check=check).skill_md
+    assert skill_md.rstrip().endswith(
+        'Replies that state "The answer is": specialist 20, base 0; cut off at the token limit: '
+        "specialist 0, base 18 (a cut-off reply is judged on its last number)."
+    )
     assert build_report(cells, ["base"], ["closed_book"], n_boot=50).skill_md == ""
 
 

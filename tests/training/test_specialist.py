@@ -12,7 +12,8 @@ from ragft_dagster.config.recipe import RecipeError, load_recipe
 from ragft_dagster.data.skills import skill_rows
 from ragft_dagster.evaluation.skill_check import (
     compare_on_skill,
-    held_out_questions,
+    final_number,
+    held_out_problems,
     read_skill_eval,
 )
 from ragft_dagster.models.merging import MergeCompatibilityError, preflight_merge
@@ -38,25 +39,35 @@ def test_skill_rows_are_deterministic_distinct_and_correct():
         skill_rows("poetry", 3)
 
 
-def test_held_out_skill_questions_have_one_right_option_and_none_of_the_training_rows():
-    from ragft_dagster.data.skills import skill_questions
+def test_held_out_skill_problems_carry_their_result_and_none_of_the_training_rows():
+    from ragft_dagster.data.skills import skill_problems
 
-    answers = {
-        r["messages"][0]["content"]: r["messages"][1]["content"].rsplit(" ", 1)[-1].rstrip(".")
-        for r in skill_rows("arithmetic", 40, seed=5)
-    }
-    questions = skill_questions("arithmetic", 40, seed=5)
-    assert questions == skill_questions("arithmetic", 40, seed=5)
-    assert {q["question"] for q in questions} == set(answers)  # same seed, same problems
-    for q in questions:
-        options = [q[x] for x in "abcd"]
-        assert len(set(options)) == 4 and all(int(o) > 0 for o in options), q
-        assert q[q["correct"].lower()] == answers[q["question"]], q
-    assert sorted(q["correct"] for q in questions) == sorted("ABCD" * 10)
+    rows = skill_rows("arithmetic", 40, seed=5)
+    problems = skill_problems("arithmetic", 40, seed=5)
+    assert problems == skill_problems("arithmetic", 40, seed=5)
+    # same seed, same problems as the training rows, with the answer's final number
+    assert [(p["question"], p["answer"]) for p in problems] == [
+        (r["messages"][0]["content"], r["messages"][1]["content"]) for r in rows
+    ]
+    assert all(p["answer"].endswith(f"The answer is {p['result']}.") for p in problems)
     training = skill_rows("arithmetic", 160, seed=0)
-    held_out = skill_questions("arithmetic", 80, seed=1000, exclude=training)
+    held_out = skill_problems("arithmetic", 80, seed=1000, exclude=training)
     assert len(held_out) == 80
-    assert not {q["question"] for q in held_out} & {r["messages"][0]["content"] for r in training}
+    assert not {p["question"] for p in held_out} & {r["messages"][0]["content"] for r in training}
+
+
+@pytest.mark.parametrize(
+    ("reply", "number"),
+    [
+        ("90 / 9 = 10. The answer is 10.", 10),  # the skill set's own form (strict)
+        ("Each friend gets 10 books, 90 in all.", 90),  # else the last number (flexible)
+        ("The answer is 1,000 grams, or 1 kg.", 1000),
+        ("It is -5.", -5),
+        ("I cannot tell.", None),
+    ],
+)
+def test_a_reply_is_judged_on_its_final_number(reply, number):
+    assert final_number(reply) == number
 
 
 def _slerp(a: str, b: str) -> dict:
@@ -73,12 +84,10 @@ def _slerp(a: str, b: str) -> dict:
 
 def test_the_skill_check_set_is_held_out_and_the_comparison_is_worked_by_hand():
     training = skill_rows("arithmetic", 160, seed=0)
-    questions = held_out_questions("arithmetic", 40, 0, training)
-    assert [q.question for q in questions] == [
-        q.question for q in held_out_questions("arithmetic", 40, 0, training)
-    ]
-    assert not {q.question for q in questions} & {r["messages"][0]["content"] for r in training}
-    assert len({q.id for q in questions}) == 40
+    problems = held_out_problems("arithmetic", 40, 0, training)
+    assert problems == held_out_problems("arithmetic", 40, 0, training)
+    assert not {p["question"] for p in problems} & {r["messages"][0]["content"] for r in training}
+    assert len({p["question"] for p in problems}) == 40
 
     # 10 questions: both right on 2, only the specialist on 5, only base on 1, a base tie
     # between two options (credit 1/2) where the specialist is right.
@@ -163,6 +172,8 @@ def test_specialist_model_trains_and_the_merge_uses_it(tmp_path):
     assert meta["skill_accuracy"].value == check["specialist_accuracy"]
     assert meta["skill_accuracy_base"].value == check["base_accuracy"]
     assert "held-out arithmetic questions" in meta["skill_check"].value
+    assert "final number of the generated reply" in check["metric"]
+    assert check["specialist_replies"]["truncated"] <= 160
     merged = result.asset_materializations_for_node("merged_model")[0].metadata
     assert "specialist:math" in merged["sources"].value
 
