@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import dagster as dg
 
-from ragft_dagster.assets._meta import DOCUMENTS
+from ragft_dagster.assets.partitions import DOCUMENTS
 
 DOCUMENT_ASSETS = ("doc_chunks", "synthetic_qa")
 

@@ -143,7 +143,7 @@ def backfill(args: argparse.Namespace) -> int:
     daemon, the same request as the UI's Materialize -> Launch backfill."""
     import dagster as dg
 
-    from ragft_dagster.assets._meta import DOCUMENTS
+    from ragft_dagster.assets.partitions import DOCUMENTS
     from ragft_dagster.backfill import submit_asset_backfill
     from ragft_dagster.definitions import definitions_for
     from ragft_dagster.orchestration.automation import scan_documents_folder

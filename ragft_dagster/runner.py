@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
-import subprocess
 import time
-import types
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,7 +22,7 @@ import dagster as dg
 from dagster import DagsterInvalidConfigError
 
 from ragft_dagster.artifacts import ArtifactLayout
-from ragft_dagster.assets._meta import DOCUMENTS
+from ragft_dagster.assets.partitions import DOCUMENTS
 from ragft_dagster.data.documents import purge_document_files
 from ragft_dagster.definitions import definitions_for, load_inputs
 from ragft_dagster.orchestration.automation import (
@@ -114,15 +112,16 @@ def _failure_messages(events: Sequence[Any]) -> list[str]:
     return out
 
 
-_CHECK_FAILED = "dagster._core.errors.DagsterAssetCheckFailedError: "
+_CHECK_FAILED = re.compile(r"^(?:\w+\.)*DagsterAssetCheckFailedError: ")
+"""How a blocking check's failure starts: the error's class, by its (module-qualified) name."""
 
 
 def _readable(message: str) -> str:
     """A failure's message for the console; a blocking check's failure reads as one line (the
     check's own reasons follow as a CHECK FAILED line)."""
     message = message.strip()
-    if message.startswith(_CHECK_FAILED):
-        return " ".join(message[len(_CHECK_FAILED) :].split())
+    if (prefix := _CHECK_FAILED.match(message)) is not None:
+        return " ".join(message[prefix.end() :].split())
     return message
 
 
@@ -146,37 +145,62 @@ def _release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def _popen_watchers_in_own_group(args: Any, *rest: Any, **kwargs: Any) -> subprocess.Popen:
-    """``subprocess.Popen`` for Dagster's compute-log capture: its orphan watcher starts in a
-    process group of its own (see :func:`_terminal_interrupts_spare_log_watchers`)."""
-    watcher = isinstance(args, list | tuple) and len(args) > 1
-    if watcher and Path(str(args[1])).name == "watch_orphans.py":
-        kwargs.setdefault("process_group", 0)
-    return subprocess.Popen(args, *rest, **kwargs)
-
-
 @contextmanager
 def _terminal_interrupts_spare_log_watchers() -> Iterator[None]:
     """Ctrl-C at a terminal sends SIGINT to its whole foreground process group. Each run
-    captures its stdout and stderr through a ``tail`` and a Python watcher
-    (dagster/_core/execution/scripts/watch_orphans.py, which kills the tail if this process
-    dies): the watcher, asleep in ``time.sleep``, died of that SIGINT with a KeyboardInterrupt
-    traceback on the terminal, two per run, below the one INTERRUPTED line. In a process group
-    of its own it does not get the terminal's SIGINT; Dagster still stops it when the run
-    ends, interrupted or not, and it still kills the tail if this process is killed."""
-    from dagster._core.execution import compute_logs
+    captures its stdout and stderr through a ``tail`` and a Python watcher (Dagster's
+    ``watch_orphans.py``, which kills the tail if this process dies): the watcher, asleep in
+    ``time.sleep``, died of that SIGINT with a KeyboardInterrupt traceback on the terminal, two
+    per run, below the one INTERRUPTED line.
 
-    real = getattr(compute_logs, "subprocess", None)
-    if real is not subprocess:  # Dagster changed how it starts them: leave it alone
+    So while a job runs, SIGINT is blocked in this (the main) thread, and every process started
+    from it inherits the blocked signal: the watcher and the tail sleep through the terminal's
+    Ctrl-C, Dagster still stops them when the run ends, and the watcher still kills the tail if
+    this process is killed. A helper thread waits for the SIGINT (``sigwait``) and hands it to
+    this thread as a SIGUSR2 whose handler calls whatever handles SIGINT here at that moment
+    (Python's KeyboardInterrupt, or Dagster's own while it runs a step): a signal sent to this
+    thread still breaks a blocking call (a sleep, a slow HTTP request), as Ctrl-C did. Only POSIX
+    signal masks, no Dagster internals; without them (Windows), or off the main thread,
+    nothing changes.
+    """
+    import signal
+    import threading
+
+    if not hasattr(signal, "pthread_sigmask") or (
+        threading.current_thread() is not threading.main_thread()
+    ):
         yield
         return
-    shim = types.ModuleType("subprocess")
-    shim.__dict__.update(vars(subprocess), Popen=_popen_watchers_in_own_group)
-    compute_logs.subprocess = shim
+    main = threading.get_ident()
+    done = False
+
+    def as_sigint(_signum: int, frame: Any) -> None:
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler):
+            handler(signal.SIGINT, frame)
+        elif handler == signal.SIG_DFL:
+            raise KeyboardInterrupt
+
+    def receive() -> None:
+        while True:
+            signal.sigwait({signal.SIGINT})
+            if done:
+                return
+            signal.pthread_kill(main, signal.SIGUSR2)
+
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    handled = signal.signal(signal.SIGUSR2, as_sigint)
+    receiver = threading.Thread(target=receive, name="ragft-sigint", daemon=True)
+    receiver.start()  # inherits the mask: SIGINT reaches it only through sigwait
     try:
         yield
     finally:
-        compute_logs.subprocess = real
+        done = True
+        if receiver.ident is not None:
+            signal.pthread_kill(receiver.ident, signal.SIGINT)  # wakes it to stop
+        receiver.join(timeout=5)
+        signal.signal(signal.SIGUSR2, handled)
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _execute_releasing_memory(job: Any, **kwargs: Any) -> Any:

@@ -4,6 +4,7 @@ the SFT split and the benchmark's diagnosis all compare texts the same way."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 _WORDS = re.compile(r"\w+")
@@ -31,3 +32,18 @@ def words(text: str) -> list[str]:
 def content_words(text: str) -> set[str]:
     """The words that carry meaning (common function words dropped), as a set."""
     return {w for w in words(text) if w not in _STOP}
+
+
+def content_hash(data: bytes) -> str:
+    """A document's content identity: the one definition the folder scan (the file's bytes)
+    and ``doc_chunks`` (the text it read, encoded) both use, so they agree.
+
+    What reading drops does not count: a UTF-8 byte-order mark, and Windows (CRLF) or old Mac
+    (CR) line endings, which are the same text as LF. A page saved with a mark or by a Windows
+    editor is not "changed" on every run.
+    """
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    if b"\r" in data:
+        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    return hashlib.sha256(data).hexdigest()

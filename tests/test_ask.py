@@ -15,8 +15,9 @@ import yaml
 
 from ragft_dagster import cli
 from ragft_dagster.artifacts import ArtifactLayout
-from ragft_dagster.ask import ask_messages, heading_trail
+from ragft_dagster.ask import heading_trail
 from ragft_dagster.config.recipe import load_recipe
+from ragft_dagster.prompts import ask_messages
 
 from .conftest import LOCAL_PROFILE, TINY_RECIPE, write_recipe
 

@@ -33,7 +33,6 @@ PLUGIN_MODULES = {
 # once it no longer names dagster._ (the test below says so).
 NOT_YET_PUBLIC = {
     "backfill.py",  # PartitionBackfill: no public call submits an asset backfill
-    "runner.py",  # DagsterAssetCheckFailedError's text; the compute-log watcher's group
 }
 
 

@@ -492,3 +492,58 @@ def test_an_interrupt_while_sqlalchemy_closes_a_connection_is_not_logged_as_a_tr
         logger.removeHandler(handler)
     text = out.getvalue()
     assert text.count("Exception closing connection") == 1 and "OSError: disk" in text
+
+
+_MASKED_JOB = r"""
+import subprocess, sys, time
+from ragft_dagster.runner import _terminal_interrupts_spare_log_watchers
+
+with _terminal_interrupts_spare_log_watchers():
+    # what Dagster's log capture starts: a watcher, asleep
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(20)"])
+    print("ready", flush=True)
+    started = time.monotonic()
+    try:
+        time.sleep(20)  # a blocking call, as a slow request is
+    except KeyboardInterrupt:
+        print(f"interrupted after {time.monotonic() - started:.1f}s", flush=True)
+    time.sleep(0.5)
+    print("child alive" if child.poll() is None else f"child died {child.returncode}", flush=True)
+    child.kill()
+    child.wait()
+time.sleep(0.2)
+print("mask restored", flush=True)
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "pthread_sigmask"), reason="POSIX only")
+def test_ctrl_c_to_the_group_spares_the_processes_a_job_starts_and_still_breaks_a_sleep():
+    """The terminal's Ctrl-C reaches every process of its group: the ones a job starts (Dagster's
+    log watcher) inherit a blocked SIGINT and live on, and the job itself still gets its
+    KeyboardInterrupt at once, out of a blocking call."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _MASKED_JOB],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    lines = out.splitlines()
+    assert lines[0].startswith("interrupted after ") and float(lines[0].split()[-1][:-1]) < 5
+    assert lines[1:] == ["child alive", "mask restored"], (out, err)
+    assert "Traceback" not in err

@@ -15,14 +15,12 @@ from ragft_dagster.artifacts import (
     write_jsonl,
 )
 from ragft_dagster.assets._meta import (
-    EAGER,
-    EAGER_SETTLED,
-    TRIGGER_TAG,
     cell_metadata,
     general_metadata,
     preview_table,
     report_metadata,
 )
+from ragft_dagster.assets.partitions import EAGER, EAGER_SETTLED, TRIGGER_TAG
 from ragft_dagster.config.recipe import Recipe
 from ragft_dagster.evaluation.gate import GateDecision, release_decision
 from ragft_dagster.evaluation.judge import LabelsError, judge_agreement, load_labels

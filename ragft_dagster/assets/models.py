@@ -13,7 +13,6 @@ from ragft_dagster.assets._meta import training_result
 from ragft_dagster.assets._training import train_artifact
 from ragft_dagster.config.recipe import Recipe
 from ragft_dagster.data.skills import skill_rows
-from ragft_dagster.evaluation.scoring import load_scoring_model
 from ragft_dagster.evaluation.skill_check import (
     METRIC,
     compare_on_skill,
@@ -21,6 +20,7 @@ from ragft_dagster.evaluation.skill_check import (
     skill_credits,
     write_skill_eval,
 )
+from ragft_dagster.models.loading import load_scoring_model
 from ragft_dagster.models.merging import (
     MergeCompatibilityError,
     merge_models,

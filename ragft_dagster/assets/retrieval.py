@@ -6,7 +6,7 @@ from collections import Counter
 import dagster as dg
 
 from ragft_dagster.artifacts import artifact_lock, atomic_dir, read_jsonl
-from ragft_dagster.assets._meta import EAGER, read_all_documents
+from ragft_dagster.assets.partitions import EAGER, read_all_documents
 from ragft_dagster.config.recipe import Recipe
 from ragft_dagster.resources import ArtifactStoreResource, ComputeResource, VectorStoreResource
 from ragft_dagster.retrieval.indexing import (

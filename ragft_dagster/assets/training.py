@@ -11,8 +11,9 @@ from typing import Any
 import dagster as dg
 
 from ragft_dagster.artifacts import ArtifactLayout, atomic_dir, read_jsonl
-from ragft_dagster.assets._meta import EAGER, preview_table, read_all_documents, training_result
+from ragft_dagster.assets._meta import preview_table, training_result
 from ragft_dagster.assets._training import train_artifact
+from ragft_dagster.assets.partitions import EAGER, read_all_documents
 from ragft_dagster.config.recipe import Recipe
 from ragft_dagster.data.contamination import Finding, find_contamination
 from ragft_dagster.data.own_qa import OwnQaError, ground_on_documents, load_own_qa
@@ -28,7 +29,7 @@ from ragft_dagster.resources import (
     LlmEndpointResource,
     VectorStoreResource,
 )
-from ragft_dagster.retrieval.indexing import Retriever, retrieval_embedder
+from ragft_dagster.retrieval.indexing import Retriever, length_sorted_embed, retrieval_embedder
 from ragft_dagster.training.sft import (
     CONTAMINATION_FILE,
     QUALITY_FILE,
@@ -139,7 +140,7 @@ def quality_filter(
     embed = None
     if quality.uses_embeddings:
         embedder = retrieval_embedder(recipe.retrieval, layout.root, recipe.root, device)
-        embed = embedder.get_text_embedding_batch
+        embed = length_sorted_embed(embedder)
     judge = None
     if quality.judge is not None:
         client = llm.client(timeout=quality.judge.request_timeout, max_retries=0)
@@ -167,7 +168,7 @@ def contamination_detector(
     embed = None
     if c.embedding_threshold is not None:
         embedder = retrieval_embedder(recipe.retrieval, artifact_root, recipe.root, device)
-        embed = embedder.get_text_embedding_batch
+        embed = length_sorted_embed(embedder)
     return functools.partial(
         find_contamination,
         questions=questions,

@@ -96,7 +96,7 @@ def build_variant(recipe: Any, profile: Any, root: Path, documents: list[str]) -
     import dagster as dg
 
     from ragft_dagster.assets import build_all_assets
-    from ragft_dagster.assets._meta import DOCUMENTS
+    from ragft_dagster.assets.partitions import DOCUMENTS
     from ragft_dagster.config.recipe import with_hub_mirror
     from ragft_dagster.definitions import build_resources
 

@@ -509,7 +509,7 @@ def scoring_published(args: argparse.Namespace) -> int:
     from ragft_dagster.compute import ComputeSettings
     from ragft_dagster.config.recipe import load_recipe
     from ragft_dagster.evaluation.mcq import load_questions
-    from ragft_dagster.evaluation.scoring import load_scoring_model
+    from ragft_dagster.models.loading import load_scoring_model
     from ragft_dagster.models.refs import load_tokenizer, resolve_model_ref
     from ragft_dagster.retrieval.indexing import open_collection, retrieval_embedder, sync_index
 
@@ -769,7 +769,8 @@ def long_option_questions(tokenizer: Any, n: int = LONG_QUESTIONS, seed: int = 0
         Questions with content-hash ids, as :func:`ragft_dagster.evaluation.mcq.load_questions`
         gives them.
     """
-    from ragft_dagster.evaluation.mcq import LETTERS, Question, fold
+    from ragft_dagster.evaluation.mcq import LETTERS, Question
+    from ragft_dagster.text import fold
 
     def count(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -980,7 +981,8 @@ def measure(args: argparse.Namespace) -> int:
     device = compute.torch_device()
     figures: dict[str, Any] = {"rss_before_load": _current_rss_bytes()}
     if args.measure == "ours":
-        from ragft_dagster.evaluation.scoring import load_scoring_model, score_local
+        from ragft_dagster.evaluation.scoring import score_local
+        from ragft_dagster.models.loading import load_scoring_model
 
         dtype = compute.inference_dtype()
         model, tokenizer = load_scoring_model(

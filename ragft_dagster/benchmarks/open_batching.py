@@ -45,11 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from ragft_dagster.artifacts import ArtifactLayout
-    from ragft_dagster.ask import ask_messages, generate_replies
     from ragft_dagster.definitions import load_inputs
     from ragft_dagster.evaluation.open_answers import load_open_questions
-    from ragft_dagster.evaluation.scoring import load_scoring_model
+    from ragft_dagster.models.generation import generate_replies
+    from ragft_dagster.models.loading import load_scoring_model
     from ragft_dagster.models.refs import LocalModels
+    from ragft_dagster.prompts import ask_messages
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default=None)

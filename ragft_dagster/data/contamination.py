@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ragft_dagster.config.recipe import ContaminationRecipe
-from ragft_dagster.evaluation.mcq import LETTERS, Question
+from ragft_dagster.data.benchmark import LETTERS, Question
 from ragft_dagster.text import words
 
 # The recipe section holds the defaults (and documents them); the core function shares them.

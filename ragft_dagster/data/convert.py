@@ -17,7 +17,7 @@ styles, a PDF's bookmarks), so they become the chunks' heading paths:
 ======================  ======================================================================
 
 Every converter runs offline (no model, no download). A text format's content hash is the one
-the folder scan computes (:func:`~ragft_dagster.data.documents.content_hash` of the bytes), and
+the folder scan computes (:func:`~ragft_dagster.text.content_hash` of the bytes), and
 so is a binary one's: the file is read once and converted from those bytes. docs/documents.md
 says what each converter keeps and drops, and why these libraries.
 """
@@ -42,6 +42,7 @@ from ragft_dagster.data.chunking import (
     read_document,
     unreadable_document,
 )
+from ragft_dagster.text import content_hash
 
 # Suffix (lower case) -> format. Anything else matched by docs.glob is skipped, naming it.
 FORMATS: dict[str, str] = {
@@ -81,7 +82,7 @@ class ConvertedDocument:
     """Markdown: the page itself (``markup``) or what a converter wrote from the file."""
     format: str
     content_hash: str
-    """:func:`~ragft_dagster.data.documents.content_hash` of the file's bytes: the folder scan's."""
+    """:func:`~ragft_dagster.text.content_hash` of the file's bytes: the folder scan's."""
     markup: bool = False
     """Whether ``text`` is the author's page, whose front matter and tags chunking removes."""
     title: str | None = None
@@ -106,7 +107,6 @@ def convert_document(path: Path, doc_key: str) -> ConvertedDocument:
         DocumentError: The file is unreadable, of a type ragft does not read, or broken (a PDF
             or Word file that does not open); one line naming the file and what to do.
     """
-    from ragft_dagster.data.documents import content_hash
 
     kind = document_format(path.name)
     if kind is None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import fnmatch
-import hashlib
 import os
 import stat
 from collections.abc import Callable, Iterable, Mapping
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ragft_dagster.data.convert import document_format, unsupported_reason
+from ragft_dagster.text import content_hash
 
 
 @dataclass(frozen=True)
@@ -189,21 +189,6 @@ def _symlinked_folders(docs_dir: Path, exclude: tuple[str, ...] = ()) -> dict[st
 
 CONTENT_HASH_KEY = "content_sha256"
 """Metadata key under which ``doc_chunks`` records the hash of the document it chunked."""
-
-
-def content_hash(data: bytes) -> str:
-    """A document's content identity: the one definition the folder scan (the file's bytes)
-    and ``doc_chunks`` (the text it read, encoded) both use, so they agree.
-
-    What reading drops does not count: a UTF-8 byte-order mark, and Windows (CRLF) or old Mac
-    (CR) line endings, which are the same text as LF. A page saved with a mark or by a Windows
-    editor is not "changed" on every run.
-    """
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    if b"\r" in data:
-        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-    return hashlib.sha256(data).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -28,13 +28,13 @@ from ragft_dagster.artifacts import ArtifactLayout, partition_file_name, read_ut
 from ragft_dagster.compute import ComputeSettings
 from ragft_dagster.config.recipe import EvaluationRecipe, RetrievalRecipe
 from ragft_dagster.evaluation.judge import JudgeTask, run_judge
-from ragft_dagster.evaluation.mcq import content_words, fold
 from ragft_dagster.evaluation.open_metrics import coverage, reference_scores, similarities
 from ragft_dagster.llm.cache import ReplyCache
 from ragft_dagster.llm.client import Endpoint, LlmStats, RequestBudget
 from ragft_dagster.llm.runner import LlmRequest, run_requests
 from ragft_dagster.models.refs import LocalModels
 from ragft_dagster.tables import parse_csv
+from ragft_dagster.text import content_words, fold
 
 COLUMNS = ("question", "answer")
 
@@ -182,15 +182,16 @@ def ask_local(
     log: Callable[[str], Any] | None = None,
 ) -> tuple[list[dict[str, Any]], int]:
     """Each question's answer from a local model, as ``ragft ask`` gives it (token for token
-    with ``batch_size`` 1; see :func:`ragft_dagster.ask.generate_replies`); cached.
+    with ``batch_size`` 1; see :func:`ragft_dagster.models.generation.generate_replies`); cached.
 
     Returns:
         (per question ``{"content", "truncated", "new_tokens", "seconds"}``, answers generated
         in this call: the rest came from the cache and the model was not even loaded when all
         did).
     """
-    from ragft_dagster.ask import ask_messages, generate_replies, generation_settings
-    from ragft_dagster.evaluation.scoring import load_local_model
+    from ragft_dagster.models.generation import generate_replies, generation_settings
+    from ragft_dagster.models.loading import load_local_model
+    from ragft_dagster.prompts import ask_messages
 
     fingerprint = model_fingerprint(models, model_key)
     conversations = [
@@ -259,7 +260,7 @@ def ask_api(
     """Each question's answer from a model at the profile's endpoint: the same messages as a
     local model gets, temperature 0, ``max_tokens`` = ``open_answers.max_new_tokens``; every
     reply cached, budgeted by ``evaluation.api.budget``."""
-    from ragft_dagster.ask import ask_messages
+    from ragft_dagster.prompts import ask_messages
 
     api = ev.api
     stats = LlmStats()

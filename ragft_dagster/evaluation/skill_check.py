@@ -74,7 +74,7 @@ def skill_credits(
     """One model's credit per held-out problem (1 when its reply's final number is the
     result), and counts: replies cut off at :data:`MAX_NEW_TOKENS`, replies that state "The
     answer is"."""
-    from ragft_dagster.ask import generate_replies
+    from ragft_dagster.models.generation import generate_replies
 
     replies = generate_replies(
         model,

@@ -20,7 +20,7 @@ from typing import Any
 import dagster as dg
 
 from ragft_dagster.artifacts import atomic_write_text
-from ragft_dagster.assets._meta import DOCUMENTS, TRIGGER_TAG, documents_partitions
+from ragft_dagster.assets.partitions import DOCUMENTS, TRIGGER_TAG, documents_partitions
 from ragft_dagster.config.recipe import Recipe
 from ragft_dagster.data.documents import (
     CONTENT_HASH_KEY,

@@ -33,6 +33,24 @@ def retrieval_embedder(
     return load_embedder(model_dir, device, retrieval.embed_batch_size)
 
 
+def length_sorted_embed(embedder: Any) -> Any:
+    """``embedder.get_text_embedding_batch`` with the texts taken longest first, the vectors
+    returned in the order given. The embedder cuts the texts into batches of its
+    ``embed_batch_size`` and each batch is padded to its longest text: 300-token chunks mixed
+    with 20-token questions made most of a batch padding (the quickstart's grounding check
+    embeds both)."""
+
+    def embed(texts: list[str]) -> list[list[float]]:
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        vectors = embedder.get_text_embedding_batch([texts[i] for i in order])
+        out: list[list[float]] = [[] for _ in texts]
+        for i, vector in zip(order, vectors, strict=True):
+            out[i] = vector
+        return out
+
+    return embed
+
+
 class IndexMismatchError(ValueError):
     """The collection holds vectors of another embedding model."""
 

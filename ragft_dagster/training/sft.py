@@ -9,9 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ragft_dagster.artifacts import atomic_write_text, write_jsonl
-from ragft_dagster.ask import ask_messages
 from ragft_dagster.data.contamination import Finding, summarise
-from ragft_dagster.evaluation.mcq import fold
 from ragft_dagster.models.refs import (
     checkpointing_args,
     count_parameters,
@@ -20,6 +18,8 @@ from ragft_dagster.models.refs import (
     loss_history,
     upstream_deprecations_silenced,
 )
+from ragft_dagster.prompts import ask_messages
+from ragft_dagster.text import fold
 from ragft_dagster.training.checkpoints import train_resuming, training_dir
 from ragft_dagster.training.dense_logprobs import use_dense_logprobs_on_cpu
 
@@ -76,7 +76,8 @@ def build_sft_dataset(
             row is written to ``quality.json`` with its reason.
         add_context: Gives each kept row the retrieved chunks its prompt shows (training with
             retrieval); the user turn is then the context block and the question, as
-            :func:`ragft_dagster.ask.ask_messages` builds it for ``ragft ask`` and the RAG cells.
+            :func:`ragft_dagster.prompts.ask_messages` builds it for ``ragft ask`` and the RAG
+            cells.
         context_template: ``evaluation.context_template``.
         generic_rows: Generic instruction pairs, in the order they are drawn; after the
             filters, ``generic_share`` of the training rows are taken from them (as many as

@@ -46,7 +46,7 @@ def collection(tmp_path_factory, recipe, tiny_tokenizer, embedder):
 def model_and_tokenizer(tiny_base):
     import torch
 
-    from ragft_dagster.evaluation.scoring import load_scoring_model
+    from ragft_dagster.models.loading import load_scoring_model
 
     return load_scoring_model(
         str(tiny_base), None, device="cpu", dtype=torch.float32, chat_template=None

@@ -90,11 +90,11 @@ def test_sft_dataset_prompts_show_retrieved_chunks_as_the_rag_cells_do(tmp_path)
     import dagster as dg
 
     from ragft_dagster.artifacts import ArtifactLayout, read_jsonl, write_jsonl
-    from ragft_dagster.ask import ask_messages
     from ragft_dagster.assets import build_all_assets
     from ragft_dagster.assets.training import context_adder
     from ragft_dagster.config.recipe import load_recipe
     from ragft_dagster.orchestration.stages import stages_of
+    from ragft_dagster.prompts import ask_messages
     from ragft_dagster.retrieval.indexing import open_collection, retrieval_embedder, sync_index
     from ragft_dagster.training.sft import build_sft_dataset
 

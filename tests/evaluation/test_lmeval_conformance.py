@@ -50,7 +50,8 @@ def both(real, tmp_path_factory):
 
     from ragft_dagster.benchmarks.bench import lmeval_model, lmeval_score, lmeval_tasks
     from ragft_dagster.evaluation.mcq import load_questions
-    from ragft_dagster.evaluation.scoring import load_scoring_model, recipe_messages, score_local
+    from ragft_dagster.evaluation.scoring import recipe_messages, score_local
+    from ragft_dagster.models.loading import load_scoring_model
     from ragft_dagster.models.refs import LocalModels
 
     recipe, layout, tokenizer = real

@@ -275,12 +275,13 @@ def test_the_report_section_shows_each_cell_the_tests_and_the_answers():
 
 def test_a_cell_answers_as_ask_does_and_a_rerun_generates_nothing(tmp_path):
     from ragft_dagster.artifacts import ArtifactLayout
-    from ragft_dagster.ask import ask_messages, generate_reply
     from ragft_dagster.compute import ComputeSettings
     from ragft_dagster.config.recipe import load_recipe
     from ragft_dagster.evaluation.open_answers import evaluate_open_cell
-    from ragft_dagster.evaluation.scoring import load_local_model
+    from ragft_dagster.models.generation import generate_reply
+    from ragft_dagster.models.loading import load_local_model
     from ragft_dagster.models.refs import LocalModels
+    from ragft_dagster.prompts import ask_messages
 
     from ..conftest import write_recipe
 
@@ -339,8 +340,12 @@ def test_batched_replies_come_back_in_order_and_generation_runs_in_float32_on_a_
     import torch
     from transformers import AutoModelForCausalLM
 
-    from ragft_dagster.ask import generate_replies, generate_reply, generation_settings
     from ragft_dagster.compute import ComputeSettings
+    from ragft_dagster.models.generation import (
+        generate_replies,
+        generate_reply,
+        generation_settings,
+    )
 
     assert generation_settings(ComputeSettings(device="cpu")).inference_dtype() == torch.float32
     kept = ComputeSettings(device="cpu", dtype="bfloat16")
@@ -370,11 +375,11 @@ def test_an_api_model_gets_the_same_messages_at_temperature_0_and_is_asked_once(
     import openai
 
     from ragft_dagster.artifacts import ArtifactLayout
-    from ragft_dagster.ask import ask_messages
     from ragft_dagster.compute import ComputeSettings
     from ragft_dagster.config.recipe import load_recipe
     from ragft_dagster.evaluation.open_answers import evaluate_open_cell
     from ragft_dagster.models.refs import LocalModels
+    from ragft_dagster.prompts import ask_messages
 
     from ..conftest import write_recipe
     from ..openai_stub import OpenAIStub

@@ -617,7 +617,7 @@ def test_a_document_deleted_mid_run_fails_clearly_and_keeps_every_artifact(tmp_p
 
 def test_reading_all_documents_skips_one_removed_while_reading(tmp_path):
     from ragft_dagster.artifacts import write_jsonl
-    from ragft_dagster.assets._meta import read_all_documents
+    from ragft_dagster.assets.partitions import read_all_documents
 
     docs = ["a.md", "b.md", "c.md"]
     for d in docs:
