@@ -18,6 +18,27 @@ ROOT = Path(__file__).resolve().parent.parent
 TINY_RECIPE = ROOT / "assets" / "tiny" / "recipe.yaml"
 QUICKSTART_RECIPE = ROOT / "assets" / "quickstart" / "recipe.yaml"
 QUICKSTART_DATA = QUICKSTART_RECIPE.parent
+
+# A markdown page with nested headings, a code fence and a long section, for chunking and
+# the offline Q&A generator.
+DOC = """# Guide
+
+Intro text about the tool.
+
+## Install
+
+The installer is a script that sets things up.
+
+```bash
+make run
+```
+
+## Usage
+
+### Flags
+
+**verbose**: prints more output while running.
+""" + ("More words about usage. " * 400)
 LOCAL_PROFILE = ROOT / "resources" / "local.yaml"
 
 

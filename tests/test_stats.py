@@ -163,3 +163,52 @@ def test_score_comparisons_pick_the_test_by_the_scores_and_holm_correct_together
     [row] = score_comparisons(verdicts, [("a", "b")], n_boot=200)
     assert row["test"] == "exact McNemar" and (row["only_a"], row["only_b"]) == (6, 0)
     assert row["p"] == pytest.approx(2 / 64)
+
+
+def test_wilson_interval_against_hand_computed():
+    lo, hi = wilson_interval(18, 36)
+    assert abs(lo - 0.3445) < 1e-3 and abs(hi - 0.6555) < 1e-3
+    lo, hi = wilson_interval(0, 10)
+    assert lo == 0 and abs(hi - 0.2775) < 1e-3
+
+
+def test_exact_mcnemar_against_hand_computed_values():
+    from ragft_dagster.stats import mcnemar_exact
+
+    assert mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(5, 0) == pytest.approx(2 / 32)  # 2 * 0.5**5
+    assert mcnemar_exact(10, 2) == pytest.approx(2 * (1 + 12 + 66) / 4096)  # 0.038574
+    assert mcnemar_exact(2, 10) == mcnemar_exact(10, 2)
+    assert mcnemar_exact(3, 3) == 1.0
+
+
+def test_paired_bootstrap_and_minimum_detectable_difference():
+    from ragft_dagster.stats import minimum_detectable_difference, paired_bootstrap_ci
+
+    assert paired_bootstrap_ci([True] * 10, [False] * 10) == (1.0, 1.0)
+    assert paired_bootstrap_ci([True, False] * 5, [True, False] * 5) == (0.0, 0.0)
+    lo, hi = paired_bootstrap_ci([True] * 6 + [False] * 4, [False] * 6 + [True] * 4)
+    assert lo < 0.2 < hi and lo >= -1 and hi <= 1
+    # By hand: d = 0.2 with 30% discordant questions needs
+    # (1.959964*sqrt(.3) + 0.841621*sqrt(.26))^2 / .04 = 56.45 questions.
+    assert minimum_detectable_difference(56, 0.3) == pytest.approx(0.2, abs=0.003)
+    assert minimum_detectable_difference(5000, 0.3) < minimum_detectable_difference(50, 0.3)
+    assert math.isnan(minimum_detectable_difference(36, 0.0))  # never disagree: nothing to detect
+
+
+def test_paired_comparisons_label_not_significant():
+    from ragft_dagster.stats import comparisons_markdown, paired_comparisons
+
+    q = [f"q{i}" for i in range(20)]
+    cells = {
+        "good": {k: i < 18 for i, k in enumerate(q)},  # 18/20
+        "bad": {k: i < 4 for i, k in enumerate(q)},  # 4/20, the same 4 right
+        "close": {k: 1 <= i < 19 for i, k in enumerate(q)},  # 18/20, differs on 2 questions
+    }
+    rows = {(r["a"], r["b"]): r for r in paired_comparisons(cells, n_boot=2000)}
+    big = rows[("good", "bad")]
+    assert (big["only_a"], big["only_b"]) == (14, 0) and big["significant"]
+    assert big["mcnemar_p"] == pytest.approx(2 / 2**14)
+    near = rows[("good", "close")]
+    assert near["difference"] == 0 and not near["significant"]
+    assert "not significant" in comparisons_markdown(list(rows.values()))

@@ -7,9 +7,12 @@ from ragft_dagster.data.chunking import (
     chunk_document,
     chunk_id,
     empty_document_warning,
+    read_document,
     split_sections,
     strip_markup,
 )
+
+from ..conftest import DOC
 
 CODE = """def configure(app):
     if app.debug:
@@ -189,3 +192,32 @@ def test_converted_text_keeps_what_looks_like_markup(tiny_tokenizer):
     ]
     assert empty_document_warning("x.pdf", text, markup=False) is None
     assert "x.pdf is empty" in empty_document_warning("x.pdf", "", markup=False)
+
+
+def test_sections_keep_heading_paths_and_ignore_code_fences():
+    text = "# A\nx\n```\n# not a heading\n```\n## B\ny\n### C\nz\n## D\nw\n"
+    paths = [s.heading_path for s in split_sections(text)]
+    assert paths == [["A"], ["A", "B"], ["A", "B", "C"], ["A", "D"]]
+
+
+def test_chunks_respect_size_overlap_and_ids(tiny_tokenizer):
+    chunks = chunk_document(DOC, "guide.md", tiny_tokenizer, chunk_size=300, chunk_overlap=30)
+    assert all(c.n_tokens <= 300 for c in chunks)
+    assert len({c.id for c in chunks}) == len(chunks)
+    flags = [c for c in chunks if c.heading_path == ["Guide", "Usage", "Flags"]]
+    assert len(flags) > 2  # the long section is windowed
+    a, b = flags[0], flags[1]
+    assert a.end_char > b.start_char  # consecutive windows overlap
+    again = chunk_document(DOC, "guide.md", tiny_tokenizer)
+    assert [c.id for c in again] == [c.id for c in chunks]
+    other = chunk_document(DOC, "other.md", tiny_tokenizer)
+    assert not {c.id for c in other} & {c.id for c in chunks}
+
+
+def test_read_document_errors_name_the_file(tmp_path):
+    (tmp_path / "bad.md").write_bytes(b"caf\xe9")
+    with pytest.raises(DocumentError, match="bad.md.*UTF-8"):
+        read_document(tmp_path / "bad.md", "bad.md")
+    (tmp_path / "bin.md").write_bytes(b"\x00\x01\x02")
+    with pytest.raises(DocumentError, match="binary"):
+        read_document(tmp_path / "bin.md", "bin.md")

@@ -6,9 +6,14 @@ from pathlib import Path
 import pytest
 
 from ragft_dagster.data.chunking import chunk_document
-from ragft_dagster.data.qa_generation import doc_title_of, generate_offline_qa
+from ragft_dagster.data.qa_generation import (
+    doc_title_of,
+    generate_offline_qa,
+    parse_qa_reply,
+    render_prompt,
+)
 
-from ..conftest import QUICKSTART_DATA
+from ..conftest import DOC, QUICKSTART_DATA
 
 # Words a rewritten answer may add to the chunk's own ("**X**: the Y" -> "The X is the Y").
 ADDED_WORDS = {"is", "the", "a", "an", "of", "value", "default", "for", "and"}
@@ -171,3 +176,45 @@ def test_quickstart_answers_state_facts_taken_from_their_chunk(quickstart_pairs)
     questions = {p["question"]: p["answer"] for _, p in quickstart_pairs}
     assert "300 tokens" in questions["What is the default chunk size?"]
     assert questions["How do I run everything?"] == "make run"
+
+
+def test_offline_generator_is_grounded(tiny_tokenizer):
+    chunks = chunk_document(DOC, "guide.md", tiny_tokenizer)
+    pairs = [p for c in chunks for p in generate_offline_qa(c.to_dict(), "Guide", 3)]
+    by_question = {p["question"]: p for p in pairs}
+    assert by_question["In Guide, what is the installer?"]["answer"] == (
+        "The installer is a script that sets things up."
+    )
+    assert by_question["How do I install?"]["answer"] == "make run"
+    assert by_question["What does verbose do?"]["answer"].startswith(
+        "verbose prints more output while running."
+    )
+    words = set(re.findall(r"\w+", DOC))
+    for p in pairs:  # every answer is taken from the document
+        assert set(re.findall(r"\w+", p["answer"])) <= words, p
+
+
+@pytest.mark.parametrize(
+    ("reply", "how", "n"),
+    [
+        ('[{"question": "Q1?", "answer": "A1"}]', "json", 1),
+        ('```json\n[{"question": "Q1?", "answer": "A1"}, {"q": "Q2?", "a": "A2"}]\n```', "json", 2),
+        (
+            'Sure! Here they are:\n[{"question": "Q1?", "answer": "A1"}]\nHope it helps',
+            "json_fragment",
+            1,
+        ),
+        ('{"questions": [{"question": "Q1?", "answer": "A1"}]}', "json", 1),
+        ("1. Q: What is X?\nA: X is Y.\n2. Q: What is Z?\nA: Z is W.", "text", 2),
+        ('[{"question": "Q1?", "answer": "A1"', "failed", 0),
+        ("", "failed", 0),
+    ],
+)
+def test_parse_qa_reply_is_tolerant(reply, how, n):
+    pairs, got = parse_qa_reply(reply)
+    assert (got, len(pairs)) == (how, n)
+
+
+def test_render_prompt_leaves_other_braces():
+    out = render_prompt('Use {context}; reply like {"question": "..."} x{n}', context="C", n="3")
+    assert out == 'Use C; reply like {"question": "..."} x3'

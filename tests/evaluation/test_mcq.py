@@ -4,7 +4,7 @@ target delimiter), on the tiny tokenizer and on the real SmolLM2 tokenizer."""
 
 import pytest
 
-from ragft_dagster.evaluation.mcq import McqError, answer_tokens, score_questions
+from ragft_dagster.evaluation.mcq import McqError, answer_tokens, load_questions, score_questions
 
 OPTIONS = ("64", "a considerably longer answer option", "the model", "`.artifacts/tiny/`")
 # A chat template whose generation prompt ends in a space, as a prefilled "Answer: " does.
@@ -234,7 +234,6 @@ def test_options_written_with_their_letters_are_read_without_them(tmp_path):
     """The published benchmark writes "A. To send ...": read as the same question without the
     prefixes (so the prompt does not say "A. A. ..." and the option texts score the answer, not
     the letter), in every prefix style, with ``correct`` as a letter or as the option text."""
-    from ragft_dagster.evaluation.mcq import load_questions
 
     plain = tmp_path / "plain.csv"
     plain.write_text(HEADER + "What is 2+2?,three,four,five,six,B\n")
@@ -256,7 +255,6 @@ def test_options_written_with_their_letters_are_read_without_them(tmp_path):
 
 
 def test_a_row_mixing_prefixed_and_plain_options_is_refused_naming_it(tmp_path):
-    from ragft_dagster.evaluation.mcq import load_questions
 
     path = tmp_path / "mixed.csv"
     path.write_text(
@@ -272,7 +270,6 @@ def test_a_row_mixing_prefixed_and_plain_options_is_refused_naming_it(tmp_path):
 def test_optional_source_and_category_columns_are_read_with_the_question(tmp_path):
     """One parse carries the optional columns, blank lines and multi-line rows included, so a
     category can never land on another row's question."""
-    from ragft_dagster.evaluation.mcq import load_questions
 
     path = tmp_path / "general.csv"
     path.write_text(
@@ -283,3 +280,34 @@ def test_optional_source_and_category_columns_are_read_with_the_question(tmp_pat
     )
     got = [(q.row, q.category, q.source) for q in load_questions(path)]
     assert got == [(1, "arithmetic", None), (2, None, None), (3, "general", "doc.md")]
+
+
+@pytest.mark.parametrize("batch_size", [5, 2])
+def test_letter_scoring_batched_equals_single(tiny_base, tiny_tokenizer, batch_size):
+    """Batches group prompts by length (not in question order); each result stays with its
+    question."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_base)
+    prompts = [
+        tiny_tokenizer.apply_chat_template(
+            [{"role": "user", "content": f"Question {'x' * i}? A. a B. b C. c D. d Answer:"}],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        for i in (2, 0, 4, 1, 3)
+    ]
+    options = [(f"alpha {i}", "longer option text " * (i + 1), "c", f"d{i}") for i in range(5)]
+    batched = score_questions(model, tiny_tokenizer, prompts, options, batch_size=batch_size)
+    single = [
+        score_questions(model, tiny_tokenizer, [p], [o], batch_size=1)[0]
+        for p, o in zip(prompts, options, strict=True)
+    ]
+    for b, s in zip(batched, single, strict=True):
+        assert b["predicted"] == s["predicted"]
+        assert b["predicted_norm"] == s["predicted_norm"]
+        for letter in "ABCD":
+            assert abs(b["logprobs"][letter] - s["logprobs"][letter]) < 1e-4
+            assert abs(b["option_logprobs"][letter] - s["option_logprobs"][letter]) < 1e-3
+        assert abs(sum(b["probs"].values()) - 1) < 1e-6
+        assert 0 < b["mass"] < 1
