@@ -584,6 +584,23 @@ def unchanged_stages(
     for earlier, later in pairwise(stages):
         shared = [c for c in contexts if (earlier, c) in records and (later, c) in records]
         same = [answers(records[(later, c)]) == answers(records[(earlier, c)]) for c in shared]
+        if shared and any(same) and not all(same):
+            # identical in some cells only: say where, and how far the others moved
+            alike = [c for c, s in zip(shared, same, strict=True) if s]
+            moved_in = []
+            for c in shared:
+                if c in alike:
+                    continue
+                before, after = answers(records[(earlier, c)]), answers(records[(later, c)])
+                moved = sum(1 for q, a in after.items() if before.get(q, a) != a)
+                moved_in.append(f"{c}: {moved} of {len(after)} answers differ")
+            where = ", ".join(alike)
+            meaning = _STAGE_MEANING.get(later, f"{later} did not move the model's choices")
+            notes.append(
+                f"{later} answers exactly as {earlier} on every question in {where} ({metric}; "
+                f"{'; '.join(moved_in)}): in {where}, {meaning}."
+            )
+            continue
         if not shared or not all(same):
             continue
         sizes = sorted({len(records[(later, c)]) for c in shared})

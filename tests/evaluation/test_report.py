@@ -364,6 +364,15 @@ def test_a_stage_answering_exactly_as_the_one_before_gets_a_sentence(tmp_path):
     # by the letter every stage answers alike: three sentences
     assert len(unchanged_stages(cells, {}, models, "acc")) == 3
     assert unchanged_stages(_stage_cells(set(models)), {}, models, "acc_norm") == []
+    # identical in one cell only: that cell is named, and how far the other moved
+    some = _stage_cells(set(models))
+    some[("merged", "closed_book")] = some[("base", "closed_book")]
+    (partly,) = unchanged_stages(some, {}, models, "acc_norm")
+    assert partly == (
+        "merged answers exactly as base on every question in closed_book (acc_norm; rag: 2 of "
+        "10 answers differ): in closed_book, the merge did not move the model's choices on this "
+        "benchmark; see the merge sources' own scores in Figure 2."
+    )
 
     pref = tmp_path / "preference_eval.json"
     pref.write_text(
