@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ragft_dagster.config.recipe import JudgeRecipe, QualityRecipe
-from ragft_dagster.data.qa_generation import render_prompt
+from ragft_dagster.data.qa_reply import render_prompt
 from ragft_dagster.llm.cache import ReplyCache
 from ragft_dagster.llm.client import Endpoint, LlmStats, RequestBudget
 from ragft_dagster.llm.runner import LlmRequest, run_requests

@@ -6,12 +6,9 @@ from pathlib import Path
 import pytest
 
 from ragft_dagster.data.chunking import chunk_document
-from ragft_dagster.data.qa_generation import (
-    doc_title_of,
-    generate_offline_qa,
-    parse_qa_reply,
-    render_prompt,
-)
+from ragft_dagster.data.offline_qa import generate_offline_qa
+from ragft_dagster.data.qa_generation import doc_title_of
+from ragft_dagster.data.qa_reply import parse_qa_reply, render_prompt
 
 from ..conftest import DOC, QUICKSTART_DATA
 
