@@ -89,8 +89,13 @@ class PipelineInterrupted(Exception):
     is kept and the next ``ragft run`` continues from there."""
 
 
+_INTERRUPTS = re.compile(r"\b(?:DagsterExecutionInterruptedError|KeyboardInterrupt)\b")
+
+
 def _was_interrupted(events: Sequence[Any]) -> bool:
-    return any("DagsterExecutionInterruptedError" in m for m in _failure_messages(events))
+    """Whether a step, or the run before any step (an interrupt while Dagster initialises the
+    resources fails the run as a whole), stopped on an interrupt."""
+    return any(_INTERRUPTS.search(m) for m in _failure_messages(events))
 
 
 def _failure_messages(events: Sequence[Any]) -> list[str]:
@@ -104,7 +109,8 @@ def _failure_messages(events: Sequence[Any]) -> list[str]:
     ]
     if steps:
         return steps
-    runs = [e for e in events if e.event_type_value == "RUN_FAILURE"]
+    # the run's own failure event (its serialized type value is still "PIPELINE_FAILURE")
+    runs = [e for e in events if e.event_type == dg.DagsterEventType.RUN_FAILURE]
     out = []
     for e in runs:
         error = getattr(e.event_specific_data, "error", None)

@@ -547,3 +547,29 @@ def test_ctrl_c_to_the_group_spares_the_processes_a_job_starts_and_still_breaks_
     assert lines[0].startswith("interrupted after ") and float(lines[0].split()[-1][:-1]) < 5
     assert lines[1:] == ["child alive", "mask restored"], (out, err)
     assert "Traceback" not in err
+
+
+def test_an_interrupt_while_a_run_starts_its_resources_reads_as_an_interrupt():
+    """Ctrl-C can land before any step starts (while Dagster initialises the resources): the
+    run then fails as a whole, with no step failure, and must still read as interrupted (a CI
+    run of the Ctrl-C test printed 'run ... failed' and exited 1 there)."""
+    from ragft_dagster.runner import _failure_messages, _was_interrupted
+
+    for interrupt in (dg.DagsterExecutionInterruptedError, KeyboardInterrupt):
+
+        @dg.resource
+        def interrupted_resource(_, interrupt=interrupt):
+            raise interrupt()
+
+        @dg.op(required_resource_keys={"slow"})
+        def uses_it(_):
+            return None
+
+        @dg.job(resource_defs={"slow": interrupted_resource})
+        def starts_resources():
+            uses_it()
+
+        outcome = starts_resources.execute_in_process(raise_on_error=False)
+        assert not outcome.success
+        assert _failure_messages(outcome.all_events)  # the run's own failure, not nothing
+        assert _was_interrupted(outcome.all_events), interrupt
