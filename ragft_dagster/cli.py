@@ -7,6 +7,7 @@ import argparse
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 from ragft_dagster.artifacts import ArtifactLayout
@@ -144,11 +145,11 @@ def backfill(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from ragft_dagster.assets.partitions import DOCUMENTS
-    from ragft_dagster.backfill import submit_asset_backfill
-    from ragft_dagster.definitions import definitions_for
+    from ragft_dagster.backfill import BackfillError, submit_asset_backfill
+    from ragft_dagster.definitions import DEFAULT_PROFILE, DEFAULT_RECIPE
     from ragft_dagster.orchestration.automation import scan_documents_folder
 
-    recipe, profile = load_inputs(args.recipe, args.profile)
+    recipe, _ = load_inputs(args.recipe, args.profile)  # validated before the subprocess
     instance = dg.DagsterInstance.get()
     try:
         scan = scan_documents_folder(recipe)
@@ -169,12 +170,16 @@ def backfill(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    backfill_id = submit_asset_backfill(
-        instance,
-        definitions_for(recipe, profile),
-        partitions=None if args.documents is None else wanted,
-        title=f"ragft backfill: {len(wanted)} documents",
-    )
+    try:
+        backfill_id = submit_asset_backfill(
+            Path(args.recipe or os.environ.get("RAGFT_RECIPE") or DEFAULT_RECIPE),
+            Path(args.profile or os.environ.get("RAGFT_PROFILE") or DEFAULT_PROFILE),
+            partitions=None if args.documents is None else wanted,
+            title=f"ragft backfill: {len(wanted)} documents",
+        )
+    except BackfillError as exc:
+        print(f"ragft backfill: {exc}", file=sys.stderr)
+        return 1
     size = recipe.docs.batch_size
     print(
         f"backfill {backfill_id}: doc_chunks and synthetic_qa for {len(wanted)} documents, at "
@@ -220,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    import dagster as dg
+    import yaml
+
     from ragft_dagster.config.profile import ProfileError
     from ragft_dagster.config.recipe import RecipeError
     from ragft_dagster.runner import PipelineInterrupted
@@ -232,6 +240,12 @@ def main(argv: list[str] | None = None) -> int:
     except (RecipeError, ProfileError) as exc:
         print(exc, file=sys.stderr)
         return 2
+    except (dg.DagsterInvalidConfigError, yaml.YAMLError) as exc:
+        message = _instance_config_message(exc)
+        if message is None:  # not the instance's own file
+            raise
+        print(message, file=sys.stderr)
+        return 2
     except (PipelineInterrupted, KeyboardInterrupt) as exc:
         signo = signals.last() or signal.SIGINT
         if not isinstance(exc, PipelineInterrupted):  # between two jobs: nothing was running
@@ -242,6 +256,30 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         signals.close()
     return 0 if ok else 1
+
+
+def _instance_config_message(exc: Exception) -> str | None:
+    """What is wrong with ``$DAGSTER_HOME/dagster.yaml``, when ``exc`` is about that file (None
+    otherwise): where its YAML does not parse, or one line a config error without the schema
+    Dagster prints after "Expected:" (hundreds of characters)."""
+    path = os.path.join(os.environ.get("DAGSTER_HOME", ""), "dagster.yaml")
+    mark = getattr(exc, "problem_mark", None)
+    if mark is not None and str(getattr(mark, "name", "")).endswith("dagster.yaml"):
+        return (
+            f"the Dagster instance file {path} is not valid YAML (line {mark.line + 1}, "
+            f"column {mark.column + 1}): {getattr(exc, 'problem', exc)}. Fix it and run again."
+        )
+    if "dagster instance config" not in str(exc):
+        return None
+    errors = [
+        line.strip().split(' Expected: "', 1)[0]
+        for line in str(exc).splitlines()
+        if line.strip().startswith("Error ")
+    ]
+    return "\n".join(
+        [f"the Dagster instance file {path} is invalid:", *(f"  {e}" for e in errors)]
+        + ["Fix it (the project's dagster.yaml is a working example) and run again."]
+    )
 
 
 class _SignalLog:

@@ -29,11 +29,6 @@ PLUGIN_MODULES = {
     "orchestration/run_worker.py",
     "orchestration/storage.py",
 }
-# Not plugins, still to be moved onto public APIs (issue 27, item 3): remove a file from here
-# once it no longer names dagster._ (the test below says so).
-NOT_YET_PUBLIC = {
-    "backfill.py",  # PartitionBackfill: no public call submits an asset backfill
-}
 
 
 def _modules(config: object) -> list[str]:
@@ -99,14 +94,11 @@ def test_the_local_instance_files_load_with_their_parts(tmp_path, monkeypatch):
 
 
 def test_only_the_opt_in_plugins_use_dagsters_private_modules():
-    """`grep -r "dagster\\._" ragft_dagster` finds only the plugin modules (and the files still
-    on the list to move onto public APIs)."""
+    """`grep -r "dagster\\._" ragft_dagster` finds only the plugin modules."""
     private = re.compile(r"dagster\._")
     found = {
         str(path.relative_to(PACKAGE))
         for path in PACKAGE.rglob("*.py")
         if private.search(path.read_text(encoding="utf-8"))
     }
-    assert found - PLUGIN_MODULES - NOT_YET_PUBLIC == set()
-    moved = NOT_YET_PUBLIC - found
-    assert not moved, f"{sorted(moved)} no longer use dagster._: remove them from NOT_YET_PUBLIC"
+    assert found - PLUGIN_MODULES == set()

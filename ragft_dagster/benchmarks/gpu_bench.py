@@ -570,7 +570,8 @@ def mcq_prompts(
     ``context_tokens`` tokens of the bundled docs (a different window each time), with the
     evaluation recipe's default templates and the tokenizer's chat template."""
     from ragft_dagster.config.recipe import EvaluationRecipe
-    from ragft_dagster.evaluation.mcq import build_messages, load_questions
+    from ragft_dagster.evaluation.mcq import load_questions
+    from ragft_dagster.prompts import mcq_messages
 
     ev = EvaluationRecipe()
     questions = load_questions(QUICKSTART / "mcq.csv")
@@ -585,8 +586,13 @@ def mcq_prompts(
         q = questions[i % len(questions)]
         start = (i * stride) % max(1, len(doc_ids) - context_tokens)
         context = tokenizer.decode(doc_ids[start : start + context_tokens])
-        messages = build_messages(
-            q, ev.system_prompt, ev.user_template, ev.context_template, context
+        messages = mcq_messages(
+            q.question,
+            q.options,
+            system_prompt=ev.system_prompt,
+            user_template=ev.user_template,
+            context_template=ev.context_template,
+            context=context,
         )
         prompts.append(
             tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

@@ -38,33 +38,15 @@ from ragft_dagster.config.upstream import (
     typed_dataclass_values,
     validate_merge_config,
 )
-
-PUBLISHED_SYSTEM_PROMPT = (
-    "You are a helpful and careful assistant. You will use the given context to answer the "
-    "multiple choice question. Only response 1 letter (A, B, C or D)."
+from ragft_dagster.prompts import (
+    DEFAULT_CONTEXT_TEMPLATE,
+    DEFAULT_CORRECTNESS_PROMPT,
+    DEFAULT_FAITHFULNESS_PROMPT,
+    DEFAULT_JUDGE_PROMPT,
+    DEFAULT_QA_PROMPT,
+    DEFAULT_USER_TEMPLATE,
+    PUBLISHED_SYSTEM_PROMPT,
 )
-
-DEFAULT_QA_PROMPT = """You write training data for a question-answering model about a team's \
-technical documentation. From the documentation excerpt below, write {n} diverse questions that \
-a user of this software might ask, each with a complete, correct answer that uses only facts \
-stated in the excerpt.
-
-Document: {document}
-Section: {heading}
-
-Excerpt:
-\"\"\"
-{context}
-\"\"\"
-
-Reply with JSON only: a list of objects with the keys "question" and "answer"."""
-
-DEFAULT_USER_TEMPLATE = """{context_block}Question: {question}
-A. {a}
-B. {b}
-C. {c}
-D. {d}
-Answer:"""
 
 SPECIALIST_REF = "specialist:"
 """Prefix of a merge input that is the recipe's derived specialist (``specialist:<name>``)."""
@@ -334,22 +316,6 @@ class ContaminationRecipe(_Section):
 
     # Blocking only changes what the check does to a run, not the rows written.
     UNVERSIONED: ClassVar[frozenset[str]] = frozenset({"blocking"})
-
-
-DEFAULT_JUDGE_PROMPT = """You check question/answer pairs written from technical documentation \
-before they are used to train a model.
-
-Documentation passage:
-{context}
-
-Question: {question}
-Answer: {answer}
-
-Rate the pair from 1 (worst) to 5 (best) on:
-- faithfulness: every statement of the answer is supported by the passage;
-- relevance: the question is one a user of this software would ask, and the answer answers it.
-
-Reply with JSON only: {"faithfulness": <1-5>, "relevance": <1-5>, "reason": "<one sentence>"}"""
 
 
 class JudgeRecipe(EndpointCalls):
@@ -623,35 +589,6 @@ class SamplingRecipe(_Section):
     seed: int = 0
 
 
-DEFAULT_CORRECTNESS_PROMPT = """You grade an answer to a question about technical \
-documentation against the reference answer.
-
-Question: {question}
-Reference answer: {reference}
-Answer to grade: {answer}
-
-Rubric: the answer is correct when it states the fact the reference states (other wording,
-extra detail or a longer explanation are fine); it is incorrect when it contradicts the
-reference, misses its key fact, answers another question, or says it does not know.
-
-Reply with JSON only: {"verdict": "correct" or "incorrect", "reason": "<one sentence>"}"""
-
-DEFAULT_FAITHFULNESS_PROMPT = """You check whether an answer is supported by the documentation \
-passages it was given.
-
-Passages:
-{context}
-
-Question: {question}
-Answer: {answer}
-
-Rubric: the answer is faithful when every factual statement in it is stated in, or follows
-directly from, the passages; it is unfaithful when any statement is absent from them or
-contradicts them. An answer that only says the passages do not say is faithful.
-
-Reply with JSON only: {"verdict": "faithful" or "unfaithful", "reason": "<one sentence>"}"""
-
-
 class OpenJudgeRecipe(EndpointCalls):
     """An LLM judge of open answers at the profile's endpoint: correctness against the
     reference and (RAG cells) faithfulness to the retrieved chunks, on fixed rubrics, each a
@@ -727,7 +664,7 @@ class EvaluationRecipe(_Section):
     system_prompt: str = PUBLISHED_SYSTEM_PROMPT
     user_template: str = DEFAULT_USER_TEMPLATE
     """Template with {context_block}, {question}, {a}, {b}, {c}, {d}."""
-    context_template: str = "Context:\n{context}\n\n"
+    context_template: str = DEFAULT_CONTEXT_TEMPLATE
     models: list[LocalModel] = list(LOCAL_MODELS)
     """Local models, scored by log-likelihood (acc and acc_norm)."""
     api: ApiScoringRecipe = ApiScoringRecipe()

@@ -20,10 +20,11 @@ from typing import Any
 
 from ragft_dagster.config.recipe import QaRecipe
 from ragft_dagster.data.offline_qa import generate_offline_qa
-from ragft_dagster.data.qa_reply import parse_qa_reply, render_prompt
+from ragft_dagster.data.qa_reply import parse_qa_reply
 from ragft_dagster.llm.cache import ReplyCache
 from ragft_dagster.llm.client import Endpoint, LlmCallError, LlmStats, RequestBudget
 from ragft_dagster.llm.runner import LlmRequest, run_requests
+from ragft_dagster.prompts import render_prompt
 
 
 def qa_row_id(chunk_id: str, question: str) -> str:

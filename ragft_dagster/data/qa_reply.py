@@ -1,20 +1,12 @@
-"""An LLM's Q&A reply read tolerantly, and the recipe's prompt rendered (Dagster-free): JSON
-(fenced, wrapped in an object, or a fragment inside prose) or numbered ``Q:``/``A:`` text.
-"""
+"""An LLM's Q&A reply read tolerantly (Dagster-free): JSON (fenced, wrapped in an object, or a
+fragment inside prose) or numbered ``Q:``/``A:`` text. The prompt is built in
+:mod:`ragft_dagster.prompts`."""
 
 from __future__ import annotations
 
 import json
 import re
 from typing import Any
-
-
-def render_prompt(template: str, **values: str) -> str:
-    """Fill only the known placeholders, so braces elsewhere in a prompt (JSON examples) stay."""
-    out = template
-    for key, value in values.items():
-        out = out.replace("{" + key + "}", value)
-    return out
 
 
 def parse_qa_reply(text: str) -> tuple[list[dict[str, str]], str]:

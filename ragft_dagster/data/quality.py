@@ -29,10 +29,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ragft_dagster.config.recipe import JudgeRecipe, QualityRecipe
-from ragft_dagster.data.qa_reply import render_prompt
 from ragft_dagster.llm.cache import ReplyCache
 from ragft_dagster.llm.client import Endpoint, LlmStats, RequestBudget
 from ragft_dagster.llm.runner import LlmRequest, run_requests
+from ragft_dagster.prompts import render_prompt
 from ragft_dagster.text import content_words, fold, words
 
 EmbedFn = Callable[[list[str]], Sequence[Sequence[float]]]

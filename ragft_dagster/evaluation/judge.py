@@ -27,6 +27,7 @@ from ragft_dagster.config.recipe import OpenJudgeRecipe
 from ragft_dagster.llm.cache import ReplyCache
 from ragft_dagster.llm.client import Endpoint, LlmStats, RequestBudget
 from ragft_dagster.llm.runner import LlmRequest, run_requests
+from ragft_dagster.prompts import render_prompt
 from ragft_dagster.tables import read_csv
 
 SECTION = "evaluation.open_answers.judge"
@@ -88,13 +89,6 @@ def parse_verdict(text: str, rubric: str) -> Verdict:
     if first and first.group(1) in (positive, negative):
         return Verdict(first.group(1) == positive, "word", "", text)
     return Verdict(None, "unreadable", "", text)
-
-
-def render(template: str, **values: str) -> str:
-    """Fill only the known placeholders, so the JSON example's braces stay as written."""
-    for key, value in values.items():
-        template = template.replace("{" + key + "}", value)
-    return template
 
 
 @dataclass(frozen=True)
@@ -165,7 +159,7 @@ def run_judge(
         template = (
             judge.correctness_prompt if task.rubric == "correctness" else judge.faithfulness_prompt
         )
-        prompt = render(
+        prompt = render_prompt(
             template,
             question=task.question,
             answer=task.answer,

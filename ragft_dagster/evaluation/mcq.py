@@ -35,27 +35,6 @@ from ragft_dagster.data.benchmark import question_set as question_set
 from ragft_dagster.text import content_words
 
 
-def build_messages(
-    question: Question,
-    system_prompt: str,
-    user_template: str,
-    context_template: str,
-    context: str | None,
-) -> list[dict[str, str]]:
-    """The same prompt for every model; ``context`` is None for closed-book."""
-    block = context_template.replace("{context}", context) if context else ""
-    a, b, c, d = question.options
-    user = (
-        user_template.replace("{context_block}", block)
-        .replace("{question}", question.question)
-        .replace("{a}", a)
-        .replace("{b}", b)
-        .replace("{c}", c)
-        .replace("{d}", d)
-    )
-    return [{"role": "system", "content": system_prompt}, {"role": "user", "content": user}]
-
-
 @dataclass(frozen=True)
 class AnswerTokens:
     """How one prompt's answers are tokenised for scoring.

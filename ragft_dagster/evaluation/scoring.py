@@ -22,7 +22,6 @@ from ragft_dagster.config.recipe import (
 from ragft_dagster.evaluation.mcq import (
     Question,
     answer_support,
-    build_messages,
     load_questions,
     parse_letter,
     score_questions,
@@ -32,6 +31,7 @@ from ragft_dagster.llm.client import Endpoint, LlmStats, RequestBudget
 from ragft_dagster.llm.runner import LlmRequest, run_requests
 from ragft_dagster.models.loading import load_local_model
 from ragft_dagster.models.refs import LocalModels
+from ragft_dagster.prompts import mcq_messages
 
 
 def retrieve_all(questions: list[Question], retriever: Any | None) -> list[list[dict[str, Any]]]:
@@ -51,12 +51,13 @@ def question_messages(
 ) -> list[list[dict[str, str]]]:
     """The chat messages every model sees: the same prompt and the same retrieved context."""
     return [
-        build_messages(
-            q,
-            system_prompt,
-            user_template,
-            context_template,
-            "\n\n".join(h["text"] for h in hits) if hits else None,
+        mcq_messages(
+            q.question,
+            q.options,
+            system_prompt=system_prompt,
+            user_template=user_template,
+            context_template=context_template,
+            context="\n\n".join(h["text"] for h in hits) if hits else None,
         )
         for q, hits in zip(questions, hits_per_q, strict=True)
     ]

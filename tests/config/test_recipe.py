@@ -142,7 +142,7 @@ def test_training_values_take_upstream_types_and_defaults(tmp_path):
 
 def test_the_schema_imports_no_execution_code_and_the_product_no_benchmark():
     """config/ is data: importing the recipe schema loads no torch, transformers, Dagster or
-    execution module; the product (definitions, CLI) never imports ragft_dagster.benchmarks."""
+    execution module (only the prompt texts, which import nothing); the product (definitions, CLI) never imports ragft_dagster.benchmarks."""
     import subprocess
     import sys
 
@@ -151,7 +151,8 @@ def test_the_schema_imports_no_execution_code_and_the_product_no_benchmark():
         "ours = {m for m in sys.modules if m.startswith('ragft_dagster.')}\n"
         "heavy = {'torch', 'transformers', 'dagster', 'trl'} & set(sys.modules)\n"
         "assert ours <= {'ragft_dagster.config', 'ragft_dagster.config.merge',\n"
-        "    'ragft_dagster.config.recipe', 'ragft_dagster.config.upstream'}, ours\n"
+        "    'ragft_dagster.config.recipe', 'ragft_dagster.config.upstream',\n"
+        "    'ragft_dagster.prompts'}, ours\n"
         "assert not heavy, heavy\n"
         "import ragft_dagster.cli, ragft_dagster.definitions\n"
         "ragft_dagster.definitions.defs()\n"

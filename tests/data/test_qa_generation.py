@@ -8,7 +8,8 @@ import pytest
 from ragft_dagster.data.chunking import chunk_document
 from ragft_dagster.data.offline_qa import generate_offline_qa
 from ragft_dagster.data.qa_generation import doc_title_of
-from ragft_dagster.data.qa_reply import parse_qa_reply, render_prompt
+from ragft_dagster.data.qa_reply import parse_qa_reply
+from ragft_dagster.prompts import render_prompt
 
 from ..conftest import DOC, QUICKSTART_DATA
 

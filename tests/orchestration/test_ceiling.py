@@ -16,7 +16,7 @@ import dagster as dg
 import pytest
 import yaml
 
-from ragft_dagster.backfill import submit_asset_backfill
+from ragft_dagster.backfill import launch_backfill
 from ragft_dagster.data.documents import CONTENT_HASH_KEY, scan_documents
 from ragft_dagster.definitions import build_definitions
 from ragft_dagster.resources import ArtifactStoreResource
@@ -97,14 +97,8 @@ def test_five_thousand_documents(storage, tmp_path, monkeypatch, request):
         edited = tick(instance, first.cursor, "tick after one edit")
         assert [r.partition_key for r in edited.run_requests] == ["page-2500.md"]
 
-        t0 = time.perf_counter()
-        backfill_id = submit_asset_backfill(instance, defs, title="5,000 documents")
-        figures["backfill submission"] = time.perf_counter() - t0
-        backfill = instance.get_backfill(backfill_id)
-        target = backfill.asset_backfill_data.target_subset
-        assert target.num_partitions_and_non_partitioned_assets == 2 * N
-
-        # The UI's asset page: partition keys and their status, through the real GraphQL schema.
+        # The backfill's submission and the UI's asset page (partition keys and their status),
+        # through the real GraphQL schema, as `ragft backfill` and the UI send them.
         from dagster_graphql.test.utils import (
             define_out_of_process_context,
             execute_dagster_graphql,
@@ -113,11 +107,23 @@ def test_five_thousand_documents(storage, tmp_path, monkeypatch, request):
         monkeypatch.setenv("RAGFT_RECIPE", str(recipe))
         monkeypatch.setenv("RAGFT_PROFILE", str(_profile(tmp_path, root)))
         with define_out_of_process_context(str(ROOT / "workspace.yaml"), None, instance) as ctx:
+
+            def execute(document, variables):
+                done = execute_dagster_graphql(ctx, document, variables)
+                return {"data": done.data, "errors": done.errors}
+
+            t0 = time.perf_counter()
+            backfill_id = launch_backfill(execute, title="5,000 documents")
+            figures["backfill submission"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             result = execute_dagster_graphql(
                 ctx, PARTITIONS_QUERY, {"key": {"path": ["doc_chunks"]}}
             )
             figures["UI partition query"] = time.perf_counter() - t0
+        backfill = instance.get_backfill(backfill_id)
+        assert backfill.title == "5,000 documents"
+        target = backfill.asset_backfill_data.target_subset
+        assert target.num_partitions_and_non_partitioned_assets == 2 * N
         assert not result.errors, result.errors
         node = result.data["assetNodeOrError"]
         assert len(node["partitionKeysByDimension"][0]["partitionKeys"]) == N
