@@ -21,12 +21,8 @@ from ragft_dagster.evaluation.skill_check import (
     write_skill_eval,
 )
 from ragft_dagster.models.loading import load_scoring_model
-from ragft_dagster.models.merging import (
-    MergeCompatibilityError,
-    merge_models,
-    preflight_markdown,
-    stages_markdown,
-)
+from ragft_dagster.models.merge_preflight import MergeCompatibilityError, preflight_markdown
+from ragft_dagster.models.merging import merge_models, stages_markdown
 from ragft_dagster.models.refs import resolve_model_ref
 from ragft_dagster.resources import ArtifactStoreResource, ComputeResource
 from ragft_dagster.training.checkpoints import progress_callback

@@ -21,8 +21,8 @@ SINGLE_STAGE = "merge"
 STAGE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 # Bump when the stage key or what a cached stage holds changes: old intermediates then re-merge.
 STAGE_CACHE_VERSION = "1"
-_STAGE_MARKER = "ragft_stage.json"
-_RECIPE_COPY = "ragft_merge_recipe.yml"
+STAGE_MARKER = "ragft_stage.json"
+RECIPE_COPY = "ragft_merge_recipe.yml"
 _NOT_MODELS = ("union", "base")  # tokenizer sources that name no model
 
 _DEVICE_FROM_PROFILE = (
@@ -89,7 +89,7 @@ class MergeStage:
 
 
 @dataclass(frozen=True)
-class _Ref:
+class ModelRef:
     loc: str
     """Where the reference sits in its mergekit config (``slices[0].sources[1].model``)."""
     ref: str
@@ -97,7 +97,7 @@ class _Ref:
     """Its weights are merged (False for a tokenizer donor)."""
 
 
-def _map_refs(config: Any, fn: Callable[[_Ref], str]) -> Any:
+def map_refs(config: Any, fn: Callable[[ModelRef], str]) -> Any:
     """A copy of a mergekit config with every model reference replaced by ``fn(reference)``,
     visited in order of appearance (a reference is a ``model``, ``base_model`` or
     ``tokenizer_source`` string, or a ``source`` inside ``tokenizer``)."""
@@ -112,7 +112,7 @@ def _map_refs(config: Any, fn: Callable[[_Ref], str]) -> Any:
                 )
                 if names_model and isinstance(value, str) and value not in _NOT_MODELS:
                     merged = not in_tokenizer and key != "tokenizer_source"
-                    out[key] = fn(_Ref(here, value, merged))
+                    out[key] = fn(ModelRef(here, value, merged))
                 else:
                     out[key] = walk(value, here, in_tokenizer or key == "tokenizer")
             return out
@@ -123,19 +123,19 @@ def _map_refs(config: Any, fn: Callable[[_Ref], str]) -> Any:
     return walk(config, "", False)
 
 
-def _refs(config: dict[str, Any]) -> list[_Ref]:
+def model_refs(config: dict[str, Any]) -> list[ModelRef]:
     """Every model reference of a mergekit config, in order of appearance."""
-    found: list[_Ref] = []
+    found: list[ModelRef] = []
 
-    def collect(r: _Ref) -> str:
+    def collect(r: ModelRef) -> str:
         found.append(r)
         return r.ref
 
-    _map_refs(config, collect)
+    map_refs(config, collect)
     return found
 
 
-def _split_ref(ref: str) -> list[tuple[str, str | None]]:
+def split_ref(ref: str) -> list[tuple[str, str | None]]:
     """``model@rev+lora@rev`` as mergekit reads it: [(path, revision), ...]."""
     parts = []
     for part in ref.split("+"):
@@ -144,8 +144,8 @@ def _split_ref(ref: str) -> list[tuple[str, str | None]]:
     return parts
 
 
-def _stages_named(ref: str) -> list[str]:
-    return [p.removeprefix(STAGE_REF) for p, _ in _split_ref(ref) if p.startswith(STAGE_REF)]
+def stages_named(ref: str) -> list[str]:
+    return [p.removeprefix(STAGE_REF) for p, _ in split_ref(ref) if p.startswith(STAGE_REF)]
 
 
 def merge_stages(merge: dict[str, Any]) -> list[MergeStage]:
@@ -161,8 +161,8 @@ def merge_stages(merge: dict[str, Any]) -> list[MergeStage]:
         ValueError: A malformed chain, naming the key (unknown or later stage, unused stage...).
     """
     if "stages" not in merge:
-        for r in _refs(merge):
-            if _stages_named(r.ref):
+        for r in model_refs(merge):
+            if stages_named(r.ref):
                 raise ValueError(
                     f"merge.{r.loc}: {r.ref!r} names a stage, but merge is a single mergekit "
                     "configuration; write merge as `stages: [{name: ..., config: ...}, ...]`"
@@ -202,8 +202,8 @@ def merge_stages(merge: dict[str, Any]) -> list[MergeStage]:
         if not isinstance(config, dict):
             raise ValueError(f"{where}.config must be a mergekit configuration (a mapping)")
         earlier = [s.name for s in stages]
-        for r in _refs(config):
-            for target in _stages_named(r.ref):
+        for r in model_refs(config):
+            for target in stages_named(r.ref):
                 if target not in earlier:
                     later = " (a stage may only use stages before it)" if target != name else ""
                     raise ValueError(
@@ -225,8 +225,8 @@ def source_models(config: dict[str, Any]) -> list[str]:
     """Every model a merge section merges (stage outputs excluded), in order of appearance."""
     seen: dict[str, None] = {}
     for stage in merge_stages(config):
-        for r in _refs(stage.config):
-            if r.merged and not _stages_named(r.ref):
+        for r in model_refs(stage.config):
+            if r.merged and not stages_named(r.ref):
                 seen.setdefault(r.ref, None)
     return list(seen)
 
@@ -263,7 +263,7 @@ def from_mergekit_multi(text: str, where: str) -> dict[str, Any]:
     names = {n for n in named if n is not None}
 
     def uses(config: dict[str, Any]) -> set[str]:
-        return {r.ref for r in _refs(config) if r.ref in names}
+        return {r.ref for r in model_refs(config) if r.ref in names}
 
     final: str | None = None
     if None not in named:
@@ -294,8 +294,6 @@ def from_mergekit_multi(text: str, where: str) -> dict[str, Any]:
         raise ValueError(f"{where}: merges {sorted(left_out)} do not lead to the final merge")
     stages = []
     for name in order:
-        config = _map_refs(
-            named[name], lambda r: f"{STAGE_REF}{r.ref}" if r.ref in names else r.ref
-        )
+        config = map_refs(named[name], lambda r: f"{STAGE_REF}{r.ref}" if r.ref in names else r.ref)
         stages.append({"name": name or SINGLE_STAGE, "config": config})
     return {"stages": stages}

@@ -26,8 +26,8 @@ from typing import Any
 import yaml
 
 from ragft_dagster.artifacts import ArtifactLayout, read_jsonl
+from ragft_dagster.config.merge import merge_stages, source_models
 from ragft_dagster.config.recipe import Recipe
-from ragft_dagster.models.merging import merge_stages, source_models
 from ragft_dagster.models.refs import upstream_deprecations_silenced
 
 ADAPTER_CONFIG = "adapter_config.json"

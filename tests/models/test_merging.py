@@ -8,13 +8,10 @@ import dagster as dg
 import pytest
 import yaml
 
+from ragft_dagster.config.merge import STAGES_DIR
 from ragft_dagster.config.recipe import RecipeError, load_recipe
-from ragft_dagster.models.merging import (
-    STAGES_DIR,
-    MergeCompatibilityError,
-    merge_models,
-    preflight_merge,
-)
+from ragft_dagster.models.merge_preflight import MergeCompatibilityError, preflight_merge
+from ragft_dagster.models.merging import merge_models
 
 from ..conftest import write_recipe
 
@@ -195,7 +192,7 @@ def test_rope_settings_compare_across_config_generations():
 
     from transformers import MistralConfig
 
-    from ragft_dagster.models.merging import config_facts
+    from ragft_dagster.models.merge_preflight import config_facts
 
     # A remote-code config of the transformers 4 kind: rope_theta and rope_scaling attributes.
     legacy = SimpleNamespace(rope_theta=10000.0, rope_scaling={"type": "linear", "factor": 2.0})

@@ -16,7 +16,7 @@ from ragft_dagster.evaluation.skill_check import (
     held_out_problems,
     read_skill_eval,
 )
-from ragft_dagster.models.merging import MergeCompatibilityError, preflight_merge
+from ragft_dagster.models.merge_preflight import MergeCompatibilityError, preflight_merge
 
 from ..conftest import LOCAL_PROFILE, ROOT, write_recipe
 
@@ -129,7 +129,7 @@ def test_a_specialist_reference_must_name_the_recipe_specialist(tmp_path):
 
 
 def test_the_merge_preflight_names_the_specialist_to_materialize(tmp_path):
-    from ragft_dagster.models.merging import merge_stages
+    from ragft_dagster.config.merge import merge_stages
 
     assert merge_stages(_slerp("tiny:base", "specialist:math"))
     with pytest.raises(MergeCompatibilityError, match="re-materialize specialist_model"):
