@@ -1,5 +1,6 @@
 """Offline, CPU-only test setup: nothing here may touch a hub or the internet."""
 
+import json
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -207,3 +208,101 @@ def stop_process_group(proc, sig: int | None = None, timeout: float = 30) -> Non
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
+
+
+# --- merges: tiny configs, an artifact root sharing the session's tiny models, a weightless
+# Llama config, a counter of mergekit runs (tests/models, tests/config, tests/assets) ---
+
+
+def slerp_config(a: str, b: str, layers: tuple[int, int] = (0, 2), t: float = 0.5) -> dict:
+    return {
+        "merge_method": "slerp",
+        "base_model": a,
+        "slices": [
+            {
+                "sources": [
+                    {"model": a, "layer_range": list(layers)},
+                    {"model": b, "layer_range": list(layers)},
+                ]
+            }
+        ],
+        "parameters": {"t": t},
+        "dtype": "float32",
+    }
+
+
+def linear_config(*weighted: tuple[str, float]) -> dict:
+    return {
+        "merge_method": "linear",
+        "models": [{"model": m, "parameters": {"weight": w}} for m, w in weighted],
+        "dtype": "float32",
+    }
+
+
+def chain_config(second_weight: float = 0.5, first_t: float = 0.5) -> dict:
+    return {
+        "stages": [
+            {"name": "first", "config": slerp_config("tiny:base", "tiny:math", t=first_t)},
+            {
+                "name": "second",
+                "config": linear_config(("stage:first", second_weight), ("tiny:code", 0.5)),
+            },
+        ]
+    }
+
+
+@pytest.fixture
+def root(tmp_path, tiny_cache, tiny_base) -> Path:
+    """A fresh artifact root sharing the session's tiny models (no rebuild per test)."""
+    r = tmp_path / "artifacts"
+    r.mkdir()
+    (r / "tiny").symlink_to(tiny_cache / "tiny", target_is_directory=True)
+    return r
+
+
+@pytest.fixture
+def tiny_llama(tmp_path, tiny_base) -> Path:
+    """A tiny Llama config (same widths as tiny:base, other vocabulary and rope_theta), no
+    weights: a merge that reached mergekit would fail on the missing files, not in preflight."""
+    from transformers import LlamaConfig
+
+    base = json.loads((tiny_base / "config.json").read_text())
+    cfg = LlamaConfig(
+        vocab_size=base["vocab_size"] + 1,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        rope_theta=1e6,
+        tie_word_embeddings=False,
+        architectures=["LlamaForCausalLM"],
+    )
+    path = tmp_path / "tiny-llama"
+    cfg.save_pretrained(path)
+    assert [p.name for p in path.iterdir()] == ["config.json"]
+    return path
+
+
+@pytest.fixture
+def merges(monkeypatch) -> list[str]:
+    """Counts mergekit runs (the output folder of each); any run after a failed preflight fails."""
+    import mergekit.merge
+
+    calls: list[str] = []
+    real = mergekit.merge.run_merge
+
+    def counting(config, out_path, options, **kw):
+        calls.append(out_path)
+        return real(config, out_path=out_path, options=options, **kw)
+
+    monkeypatch.setattr(mergekit.merge, "run_merge", counting)
+    return calls
+
+
+def merge_into(config, out: Path, root: Path, **kw) -> dict:
+    """``merge_models`` into a fresh ``out`` beside its recipe folder."""
+    from ragft_dagster.models.merging import merge_models
+
+    out.mkdir(parents=True)
+    return merge_models(config, out, artifact_root=root, base_dir=out.parent, **kw)

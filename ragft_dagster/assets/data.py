@@ -10,8 +10,8 @@ from typing import Any
 import dagster as dg
 
 from ragft_dagster.artifacts import read_jsonl, write_jsonl
-from ragft_dagster.assets._meta import add_partition_metadata, preview_table
-from ragft_dagster.assets.partitions import documents_partitions
+from ragft_dagster.assets._meta import preview_table
+from ragft_dagster.assets.partitions import add_partition_metadata, documents_partitions
 from ragft_dagster.config.recipe import Recipe
 from ragft_dagster.data.chunking import DocumentError, chunk_document, empty_document_warning
 from ragft_dagster.data.convert import ConvertedDocument, convert_document

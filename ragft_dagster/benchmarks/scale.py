@@ -640,7 +640,7 @@ def dagster_floor(n: int = 200, fast_storage: bool = True, our_metadata: bool = 
     one ``context.add_asset_metadata(..., partition_key=)`` per document."""
     import dagster as dg
 
-    from ragft_dagster.assets._meta import add_partition_metadata
+    from ragft_dagster.assets.partitions import add_partition_metadata
 
     # The body below has no annotations: under `from __future__ import annotations` Dagster
     # cannot resolve a locally imported `dg.AssetExecutionContext`.

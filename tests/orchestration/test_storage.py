@@ -3,7 +3,6 @@ transaction give the same records as Dagster's own storage (dagster.yaml's), and
 metadata is checked once per run."""
 
 import os
-import types
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +10,7 @@ import dagster as dg
 import pytest
 import yaml
 
-from ragft_dagster.assets._meta import add_partition_metadata
+from ragft_dagster.assets.partitions import add_partition_metadata
 from ragft_dagster.orchestration.batches import batch_tags
 from ragft_dagster.orchestration.storage import (
     BATCH_SIZE_ENV,
@@ -172,29 +171,3 @@ def test_a_failed_write_stores_every_event_once(tmp_path, monkeypatch, fails):
     ours = _run(tmp_path / "ours", _batching(tmp_path / "ours"))
     plain.pop("storage"), ours.pop("storage")
     assert ours == plain
-
-
-def test_partition_metadata_outside_the_run_is_refused():
-    context = types.SimpleNamespace(partition_keys=["a.md", "b.md"])
-    with pytest.raises(dg.DagsterInvariantViolationError, match="c.md"):
-        add_partition_metadata(context, {"a.md": {}, "c.md": {}})  # type: ignore[arg-type]
-
-
-def test_partition_metadata_falls_back_to_the_public_call():
-    calls: list[tuple] = []
-    context = types.SimpleNamespace(
-        partition_keys=["a.md", "b.md"],
-        add_asset_metadata=lambda md, partition_key: calls.append((partition_key, md)),
-    )
-    add_partition_metadata(context, {"a.md": {"n": 1}, "b.md": {"n": 2}})  # type: ignore[arg-type]
-    assert calls == [("a.md", {"n": 1}), ("b.md", {"n": 2})]
-
-
-def test_partition_metadata_of_a_one_partition_run_is_dagsters_call_without_the_key():
-    calls: list[tuple] = []
-    context = types.SimpleNamespace(
-        partition_keys=["a.md"],
-        add_asset_metadata=lambda md, partition_key=None: calls.append((partition_key, md)),
-    )
-    add_partition_metadata(context, {"a.md": {"n": 1}})  # type: ignore[arg-type]
-    assert calls == [(None, {"n": 1})]

@@ -1,5 +1,5 @@
-"""The retrieval-quality check on a dataset without held-out rows says why, not that the index
-lost their chunks."""
+"""assets/retrieval.py: the retrieval-quality check on a dataset without held-out rows says why,
+not that the index lost their chunks."""
 
 import dagster as dg
 
