@@ -23,6 +23,8 @@ from dagster import DagsterInvalidConfigError
 
 from ragft_dagster.artifacts import ArtifactLayout
 from ragft_dagster.assets.partitions import DOCUMENTS
+from ragft_dagster.config.profile import Profile
+from ragft_dagster.config.recipe import Recipe
 from ragft_dagster.data.documents import purge_document_files
 from ragft_dagster.definitions import definitions_for, load_inputs
 from ragft_dagster.orchestration.automation import (
@@ -483,12 +485,86 @@ def run_pipeline(
     and files first, and count as a change of the document assets. ``jobs`` limits the run to
     some stages (``<group>_job``; the benchmark runs only the data and index stages).
 
+    One ``ragft run`` at a time per instance on a host: a second one waits (saying so) until
+    the first ends, then plans from what the first built.
+
     Returns:
         What ran and what it reported; truthy when every run succeeded.
     """
-    recipe, profile = load_inputs(recipe_path, profile_path)
-    defs = definitions_for(recipe, profile, artifact_root)
+    recipe, profile = load_inputs(recipe_path, profile_path)  # a bad recipe fails at once
     instance = instance or dg.DagsterInstance.get()
+    with one_ragft_run_at_a_time(Path(instance.root_directory), echo):
+        return _run_pipeline(recipe, profile, instance, artifact_root, echo, full, jobs)
+
+
+RUN_LOCK = "ragft-run.lock"
+"""In the instance's folder (DAGSTER_HOME): held by the ``ragft run`` working on it; holds its
+pid."""
+
+
+@contextmanager
+def one_ragft_run_at_a_time(home: Path, echo: Callable[[str], Any]) -> Iterator[None]:
+    """Hold :data:`RUN_LOCK` (``flock``) for a whole ``ragft run``; wait for it, saying so in
+    one line, while another process of this host holds it.
+
+    Two ``ragft run`` started within a second both found no run of the other in progress and
+    started the same first job; the lock orders them before either plans. It is released when
+    the process ends, however it ends (kill -9 included). Where the filesystem refuses locks
+    (some network mounts) runs go ahead unlocked, ordered only by the runs in progress that
+    each waits for (:func:`_wait_for_other_runs`), as are processes of other hosts.
+
+    Raises:
+        PipelineInterrupted: Ctrl-C or SIGTERM while waiting; nothing of this run started.
+    """
+    import errno
+    import fcntl
+    import os
+
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / RUN_LOCK, "a+", encoding="utf-8") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            locked = True
+        except OSError as exc:
+            locked = False
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):  # no locks here: go ahead
+                yield
+                return
+        if not locked:
+            lock.seek(0)
+            holder = lock.read().strip() or "unknown"
+            echo(
+                f"waiting for another `ragft run` (pid {holder}) that is working on this instance "
+                f"({home}); this one plans when it ends (Ctrl-C to stop waiting)"
+            )
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            except KeyboardInterrupt:
+                echo("INTERRUPTED while waiting for the other `ragft run`; nothing of this one ran")
+                raise PipelineInterrupted() from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        try:
+            yield
+        finally:
+            lock.seek(0)
+            lock.truncate()
+            lock.flush()
+
+
+def _run_pipeline(
+    recipe: Recipe,
+    profile: Profile,
+    instance: Any,
+    artifact_root: Path | None,
+    echo: Callable[[str], Any],
+    full: bool,
+    jobs: set[str] | None,
+) -> PipelineResult:
+    """:func:`run_pipeline` once it holds the instance's :data:`RUN_LOCK`."""
+    defs = definitions_for(recipe, profile, artifact_root)
     _quiet_interrupted_connection_closes()
     layout = ArtifactLayout(artifact_root or profile.artifact_root)
     scan, changes = document_changes(instance, recipe, layout.docs_scan)

@@ -12,7 +12,13 @@ from ragft_dagster.artifacts import ArtifactLayout, read_jsonl
 from ragft_dagster.config.recipe import relocatable_raw
 from ragft_dagster.definitions import build_definitions, load_inputs, recipe_stages
 
-from .conftest import LOCAL_PROFILE, QUICKSTART_DATA, TINY_RECIPE, write_recipe
+from .conftest import (
+    LOCAL_PROFILE,
+    QUICKSTART_DATA,
+    TINY_RECIPE,
+    stop_process_group,
+    write_recipe,
+)
 from .openai_stub import OpenAIStub
 
 ALL_ASSETS = {
@@ -573,3 +579,62 @@ def test_an_interrupt_while_a_run_starts_its_resources_reads_as_an_interrupt():
         assert not outcome.success
         assert _failure_messages(outcome.all_events)  # the run's own failure, not nothing
         assert _was_interrupted(outcome.all_events), interrupt
+
+
+def test_one_ragft_run_at_a_time_per_instance_folder(tmp_path):
+    """The run lock: a second holder waits with one line naming the first's pid and goes on
+    when that process ends (here by kill -9, which releases it too); Ctrl-C while waiting stops
+    it as an interrupt, with nothing started."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    from ragft_dagster.runner import PipelineInterrupted, one_ragft_run_at_a_time
+
+    holder_code = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from ragft_dagster.runner import one_ragft_run_at_a_time\n"
+        "with one_ragft_run_at_a_time(Path(sys.argv[1]), print):\n"
+        "    print('holding', flush=True)\n"
+        "    time.sleep(120)\n"
+    )
+
+    def hold() -> subprocess.Popen:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", holder_code, str(tmp_path)],
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "holding"
+        return proc
+
+    holder = hold()
+    try:
+        lines: list[str] = []
+        threading.Timer(1.0, lambda: os.kill(holder.pid, signal.SIGKILL)).start()
+        with one_ragft_run_at_a_time(tmp_path, lines.append):
+            assert holder.poll() is not None  # went on only once the holder was gone
+            assert (tmp_path / "ragft-run.lock").read_text().strip() == str(os.getpid())
+        (line,) = lines
+        assert line.startswith(f"waiting for another `ragft run` (pid {holder.pid})"), line
+        assert str(tmp_path) in line and "Ctrl-C" in line
+    finally:
+        stop_process_group(holder)
+
+    holder = hold()
+    try:
+        lines = []
+        threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+        with (
+            pytest.raises(PipelineInterrupted),
+            one_ragft_run_at_a_time(tmp_path, lines.append),
+        ):
+            raise AssertionError("the lock was taken while another process held it")
+        assert lines[-1].startswith("INTERRUPTED while waiting for the other `ragft run`")
+        assert holder.poll() is None
+    finally:
+        stop_process_group(holder)

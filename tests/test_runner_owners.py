@@ -1,7 +1,8 @@
 """Which other ``ragft run`` a run waits for (issue 26): only a live, older process of this
 host, so two processes never wait for each other. Fast: a one-asset job in a test instance,
 its runs tagged as if other processes had executed them. The real CLI case is
-tests/test_cli_inputs.py (test_a_second_ragft_run_waits_for_the_first_and_trains_nothing_itself)."""
+tests/test_cli_inputs.py (test_two_ragft_runs_started_at_once_run_one_after_the_other), where the
+instance's run lock orders two processes of one host before either looks at runs."""
 
 from __future__ import annotations
 
